@@ -1,0 +1,392 @@
+"""Arrow schemas and pydantic row models of every persisted table.
+
+Each table is a directory of immutable Parquet fragments in the store. A table's
+``key`` lists the columns that identify one logical row; when a key was written
+more than once, readers see exactly one row: the first by ``order`` (ties broken by
+every remaining column), which makes the choice deterministic whatever the order in
+which fragments are listed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+UTC = dt.UTC
+TS = pa.timestamp("us", tz="UTC")
+
+
+def utcnow() -> dt.datetime:
+    """Timezone-aware current time, truncated to microseconds (Arrow's unit)."""
+    return dt.datetime.now(UTC)
+
+
+class Row(BaseModel):
+    """Base of the row models: strict field names, no extras."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- images
+class ImageRow(Row):
+    """One distinct image, identified by the sha256 of its file bytes."""
+
+    image_hash: str = Field(min_length=64, max_length=64)
+    uri: str  # absolute path / fsspec URL, or "store:" + path relative to the store root
+    in_store: bool = False  # the bytes were copied into the store's blob area
+    width: int
+    height: int
+    mode: str  # PIL mode: L, I;16, RGB, ...
+    bit_depth: int
+    format: str  # PNG, JPEG, TIFF, DICOM, ...
+    n_bytes: int
+    ingested_at: dt.datetime = Field(default_factory=utcnow)
+
+
+IMAGES = pa.schema(
+    [
+        ("image_hash", pa.string()),
+        ("uri", pa.string()),
+        ("in_store", pa.bool_()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("mode", pa.string()),
+        ("bit_depth", pa.int16()),
+        ("format", pa.string()),
+        ("n_bytes", pa.int64()),
+        ("ingested_at", TS),
+    ]
+)
+
+
+# --------------------------------------------------------------------------- datasets and tasks
+class DatasetRow(Row):
+    """A named collection of images; one row per ingest that changed it."""
+
+    dataset: str
+    format: str  # the ingest format (csv, imagefolder, medmnist, nct-crc, ...)
+    source: str  # where it was ingested from
+    options: str = "{}"  # JSON of the ingest options
+    split_policy: str  # "shipped" or e.g. "generated:test=0.2,val=0.1,seed=0,group=patient_id"
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+DATASETS = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("format", pa.string()),
+        ("source", pa.string()),
+        ("options", pa.string()),
+        ("split_policy", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
+TaskType = Literal["binary", "multiclass", "ordinal", "multilabel"]
+PrimaryMetric = Literal["macro_f1", "macro_auc"]
+
+
+class TaskRow(Row):
+    """A prediction task declared by a dataset: which label, which classes, which metric."""
+
+    dataset: str
+    task: str
+    type: TaskType
+    label_columns: list[str]  # one column, or one per finding for multilabel
+    class_names: list[str]  # label values in index order; findings for multilabel
+    primary_metric: PrimaryMetric
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+TASKS = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("task", pa.string()),
+        ("type", pa.string()),
+        ("label_columns", pa.list_(pa.string())),
+        ("class_names", pa.list_(pa.string())),
+        ("primary_metric", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
+
+class DatasetImageRow(Row):
+    """An image's membership in a dataset: split, patient/group and labels."""
+
+    dataset: str
+    image_hash: str
+    split: str  # train | val | test
+    group_id: str | None = None  # patient / lesion id; None when the dataset has none
+    source_path: str  # the path (or key) of the image inside the source collection
+    labels: str  # JSON object {task: value}; value is a class name, or a list of findings
+    ingested_at: dt.datetime = Field(default_factory=utcnow)
+
+
+DATASET_IMAGES = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("image_hash", pa.string()),
+        ("split", pa.string()),
+        ("group_id", pa.string()),
+        ("source_path", pa.string()),
+        ("labels", pa.string()),
+        ("ingested_at", TS),
+    ]
+)
+
+
+# --------------------------------------------------------------------------- features
+class FeatureSetRow(Row):
+    """Everything that changes the numbers of a feature set, hashed into its id."""
+
+    feature_set_id: str
+    model_id: str  # Hugging Face id, local path or plugin spec
+    model_revision: str  # commit hash, or sha256 of the weights when there is none
+    adapter: str  # the adapter that produced it (clip, llava, qwen2-vl, efficientnet-lite0, ...)
+    preprocessing: str  # canonical JSON of the processor / transform configuration
+    prompt: str | None  # None for vision-only encoders
+    pooling: str  # last | image_mean | mean | cls | spatial_mean
+    layer_semantics: str  # what layer index i means, in words
+    n_layers: int
+    hidden_sizes: list[int]  # per layer index
+    compute_dtype: str  # bf16 | fp16 | fp32
+    storage_dtype: str  # float16 | bfloat16 | float32
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+FEATURE_SETS = pa.schema(
+    [
+        ("feature_set_id", pa.string()),
+        ("model_id", pa.string()),
+        ("model_revision", pa.string()),
+        ("adapter", pa.string()),
+        ("preprocessing", pa.string()),
+        ("prompt", pa.string()),
+        ("pooling", pa.string()),
+        ("layer_semantics", pa.string()),
+        ("n_layers", pa.int32()),
+        ("hidden_sizes", pa.list_(pa.int32())),
+        ("compute_dtype", pa.string()),
+        ("storage_dtype", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
+
+class ActivationRow(Row):
+    """Manifest row: where the activation of one (feature set, layer, image) lives."""
+
+    feature_set_id: str
+    layer: int
+    image_hash: str
+    segment_id: str
+    row: int
+
+
+ACTIVATIONS = pa.schema(
+    [
+        ("feature_set_id", pa.string()),
+        ("layer", pa.int32()),
+        ("image_hash", pa.string()),
+        ("segment_id", pa.string()),
+        ("row", pa.int32()),
+    ]
+)
+
+
+# --------------------------------------------------------------------------- bookkeeping
+class FailureRow(Row):
+    """Something that could not be read or computed, kept so it can be fixed and retried."""
+
+    failure_id: str
+    stage: str  # ingest | extract | train
+    run_id: str | None = None
+    dataset: str | None = None
+    path: str | None = None  # the file / row that failed
+    image_hash: str | None = None
+    reason: str  # short category: missing, truncated, not_an_image, decompression_bomb, ...
+    error: str  # the exception text
+    at: dt.datetime = Field(default_factory=utcnow)
+
+
+FAILURES = pa.schema(
+    [
+        ("failure_id", pa.string()),
+        ("stage", pa.string()),
+        ("run_id", pa.string()),
+        ("dataset", pa.string()),
+        ("path", pa.string()),
+        ("image_hash", pa.string()),
+        ("reason", pa.string()),
+        ("error", pa.string()),
+        ("at", TS),
+    ]
+)
+
+RunStatus = Literal["running", "finished", "failed", "interrupted"]
+
+
+class RunRow(Row):
+    """Who ran what, when, with which versions. Written at start and again at the end."""
+
+    run_id: str
+    kind: str  # ingest | extract | train | sweep | compare | ...
+    command: str  # the command line
+    status: RunStatus
+    user: str
+    host: str
+    started_at: dt.datetime
+    updated_at: dt.datetime = Field(default_factory=utcnow)
+    medprobe_version: str
+    versions: str  # JSON {package: version}
+    params: str = "{}"  # JSON of the run's options
+    summary: str = "{}"  # JSON of the run's outcome (counts, rates)
+
+
+RUNS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("kind", pa.string()),
+        ("command", pa.string()),
+        ("status", pa.string()),
+        ("user", pa.string()),
+        ("host", pa.string()),
+        ("started_at", TS),
+        ("updated_at", TS),
+        ("medprobe_version", pa.string()),
+        ("versions", pa.string()),
+        ("params", pa.string()),
+        ("summary", pa.string()),
+    ]
+)
+
+
+# --------------------------------------------------------------------------- trainer output
+class ProbeResultRow(Row):
+    """One fitted probe (a feature set, a layer, a task) and its evaluation."""
+
+    run_id: str
+    probe_id: str
+    feature_set_id: str
+    layer: int
+    dataset: str
+    task: str
+    solver: str  # torch | sklearn | cuml
+    c: float  # chosen inverse regularisation strength
+    c_grid: list[float]
+    selection: str  # "cv:5:grouped" or "val"
+    cv_scores: str  # JSON {C: [fold scores]}
+    train_fraction: float = 1.0
+    seed: int = 0
+    n_train: int
+    n_test: int
+    class_names: list[str]
+    metrics: str  # JSON {metric: {value, ci_low, ci_high}}
+    fit_seconds: float
+    weights_uri: str | None = None
+    versions: str = "{}"
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+PROBE_RESULTS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("probe_id", pa.string()),
+        ("feature_set_id", pa.string()),
+        ("layer", pa.int32()),
+        ("dataset", pa.string()),
+        ("task", pa.string()),
+        ("solver", pa.string()),
+        ("c", pa.float64()),
+        ("c_grid", pa.list_(pa.float64())),
+        ("selection", pa.string()),
+        ("cv_scores", pa.string()),
+        ("train_fraction", pa.float64()),
+        ("seed", pa.int64()),
+        ("n_train", pa.int64()),
+        ("n_test", pa.int64()),
+        ("class_names", pa.list_(pa.string())),
+        ("metrics", pa.string()),
+        ("fit_seconds", pa.float64()),
+        ("weights_uri", pa.string()),
+        ("versions", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
+
+class PredictionRow(Row):
+    """A probe's predicted probabilities for one test image."""
+
+    run_id: str
+    probe_id: str
+    image_hash: str
+    y_true: str  # JSON: class index, or list of finding indicators
+    probabilities: list[float]
+
+
+PREDICTIONS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("probe_id", pa.string()),
+        ("image_hash", pa.string()),
+        ("y_true", pa.string()),
+        ("probabilities", pa.list_(pa.float32())),
+    ]
+)
+
+
+# --------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class TableSpec:
+    """How a table is stored and deduplicated."""
+
+    name: str
+    schema: pa.Schema
+    model: type[Row]
+    key: tuple[str, ...] = ()  # empty: an append-only log, every row is visible
+    order: tuple[str, ...] = ()  # which duplicate wins: the first by these columns (ASC/DESC allowed)
+
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        TableSpec("images", IMAGES, ImageRow, ("image_hash",), ("ingested_at", "uri")),
+        TableSpec("datasets", DATASETS, DatasetRow),
+        TableSpec("tasks", TASKS, TaskRow, ("dataset", "task"), ("created_at",)),
+        TableSpec(
+            "dataset_images",
+            DATASET_IMAGES,
+            DatasetImageRow,
+            ("dataset", "image_hash"),
+            ("ingested_at", "source_path"),
+        ),
+        TableSpec("feature_sets", FEATURE_SETS, FeatureSetRow, ("feature_set_id",), ("created_at",)),
+        TableSpec(
+            "activations",
+            ACTIVATIONS,
+            ActivationRow,
+            ("feature_set_id", "layer", "image_hash"),
+            ("segment_id", "row"),
+        ),
+        TableSpec("failures", FAILURES, FailureRow),
+        TableSpec("runs", RUNS, RunRow, ("run_id",), ("updated_at DESC", "status")),
+        TableSpec("probe_results", PROBE_RESULTS, ProbeResultRow, ("probe_id",), ("created_at",)),
+        TableSpec("predictions", PREDICTIONS, PredictionRow, ("probe_id", "image_hash"), ()),
+    )
+}
+
+
+def rows_to_table(name: str, rows: list[Row]) -> pa.Table:
+    """Validate ``rows`` against the table's model and build an Arrow table of its schema."""
+    spec = TABLES[name]
+    bad = [r for r in rows if not isinstance(r, spec.model)]
+    if bad:
+        raise TypeError(f"table {name!r} takes {spec.model.__name__} rows, got {type(bad[0]).__name__}")
+    columns = {f.name: [getattr(r, f.name) for r in rows] for f in spec.schema}
+    return pa.table(columns, schema=spec.schema)
