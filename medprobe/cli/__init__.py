@@ -1,0 +1,1 @@
+"""The ``medprobe`` command line (typer)."""

@@ -1,0 +1,75 @@
+"""Entry point: builds the typer app from the per-area command modules and maps errors to one line."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from medprobe.cli.common import err_console
+from medprobe.errors import MedprobeError
+
+# Each area module defines ``register(app: typer.Typer) -> None``; order sets the --help listing.
+_AREAS = ("medprobe.cli.store_cmds",)
+
+
+def build_app() -> typer.Typer:
+    """The ``medprobe`` typer application with every area's commands registered."""
+    app = typer.Typer(
+        name="medprobe",
+        help="Feature store and probe trainer for what vision-language models know about medical images.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+    @app.callback()
+    def _root(
+        debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    ) -> None:
+        if debug:
+            os.environ["MEDPROBE_DEBUG"] = "1"
+
+    for module in _AREAS:
+        importlib.import_module(module).register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; a ``MedprobeError`` prints one line (a traceback only with ``--debug``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("MEDPROBE_DEBUG") == "1"
+    app = build_app()
+    try:
+        app(args=args, standalone_mode=False)
+    except MedprobeError as e:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as e:  # an unexpected failure: still one line unless --debug
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if debug:
+            raise
+        err_console.print(
+            f"[bold red]error:[/] {type(e).__name__}: {e} (run with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""DuckDB views over the store's Parquet tables, and the read-only SQL entry point."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from medprobe.errors import InvalidInputError, ReadOnlySQLError
+from medprobe.featurestore.fragments import list_fragments
+from medprobe.featurestore.fsio import Location
+from medprobe.schemas import TABLES, TableSpec
+
+_ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _dedup_view_sql(spec: TableSpec) -> str:
+    """SELECT exactly one row per key, chosen by ``spec.order`` and then every other column."""
+    raw = _ident(f"raw_{spec.name}")
+    if not spec.key:
+        return f"SELECT * FROM {raw}"
+    ordered = [o if " " in o else f"{_ident(o)} ASC" for o in spec.order]
+    used = {o.split()[0] for o in spec.order} | set(spec.key)
+    tiebreak = [
+        f"{_ident(f.name)} ASC" for f in spec.schema if f.name not in used and not pa.types.is_list(f.type)
+    ]
+    order_by = ", ".join(ordered + tiebreak) or "1"
+    partition = ", ".join(_ident(k) for k in spec.key)
+    return (
+        f"SELECT * EXCLUDE (_medprobe_rank) FROM (SELECT *, row_number() OVER "
+        f"(PARTITION BY {partition} ORDER BY {order_by}) AS _medprobe_rank FROM {raw}) "
+        f"WHERE _medprobe_rank = 1"
+    )
+
+
+class Catalog:
+    """One DuckDB connection with a ``raw_<table>`` and a deduplicated ``<table>`` view per table.
+
+    Fragments are immutable, so a view only needs rebuilding when its fragment list changes.
+    """
+
+    def __init__(self, loc: Location) -> None:
+        self.loc = loc
+        self.con = duckdb.connect(":memory:")
+        self.lock = threading.RLock()
+        if not loc.is_local:
+            self.con.register_filesystem(loc.fs)
+        self._files: dict[str, tuple[str, ...] | None] = dict.fromkeys(TABLES)
+        for spec in TABLES.values():
+            self.con.register(f"_empty_{spec.name}", spec.schema.empty_table())
+        self.refresh()
+
+    def fragment_files(self, table: str) -> tuple[str, ...]:
+        """The fragment paths the current view of ``table`` reads."""
+        files = self._files[table]
+        return files or ()
+
+    def refresh(self, tables: Sequence[str] | None = None) -> None:
+        """Re-list fragments and rebuild the views whose fragment list changed."""
+        with self.lock:
+            for name in tables or TABLES:
+                spec = TABLES[name]
+                files = tuple(e["name"] for e in list_fragments(self.loc, name))
+                if files == self._files[name]:
+                    continue
+                raw = _ident(f"raw_{name}")
+                if files:
+                    urls = ", ".join(_quote(self.loc.full_url(f)) for f in files)
+                    source = f"read_parquet([{urls}], union_by_name = true)"
+                else:
+                    source = _ident(f"_empty_{name}")
+                self.con.execute(f"CREATE OR REPLACE VIEW {raw} AS SELECT * FROM {source}")
+                self.con.execute(f"CREATE OR REPLACE VIEW {_ident(name)} AS {_dedup_view_sql(spec)}")
+                self._files[name] = files
+
+    def query(self, sql: str, params: Sequence[Any] | dict | None = None) -> pa.Table:
+        """Run trusted SQL (the store's own queries) and return an Arrow table."""
+        with self.lock:
+            return self._run(sql, params)
+
+    def _run(self, sql: str, params: Sequence[Any] | dict | None) -> pa.Table:
+        rel = self.con.sql(sql, params=params or None)
+        return rel.to_arrow_table() if rel is not None else pa.table({})
+
+    def check_read_only(self, sql: str) -> None:
+        """Raise ReadOnlySQLError unless every statement in ``sql`` only reads."""
+        with self.lock:
+            try:
+                statements = self.con.extract_statements(sql)
+            except duckdb.Error as e:
+                raise InvalidInputError(f"SQL error: {e}") from e
+        if not statements:
+            raise InvalidInputError("empty SQL statement")
+        for st in statements:
+            if st.type not in _ALLOWED:
+                kind = str(st.type).rsplit(".", 1)[-1]
+                raise ReadOnlySQLError(
+                    f"medprobe sql is read-only: a {kind} statement is refused ({st.query.strip()[:60]!r}); "
+                    "use SELECT, and --format/--out to save results"
+                )
+
+    def read_only_query(self, sql: str, params: Sequence[Any] | dict | None = None) -> pa.Table:
+        """Run user SQL after checking it only reads; DuckDB's message on syntax errors."""
+        self.check_read_only(sql)
+        with self.lock:
+            try:
+                return self._run(sql, params)
+            except duckdb.Error as e:
+                raise InvalidInputError(f"SQL error: {e}") from e
+
+    def register_temp(self, name: str, data: pa.Table) -> None:
+        with self.lock:
+            self.con.register(name, data)
+
+    def unregister_temp(self, name: str) -> None:
+        with self.lock:
+            self.con.unregister(name)
+
+    def close(self) -> None:
+        with self.lock:
+            self.con.close()

@@ -1,0 +1,60 @@
+"""Tables as folders of immutable Parquet fragments: append one, list the visible ones."""
+
+from __future__ import annotations
+
+import io
+import posixpath
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from medprobe.featurestore.fsio import Location, list_files, write_atomic
+from medprobe.featurestore.ids import new_id
+from medprobe.schemas import TABLES, Row, rows_to_table
+
+TABLES_DIR = "tables"
+
+
+def table_dir(loc: Location, table: str) -> str:
+    return loc.path(TABLES_DIR, table)
+
+
+def to_arrow(table: str, rows: list[Row] | pa.Table) -> pa.Table:
+    """Rows (pydantic models or an Arrow table) as an Arrow table of the table's schema."""
+    if table not in TABLES:
+        raise KeyError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+    schema = TABLES[table].schema
+    if isinstance(rows, pa.Table):
+        missing = [f.name for f in schema if f.name not in rows.column_names]
+        extra = [c for c in rows.column_names if schema.get_field_index(c) < 0]
+        if missing or extra:
+            raise ValueError(f"table {table!r}: missing columns {missing}, unknown columns {extra}")
+        return rows.select(schema.names).cast(schema)
+    return rows_to_table(table, list(rows))
+
+
+def append_fragment(loc: Location, table: str, data: pa.Table, name: str | None = None) -> str:
+    """Write ``data`` as one new fragment of ``table``, atomically; returns the fragment path.
+
+    ``name`` (without extension) makes the fragment's identity explicit, e.g. the segment id
+    for a segment's manifest rows; by default a new time-ordered id.
+    """
+    buf = io.BytesIO()
+    pq.write_table(data, buf, compression="zstd", row_group_size=256 * 1024)
+    path = posixpath.join(table_dir(loc, table), f"{name or new_id()}.parquet")
+    write_atomic(loc, path, buf.getvalue())
+    return path
+
+
+def is_fragment(name: str) -> bool:
+    """Visible fragments end in .parquet; temporary files start with a dot."""
+    base = posixpath.basename(name)
+    return base.endswith(".parquet") and not base.startswith((".", "_"))
+
+
+def list_fragments(loc: Location, table: str) -> list[dict]:
+    """Visible fragments of ``table`` (dicts with name and size), sorted by name."""
+    entries = list_files(loc, table_dir(loc, table))
+    return sorted(
+        (e for e in entries if e.get("type") == "file" and is_fragment(e["name"])), key=lambda e: e["name"]
+    )

@@ -1,0 +1,117 @@
+"""Filesystem access through fsspec, with atomic and durable writes on local disks."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+@dataclass
+class Location:
+    """A filesystem and a root path inside it."""
+
+    fs: fsspec.AbstractFileSystem
+    root: str  # path inside ``fs``, no protocol, no trailing slash
+    url: str  # the URL the store was opened with
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        """Join ``parts`` under the root."""
+        return posixpath.join(self.root, *parts)
+
+    def full_url(self, path: str) -> str:
+        """A URL for ``path`` that other tools (DuckDB, zarr) can open."""
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+
+def resolve(url: str) -> Location:
+    """Parse a store URL (folder, ``memory://x``, ``s3://bucket/prefix``) into a :class:`Location`."""
+    fs, root = fsspec.core.url_to_fs(url)
+    if isinstance(fs, LocalFileSystem):
+        root = os.path.abspath(root)
+    return Location(fs=fs, root=root.rstrip("/") or "/", url=url)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(loc: Location, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either nothing or all of it.
+
+    Local disks: temporary file in the same folder, fsync, rename, fsync the folder.
+    Object stores and memory: a single put, which they make visible atomically.
+    """
+    parent = posixpath.dirname(path)
+    if loc.is_local:
+        os.makedirs(parent, exist_ok=True)
+        tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(parent)
+    else:
+        loc.fs.makedirs(parent, exist_ok=True)
+        loc.fs.pipe_file(path, data)
+
+
+def create_exclusive(loc: Location, path: str, data: bytes) -> bool:
+    """Create ``path`` with ``data`` only if it does not exist; True when this call created it.
+
+    Atomic on local disks (O_EXCL). On other filesystems it is check-then-put, which
+    object stores without conditional writes cannot make atomic.
+    """
+    parent = posixpath.dirname(path)
+    if loc.is_local:
+        os.makedirs(parent, exist_ok=True)
+        tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if path exists; the content is complete when it appears
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        _fsync_dir(parent)
+        return True
+    if loc.fs.exists(path):
+        return False
+    loc.fs.makedirs(parent, exist_ok=True)
+    loc.fs.pipe_file(path, data)
+    return True
+
+
+def fsync_tree(path: str) -> None:
+    """fsync every file and folder under a local ``path`` (makes a finished segment durable)."""
+    for dirpath, _dirnames, filenames in os.walk(path):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(dirpath)
+
+
+def list_files(loc: Location, path: str) -> list[dict]:
+    """Entries (dicts with name, size, type, mtime when known) directly under ``path``; [] if absent."""
+    try:
+        return loc.fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,201 @@
+"""Store upkeep: what is in it (info), whether it all reads back (verify), and clean-up (gc)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import posixpath
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from medprobe.featurestore.fragments import list_fragments, table_dir
+from medprobe.featurestore.fsio import list_files
+from medprobe.featurestore.ids import id_time
+from medprobe.featurestore.segments import SEGMENTS_DIR, layer_array_name, list_segment_dirs, segment_path
+from medprobe.featurestore.store import FeatureStore
+from medprobe.schemas import TABLES
+
+
+@dataclass
+class TableInfo:
+    name: str
+    fragments: int
+    rows: int  # visible (deduplicated) rows
+    raw_rows: int
+    bytes: int
+
+
+@dataclass
+class StoreInfo:
+    url: str
+    format_version: int
+    tables: list[TableInfo]
+    segments: int
+    segment_bytes: int
+    feature_sets: list[dict]
+
+
+def _tree_bytes(store: FeatureStore, path: str) -> int:
+    try:
+        return int(sum(store.loc.fs.du(path, total=False).values()))
+    except FileNotFoundError:
+        return 0
+
+
+def store_info(store: FeatureStore) -> StoreInfo:
+    """Tables with fragment/row counts and bytes, segments, and feature sets with their layers."""
+    store.refresh()
+    tables = []
+    for name in TABLES:
+        frags = list_fragments(store.loc, name)
+        counts = store.catalog.query(
+            f'SELECT (SELECT count(*) FROM "{name}") AS n, count(*) AS raw FROM "raw_{name}"'
+        )
+        tables.append(
+            TableInfo(
+                name=name,
+                fragments=len(frags),
+                rows=int(counts.column("n")[0].as_py()),
+                raw_rows=int(counts.column("raw")[0].as_py()),
+                bytes=int(sum(int(f.get("size") or 0) for f in frags)),
+            )
+        )
+    fsets = store.catalog.query(
+        """
+        SELECT f.feature_set_id, f.model_id, f.pooling, f.prompt, f.storage_dtype,
+               count(DISTINCT a.layer) AS layers, count(DISTINCT a.image_hash) AS images
+        FROM feature_sets f LEFT JOIN activations a USING (feature_set_id)
+        GROUP BY ALL ORDER BY f.feature_set_id
+        """
+    ).to_pylist()
+    return StoreInfo(
+        url=store.url,
+        format_version=int(store.info["format_version"]),
+        tables=tables,
+        segments=len(list_segment_dirs(store.loc)),
+        segment_bytes=_tree_bytes(store, store.loc.path(SEGMENTS_DIR)),
+        feature_sets=fsets,
+    )
+
+
+@dataclass
+class VerifyReport:
+    fragments_checked: int = 0
+    segments_checked: int = 0
+    rows_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_store(store: FeatureStore, *, read_data: bool = True) -> VerifyReport:
+    """Check every fragment parses and every manifest row resolves to readable, checksummed data.
+
+    Problems are collected (segment id, feature set, what is wrong); the rest keeps being checked.
+    """
+    report = VerifyReport()
+    store.refresh()
+    for name in TABLES:
+        for frag in list_fragments(store.loc, name):
+            report.fragments_checked += 1
+            try:
+                with store.loc.fs.open(frag["name"], "rb") as f:
+                    pq.read_metadata(f)
+            except (OSError, ValueError) as e:
+                report.problems.append(
+                    f"table {name}: fragment {posixpath.basename(frag['name'])} unreadable: {e}"
+                )
+    segs = store.catalog.query(
+        "SELECT segment_id, any_value(feature_set_id) AS feature_set_id, list(DISTINCT layer) AS layers, "
+        "max(row) AS max_row, count(*) AS n FROM raw_activations GROUP BY segment_id ORDER BY segment_id"
+    ).to_pylist()
+    for seg in segs:
+        report.segments_checked += 1
+        sid, fsid = seg["segment_id"], seg["feature_set_id"]
+        where = f"segment {sid} (feature set {fsid})"
+        try:
+            attrs = store.segments.attrs(sid)
+        except (FileNotFoundError, KeyError, ValueError, OSError) as e:
+            report.problems.append(f"{where}: missing or unreadable group: {type(e).__name__}: {e}")
+            continue
+        for layer in sorted(seg["layers"]):
+            try:
+                arr = store.segments.array(sid, layer)
+                if arr.shape[0] <= seg["max_row"] or arr.shape[0] != attrs.get("n_rows"):
+                    report.problems.append(
+                        f"{where}: layer {layer} has {arr.shape[0]} rows, manifest needs more"
+                    )
+                    continue
+                if read_data:
+                    data = store.segments.read_all(sid, layer)
+                    if not np.isfinite(np.asarray(data, dtype=np.float32)).all():
+                        report.problems.append(f"{where}: layer {layer} holds NaN or Inf values")
+            except (FileNotFoundError, KeyError, ValueError, OSError) as e:
+                msg = str(e).splitlines()[0][:200]
+                report.problems.append(
+                    f"{where}: layer {layer} ({layer_array_name(layer)}) unreadable: {msg}"
+                )
+        report.rows_checked += int(seg["n"])
+    return report
+
+
+@dataclass
+class GCReport:
+    removed_segments: list[str] = field(default_factory=list)
+    removed_temp_files: list[str] = field(default_factory=list)
+    kept_recent: int = 0
+    committed: int = 0
+
+
+def _age(store: FeatureStore, path: str, name: str, now: dt.datetime) -> dt.timedelta:
+    born = id_time(name)
+    try:
+        mtime = store.loc.fs.modified(path)
+        mtime = mtime if mtime.tzinfo else mtime.replace(tzinfo=dt.UTC)
+        born = max(born, mtime) if born else mtime
+    except (FileNotFoundError, NotImplementedError, OSError):
+        pass
+    return now - born if born else dt.timedelta(0)
+
+
+def gc_store(store: FeatureStore, grace: dt.timedelta, *, dry_run: bool = False) -> GCReport:
+    """Remove segment folders no manifest fragment references, and stale temp files, older than ``grace``.
+
+    Committed data is never touched: a segment referenced by any activations fragment is kept.
+    """
+    report = GCReport()
+    store.refresh()
+    committed = set(
+        store.catalog.query("SELECT DISTINCT segment_id FROM raw_activations").column(0).to_pylist()
+    )
+    # a manifest fragment is named after its segment: count those too, even if unreadable
+    committed |= {
+        posixpath.basename(f["name"])[: -len(".parquet")] for f in list_fragments(store.loc, "activations")
+    }
+    now = dt.datetime.now(dt.UTC)
+    for sid in list_segment_dirs(store.loc):
+        if sid in committed:
+            report.committed += 1
+            continue
+        path = segment_path(store.loc, sid)
+        if _age(store, posixpath.join(path, "zarr.json"), sid, now) < grace:
+            report.kept_recent += 1
+            continue
+        report.removed_segments.append(sid)
+        if not dry_run:
+            store.loc.fs.rm(path, recursive=True)
+    for name in TABLES:
+        for entry in list_files(store.loc, table_dir(store.loc, name)):
+            base = posixpath.basename(entry["name"])
+            if (
+                base.startswith(".")
+                and base.endswith(".tmp")
+                and _age(store, entry["name"], "", now) >= grace
+            ):
+                report.removed_temp_files.append(entry["name"])
+                if not dry_run:
+                    store.loc.fs.rm(entry["name"])
+    return report
