@@ -142,9 +142,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("sql")
     def sql(
-        query: Annotated[
-            str, typer.Argument(help="A read-only SQL query (DuckDB dialect) over the store's tables.")
-        ],
+        query: Annotated[str, typer.Argument(help="A read-only SQL query (DuckDB dialect) over the store's tables.")],
         store: StoreOption = None,
         fmt: Annotated[OutFormat, typer.Option("--format", "-f", help="Output format.")] = OutFormat.table,
         out: Annotated[str | None, typer.Option("--out", "-o", help="Write results to this file.")] = None,

@@ -32,9 +32,7 @@ def _dedup_view_sql(spec: TableSpec) -> str:
         return f"SELECT * FROM {raw}"
     ordered = [o if " " in o else f"{_ident(o)} ASC" for o in spec.order]
     used = {o.split()[0] for o in spec.order} | set(spec.key)
-    tiebreak = [
-        f"{_ident(f.name)} ASC" for f in spec.schema if f.name not in used and not pa.types.is_list(f.type)
-    ]
+    tiebreak = [f"{_ident(f.name)} ASC" for f in spec.schema if f.name not in used and not pa.types.is_list(f.type)]
     order_by = ", ".join(ordered + tiebreak) or "1"
     partition = ", ".join(_ident(k) for k in spec.key)
     return (

@@ -36,9 +36,7 @@ def select_rows(
             .to_pylist()
         )
         return hashes, None, 0
-    known = (
-        store.catalog.query("SELECT DISTINCT dataset FROM dataset_images ORDER BY 1").column(0).to_pylist()
-    )
+    known = store.catalog.query("SELECT DISTINCT dataset FROM dataset_images ORDER BY 1").column(0).to_pylist()
     if dataset not in known:
         raise NotFoundError(f"unknown dataset {dataset!r}; datasets: {', '.join(known) or 'none'}")
     t = store.catalog.query(

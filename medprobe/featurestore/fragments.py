@@ -55,6 +55,4 @@ def is_fragment(name: str) -> bool:
 def list_fragments(loc: Location, table: str) -> list[dict]:
     """Visible fragments of ``table`` (dicts with name and size), sorted by name."""
     entries = list_files(loc, table_dir(loc, table))
-    return sorted(
-        (e for e in entries if e.get("type") == "file" and is_fragment(e["name"])), key=lambda e: e["name"]
-    )
+    return sorted((e for e in entries if e.get("type") == "file" and is_fragment(e["name"])), key=lambda e: e["name"])

@@ -49,9 +49,7 @@ def store_info(store: FeatureStore) -> StoreInfo:
     tables = []
     for name in TABLES:
         frags = list_fragments(store.loc, name)
-        counts = store.catalog.query(
-            f'SELECT (SELECT count(*) FROM "{name}") AS n, count(*) AS raw FROM "raw_{name}"'
-        )
+        counts = store.catalog.query(f'SELECT (SELECT count(*) FROM "{name}") AS n, count(*) AS raw FROM "raw_{name}"')
         tables.append(
             TableInfo(
                 name=name,
@@ -105,9 +103,7 @@ def verify_store(store: FeatureStore, *, read_data: bool = True) -> VerifyReport
                 with store.loc.fs.open(frag["name"], "rb") as f:
                     pq.read_metadata(f)
             except (OSError, ValueError) as e:
-                report.problems.append(
-                    f"table {name}: fragment {posixpath.basename(frag['name'])} unreadable: {e}"
-                )
+                report.problems.append(f"table {name}: fragment {posixpath.basename(frag['name'])} unreadable: {e}")
     segs = store.catalog.query(
         "SELECT segment_id, any_value(feature_set_id) AS feature_set_id, list(DISTINCT layer) AS layers, "
         "max(row) AS max_row, count(*) AS n FROM raw_activations GROUP BY segment_id ORDER BY segment_id"
@@ -125,9 +121,7 @@ def verify_store(store: FeatureStore, *, read_data: bool = True) -> VerifyReport
             try:
                 arr = store.segments.array(sid, layer)
                 if arr.shape[0] <= seg["max_row"] or arr.shape[0] != attrs.get("n_rows"):
-                    report.problems.append(
-                        f"{where}: layer {layer} has {arr.shape[0]} rows, manifest needs more"
-                    )
+                    report.problems.append(f"{where}: layer {layer} has {arr.shape[0]} rows, manifest needs more")
                     continue
                 if read_data:
                     data = store.segments.read_all(sid, layer)
@@ -135,9 +129,7 @@ def verify_store(store: FeatureStore, *, read_data: bool = True) -> VerifyReport
                         report.problems.append(f"{where}: layer {layer} holds NaN or Inf values")
             except (FileNotFoundError, KeyError, ValueError, OSError) as e:
                 msg = str(e).splitlines()[0][:200]
-                report.problems.append(
-                    f"{where}: layer {layer} ({layer_array_name(layer)}) unreadable: {msg}"
-                )
+                report.problems.append(f"{where}: layer {layer} ({layer_array_name(layer)}) unreadable: {msg}")
         report.rows_checked += int(seg["n"])
     return report
 
@@ -168,13 +160,9 @@ def gc_store(store: FeatureStore, grace: dt.timedelta, *, dry_run: bool = False)
     """
     report = GCReport()
     store.refresh()
-    committed = set(
-        store.catalog.query("SELECT DISTINCT segment_id FROM raw_activations").column(0).to_pylist()
-    )
+    committed = set(store.catalog.query("SELECT DISTINCT segment_id FROM raw_activations").column(0).to_pylist())
     # a manifest fragment is named after its segment: count those too, even if unreadable
-    committed |= {
-        posixpath.basename(f["name"])[: -len(".parquet")] for f in list_fragments(store.loc, "activations")
-    }
+    committed |= {posixpath.basename(f["name"])[: -len(".parquet")] for f in list_fragments(store.loc, "activations")}
     now = dt.datetime.now(dt.UTC)
     for sid in list_segment_dirs(store.loc):
         if sid in committed:
@@ -190,11 +178,7 @@ def gc_store(store: FeatureStore, grace: dt.timedelta, *, dry_run: bool = False)
     for name in TABLES:
         for entry in list_files(store.loc, table_dir(store.loc, name)):
             base = posixpath.basename(entry["name"])
-            if (
-                base.startswith(".")
-                and base.endswith(".tmp")
-                and _age(store, entry["name"], "", now) >= grace
-            ):
+            if base.startswith(".") and base.endswith(".tmp") and _age(store, entry["name"], "", now) >= grace:
                 report.removed_temp_files.append(entry["name"])
                 if not dry_run:
                     store.loc.fs.rm(entry["name"])

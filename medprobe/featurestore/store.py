@@ -96,7 +96,8 @@ class FeatureStore:
         """Like :meth:`sql`, returning ``{column: numpy array}`` (no pandas)."""
         table = self.sql(query, params)
         return {
-            name: col.to_numpy(zero_copy_only=False) for name, col in zip(table.column_names, table.columns)
+            name: col.to_numpy(zero_copy_only=False)
+            for name, col in zip(table.column_names, table.columns, strict=True)
         }
 
     # ------------------------------------------------------------------ feature sets
@@ -119,7 +120,7 @@ class FeatureStore:
         if t.num_rows == 0:
             ids = self.catalog.query("SELECT feature_set_id, model_id, pooling FROM feature_sets ORDER BY 1")
             known = ", ".join(
-                f"{i} ({m}, {p})" for i, m, p in zip(*(ids.column(c).to_pylist() for c in range(3)))
+                f"{i} ({m}, {p})" for i, m, p in zip(*(ids.column(c).to_pylist() for c in range(3)), strict=True)
             )
             raise NotFoundError(f"unknown feature set {feature_set_id!r}; the store has: {known or 'none'}")
         row = FeatureSetRow(**{k: v[0] for k, v in t.to_pydict().items()})
@@ -196,9 +197,7 @@ class FeatureStore:
         if sql is not None:
             t = self.sql(sql)
             if "image_hash" not in t.column_names:
-                raise InvalidInputError(
-                    f"the selection query must return an image_hash column; got {t.column_names}"
-                )
+                raise InvalidInputError(f"the selection query must return an image_hash column; got {t.column_names}")
             return [str(h) for h in t.column("image_hash").to_pylist()]
         if image_hashes is not None:
             return [str(h) for h in image_hashes]
@@ -208,9 +207,7 @@ class FeatureStore:
         )
         return t.column("image_hash").to_pylist()
 
-    def locate(
-        self, feature_set_id: str, layers: Sequence[int], image_hashes: Sequence[str]
-    ) -> dict[int, pa.Table]:
+    def locate(self, feature_set_id: str, layers: Sequence[int], image_hashes: Sequence[str]) -> dict[int, pa.Table]:
         """One manifest query for many layers: ``{layer: table(pos, segment_id, row)}`` sorted by pos."""
         self.feature_set(feature_set_id)
         self.catalog.refresh(["activations"])
@@ -222,9 +219,7 @@ class FeatureStore:
                 f"feature set {feature_set_id} has no rows for layer(s) {missing_layers}; "
                 f"stored layers: {sorted(have) or 'none'}"
             )
-        req = pa.table(
-            {"pos": pa.array(np.arange(len(image_hashes), dtype=np.int64)), "image_hash": image_hashes}
-        )
+        req = pa.table({"pos": pa.array(np.arange(len(image_hashes), dtype=np.int64)), "image_hash": image_hashes})
         name = f"_req_{new_id().replace('-', '_')}"
         self.catalog.register_temp(name, req)
         try:
