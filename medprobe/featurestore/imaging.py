@@ -363,8 +363,8 @@ def _decode_dicom(data: bytes, source: str, *, max_pixels: int, relative_to_max:
     else:
         if "VOILUTSequence" in ds:
             values = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
-        lo = 0.0 if relative_to_max else float(values.min(initial=0.0))
-        hi = float(values.max(initial=0.0))
+        lo = 0.0 if relative_to_max else float(values.min())
+        hi = float(values.max())
         span = hi - lo
         out = np.zeros(values.shape) if span <= 0 else np.clip((values - lo) / span, 0.0, 1.0)
     out8 = np.rint(out * 255.0).astype(np.uint8)
