@@ -1,0 +1,139 @@
+"""What every solver takes and returns: one probe specification in, one fitted probe out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from medprobe.errors import InvalidInputError
+
+ProbeKind = Literal["binary", "multiclass", "multilabel"]
+
+
+@dataclass(frozen=True)
+class ProbeBatch:
+    """Many probes over the same rows: layers (G) x probe columns (M).
+
+    Column ``m`` trains on ``row_sets[row_set_of[m]]`` (indices into the layer's rows) with inverse
+    regularisation ``C[g, m]`` on layer ``g``. Folds x C values x training fractions are columns.
+    """
+
+    row_sets: Sequence[np.ndarray]
+    row_set_of: np.ndarray  # (M,) int
+    C: np.ndarray  # (G, M) float
+
+    @classmethod
+    def single(cls, C: float, rows: np.ndarray, n_layers: int = 1) -> ProbeBatch:
+        """One probe per layer with the same C and rows."""
+        return cls([np.asarray(rows)], np.zeros(1, dtype=int), np.full((n_layers, 1), float(C)))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.C.shape[0]), int(self.C.shape[1])
+
+
+@dataclass
+class FittedProbe:
+    """A fitted L2 logistic-regression probe on standardised features.
+
+    ``coef`` is (classes, features) in standardised units (binary: (1, features), as scikit-learn),
+    ``mean`` and ``scale`` standardise raw features: ``z = (x - mean) / scale``.
+    """
+
+    kind: ProbeKind
+    coef: np.ndarray
+    intercept: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    C: float
+    n_iter: int = 0
+    converged: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """Logits (rows, classes) for raw features ``X``."""
+        Z = (np.asarray(X, dtype=np.float64) - self.mean) / self.scale
+        return Z @ self.coef.T.astype(np.float64) + self.intercept.astype(np.float64)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probabilities: (rows, 2) binary, (rows, classes) softmax, (rows, findings) independent sigmoids."""
+        return logits_to_proba(self.decision_function(X), self.kind)
+
+
+def logits_to_proba(logits: np.ndarray, kind: ProbeKind) -> np.ndarray:
+    """Turn logits into the probabilities scikit-learn's ``predict_proba`` would return."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if kind == "multiclass":
+        z = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+    p = 1.0 / (1.0 + np.exp(-logits))
+    if kind == "binary":
+        return np.column_stack([1.0 - p[:, 0], p[:, 0]])
+    return p
+
+
+def encode_targets(y: np.ndarray, kind: ProbeKind, n_classes: int) -> np.ndarray:
+    """Targets as a float matrix: (rows, 1) for binary, one-hot for multiclass, indicators for multilabel."""
+    y = np.asarray(y)
+    if kind == "multilabel":
+        if y.ndim != 2 or y.shape[1] != n_classes:
+            raise InvalidInputError(f"multilabel targets must be (rows, {n_classes}) indicators, got {y.shape}")
+        return y.astype(np.float64)
+    if y.ndim != 1:
+        raise InvalidInputError(f"{kind} targets must be a vector of class indices, got shape {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise InvalidInputError(f"class indices must lie in [0, {n_classes}), got {y.min()}..{y.max()}")
+    if kind == "binary":
+        return y.reshape(-1, 1).astype(np.float64)
+    out = np.zeros((y.size, n_classes))
+    out[np.arange(y.size), y.astype(int)] = 1.0
+    return out
+
+
+def balanced_weights(T: np.ndarray, kind: ProbeKind) -> np.ndarray:
+    """scikit-learn's ``class_weight='balanced'`` as per-(row, output) weights for targets ``T``.
+
+    Binary / multiclass: ``n / (n_classes * count[class])`` per row (shape (rows, 1)).
+    Multilabel (one-vs-rest): per finding, ``n / (2 * count)`` of the row's side (shape (rows, findings)).
+    """
+    n = T.shape[0]
+    if kind == "multiclass":
+        counts = T.sum(axis=0)
+        k = int((counts > 0).sum())
+        w = np.where(counts > 0, n / (k * np.maximum(counts, 1)), 0.0)
+        return (T @ w).reshape(-1, 1)
+    pos = T.sum(axis=0)
+    neg = n - pos
+    k = (pos > 0).astype(float) + (neg > 0).astype(float)
+    w_pos = n / (k * np.maximum(pos, 1))
+    w_neg = n / (k * np.maximum(neg, 1))
+    return T * w_pos + (1.0 - T) * w_neg
+
+
+def standardisation(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and scale as scikit-learn's StandardScaler (population std; 1 where a feature is constant)."""
+    X = np.asarray(X, dtype=np.float64)
+    mean = X.mean(axis=0)
+    std = X.std(axis=0)
+    std[std < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0)] = 1.0
+    return mean, std
+
+
+def check_batch(batch: ProbeBatch, n_layers: int, n_rows: int) -> None:
+    """Shapes agree, every C is positive and every row set is non-empty and in range."""
+    C = np.asarray(batch.C, dtype=float)
+    if C.ndim != 2 or C.shape[0] != n_layers or C.shape[1] != len(batch.row_set_of):
+        raise InvalidInputError(f"C must be (layers={n_layers}, probes={len(batch.row_set_of)}), got {C.shape}")
+    if not np.all(C > 0) or not np.all(np.isfinite(C)):
+        raise InvalidInputError(f"every C must be positive and finite, got {C.ravel().tolist()}")
+    rs = np.asarray(batch.row_set_of)
+    if rs.size and (rs.min() < 0 or rs.max() >= len(batch.row_sets)):
+        raise InvalidInputError("row_set_of points past the row sets")
+    for i, r in enumerate(batch.row_sets):
+        r = np.asarray(r)
+        if r.size == 0 or r.min() < 0 or r.max() >= n_rows:
+            raise InvalidInputError(f"row set {i}: training rows must be non-empty indices in [0, {n_rows})")
