@@ -22,6 +22,23 @@ from PIL import Image
 POOLINGS = ("last", "image_mean", "mean", "cls", "spatial_mean")
 
 
+class Preprocessor(ABC):
+    """Picklable CPU half of an adapter: decoded images (+ prompt) -> model input tensors.
+
+    Holds only the processor / transform (never the model), so a DataLoader can ship it to
+    worker processes under any start method: ``collate_fn=functools.partial(adapter.preprocessor,
+    prompt=prompt)`` with the images of one batch as the first argument.
+    """
+
+    @abstractmethod
+    def __call__(self, images: Sequence[Image.Image], prompt: str | None) -> dict[str, torch.Tensor]:
+        """Turn a batch of decoded images (any PIL mode; converted to RGB here) into CPU tensors."""
+
+    def format_prompt(self, prompt: str | None) -> str | None:
+        """The exact text given to the processor for ``prompt`` (chat template applied); None without text."""
+        return None
+
+
 @dataclass(frozen=True)
 class ModelIdentity:
     """The fields of a feature set that come from the model (see ``schemas.FeatureSetRow``)."""
@@ -44,14 +61,16 @@ class Adapter(ABC):
 
     identity: ModelIdentity
     device: torch.device
+    preprocessor: Preprocessor
 
-    @abstractmethod
     def preprocess(self, images: Sequence[Image.Image], prompt: str | None) -> dict[str, torch.Tensor]:
         """Turn a batch of decoded RGB images (and the prompt) into CPU tensors.
 
         Called as the DataLoader's collate step inside worker processes, so the adapter's
-        processor must be picklable and this must not touch the GPU.
+        processor must be picklable and this must not touch the GPU. Prefer passing
+        ``self.preprocessor`` (which does not hold the model) to the DataLoader.
         """
+        return self.preprocessor(images, prompt)
 
     @abstractmethod
     def forward_pooled(
@@ -59,5 +78,27 @@ class Adapter(ABC):
     ) -> dict[tuple[str, int], torch.Tensor]:
         """One forward pass; returns ``{(pooling, layer): (batch, hidden)}`` pooled on the device.
 
-        ``layers`` are non-negative indices in ``range(identity.n_layers)``.
+        ``layers`` are non-negative indices in ``range(identity.n_layers)`` (see
+        ``medprobe.extractor.layers.parse_layers``). Tensors of ``batch`` may be on the CPU
+        (pinned) or already on ``device``; the result stays on ``device`` as float32.
         """
+
+    def check_request(self, layers: Sequence[int], poolings: Sequence[str]) -> None:
+        """Raise ``InvalidInputError`` unless every layer and pooling can be served by this model."""
+        from medprobe.errors import InvalidInputError
+
+        ident = self.identity
+        bad_layers = [i for i in layers if not 0 <= int(i) < ident.n_layers]
+        if bad_layers:
+            raise InvalidInputError(
+                f"layer(s) {bad_layers} out of range for {ident.model_id}: it has {ident.n_layers} layers "
+                f"(0..{ident.n_layers - 1}); resolve specs with medprobe.extractor.layers.parse_layers"
+            )
+        bad = [p for p in poolings if p not in ident.supported_poolings]
+        if bad:
+            raise InvalidInputError(
+                f"pooling(s) {bad} not supported by adapter {ident.adapter!r} ({ident.model_id}); "
+                f"choose from {', '.join(ident.supported_poolings)}"
+            )
+        if not layers or not poolings:
+            raise InvalidInputError("ask for at least one layer and one pooling")

@@ -1,0 +1,212 @@
+"""``load_adapter(spec)``: a model spec -> a ready :class:`~medprobe.extractor.adapter.Adapter`.
+
+A spec is one of:
+
+* ``tiny-random/<name>`` / ``random-full/<name>``: random-weight models built in code (``tiny.py``);
+* a plugin name registered under the ``medprobe.models`` entry-point group (``efficientnet-lite0``);
+* a local checkpoint directory or a Hugging Face model id, loaded with the ``Auto*`` classes and
+  dispatched on ``AutoConfig``'s ``model_type`` (see ``medprobe.extractor.models.FAMILIES``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medprobe.errors import InvalidInputError, NotFoundError
+from medprobe.extractor import tiny
+from medprobe.extractor.adapter import Adapter
+from medprobe.extractor.models import FAMILIES, GENERIC, Family, resolve
+from medprobe.extractor.models.base import model_revision
+
+PLUGIN_GROUP = "medprobe.models"
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+QUANTIZATIONS = ("8bit", "4bit")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``bf16`` / ``fp16`` / ``fp32`` (or the long names) -> the torch dtype."""
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise InvalidInputError(f"unknown dtype {name!r}; choose from bf16, fp16, fp32") from None
+
+
+def plugin_names() -> list[str]:
+    """Model specs provided by installed plugins (entry-point group ``medprobe.models``)."""
+    return sorted(ep.name for ep in entry_points(group=PLUGIN_GROUP))
+
+
+def supported_model_types() -> list[str]:
+    """Hugging Face ``model_type`` values with a dedicated adapter."""
+    return sorted(FAMILIES)
+
+
+def load_adapter(
+    model_spec: str,
+    *,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    trust_remote_code: bool = False,
+    quantization: str | None = None,
+    device_map: str | None = None,
+) -> Adapter:
+    """Load the model named by ``model_spec`` and wrap it in its adapter (eval mode, on ``device``).
+
+    ``device_map`` (e.g. ``"auto"``) spreads a large model over the visible GPUs through accelerate
+    and takes precedence over ``device``; ``quantization`` (``"8bit"``/``"4bit"``) needs bitsandbytes.
+    """
+    torch_dtype(dtype)  # validate early
+    if model_spec.startswith((tiny.TINY_PREFIX, tiny.FULL_PREFIX)):
+        return _load_random(model_spec, device=device, dtype=dtype)
+    plugins = {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+    if model_spec in plugins:
+        build = plugins[model_spec].load()
+        return build(device=device, dtype=dtype)
+    return _load_hf(
+        model_spec,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        quantization=quantization,
+        device_map=device_map,
+    )
+
+
+def adapter_from_model(
+    model: torch.nn.Module,
+    processor: Any,
+    *,
+    model_id: str,
+    revision: str | None = None,
+    source: str | Path | None = None,
+) -> Adapter:
+    """Wrap an already-built Hugging Face model and its processor in the adapter of its ``model_type``."""
+    family = _family(model.config, model_id)
+    adapter_cls = resolve(family.adapter)
+    revision = revision or model_revision(model, source)
+    if family.model_class in ("CLIPVisionModel", "SiglipVisionModel"):
+        return adapter_cls(model, processor, family=family.name, model_id=model_id, revision=revision)
+    return adapter_cls(model, processor, model_id=model_id, revision=revision)
+
+
+# ----------------------------------------------------------------------------- random-weight specs
+def _load_random(spec: str, *, device: str, dtype: str) -> Adapter:
+    full = spec.startswith(tiny.FULL_PREFIX)
+    name = spec.removeprefix(tiny.FULL_PREFIX if full else tiny.TINY_PREFIX)
+    built = tiny.random_from_config(name, full_size=full, device=device, dtype=dtype)
+    # a full-size model is too large to hash: its revision names the recipe instead
+    revision = f"random-init:{name}:seed={tiny.SEED}:torch={torch.__version__}" if full else None
+    return adapter_from_model(built.model, built.processor, model_id=spec, revision=revision)
+
+
+# ----------------------------------------------------------------------------- Hugging Face checkpoints
+def _family(config: Any, spec: str) -> Family:
+    model_type = getattr(config, "model_type", None)
+    if model_type in FAMILIES:
+        return FAMILIES[model_type]
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return GENERIC
+    raise InvalidInputError(
+        f"model {spec!r} has architecture {model_type!r}, which medprobe cannot extract from; supported: "
+        f"{', '.join(supported_model_types())}, any other image-text-to-text model with a decoder stack, "
+        f"and the plugins {', '.join(plugin_names()) or '(none installed)'}"
+    )
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~")) or Path(spec).expanduser().exists()
+
+
+def _load_config(spec: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoConfig
+
+    if _looks_like_path(spec) and not Path(spec).expanduser().is_dir():
+        raise NotFoundError(f"model directory {spec!r} does not exist")
+    try:
+        return AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise NotFoundError(
+            f"model {spec!r} not found: it is neither a local checkpoint directory nor a Hugging Face model id "
+            f"that can be downloaded or found in the local cache ({e})".replace("\n", " ")
+        ) from e
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise InvalidInputError(
+                f"model {spec!r} ships its own code; rerun with --trust-remote-code if you trust it"
+            ) from e
+        raise InvalidInputError(f"cannot read the config of model {spec!r}: {e}") from e
+
+
+def _quantization_config(quantization: str | None, dtype: str) -> Any:
+    if quantization is None:
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise InvalidInputError(f"unknown quantization {quantization!r}; choose from {', '.join(QUANTIZATIONS)}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise InvalidInputError(
+            f"{quantization} loading needs the bitsandbytes package (and a CUDA GPU): pip install bitsandbytes"
+        )
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch_dtype(dtype))
+
+
+def _load_processor(family: Family, spec: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    if family.processor == "image":
+        return AutoImageProcessor.from_pretrained(spec)
+    if family.processor == "auto":
+        return AutoProcessor.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    return resolve(family.processor).from_pretrained(spec)
+
+
+def _load_hf(
+    spec: str,
+    *,
+    device: str,
+    dtype: str,
+    trust_remote_code: bool,
+    quantization: str | None,
+    device_map: str | None,
+) -> Adapter:
+    import transformers
+
+    config = _load_config(spec, trust_remote_code)
+    family = _family(config, spec)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    quant = _quantization_config(quantization, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = device_map or {"": device}
+    elif device_map is not None:
+        if importlib.util.find_spec("accelerate") is None:
+            raise InvalidInputError("device_map needs the accelerate package: pip install accelerate")
+        kwargs["device_map"] = device_map
+    if family.model_class == "auto":
+        model_cls = transformers.AutoModelForImageTextToText
+    else:
+        model_cls = getattr(transformers, family.model_class)
+        kwargs.pop("trust_remote_code")
+    model = model_cls.from_pretrained(spec, **kwargs)
+    if "device_map" not in kwargs:
+        model = model.to(device)
+    processor = _load_processor(family, spec, trust_remote_code)
+    source = Path(spec).expanduser() if Path(spec).expanduser().is_dir() else None
+    return adapter_from_model(model, processor, model_id=spec, source=source)

@@ -1,0 +1,46 @@
+"""Adapter families and which Hugging Face ``model_type`` each one serves.
+
+``FAMILIES`` maps a ``config.model_type`` to its adapter class; any other model type that
+transformers can load as image-text-to-text goes through the generic decoder adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to load and wrap one architecture family."""
+
+    name: str
+    adapter: str  # "module:Class" under medprobe.extractor.models
+    model_class: str  # transformers class (vision towers) or "auto" (AutoModelForImageTextToText)
+    processor: str = "auto"  # "auto", "image" (AutoImageProcessor) or "module:Class"
+
+
+_VISION = "medprobe.extractor.models.vision_tower:VisionTowerAdapter"
+_QWEN = "medprobe.extractor.models.qwen2_vl"
+
+FAMILIES: dict[str, Family] = {
+    "clip": Family("clip", _VISION, "CLIPVisionModel", "image"),
+    "clip_vision_model": Family("clip", _VISION, "CLIPVisionModel", "image"),
+    "siglip": Family("siglip", _VISION, "SiglipVisionModel", "image"),
+    "siglip_vision_model": Family("siglip", _VISION, "SiglipVisionModel", "image"),
+    "llava": Family("llava", "medprobe.extractor.models.llava:LlavaAdapter", "auto"),
+    "qwen2_vl": Family("qwen2-vl", f"{_QWEN}:Qwen2VLAdapter", "auto", f"{_QWEN}:Qwen2VLImageOnlyProcessor"),
+    "qwen2_5_vl": Family("qwen2.5-vl", f"{_QWEN}:Qwen2_5_VLAdapter", "auto", f"{_QWEN}:Qwen2_5_VLImageOnlyProcessor"),
+    "paligemma": Family("paligemma", "medprobe.extractor.models.paligemma:PaliGemmaAdapter", "auto"),
+    "idefics": Family("idefics", "medprobe.extractor.models.idefics:IdeficsAdapter", "IdeficsForVisionText2Text"),
+    "idefics2": Family("idefics2", "medprobe.extractor.models.idefics2:Idefics2Adapter", "auto"),
+    "idefics3": Family("idefics3", "medprobe.extractor.models.idefics2:Idefics3Adapter", "auto"),
+}
+GENERIC = Family("image-text-to-text", "medprobe.extractor.models.decoder:DecoderVLMAdapter", "auto")
+
+
+def resolve(path: str) -> type:
+    """Import ``module:Class``."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)

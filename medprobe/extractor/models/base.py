@@ -1,0 +1,125 @@
+"""Pieces shared by the Hugging Face adapters: layer discovery, device moves, identity fields."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medprobe.errors import InvalidInputError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+_AVOID_IN_PATH = ("vision", "visual", "perceiver", "resampler", "connector", "projector", "image", "audio")
+
+
+def find_layer_list(
+    model: nn.Module, n_expected: int | None, *, prefer: Iterable[str] = ()
+) -> tuple[str, nn.ModuleList]:
+    """Find the decoder stack: the ``ModuleList`` named ``*layers`` that holds the text blocks.
+
+    Like nnsight's module paths, but found generically: candidates are every ``ModuleList`` whose
+    name ends in ``layers`` outside vision/resampler/projector sub-modules; one of length
+    ``n_expected`` wins, and among several, the first whose path contains a ``prefer`` word.
+    """
+    prefer = tuple(prefer)
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList)
+        and name.rsplit(".", 1)[-1] == "layers"
+        and not any(word in part for part in name.split(".")[:-1] for word in _AVOID_IN_PATH)
+    ]
+    if n_expected is not None:
+        candidates = [(n, m) for n, m in candidates if len(m) == n_expected]
+    if not candidates:
+        raise InvalidInputError(
+            f"cannot find the decoder layers of {type(model).__name__}: no ModuleList named '*layers' "
+            f"with {n_expected} blocks outside the vision tower; this architecture needs its own adapter"
+        )
+    for word in prefer:
+        for name, module in candidates:
+            if word in name:
+                return name, module
+    return candidates[0]
+
+
+def text_config(config: Any) -> Any:
+    """The language-model part of a (possibly composite) config."""
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
+def move_batch(batch: Mapping[str, torch.Tensor], device: torch.device, float_dtype: torch.dtype) -> dict:
+    """Tensors to ``device`` (non-blocking); floating tensors also cast to the compute dtype."""
+    out = {}
+    for key, value in batch.items():
+        if not isinstance(value, torch.Tensor):
+            out[key] = value
+        elif value.is_floating_point():
+            out[key] = value.to(device=device, dtype=float_dtype, non_blocking=True)
+        else:
+            out[key] = value.to(device=device, non_blocking=True)
+    return out
+
+
+def sha256_of_files(paths: Iterable[Path]) -> str:
+    """sha256 over the names and bytes of ``paths`` in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_of_state(module: nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes) of an in-memory model."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        if tensor.device.type == "meta":
+            raise InvalidInputError("cannot hash the weights of a model on the meta device")
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def model_revision(model: nn.Module, source: str | Path | None) -> str:
+    """The config's ``_commit_hash`` when there is one, else sha256 of the weight files (or tensors)."""
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+    if commit:
+        return str(commit)
+    if source is not None and Path(source).is_dir():
+        files = [p for p in Path(source).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
+        if files:
+            return "sha256:" + sha256_of_files(files)
+    return "sha256:" + sha256_of_state(model)
+
+
+def canonical_json(value: Any) -> str:
+    """Stable JSON (sorted keys, no spaces) of a config dict; unknown objects become their repr."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where inputs must go: the device of the input embeddings (or the first parameter)."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    if emb is not None and hasattr(emb, "weight"):
+        return emb.weight.device
+    return next(model.parameters()).device
+
+
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's parameters (what floating inputs are cast to)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32

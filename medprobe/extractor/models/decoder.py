@@ -1,0 +1,193 @@
+"""Decoder VLMs (image-text-to-text): hooks on the language model's blocks, token poolings.
+
+Layer ``i`` is the output of decoder block ``i`` of the language model, before the final norm.
+It equals ``output_hidden_states[i + 1]`` for ``i < n_layers - 1``; for the last block,
+``output_hidden_states[-1]`` is after the final norm while layer ``n_layers - 1`` is before it.
+
+This module holds the generic path (any model whose decoder stack ``find_layer_list`` finds);
+the per-family modules override only prompt formatting and image-token positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import nn
+from transformers import PreTrainedModel
+
+from medprobe.errors import InvalidInputError
+from medprobe.extractor.adapter import Adapter, ModelIdentity, Preprocessor
+from medprobe.extractor.models.base import (
+    canonical_json,
+    compute_dtype,
+    find_layer_list,
+    input_device,
+    move_batch,
+    text_config,
+)
+from medprobe.extractor.models.capture import PooledCapture
+from medprobe.extractor.models.pooling import TokenMasks, pool_tokens
+from medprobe.extractor.models.vision_tower import to_rgb
+from medprobe.extractor.prompts import apply_chat_template
+
+LAYER_SEMANTICS = (
+    "layer i = output of language-model decoder block i (residual stream, before the final norm) = "
+    "output_hidden_states[i+1] for i < n_layers-1; last = last non-pad token, mean = mean over "
+    "non-pad tokens, image_mean = mean over image-token positions"
+)
+POOLINGS = ("last", "image_mean", "mean")
+
+
+class VLMPreprocessor(Preprocessor):
+    """Image + prompt -> processor tensors, right-padded, with per-family prompt formatting."""
+
+    #: images go to the processor as ``[[img], [img], ...]`` (one list per sample)
+    nested_images: ClassVar[bool] = False
+    #: keys the processor returns that the model's forward must not get
+    drop_keys: ClassVar[tuple[str, ...]] = ("labels",)
+
+    def __init__(self, processor: Any, *, image_token: str, use_chat_template: bool = True) -> None:
+        self.processor = processor
+        self.image_token = image_token
+        self.use_chat_template = use_chat_template and bool(getattr(processor, "chat_template", None))
+        tokenizer = getattr(processor, "tokenizer", None)
+        if tokenizer is not None:
+            # right padding keeps every real token at the position it has when run alone
+            tokenizer.padding_side = "right"
+
+    def plain_prompt(self, prompt: str) -> str:
+        """The text when the processor has no chat template: the image placeholder, then the prompt."""
+        return f"{self.image_token}{prompt}"
+
+    def format_prompt(self, prompt: str | None) -> str:
+        if prompt is None:
+            raise InvalidInputError("this model takes a prompt: pass --prompt TEXT or --prompt-preset NAME")
+        if self.use_chat_template:
+            return apply_chat_template(self.processor, prompt)
+        return self.plain_prompt(prompt)
+
+    def run_processor(self, images: list[Image.Image], text: str) -> Mapping[str, Any]:
+        batch_images: list = [[im] for im in images] if self.nested_images else images
+        return self.processor(images=batch_images, text=[text] * len(images), return_tensors="pt", padding="longest")
+
+    def __call__(self, images: Sequence[Image.Image], prompt: str | None) -> dict[str, torch.Tensor]:
+        if not images:
+            raise InvalidInputError("preprocess got an empty batch of images")
+        out = self.run_processor(to_rgb(images), self.format_prompt(prompt))
+        return {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in self.drop_keys}
+
+    def describe(self) -> dict[str, Any]:
+        """What of the processor changes the numbers (for the feature-set key)."""
+        processor = self.processor
+        tokenizer = getattr(processor, "tokenizer", None)
+        image_processor = getattr(processor, "image_processor", None)
+        return {
+            "processor": type(processor).__name__,
+            "image_processor": image_processor.to_dict() if image_processor is not None else None,
+            "tokenizer": type(tokenizer).__name__ if tokenizer is not None else None,
+            "vocab_size": len(tokenizer) if tokenizer is not None else None,
+            "chat_template": getattr(processor, "chat_template", None) if self.use_chat_template else None,
+            "padding_side": "right",
+            "prompt_format": type(self).__name__,
+        }
+
+
+class DecoderVLMAdapter(Adapter):
+    """Generic image-text-to-text model: hooks on the language model's decoder blocks."""
+
+    family: ClassVar[str] = "image-text-to-text"
+    preprocessor_class: ClassVar[type[VLMPreprocessor]] = VLMPreprocessor
+    layer_semantics: ClassVar[str] = LAYER_SEMANTICS
+
+    def __init__(self, model: PreTrainedModel, processor: Any, *, model_id: str, revision: str):
+        self.model = model.eval()
+        config = model.config
+        n_layers = text_config(config).num_hidden_layers
+        self.layer_path, self.layer_modules = find_layer_list(model, n_layers, prefer=("language_model", "text"))
+        self.image_token_id = self.find_image_token_id(config, processor)
+        image_token = processor.tokenizer.convert_ids_to_tokens(self.image_token_id)
+        self.preprocessor = self.preprocessor_class(processor, image_token=image_token)
+        self.device = input_device(model)
+        self.dtype = compute_dtype(model)
+        hidden = text_config(config).hidden_size
+        self.identity = ModelIdentity(
+            model_id=model_id,
+            model_revision=revision,
+            adapter=self.family,
+            preprocessing=canonical_json(self.preprocessor.describe()),
+            layer_semantics=self.layer_semantics,
+            n_layers=n_layers,
+            hidden_sizes=(hidden,) * n_layers,
+            supported_poolings=POOLINGS,
+            default_pooling="last",
+            takes_prompt=True,
+            extra={
+                "model_class": type(model).__name__,
+                "layer_path": self.layer_path,
+                "image_token_id": self.image_token_id,
+            },
+        )
+
+    # ---------------------------------------------------------------- per-family hooks
+    @staticmethod
+    def find_image_token_id(config: Any, processor: Any) -> int:
+        """The id of the image placeholder token: the config's, else the processor's."""
+        for owner, attr in ((config, "image_token_id"), (config, "image_token_index"), (processor, "image_token_id")):
+            value = getattr(owner, attr, None)
+            if isinstance(value, int):
+                return value
+        tokenizer = getattr(processor, "tokenizer", None)
+        token = getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None)
+        if tokenizer is not None and token:
+            return int(tokenizer.convert_tokens_to_ids(token))
+        raise InvalidInputError(f"cannot find the image token id of {type(config).__name__}")
+
+    def image_mask(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Bool ``(batch, seq)``: positions whose hidden state belongs to an image token."""
+        return inputs["input_ids"] == self.image_token_id
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The model without its LM head (the head's logits are never needed)."""
+        inner = getattr(self.model, "model", None)
+        return inner if isinstance(inner, nn.Module) else self.model
+
+    def run_model(self, inputs: Mapping[str, torch.Tensor], **kwargs: Any) -> Any:
+        return self.base_model(**inputs, use_cache=False, **kwargs)
+
+    # ---------------------------------------------------------------- Adapter
+    def token_masks(self, inputs: Mapping[str, torch.Tensor], poolings: Sequence[str]) -> TokenMasks:
+        """Attention and image-token masks of a batch already on the device."""
+        attention = inputs.get("attention_mask")
+        attention = attention.bool() if attention is not None else None
+        image = None
+        if "image_mean" in poolings:
+            image = self.image_mask(inputs)
+            if attention is not None:
+                image = image & attention
+            empty = (~image.any(dim=1)).nonzero().flatten().tolist()
+            if empty:
+                raise InvalidInputError(
+                    f"rows {empty} of the batch have no image tokens (id {self.image_token_id}); "
+                    "check that the prompt format puts the image in the text"
+                )
+        return TokenMasks(attention=attention, image=image)
+
+    def forward_pooled(
+        self, batch: Mapping[str, torch.Tensor], layers: Sequence[int], poolings: Sequence[str]
+    ) -> dict[tuple[str, int], torch.Tensor]:
+        self.check_request(layers, poolings)
+        inputs = move_batch(batch, self.device, self.dtype)
+        masks = self.token_masks(inputs, poolings)
+        capture = PooledCapture(self.layer_modules, layers, poolings, lambda name, h: pool_tokens(name, h, masks))
+        with torch.inference_mode():
+            return capture.run(lambda: self.run_model(inputs))
+
+    def hidden_states(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Reference path (tests, the baseline benchmark): every layer via ``output_hidden_states``."""
+        inputs = move_batch(batch, self.device, self.dtype)
+        with torch.inference_mode():
+            return self.run_model(inputs, output_hidden_states=True).hidden_states

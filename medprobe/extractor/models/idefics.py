@@ -1,0 +1,37 @@
+"""Idefics v1 (the reference study's model): one ``<image>`` placeholder; the image enters through
+gated cross-attention blocks that precede the decoder blocks.
+
+Layer ``i`` is the output of decoder block ``i`` (after gated cross-attention block
+``i // cross_layer_interval`` where one precedes it), before the final norm. ``image_mean`` is the
+state at the ``<image>`` placeholder token (the only sequence position that stands for the image).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from PIL import Image
+
+from medprobe.extractor.models.decoder import LAYER_SEMANTICS, DecoderVLMAdapter, VLMPreprocessor
+
+
+class IdeficsPreprocessor(VLMPreprocessor):
+    """Builds the Idefics instruct format ``["User:", image, prompt, "\\nAssistant:"]`` per sample."""
+
+    def plain_prompt(self, prompt: str) -> str:
+        return f"User:{self.image_token}{prompt}\nAssistant:"
+
+    def run_processor(self, images: list[Image.Image], text: str) -> Mapping[str, Any]:
+        head, _, tail = text.partition(self.image_token)
+        samples = [[head, image, tail] if head else [image, tail] for image in images]
+        return self.processor(text=samples, return_tensors="pt", padding="longest")
+
+
+class IdeficsAdapter(DecoderVLMAdapter):
+    family = "idefics"
+    preprocessor_class = IdeficsPreprocessor
+    layer_semantics = (
+        LAYER_SEMANTICS.replace("image_mean = mean over image-token positions", "image_mean = the <image> token")
+        + "; block i includes the gated cross-attention that precedes it"
+    )

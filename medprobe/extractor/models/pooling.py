@@ -1,0 +1,58 @@
+"""Pooling of one layer's token states on the device: last prompt token, masked means, CLS.
+
+Every function takes hidden states ``(batch, seq, hidden)`` in the model's dtype and returns
+float32 ``(batch, hidden)``; sums run in float32 whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TokenMasks:
+    """Which positions of a batch are real tokens and which are image tokens (bool, on the device).
+
+    ``attention`` and ``image`` are ``(batch, seq)``; None means every position.
+    """
+
+    attention: torch.Tensor | None = None
+    image: torch.Tensor | None = None
+
+
+def last_token(hidden: torch.Tensor, attention: torch.Tensor | None) -> torch.Tensor:
+    """The state at the last non-padding position of each row (works for left and right padding)."""
+    if attention is None:
+        return hidden[:, -1].float()
+    seq = attention.shape[1]
+    # index of the last True: reverse, find the first True, map back
+    last = seq - 1 - attention.flip(-1).to(torch.int8).argmax(dim=-1)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return hidden[rows, last.to(hidden.device)].float()
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the positions where ``mask`` is True (all positions when None)."""
+    if mask is None:
+        return hidden.float().mean(dim=1)
+    weights = mask.to(device=hidden.device, dtype=torch.float32)
+    sums = torch.bmm(weights.unsqueeze(1), hidden.float()).squeeze(1)
+    return sums / weights.sum(dim=1, keepdim=True)
+
+
+def pool_tokens(name: str, hidden: torch.Tensor, masks: TokenMasks) -> torch.Tensor:
+    """Apply the named token pooling (last, mean, image_mean, cls) to ``hidden``."""
+    if name == "last":
+        return last_token(hidden, masks.attention)
+    if name == "mean":
+        return masked_mean(hidden, masks.attention)
+    if name == "image_mean":
+        if masks.image is None:
+            raise ValueError("image_mean needs an image-token mask")
+        image = masks.image if masks.attention is None else masks.image & masks.attention
+        return masked_mean(hidden, image)
+    if name == "cls":
+        return hidden[:, 0].float()
+    raise ValueError(f"unknown token pooling {name!r}")

@@ -1,0 +1,106 @@
+"""CLIP and SigLIP vision towers: per-layer CLS and mean-of-patches activations.
+
+Layer ``i`` is the output of vision-encoder block ``i`` (the residual stream, before CLIP's or
+SigLIP's ``post_layernorm``); it equals ``output_hidden_states[i + 1]`` for every ``i``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+
+from medprobe.errors import InvalidInputError
+from medprobe.extractor.adapter import Adapter, ModelIdentity, Preprocessor
+from medprobe.extractor.models.base import canonical_json, compute_dtype, move_batch
+from medprobe.extractor.models.capture import PooledCapture
+
+LAYER_SEMANTICS = (
+    "layer i = output of vision encoder block i (residual stream before post_layernorm) = "
+    "output_hidden_states[i+1]; cls = the CLS token, image_mean = mean over patch tokens, "
+    "mean = mean over all tokens"
+)
+
+
+def to_rgb(images: Sequence[Image.Image]) -> list[Image.Image]:
+    """Every image as 8-bit RGB (grayscale and 16-bit radiographs are converted)."""
+    out = []
+    for image in images:
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            image = image.point(lambda v: v / 256).convert("L")
+        out.append(image if image.mode == "RGB" else image.convert("RGB"))
+    return out
+
+
+class ImageOnlyPreprocessor(Preprocessor):
+    """Runs a Hugging Face image processor; vision towers take no prompt."""
+
+    def __init__(self, image_processor: object) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, images: Sequence[Image.Image], prompt: str | None = None) -> dict[str, torch.Tensor]:
+        if prompt is not None:
+            raise InvalidInputError("a vision encoder takes no prompt: pass prompt=None")
+        out = self.image_processor(images=to_rgb(images), return_tensors="pt")
+        return {"pixel_values": out["pixel_values"]}
+
+
+def find_encoder_layers(model: nn.Module, n_layers: int) -> nn.ModuleList:
+    """The vision encoder's block list (``...encoder.layers`` with ``n_layers`` blocks)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.endswith("encoder.layers") and len(module) == n_layers:
+            return module
+    raise InvalidInputError(f"cannot find the encoder layers of {type(model).__name__}")
+
+
+class VisionTowerAdapter(Adapter):
+    """A ViT-style image encoder (CLIPVisionModel, SiglipVisionModel) with hooks on its blocks."""
+
+    def __init__(self, model: nn.Module, image_processor: object, *, family: str, model_id: str, revision: str):
+        self.model = model.eval()
+        self.family = family
+        config = model.config
+        n_layers = config.num_hidden_layers
+        self.layer_modules = find_encoder_layers(model, n_layers)
+        self.n_prefix = 1 if family == "clip" else 0  # CLIP prepends a CLS token; SigLIP has none
+        self.preprocessor = ImageOnlyPreprocessor(image_processor)
+        self.device = next(model.parameters()).device
+        self.dtype = compute_dtype(model)
+        poolings = ("cls", "image_mean", "mean") if self.n_prefix else ("image_mean", "mean")
+        self.identity = ModelIdentity(
+            model_id=model_id,
+            model_revision=revision,
+            adapter=family,
+            preprocessing=canonical_json({"image_processor": image_processor.to_dict()}),
+            layer_semantics=LAYER_SEMANTICS,
+            n_layers=n_layers,
+            hidden_sizes=(config.hidden_size,) * n_layers,
+            supported_poolings=poolings,
+            default_pooling=poolings[0],
+            takes_prompt=False,
+            extra={"model_class": type(model).__name__},
+        )
+
+    def _pool(self, name: str, hidden: torch.Tensor) -> torch.Tensor:
+        if name == "cls":
+            return hidden[:, 0].float()
+        if name == "image_mean":
+            return hidden[:, self.n_prefix :].float().mean(dim=1)
+        return hidden.float().mean(dim=1)
+
+    def forward_pooled(
+        self, batch: Mapping[str, torch.Tensor], layers: Sequence[int], poolings: Sequence[str]
+    ) -> dict[tuple[str, int], torch.Tensor]:
+        self.check_request(layers, poolings)
+        inputs = move_batch({"pixel_values": batch["pixel_values"]}, self.device, self.dtype)
+        capture = PooledCapture(self.layer_modules, layers, poolings, self._pool)
+        with torch.inference_mode():
+            return capture.run(lambda: self.model(**inputs))
+
+    def hidden_states(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Reference path (tests, the baseline benchmark): every layer via ``output_hidden_states``."""
+        inputs = move_batch({"pixel_values": batch["pixel_values"]}, self.device, self.dtype)
+        with torch.inference_mode():
+            return self.model(**inputs, output_hidden_states=True).hidden_states

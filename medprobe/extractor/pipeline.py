@@ -1,0 +1,336 @@
+"""One extraction: plan what is missing, read -> forward -> commit, and summarise the stages.
+
+``extract(store, options)`` is what ``medprobe extract`` and the queue worker run; ``run_extraction``
+is the loop for an already loaded adapter (the worker reuses one adapter across shards).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from medprobe.errors import InvalidInputError
+from medprobe.extractor.adapter import POOLINGS, Adapter
+from medprobe.extractor.feature_set import COMPUTE_DTYPES, STORAGE_DTYPES, feature_set_rows
+from medprobe.extractor.reader import ImageRefs, Plan, check_dataset, make_loader, plan_images
+from medprobe.extractor.runner import OutOfMemory, Runner, free_device_memory, is_oom
+from medprobe.extractor.writer import Committer, HostBatch
+from medprobe.featurestore.fsio import write_atomic
+from medprobe.featurestore.ids import new_id
+from medprobe.progress import progress_bar
+from medprobe.schemas import FeatureSetRow
+
+AUTO_START = {"cuda": 256, "cpu": 16}  # first batch size tried by --batch-size auto
+
+
+class ExtractOptions(BaseModel):
+    """Everything ``medprobe extract`` / ``submit`` accept; JSON-serialisable for the job queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    model: str
+    prompt: str | None = None
+    prompt_preset: str | None = None
+    layers: str = "all"
+    pooling: list[str] | None = None  # None: the adapter's default pooling
+    batch_size: int | Literal["auto"] = "auto"
+    dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
+    device: str | None = None  # None: cuda when available
+    workers: int | None = None  # None: min(8, cores - 1)
+    splits: list[str] | None = None
+    storage_dtype: str = "float16"
+    trust_remote_code: bool = False
+    quantization: str | None = None
+    device_map: str | None = None
+    commit_every: int = Field(256, ge=1)
+    commit_seconds: float = Field(60.0, gt=0)
+    limit: int | None = Field(None, ge=1)
+    study_preprocessing: bool = False
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "auto":
+            if not v.isdigit() or int(v) < 1:
+                raise ValueError(f"--batch-size must be a positive integer or 'auto', got {v!r}")
+            return int(v)
+        return v
+
+    def resolved_device(self) -> str:
+        if self.device is not None:
+            if self.device.startswith("cuda") and not torch.cuda.is_available():
+                raise InvalidInputError(f"--device {self.device}: no CUDA device is available; use --device cpu")
+            return self.device
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self) -> str:
+        dtype = self.dtype or ("bf16" if self.resolved_device().startswith("cuda") else "fp32")
+        if dtype not in COMPUTE_DTYPES:
+            raise InvalidInputError(f"--dtype {dtype!r}: choose from {', '.join(COMPUTE_DTYPES)}")
+        return dtype
+
+    def resolved_workers(self) -> int:
+        if self.workers is not None:
+            if self.workers < 0:
+                raise InvalidInputError("--workers must be 0 or more")
+            return self.workers
+        return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+@dataclass
+class Request:
+    """What one extraction asks of a loaded adapter."""
+
+    layers: list[int]
+    poolings: list[str]
+    prompt: str | None  # exact processor text (chat template applied), None for vision-only models
+    raw_prompt: str | None  # what is given to the preprocessor
+    feature_sets: dict[str, FeatureSetRow]  # pooling -> row
+
+    @property
+    def feature_set_ids(self) -> dict[str, str]:
+        return {p: row.feature_set_id for p, row in self.feature_sets.items()}
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised after a graceful stop (SIGTERM/SIGINT) once the in-flight batches are committed."""
+
+
+def check_writable(store) -> None:
+    """Raise InvalidInputError when the store cannot be written (before any model is loaded)."""
+    probe = store.loc.path("tmp", f".write-check-{os.getpid()}-{new_id()}")
+    try:
+        write_atomic(store.loc, probe, b"ok")
+        store.loc.fs.rm(probe)
+    except OSError as e:
+        raise InvalidInputError(
+            f"store {store.url} is read-only ({type(e).__name__}: {e.strerror if hasattr(e, 'strerror') else e}); "
+            "extract into a writable store (--store) or fix its permissions"
+        ) from e
+
+
+def load_model(options: ExtractOptions) -> Adapter:
+    """Load the adapter named by ``options.model`` on the resolved device and dtype."""
+    from medprobe.extractor.loading import load_adapter
+
+    return load_adapter(
+        options.model,
+        device=options.resolved_device(),
+        dtype=options.resolved_dtype(),
+        trust_remote_code=options.trust_remote_code,
+        quantization=options.quantization,
+        device_map=options.device_map,
+    )
+
+
+def resolve_prompt(adapter: Adapter, options: ExtractOptions) -> str | None:
+    """The prompt text for the preprocessor: --prompt, a --prompt-preset, the general preset, or None."""
+    if options.prompt is not None and options.prompt_preset is not None:
+        raise InvalidInputError("pass --prompt or --prompt-preset, not both")
+    if not adapter.identity.takes_prompt:
+        if options.prompt is not None or options.prompt_preset is not None:
+            raise InvalidInputError(
+                f"model {adapter.identity.model_id} ({adapter.identity.adapter}) is a vision encoder and takes "
+                "no prompt; drop --prompt/--prompt-preset"
+            )
+        return None
+    if options.prompt is not None:
+        if not options.prompt.strip():
+            raise InvalidInputError("--prompt is empty")
+        return options.prompt
+    from medprobe.extractor.prompts import get_preset
+
+    return get_preset(options.prompt_preset or "general")
+
+
+def resolve_request(adapter: Adapter, options: ExtractOptions) -> Request:
+    """Layers, poolings, prompt and the feature-set rows of one extraction; validates them against the model."""
+    from medprobe.extractor.layers import parse_layers
+
+    ident = adapter.identity
+    layers = parse_layers(options.layers, ident.n_layers)
+    poolings = list(dict.fromkeys(options.pooling or [ident.default_pooling]))
+    unknown = [p for p in poolings if p not in POOLINGS]
+    if unknown:
+        raise InvalidInputError(f"unknown pooling(s) {unknown}; choose from {', '.join(POOLINGS)}")
+    adapter.check_request(layers, poolings)
+    if options.storage_dtype not in STORAGE_DTYPES:
+        raise InvalidInputError(f"--storage-dtype {options.storage_dtype!r}: choose from {', '.join(STORAGE_DTYPES)}")
+    raw_prompt = resolve_prompt(adapter, options)
+    prompt = adapter.preprocessor.format_prompt(raw_prompt) if raw_prompt is not None else None
+    rows = feature_set_rows(
+        ident,
+        prompt=prompt if prompt is not None else raw_prompt,
+        poolings=poolings,
+        compute_dtype=options.resolved_dtype(),
+        storage_dtype=options.storage_dtype,
+    )
+    return Request(layers=layers, poolings=poolings, prompt=prompt, raw_prompt=raw_prompt, feature_sets=rows)
+
+
+def run_extraction(
+    store,
+    adapter: Adapter,
+    request: Request,
+    options: ExtractOptions,
+    *,
+    run_id: str | None = None,
+    shard: tuple[int, int] | None = None,
+    stop: threading.Event | None = None,
+    show_progress: bool = True,
+    on_commit: Callable[[int], None] | None = None,
+    before_commit: Callable[[], None] | None = None,
+    plan: Plan | None = None,
+) -> dict[str, Any]:
+    """Extract every image of the selection that misses a requested row; returns the summary.
+
+    Batches already forwarded are committed before this returns, whether it finishes, is stopped
+    (``stop`` set: raises :class:`Stopped` afterwards) or fails.
+    """
+    t_start = time.perf_counter()
+    for row in request.feature_sets.values():
+        store.register_feature_set(row)
+    fs_ids = list(request.feature_set_ids.values())
+    if plan is None:
+        plan = plan_images(
+            store, options.dataset, fs_ids, request.layers, splits=options.splits, shard=shard, limit=options.limit
+        )
+    device = adapter.device
+    auto = options.batch_size == "auto"
+    batch_size = AUTO_START["cuda" if device.type == "cuda" else "cpu"] if auto else int(options.batch_size)
+    workers = options.resolved_workers()
+    runner = Runner(adapter, request.layers, request.poolings, request.feature_set_ids)
+    committer = Committer(
+        store,
+        storage_dtype=options.storage_dtype,
+        commit_every=options.commit_every,
+        commit_seconds=options.commit_seconds,
+        present=plan.present,
+        run_id=run_id,
+        dataset=options.dataset,
+        on_commit=on_commit,
+        before_commit=before_commit,
+    )
+    stages = {"read": 0.0, "decode": 0.0, "preprocess": 0.0, "wait_for_data": 0.0}
+    pos = 0
+    stopped = False
+    try:
+        with progress_bar("images", disable=not show_progress) as bar:
+            task = bar.add_task(f"extract {options.dataset}", total=plan.n_todo)
+            while pos < plan.n_todo and not stopped:
+                refs = ImageRefs(plan.todo, store.url, start=pos, study_preprocessing=options.study_preprocessing)
+                loader = make_loader(
+                    refs,
+                    adapter.preprocessor,
+                    request.raw_prompt,
+                    batch_size=batch_size,
+                    workers=workers,
+                    pin_memory=device.type == "cuda",
+                )
+                retry = False
+                t_wait = time.perf_counter()
+                for batch in loader:
+                    stages["wait_for_data"] += time.perf_counter() - t_wait
+                    stages["read"] += batch.read_s
+                    stages["decode"] += batch.decode_s
+                    stages["preprocess"] += batch.preprocess_s
+                    arrays: dict = {}
+                    if batch.image_hashes:
+                        try:
+                            arrays = runner.forward(batch.inputs, len(batch.image_hashes))
+                        except Exception as e:
+                            if not is_oom(e):
+                                raise
+                            free_device_memory(device)
+                            if not auto or batch_size == 1:
+                                hint = (
+                                    "pass a smaller --batch-size or --batch-size auto"
+                                    if not auto
+                                    else (
+                                        "even one image does not fit: use --dtype bf16/fp16, --quantization or "
+                                        "--device-map auto"
+                                    )
+                                )
+                                raise OutOfMemory(
+                                    f"out of memory on {device} at batch size {batch_size} ({options.model}); {hint}"
+                                ) from e
+                            batch_size = max(1, batch_size // 2)
+                            retry = True
+                            break
+                    committer.put(HostBatch(batch.image_hashes, arrays, batch.failures))
+                    pos += batch.n_refs
+                    bar.advance(task, batch.n_refs)
+                    if stop is not None and stop.is_set():
+                        stopped = True
+                        break
+                    t_wait = time.perf_counter()
+                del loader
+                if not retry:
+                    break
+    finally:
+        committer.close()
+    wall = time.perf_counter() - t_start
+    summary = {
+        "feature_sets": request.feature_set_ids,
+        "layers": request.layers,
+        "images_selected": plan.n_selected,
+        "images_skipped": plan.n_complete,
+        "images_todo": plan.n_todo,
+        "images_forwarded": runner.n_images,
+        "images_committed": committer.n_committed,
+        "failures": committer.n_failures,
+        "forward_batches": runner.n_forward,
+        "segments": committer.n_segments,
+        "batch_size": batch_size,
+        "workers": workers,
+        "seconds": round(wall, 3),
+        "images_per_s": round(runner.n_images / wall, 2) if wall > 0 else 0.0,
+        "stage_seconds": {
+            **{k: round(v, 3) for k, v in stages.items()},
+            "forward": round(runner.forward_s, 3),
+            "write": round(committer.write_s, 3),
+            "wait_for_writer": round(committer.put_wait_s, 3),
+        },
+        "stopped": stopped,
+    }
+    if stopped:
+        raise Stopped(summary)
+    return summary
+
+
+def extract(
+    store,
+    options: ExtractOptions,
+    *,
+    stop: threading.Event | None = None,
+    show_progress: bool = True,
+    adapter: Adapter | None = None,
+) -> dict[str, Any]:
+    """Check the store and dataset, load the model, and run one recorded extraction (a ``runs`` row)."""
+    from medprobe.featurestore.runs import start_run
+
+    check_writable(store)
+    check_dataset(store, options.dataset)
+    adapter = adapter or load_model(options)
+    request = resolve_request(adapter, options)
+    params = {**options.model_dump(), "resolved_layers": request.layers, "feature_sets": request.feature_set_ids}
+    with start_run(store, "extract", params) as run:
+        try:
+            run.summary.update(
+                run_extraction(
+                    store, adapter, request, options, run_id=run.run_id, stop=stop, show_progress=show_progress
+                )
+            )
+        except Stopped as s:
+            run.summary.update(s.args[0])
+            raise
+        run.summary["run_id"] = run.run_id
+    return run.summary

@@ -1,0 +1,1 @@
+"""Built-in ``medprobe.models`` plugins (plain torch vision encoders)."""

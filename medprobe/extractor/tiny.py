@@ -1,0 +1,422 @@
+"""Offline random-weight models and their processors, built in code (no hub, no files).
+
+``tiny-random/<name>`` specs build very small models for tests and smoke runs; ``random-full/<name>``
+builds full-size configurations (CLIP ViT-B/32 vision tower, an Idefics-9B-shaped VLM) for
+benchmarks, where throughput does not depend on the weight values. Both go through exactly the
+same adapter classes as real checkpoints, and ``save_pretrained`` of the model and processor
+gives a directory that ``load_adapter`` reads like any local checkpoint.
+
+Tokenizers are byte-level BPE models with no merges (every byte is a token) plus the special
+tokens each processor needs; image processors are the ``*ImageProcessorPil`` classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from medprobe.errors import NotFoundError
+
+SEED = 0
+TINY_PREFIX = "tiny-random/"
+FULL_PREFIX = "random-full/"
+
+# the text model shared by the tiny decoders: 3 blocks, hidden 32, 4 heads of 8
+_TEXT = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+}
+# the vision tower shared by the tiny models: 32 px images, 8 px patches -> 16 patches
+_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 32,
+    "patch_size": 8,
+}
+
+
+def byte_level_tokenizer(special: list[str], named: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with no merges: ``<pad> <s> </s> <unk>``, then ``special``, then 256 bytes.
+
+    ``named`` maps extra attribute names (``image_token``...) to tokens of ``special``.
+    """
+    base = ["<pad>", "<s>", "</s>", "<unk>"]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(base + special + alphabet)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in base + special])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_special_tokens=named or {},
+        padding_side="right",
+    )
+
+
+@dataclass(frozen=True)
+class Built:
+    """A random-weight model and its processor (an image processor for vision towers)."""
+
+    model: torch.nn.Module
+    processor: object
+
+
+def _seeded(build: Callable[[], Built]) -> Built:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        return build()
+
+
+def _instantiate(model_cls: type, config: object, device: str | None = None, dtype: str = "fp32"):
+    from medprobe.extractor.loading import torch_dtype
+
+    with torch.device(device or "cpu"):
+        model = model_cls._from_config(config, dtype=torch_dtype(dtype))
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- vision towers
+def _clip(full: bool, device: str | None, dtype: str) -> Built:
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    if full:  # ViT-B/32
+        config = CLIPVisionConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=32,
+        )
+        size = 224
+    else:
+        config = CLIPVisionConfig(**_VISION)
+        size = 32
+    processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return Built(_instantiate(CLIPVisionModel, config, device, dtype), processor)
+
+
+def _siglip(full: bool, device: str | None, dtype: str) -> Built:
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    if full:  # SigLIP base patch16 224
+        config = SiglipVisionConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=16,
+        )
+    else:
+        config = SiglipVisionConfig(**_VISION)
+    size = config.image_size
+    processor = SiglipImageProcessorPil(size={"height": size, "width": size})
+    return Built(_instantiate(SiglipVisionModel, config, device, dtype), processor)
+
+
+# ----------------------------------------------------------------------------- decoder VLMs
+def _llava(full: bool, device: str | None, dtype: str) -> Built:
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = byte_level_tokenizer(["<image>"], {"image_token": "<image>"})
+    size = _VISION["image_size"]
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}),
+        tokenizer=tokenizer,
+        patch_size=_VISION["patch_size"],
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(**_VISION).to_dict(),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), **_TEXT).to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(size // _VISION["patch_size"]) ** 2,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    return Built(_instantiate(LlavaForConditionalGeneration, config, device, dtype), processor)
+
+
+_QWEN_SPECIAL = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def _qwen_tokenizer() -> PreTrainedTokenizerFast:
+    return byte_level_tokenizer(_QWEN_SPECIAL, {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
+
+
+def _qwen_image_processor():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    # 4 px patches merged 2x2: a 32x32 image -> 8x8 patches -> 16 image tokens
+    return Qwen2VLImageProcessorPil(
+        patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=16 * 16, max_pixels=48 * 48
+    )
+
+
+def _qwen_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    ids = tokenizer.convert_tokens_to_ids
+    return {
+        "image_token_id": ids("<|image_pad|>"),
+        "video_token_id": ids("<|video_pad|>"),
+        "vision_start_token_id": ids("<|vision_start|>"),
+        "vision_end_token_id": ids("<|vision_end|>"),
+    }
+
+
+def _qwen_text(tokenizer: PreTrainedTokenizerFast) -> dict:
+    # head_dim 8 -> 4 rotary frequencies split over (t, h, w)
+    return {
+        "vocab_size": len(tokenizer),
+        **_TEXT,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
+    }
+
+
+def _qwen2_vl(full: bool, device: str | None, dtype: str) -> Built:
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from medprobe.extractor.models.qwen2_vl import Qwen2VLImageOnlyProcessor
+
+    tokenizer = _qwen_tokenizer()
+    processor = Qwen2VLImageOnlyProcessor(image_processor=_qwen_image_processor(), tokenizer=tokenizer)
+    vision = {
+        "depth": 2,
+        "embed_dim": 32,
+        "hidden_size": 32,
+        "num_heads": 4,
+        "mlp_ratio": 2,
+        "patch_size": 4,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    config = Qwen2VLConfig(text_config=_qwen_text(tokenizer), vision_config=vision, **_qwen_ids(tokenizer))
+    return Built(_instantiate(Qwen2VLForConditionalGeneration, config, device, dtype), processor)
+
+
+def _qwen2_5_vl(full: bool, device: str | None, dtype: str) -> Built:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from medprobe.extractor.models.qwen2_vl import Qwen2_5_VLImageOnlyProcessor
+
+    tokenizer = _qwen_tokenizer()
+    processor = Qwen2_5_VLImageOnlyProcessor(image_processor=_qwen_image_processor(), tokenizer=tokenizer)
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 4,
+        "out_hidden_size": 32,
+        "patch_size": 4,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 16,
+        "fullatt_block_indexes": [1],
+    }
+    config = Qwen2_5_VLConfig(text_config=_qwen_text(tokenizer), vision_config=vision, **_qwen_ids(tokenizer))
+    return Built(_instantiate(Qwen2_5_VLForConditionalGeneration, config, device, dtype), processor)
+
+
+def _paligemma(full: bool, device: str | None, dtype: str) -> Built:
+    from transformers import (
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipVisionConfig,
+    )
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    tokenizer = byte_level_tokenizer(["<image>"], {"image_token": "<image>"})
+    size = _VISION["image_size"]
+    n_image = (size // _VISION["patch_size"]) ** 2
+    image_processor = SiglipImageProcessorPil(size={"height": size, "width": size})
+    image_processor.image_seq_length = n_image
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)  # adds loc/seg tokens
+    vision = SiglipVisionConfig(**_VISION, projection_dim=_TEXT["hidden_size"]).to_dict()
+    text = GemmaConfig(vocab_size=len(tokenizer), head_dim=8, **_TEXT).to_dict()
+    config = PaliGemmaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vocab_size=len(tokenizer),
+        projection_dim=_TEXT["hidden_size"],
+        hidden_size=_TEXT["hidden_size"],
+    )
+    return Built(_instantiate(PaliGemmaForConditionalGeneration, config, device, dtype), processor)
+
+
+_IDEFICS_SPECIAL = ["<fake_token_around_image>", "<image>", "<end_of_utterance>"]
+
+
+def _idefics(full: bool, device: str | None, dtype: str) -> Built:
+    from transformers import IdeficsConfig, IdeficsForVisionText2Text, IdeficsProcessor
+    from transformers.models.idefics.image_processing_pil_idefics import IdeficsImageProcessorPil
+
+    tokenizer = byte_level_tokenizer(_IDEFICS_SPECIAL, {"image_token": "<image>"})
+    if full:  # Idefics-9B: LLaMA-7B text model, ViT-H/14 vision tower, perceiver resampler, xattn every 4
+        size = 224
+        config = IdeficsConfig(
+            vocab_size=32000,
+            additional_vocab_size=2,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            cross_layer_interval=4,
+            use_resampler=True,
+            vision_config={
+                "embed_dim": 1280,
+                "image_size": size,
+                "intermediate_size": 5120,
+                "patch_size": 14,
+                "num_hidden_layers": 32,
+                "num_attention_heads": 16,
+            },
+            perceiver_config={
+                "use_resampler": True,
+                "resampler_n_latents": 64,
+                "resampler_depth": 6,
+                "resampler_n_heads": 16,
+                "resampler_head_dim": 96,
+            },
+        )
+    else:
+        size = _VISION["image_size"]
+        config = IdeficsConfig(
+            vocab_size=len(tokenizer),
+            additional_vocab_size=0,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            cross_layer_interval=1,
+            use_resampler=True,
+            # random non-zero gates so the image reaches the text through cross-attention
+            alpha_initializer="normal",
+            alpha_type="vector",
+            alphas_initializer_range=1.0,
+            vision_config={
+                "embed_dim": 32,
+                "image_size": size,
+                "intermediate_size": 64,
+                "patch_size": 8,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+            },
+            perceiver_config={
+                "use_resampler": True,
+                "resampler_n_latents": 4,
+                "resampler_depth": 1,
+                "resampler_n_heads": 2,
+                "resampler_head_dim": 8,
+            },
+        )
+    image_processor = IdeficsImageProcessorPil(image_size=size)
+    processor = IdeficsProcessor(image_processor=image_processor, tokenizer=tokenizer, image_size=size)
+    return Built(_instantiate(IdeficsForVisionText2Text, config, device, dtype), processor)
+
+
+def _idefics2(full: bool, device: str | None, dtype: str) -> Built:
+    from transformers import Idefics2Config, Idefics2ForConditionalGeneration, Idefics2Processor, MistralConfig
+    from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
+
+    tokenizer = byte_level_tokenizer(
+        _IDEFICS_SPECIAL, {"image_token": "<image>", "image_boundary_token": "<fake_token_around_image>"}
+    )
+    n_latents = 4
+    size = _VISION["image_size"]
+    image_processor = Idefics2ImageProcessorPil(
+        do_image_splitting=False, size={"shortest_edge": size, "longest_edge": size}
+    )
+    processor = Idefics2Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=n_latents)
+    config = Idefics2Config(
+        vision_config={k: v for k, v in _VISION.items()},
+        perceiver_config={
+            "hidden_size": 32,
+            "resampler_n_latents": n_latents,
+            "resampler_depth": 1,
+            "resampler_n_heads": 2,
+            "resampler_head_dim": 8,
+            "num_key_value_heads": 1,
+        },
+        text_config=MistralConfig(vocab_size=len(tokenizer), **_TEXT).to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    return Built(_instantiate(Idefics2ForConditionalGeneration, config, device, dtype), processor)
+
+
+def _idefics3(full: bool, device: str | None, dtype: str) -> Built:
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, LlamaConfig
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    tokenizer = byte_level_tokenizer([*_IDEFICS_SPECIAL, "<global-img>"], {"image_token": "<image>"})
+    size = _VISION["image_size"]
+    # 16 patches of 8 px, pixel-shuffled by 2 -> 4 tokens per (sub-)image; images up to 64 px split in 32 px tiles
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=True, size={"longest_edge": 2 * size}, max_image_size={"longest_edge": size}
+    )
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4)
+    config = Idefics3Config(
+        vision_config={k: v for k, v in _VISION.items()},
+        text_config=LlamaConfig(vocab_size=len(tokenizer), **_TEXT).to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+    )
+    return Built(_instantiate(Idefics3ForConditionalGeneration, config, device, dtype), processor)
+
+
+TINY_BUILDERS: dict[str, Callable[[bool, str | None, str], Built]] = {
+    "clip": _clip,
+    "siglip": _siglip,
+    "llava": _llava,
+    "qwen2-vl": _qwen2_vl,
+    "qwen2.5-vl": _qwen2_5_vl,
+    "paligemma": _paligemma,
+    "idefics": _idefics,
+    "idefics2": _idefics2,
+    "idefics3": _idefics3,
+}
+FULL_SIZE = {"clip": "CLIP ViT-B/32 vision tower", "siglip": "SigLIP-B/16 vision tower", "idefics": "Idefics-9B"}
+
+
+def random_from_config(name: str, *, full_size: bool = False, device: str | None = None, dtype: str = "fp32") -> Built:
+    """Build the random-weight model ``name`` (seeded) and its processor, without touching any file.
+
+    ``full_size`` builds the real architecture's dimensions (``clip``: ViT-B/32, ``siglip``: B/16,
+    ``idefics``: Idefics-9B); pass ``device="meta"`` to check construction without memory, or a CUDA
+    device to build a benchmark model directly on the GPU in ``dtype``.
+    """
+    table = FULL_SIZE if full_size else TINY_BUILDERS
+    if name not in table:
+        kind = "full-size" if full_size else "tiny"
+        raise NotFoundError(f"no {kind} random model {name!r}; choose from {', '.join(sorted(table))}")
+    builder = TINY_BUILDERS[name]
+    return _seeded(lambda: builder(full_size, device, dtype))
+
+
+def spec_names() -> list[str]:
+    """Every model spec this module can build (``tiny-random/*`` and ``random-full/*``)."""
+    return [TINY_PREFIX + n for n in TINY_BUILDERS] + [FULL_PREFIX + n for n in FULL_SIZE]
