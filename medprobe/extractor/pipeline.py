@@ -132,9 +132,9 @@ def load_model(options: ExtractOptions) -> Adapter:
 
 
 def resolve_prompt(adapter: Adapter, options: ExtractOptions) -> str | None:
-    """The prompt text for the preprocessor: --prompt, a --prompt-preset, the general preset, or None."""
-    if options.prompt is not None and options.prompt_preset is not None:
-        raise InvalidInputError("pass --prompt or --prompt-preset, not both")
+    """The prompt text for the preprocessor (--prompt or --prompt-preset), None for vision-only models."""
+    from medprobe.extractor.prompts import resolve_prompt as prompt_text
+
     if not adapter.identity.takes_prompt:
         if options.prompt is not None or options.prompt_preset is not None:
             raise InvalidInputError(
@@ -142,13 +142,7 @@ def resolve_prompt(adapter: Adapter, options: ExtractOptions) -> str | None:
                 "no prompt; drop --prompt/--prompt-preset"
             )
         return None
-    if options.prompt is not None:
-        if not options.prompt.strip():
-            raise InvalidInputError("--prompt is empty")
-        return options.prompt
-    from medprobe.extractor.prompts import get_preset
-
-    return get_preset(options.prompt_preset or "general")
+    return prompt_text(options.prompt, options.prompt_preset)
 
 
 def resolve_request(adapter: Adapter, options: ExtractOptions) -> Request:

@@ -1,0 +1,177 @@
+"""The long-running worker: claims shards from the job queue and extracts them until stopped."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from medprobe.errors import MedprobeError
+from medprobe.extractor.adapter import Adapter
+from medprobe.extractor.jobs import Claim, ClaimLost, Heartbeat, JobQueue
+from medprobe.extractor.pipeline import (
+    ExtractOptions,
+    Stopped,
+    check_writable,
+    load_model,
+    resolve_request,
+    run_extraction,
+)
+from medprobe.extractor.reader import plan_images
+from medprobe.featurestore.ids import new_id
+from medprobe.featurestore.runs import start_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerStats:
+    worker_id: str
+    shards_done: int = 0
+    images_committed: int = 0
+    failures: int = 0
+    jobs_failed: list[str] = field(default_factory=list)
+    stopped: bool = False
+
+
+class _AdapterCache:
+    """Keeps the last loaded model: consecutive shards of one job reuse it."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.adapter: Adapter | None = None
+
+    def get(self, options: ExtractOptions) -> Adapter:
+        key = (
+            options.model,
+            options.resolved_device(),
+            options.resolved_dtype(),
+            options.trust_remote_code,
+            options.quantization,
+            options.device_map,
+        )
+        if key != self.key or self.adapter is None:
+            self.adapter = None  # free the previous model before loading the next
+            self.adapter = load_model(options)
+            self.key = key
+        return self.adapter
+
+
+def run_worker(
+    store,
+    *,
+    stop: threading.Event,
+    poll_s: float = 5.0,
+    heartbeat_s: float = 10.0,
+    stale_s: float = 120.0,
+    exit_when_idle: bool = False,
+    show_progress: bool = True,
+    echo=print,
+) -> WorkerStats:
+    """Run queued shards until ``stop`` is set (or, with ``exit_when_idle``, until none is left).
+
+    On ``stop`` the in-flight batches are committed, the shard is released for the next worker and
+    this returns. A shard whose worker died is taken over once its heartbeat is ``stale_s`` old.
+    """
+    check_writable(store)
+    queue = JobQueue(store, stale_s=stale_s)
+    stats = WorkerStats(worker_id=f"{socket.gethostname()}-{os.getpid()}-{new_id()[-12:]}")
+    adapters = _AdapterCache()
+    while not stop.is_set():
+        claim = queue.claim_next(stats.worker_id)
+        if claim is None:
+            if exit_when_idle:
+                break
+            stop.wait(poll_s)
+            continue
+        echo(f"worker {stats.worker_id}: job {claim.job.job_id} shard {claim.shard + 1}/{claim.job.n_shards}")
+        try:
+            summary = _run_shard(store, claim, adapters, stop=stop, heartbeat_s=heartbeat_s, show=show_progress)
+        except Stopped as s:
+            claim.release()
+            stats.stopped = True
+            stats.images_committed += s.args[0].get("images_committed", 0)
+            break
+        except ClaimLost as e:
+            echo(f"worker {stats.worker_id}: {e}")
+            continue
+        except MedprobeError as e:
+            queue.fail(claim.job.job_id, str(e), stats.worker_id)
+            claim.release()
+            stats.jobs_failed.append(claim.job.job_id)
+            echo(f"worker {stats.worker_id}: job {claim.job.job_id} failed: {e}")
+            continue
+        claim.finish(summary)
+        stats.shards_done += 1
+        stats.images_committed += summary["images_committed"]
+        stats.failures += summary["failures"]
+    stats.stopped = stats.stopped or stop.is_set()
+    return stats
+
+
+def _run_shard(
+    store, claim: Claim, adapters: _AdapterCache, *, stop: threading.Event, heartbeat_s: float, show: bool
+) -> dict[str, Any]:
+    options = claim.job.options
+    adapter = adapters.get(options)
+    request = resolve_request(adapter, options)
+    shard = (claim.shard, claim.job.n_shards)
+    for row in request.feature_sets.values():
+        store.register_feature_set(row)
+    plan = plan_images(
+        store,
+        options.dataset,
+        list(request.feature_set_ids.values()),
+        request.layers,
+        splits=options.splits,
+        shard=shard,
+        limit=options.limit,
+    )
+    started = time.monotonic()
+    committed = 0
+    params = {
+        **options.model_dump(),
+        "job_id": claim.job.job_id,
+        "shard": claim.shard,
+        "n_shards": claim.job.n_shards,
+        "resolved_layers": request.layers,
+        "feature_sets": request.feature_set_ids,
+    }
+    with Heartbeat(claim, heartbeat_s) as hb, start_run(store, "extract", params) as run:
+        hb.update(images_todo=plan.n_todo, images_skipped=plan.n_complete, images_committed=0, run_id=run.run_id)
+        claim.beat(**hb.progress)
+
+        def on_commit(n: int) -> None:
+            nonlocal committed
+            committed += n
+            elapsed = max(1e-9, time.monotonic() - started)
+            hb.update(images_committed=committed, images_per_s=round(committed / elapsed, 2))
+
+        def before_commit() -> None:
+            if isinstance(hb.error, ClaimLost):
+                raise hb.error
+            claim.check_owner()
+
+        try:
+            summary = run_extraction(
+                store,
+                adapter,
+                request,
+                options,
+                run_id=run.run_id,
+                shard=shard,
+                stop=stop,
+                show_progress=show,
+                on_commit=on_commit,
+                before_commit=before_commit,
+                plan=plan,
+            )
+        except Stopped as s:
+            run.summary.update(s.args[0])
+            raise
+        run.summary.update(summary)
+    return summary
