@@ -341,6 +341,57 @@ PREDICTIONS = pa.schema(
 )
 
 
+class ProbeComparisonRow(Row):
+    """Paired comparison of two probes on the same test images, for one metric (A minus B)."""
+
+    run_id: str
+    probe_a: str
+    probe_b: str
+    feature_set_a: str
+    feature_set_b: str
+    layer_a: int
+    layer_b: int
+    dataset: str
+    task: str
+    metric: str
+    value_a: float | None
+    value_b: float | None
+    diff: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_bootstrap: float | None
+    p_ttest: float | None  # the study's paired t-test over bootstrap replicates
+    n_test: int
+    n_boot: int
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+PROBE_COMPARISONS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("probe_a", pa.string()),
+        ("probe_b", pa.string()),
+        ("feature_set_a", pa.string()),
+        ("feature_set_b", pa.string()),
+        ("layer_a", pa.int32()),
+        ("layer_b", pa.int32()),
+        ("dataset", pa.string()),
+        ("task", pa.string()),
+        ("metric", pa.string()),
+        ("value_a", pa.float64()),
+        ("value_b", pa.float64()),
+        ("diff", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("p_bootstrap", pa.float64()),
+        ("p_ttest", pa.float64()),
+        ("n_test", pa.int64()),
+        ("n_boot", pa.int64()),
+        ("created_at", TS),
+    ]
+)
+
+
 # --------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class TableSpec:
@@ -378,6 +429,13 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("runs", RUNS, RunRow, ("run_id",), ("updated_at DESC", "status")),
         TableSpec("probe_results", PROBE_RESULTS, ProbeResultRow, ("probe_id",), ("created_at",)),
         TableSpec("predictions", PREDICTIONS, PredictionRow, ("probe_id", "image_hash"), ()),
+        TableSpec(
+            "probe_comparisons",
+            PROBE_COMPARISONS,
+            ProbeComparisonRow,
+            ("run_id", "probe_a", "probe_b", "metric"),
+            ("created_at",),
+        ),
     )
 }
 
