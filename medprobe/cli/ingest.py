@@ -1,0 +1,208 @@
+"""Commands that bring images in: ``medprobe ingest`` and ``medprobe datasets``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from medprobe.cli.common import StoreOption, console, open_store
+from medprobe.errors import InvalidInputError, MedprobeError
+
+FORMAT_HELP = (
+    "Source layout: csv, imagefolder, medmnist, nct-crc, pannuke, isic2018, isic2020, eyepacs, aptos, airogs, "
+    "odir, padchest, knee."
+)
+
+
+class IngestFailuresError(MedprobeError):
+    """``--strict`` and some files could not be ingested."""
+
+
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    out = {}
+    for item in values or []:
+        for part in item.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise InvalidInputError(f"{option} takes NAME=VALUE (e.g. {option} kl_grade=ordinal); got {part!r}")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _summary_tables(summary) -> None:
+    images = Table(title=f"ingest {summary.dataset} ({summary.format})", show_header=False)
+    images.add_column("what")
+    images.add_column("n", justify="right")
+    rows = [
+        ("records in source", summary.records),
+        ("new images", summary.images_new),
+        ("images already in the store", summary.images_reused),
+        ("duplicates in source (kept once)", summary.duplicates),
+        ("already in this dataset", summary.already_in_dataset),
+        ("new dataset memberships", summary.memberships_new),
+        ("failures", summary.failures),
+    ]
+    rows += [(f"  excluded: {k}", v) for k, v in summary.excluded.items()]
+    for what, n in rows:
+        images.add_row(what, f"{n:,}")
+    images.caption = (
+        f"split policy: {summary.split_policy}; read {summary.bytes_read / 1e6:,.1f} MB at "
+        f"{summary.files_per_s:,.0f} files/s, {summary.mb_per_s:,.1f} MB/s; {summary.seconds:.1f} s in all"
+    )
+    console.print(images)
+    for task in sorted({t for per_task in summary.label_counts.values() for t in per_task}):
+        classes = sorted(
+            {c for per_task in summary.label_counts.values() for c in per_task.get(task, {})},
+        )
+        t = Table(title=f"labels: {task}")
+        t.add_column("split")
+        for c in classes:
+            t.add_column(c, justify="right")
+        for split, per_task in summary.label_counts.items():
+            counts = per_task.get(task, {})
+            t.add_row(split, *(f"{counts.get(c, 0):,}" for c in classes))
+        console.print(t)
+    for task, dropped in summary.dropped_findings.items():
+        console.print(
+            f"{task}: dropped {len(dropped)} finding(s) with too few training positives: {', '.join(dropped)}"
+        )
+    if summary.failures:
+        by = ", ".join(f"{k} {v}" for k, v in summary.failures_by_reason.items())
+        console.print(
+            f"[yellow]{summary.failures} failure(s)[/] ({by}); see them with: medprobe sql "
+            f"\"SELECT path, reason, error FROM failures WHERE dataset = '{summary.dataset}'\"",
+            highlight=False,
+        )
+    else:
+        console.print("0 failures")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("ingest")
+    def ingest_cmd(
+        source: Annotated[str, typer.Argument(help="Folder, manifest or .npz to ingest.")],
+        format: Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP)],
+        dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name to ingest into.")],
+        path_column: Annotated[str | None, typer.Option(help="csv: column with image paths [default: path]")] = None,
+        label_column: Annotated[
+            list[str] | None, typer.Option(help="csv: a label column; repeat for several tasks")
+        ] = None,
+        split_column: Annotated[str | None, typer.Option(help="csv: column with train/val/test")] = None,
+        group_column: Annotated[str | None, typer.Option(help="csv: patient/lesion column (grouped splits)")] = None,
+        root: Annotated[str | None, typer.Option(help="csv: base folder of relative paths [default: CSV's]")] = None,
+        task: Annotated[str | None, typer.Option(help="Task name for single-task layouts [default: label]")] = None,
+        task_type: Annotated[
+            list[str] | None, typer.Option(help="TASK=binary|multiclass|ordinal|multilabel; repeatable")
+        ] = None,
+        metric: Annotated[list[str] | None, typer.Option(help="TASK=macro_f1|macro_auc; repeatable")] = None,
+        class_names: Annotated[
+            str | None, typer.Option(help="Comma-separated class names in label-index order")
+        ] = None,
+        separator: Annotated[str | None, typer.Option(help="csv multilabel cells: separator [default: |]")] = None,
+        fold_splits: Annotated[
+            str | None, typer.Option(help="pannuke: fold=split pairs [default: 1=train,2=val,3=test]")
+        ] = None,
+        neoplastic_share: Annotated[str, typer.Option(help="pannuke: 30% share of nuclei by area|count")] = "area",
+        test_fraction: Annotated[float, typer.Option(help="Generated splits: test share of all data")] = 0.2,
+        val_fraction: Annotated[float, typer.Option(help="Val share carved from training data (0: none)")] = 0.1,
+        seed: Annotated[int, typer.Option(help="Seed of generated splits")] = 0,
+        min_positives: Annotated[
+            int, typer.Option(help="Multilabel: drop findings with fewer training positives")
+        ] = 50,
+        copy: Annotated[bool, typer.Option("--copy", help="Copy image bytes into the store")] = False,
+        verify: Annotated[str, typer.Option(help="Image check: header | structure | full decode")] = "structure",
+        max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs)")] = (
+            89_478_485
+        ),
+        workers: Annotated[int | None, typer.Option(help="Hashing threads [default: CPU count]")] = None,
+        strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when any file fails")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+        store: StoreOption = None,
+    ) -> None:
+        """Ingest a collection: images by sha256, labels, tasks, splits; unreadable files become failures."""
+        from medprobe.featurestore.ingest.ingest import IngestOptions, ingest
+        from medprobe.featurestore.ingest.records import FormatOptions
+        from medprobe.featurestore.ingest.splits import SplitPlan, normalise_split
+
+        if verify not in ("header", "structure", "full"):
+            raise InvalidInputError(f"--verify must be header, structure or full, not {verify!r}")
+        folds = {
+            k: normalise_split(v) for k, v in _pairs([fold_splits] if fold_splits else [], "--fold-splits").items()
+        }
+        format_options = FormatOptions(
+            path_column=path_column,
+            label_columns=tuple(label_column or ()),
+            split_column=split_column,
+            group_column=group_column,
+            root=root,
+            task=task,
+            task_types=_pairs(task_type, "--task-type"),
+            metrics=_pairs(metric, "--metric"),
+            class_names=tuple(c.strip() for c in class_names.split(",")) if class_names else (),
+            multilabel_separator=separator,
+            fold_splits=folds,
+            neoplastic_share=neoplastic_share,
+        )
+        options = IngestOptions(
+            copy=copy,
+            verify=verify,  # type: ignore[arg-type]
+            max_pixels=max_pixels,
+            workers=workers,
+            split_plan=SplitPlan(test_fraction=test_fraction, val_fraction=val_fraction, seed=seed),
+            min_positives=min_positives,
+            show_progress=not as_json,
+        )
+        s = open_store(store)
+        summary = ingest(s, source, format, dataset, format_options, options)
+        if as_json:
+            typer.echo(json.dumps(summary.to_json(), indent=1, default=str))
+        else:
+            _summary_tables(summary)
+        if strict and summary.failures:
+            raise IngestFailuresError(f"{summary.failures} file(s) or row(s) could not be ingested (--strict)")
+
+    @app.command("datasets")
+    def datasets_cmd(
+        dataset: Annotated[str | None, typer.Argument(help="Show only this dataset")] = None,
+        store: StoreOption = None,
+    ) -> None:
+        """List datasets: tasks, split sizes and class counts per split."""
+        from medprobe.featurestore.ingest.overview import dataset_overviews
+
+        s = open_store(store)
+        overviews = dataset_overviews(s, dataset)
+        if not overviews:
+            console.print("no datasets yet; add one with `medprobe ingest SOURCE --format F --dataset NAME`")
+            return
+        t = Table(title="datasets")
+        for col in ("dataset", "format", "images", "train", "val", "test", "groups", "tasks", "split policy"):
+            t.add_column(col, justify="right" if col in ("images", "train", "val", "test", "groups") else "left")
+        for ov in overviews:
+            tasks = "; ".join(
+                f"{x['task']} ({x['type']}, {len(x['class_names'])}, {x['primary_metric']})" for x in ov.tasks
+            )
+            t.add_row(
+                ov.dataset,
+                ov.format,
+                f"{sum(ov.split_sizes.values()):,}",
+                *(f"{ov.split_sizes.get(sp, 0):,}" for sp in ("train", "val", "test")),
+                f"{ov.groups:,}",
+                tasks,
+                ov.split_policy,
+            )
+        console.print(t)
+        for ov in overviews:
+            for task in ov.tasks:
+                name = task["task"]
+                per_split = ov.class_counts.get(name, {})
+                ct = Table(title=f"{ov.dataset} / {name} ({task['type']})")
+                ct.add_column("class")
+                splits = list(per_split)
+                for sp in splits:
+                    ct.add_column(sp, justify="right")
+                for c in task["class_names"]:
+                    ct.add_row(c, *(f"{per_split[sp].get(c, 0):,}" for sp in splits))
+                console.print(ct)

@@ -1,0 +1,182 @@
+"""Parallel hashing and inspection of source images, with a progress bar and bounded memory.
+
+Each record is read once: sha256 of the file bytes (the image's identity), then ``inspect_image`` on the same
+bytes. Work runs on a thread pool (hashlib, file reads, zlib and PIL's decoders release the GIL); at most
+``window`` records are in flight, so memory is bounded by ``window`` x the largest file, whatever the number of
+files. Records with pixel arrays instead of files (MedMNIST, PanNuke) are PNG-encoded first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from medprobe.featurestore.imaging import (
+    DEFAULT_MAX_PIXELS,
+    ImageInfo,
+    ImageReadError,
+    Verify,
+    file_extension,
+    inspect_image,
+    read_file_bytes,
+)
+from medprobe.featurestore.ingest.records import SourceRecord
+from medprobe.progress import progress_bar
+
+BLOB_DIR = "blobs/images"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What reading one record gave: its hash and image facts, or why it failed."""
+
+    image_hash: str | None = None
+    n_bytes: int = 0
+    info: ImageInfo | None = None
+    uri: str | None = None  # where the image bytes live (the source file, or store:blobs/... when copied)
+    in_store: bool = False
+    reason: str | None = None  # failure category when the record could not be used
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob_path(image_hash: str, fmt: str) -> str:
+    """Where copied image bytes live inside the store: ``blobs/images/<hh>/<hash>.<ext>``."""
+    return f"{BLOB_DIR}/{image_hash[:2]}/{image_hash}.{file_extension(fmt)}"
+
+
+def to_uint8_pixels(pixels: np.ndarray) -> np.ndarray:
+    """An (H, W) or (H, W, 3) array as uint8: uint8/uint16 kept, float data in 0..255 rounded."""
+    arr = np.asarray(pixels)
+    if arr.dtype in (np.uint8, np.uint16):
+        return np.ascontiguousarray(arr)
+    if np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer):
+        return np.clip(np.rint(arr.astype(np.float32)), 0, 255).astype(np.uint8)
+    raise ValueError(f"pixel array of dtype {arr.dtype} cannot be an image")
+
+
+def encode_png(pixels: np.ndarray) -> tuple[bytes, ImageInfo]:
+    """Deterministic PNG bytes of a pixel array (grayscale, RGB or 16-bit grayscale)."""
+    arr = to_uint8_pixels(pixels)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ValueError(f"pixel array of shape {arr.shape} is not (H, W), (H, W, 3) or (H, W, 4)")
+    img = Image.fromarray(arr)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=6)
+    bits = 16 if arr.dtype == np.uint16 else 8
+    return buf.getvalue(), ImageInfo(img.size[0], img.size[1], img.mode, bits, "PNG")
+
+
+class BlobSink:
+    """Copies image bytes into the store once per hash (thread-safe); skips hashes the store already has."""
+
+    def __init__(self, store, known_hashes: set[str]) -> None:
+        self.store = store
+        self.known = known_hashes
+        self._claimed: set[str] = set()
+        self._lock = threading.Lock()
+
+    def put(self, image_hash: str, fmt: str, data: bytes) -> str | None:
+        """``store:`` URI of the copy, or None when the store already had (or another thread is writing) it."""
+        with self._lock:
+            if image_hash in self.known or image_hash in self._claimed:
+                return None
+            self._claimed.add(image_hash)
+        return self.store.put_bytes(blob_path(image_hash, fmt), data)
+
+
+def probe_record(
+    record: SourceRecord,
+    *,
+    verify: Verify = "structure",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    copy: bool = False,
+    sink: BlobSink | None = None,
+) -> Probe:
+    """Read, hash and inspect one record; every failure becomes a Probe with a reason (never raises)."""
+    source = record.uri or record.source_path
+    try:
+        if record.pixels is not None:
+            try:
+                data, info = encode_png(record.pixels)
+            except ValueError as e:
+                return Probe(reason="corrupt", error=str(e))
+            copy = True
+        else:
+            data = read_file_bytes(record.uri or "")
+        digest = sha256_hex(data)
+        if record.expected_sha256 and record.expected_sha256 != digest:
+            return Probe(
+                image_hash=digest,
+                n_bytes=len(data),
+                reason="hash_mismatch",
+                error=f"{source}: sha256 {digest} differs from the manifest's {record.expected_sha256}",
+            )
+        if record.pixels is None:
+            info = inspect_image(data, source=source, verify=verify, max_pixels=max_pixels)
+    except ImageReadError as e:
+        return Probe(reason=e.reason, error=str(e))
+    uri, in_store = record.uri, False
+    if copy and sink is not None:
+        copied = sink.put(digest, info.format, data)
+        if copied is not None:
+            uri, in_store = copied, True
+        elif record.pixels is not None:
+            uri, in_store = "store:" + blob_path(digest, info.format), True
+    return Probe(image_hash=digest, n_bytes=len(data), info=info, uri=uri, in_store=in_store)
+
+
+def parallel_map(
+    fn: Callable[[SourceRecord], Probe],
+    records: Sequence[SourceRecord],
+    *,
+    workers: int | None = None,
+    window: int | None = None,
+    description: str = "hashing",
+    show_progress: bool = True,
+) -> Iterator[Probe]:
+    """``fn`` over ``records`` on a thread pool, results in input order, at most ``window`` in flight."""
+    workers = max(1, workers or os.cpu_count() or 1)
+    window = max(workers, window or 4 * workers)
+    done_bytes = 0
+    lock = threading.Lock()
+    with progress_bar("files", disable=not show_progress) as bar:
+        task = bar.add_task(description, total=len(records))
+
+        def finished(f: Future) -> None:
+            nonlocal done_bytes
+            if f.cancelled() or f.exception() is not None:
+                return
+            with lock:
+                done_bytes += f.result().n_bytes
+                mb = done_bytes / 1e6
+            bar.update(task, advance=1, description=f"{description} ({mb:,.0f} MB)")
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medprobe-hash") as pool:
+            pending: deque[Future] = deque()
+            for record in records:
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+                fut = pool.submit(fn, record)
+                fut.add_done_callback(finished)
+                pending.append(fut)
+            while pending:
+                yield pending.popleft().result()

@@ -1,0 +1,412 @@
+"""Ingest orchestration: parse a source, hash and inspect its images, assign splits, write the store's rows.
+
+Writes ``images`` (new hashes only), ``tasks`` (new tasks only), ``dataset_images`` (new memberships only),
+one ``datasets`` row when the dataset changed, and ``failures`` rows for what could not be read (each
+(path, reason) once per dataset). Re-running the same ingest therefore writes nothing; rows already stored never
+change (tables keep the first row per key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from medprobe.errors import InvalidInputError
+from medprobe.featurestore.ids import canonical_json, new_id
+from medprobe.featurestore.imaging import DEFAULT_MAX_PIXELS, Verify
+from medprobe.featurestore.ingest.formats import parse_source
+from medprobe.featurestore.ingest.hashing import BlobSink, Probe, parallel_map, probe_record
+from medprobe.featurestore.ingest.records import FormatOptions, ParsedSource, SourceRecord, TaskSpec, natural_key
+from medprobe.featurestore.ingest.splits import SplitPlan, assign_splits, rarest_label_strata
+from medprobe.featurestore.runs import start_run
+from medprobe.schemas import DatasetImageRow, DatasetRow, FailureRow, ImageRow, TaskRow
+
+APPEND_CHUNK = 50_000  # rows per Parquet fragment for the big tables
+UNLABELLED = "<unlabelled>"
+_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How to ingest (not what the layout is: that is ``FormatOptions``)."""
+
+    copy: bool = False
+    verify: Verify = "structure"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    workers: int | None = None
+    split_plan: SplitPlan = field(default_factory=SplitPlan)
+    min_positives: int = 50  # multilabel findings with fewer training positives are dropped
+    show_progress: bool = True
+
+
+@dataclass
+class IngestSummary:
+    """What an ingest found and wrote."""
+
+    dataset: str
+    format: str
+    source: str
+    records: int = 0
+    images_new: int = 0
+    images_reused: int = 0  # already in the store (this or another dataset)
+    duplicates: int = 0  # same bytes twice in this source: kept once
+    duplicate_label_conflicts: int = 0
+    duplicates_by_split: dict[str, int] = field(default_factory=dict)  # by the duplicate's shipped split
+    already_in_dataset: int = 0
+    memberships_new: int = 0
+    tasks_new: int = 0
+    failures: int = 0
+    failures_new: int = 0
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)
+    dropped_findings: dict[str, list[str]] = field(default_factory=dict)
+    label_counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # split -> task -> class -> n
+    split_counts: dict[str, int] = field(default_factory=dict)
+    split_policy: str = ""
+    bytes_read: int = 0
+    hash_seconds: float = 0.0
+    seconds: float = 0.0
+    run_id: str | None = None
+
+    @property
+    def files_per_s(self) -> float:
+        return self.records / self.hash_seconds if self.hash_seconds > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_read / 1e6 / self.hash_seconds if self.hash_seconds > 0 else 0.0
+
+    @property
+    def wrote_anything(self) -> bool:
+        return bool(self.images_new or self.memberships_new or self.tasks_new or self.failures_new)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["files_per_s"] = round(self.files_per_s, 1)
+        out["mb_per_s"] = round(self.mb_per_s, 1)
+        return out
+
+
+@dataclass
+class _Stored:
+    """What the store already holds that this ingest must respect."""
+
+    image_hashes: set[str]
+    splits: dict[str, str]  # image_hash -> split, for this dataset
+    pinned: dict[str, str]  # split unit (group id or img:<hash>) -> split
+    tasks: dict[str, TaskSpec]
+    failures: set[tuple[str | None, str]]
+
+
+def _column(table, name: str) -> list:
+    return table.column(name).to_pylist()
+
+
+def _read_stored(store, dataset: str) -> _Stored:
+    images = set(_column(store.sql("SELECT image_hash FROM images"), "image_hash"))
+    rows = store.sql("SELECT image_hash, split, group_id FROM dataset_images WHERE dataset = ?", [dataset])
+    splits, pinned = {}, {}
+    for h, s, g in zip(_column(rows, "image_hash"), _column(rows, "split"), _column(rows, "group_id"), strict=True):
+        splits[h] = s
+        pinned[g if g is not None else f"img:{h}"] = s
+    tasks = {}
+    for row in store.sql("SELECT * FROM tasks WHERE dataset = ?", [dataset]).to_pylist():
+        tasks[row["task"]] = TaskSpec(
+            name=row["task"],
+            type=row["type"],
+            label_columns=tuple(row["label_columns"]),
+            class_names=tuple(row["class_names"]),
+            primary_metric=row["primary_metric"],
+        )
+    f = store.sql("SELECT path, reason FROM failures WHERE dataset = ? AND stage = 'ingest'", [dataset])
+    failures = set(zip(_column(f, "path"), _column(f, "reason"), strict=True))
+    return _Stored(images, splits, pinned, tasks, failures)
+
+
+def _check_task(parsed: TaskSpec, stored: TaskSpec | None) -> TaskSpec:
+    """The stored declaration wins; a conflicting type is an error."""
+    if stored is None:
+        return parsed
+    if stored.type != parsed.type:
+        raise InvalidInputError(
+            f"task {parsed.name!r} is stored as {stored.type}, this source declares it {parsed.type}; "
+            "ingest into another dataset, or pass --task-type to match"
+        )
+    return stored
+
+
+def _strata(kept: Sequence[SourceRecord], task: TaskSpec | None) -> list[str]:
+    if task is None:
+        return [UNLABELLED] * len(kept)
+    if task.type == "multilabel":
+        return rarest_label_strata([r.labels.get(task.name) or [] for r in kept])
+    return [str(r.labels.get(task.name, UNLABELLED)) for r in kept]
+
+
+def _multilabel_classes(
+    task: TaskSpec, kept: Sequence[SourceRecord], splits: Sequence[str], min_positives: int
+) -> tuple[tuple[str, ...], list[str]]:
+    """Findings kept for a multilabel task: enough positives in the *training* split (test never counted)."""
+    if task.class_names is not None:
+        return task.class_names, []
+    train = Counter(f for r, s in zip(kept, splits, strict=True) if s == "train" for f in r.labels.get(task.name, []))
+    everything = {f for r in kept for f in r.labels.get(task.name, [])}
+    keep = sorted((f for f in everything if train[f] >= min_positives), key=natural_key)
+    dropped = sorted(everything - set(keep), key=natural_key)
+    return tuple(keep), dropped
+
+
+def ingest(
+    store,
+    source: str | Path,
+    fmt: str,
+    dataset: str,
+    format_options: FormatOptions | None = None,
+    options: IngestOptions | None = None,
+) -> IngestSummary:
+    """Ingest ``source`` (layout ``fmt``) into ``dataset``; returns what was found and written."""
+    format_options = format_options or FormatOptions()
+    options = options or IngestOptions()
+    if not dataset or not dataset.strip():
+        raise InvalidInputError("--dataset needs a non-empty name")
+    started = time.perf_counter()
+    parsed = parse_source(fmt, source, format_options)
+    if not parsed.records and not parsed.problems:
+        raise InvalidInputError(f"{source}: no images found for format {fmt!r}")
+    stored = _read_stored(store, dataset)
+    summary = IngestSummary(dataset=dataset, format=fmt, source=str(source), records=len(parsed.records))
+    summary.excluded = dict(parsed.excluded)
+    params = {
+        "source": str(source),
+        "format": fmt,
+        "dataset": dataset,
+        "format_options": dataclasses.asdict(format_options),
+        "options": {k: v for k, v in dataclasses.asdict(options).items() if k != "show_progress"},
+    }
+    with start_run(store, "ingest", params) as run:
+        summary.run_id = run.run_id
+        probes = _probe_all(store, parsed, options, stored, summary)
+        _write(store, dataset, fmt, str(source), parsed, probes, stored, options, params, summary, run.run_id)
+        summary.seconds = time.perf_counter() - started
+        run.summary = summary.to_json()
+    return summary
+
+
+def _probe_all(store, parsed: ParsedSource, options: IngestOptions, stored: _Stored, summary) -> list[Probe]:
+    sink = BlobSink(store, stored.image_hashes)
+    work = partial(probe_record, verify=options.verify, max_pixels=options.max_pixels, copy=options.copy, sink=sink)
+    t0 = time.perf_counter()
+    probes = list(parallel_map(work, parsed.records, workers=options.workers, show_progress=options.show_progress))
+    summary.hash_seconds = time.perf_counter() - t0
+    summary.bytes_read = sum(p.n_bytes for p in probes)
+    return probes
+
+
+def _write(
+    store,
+    dataset: str,
+    fmt: str,
+    source: str,
+    parsed: ParsedSource,
+    probes: Sequence[Probe],
+    stored: _Stored,
+    options: IngestOptions,
+    params: dict,
+    summary: IngestSummary,
+    run_id: str,
+) -> None:
+    failures: list[tuple[str | None, str, str, str | None]] = [
+        (p.path, p.reason, p.error, None) for p in parsed.problems
+    ]
+    kept: list[SourceRecord] = []
+    kept_probes: list[Probe] = []
+    first_labels: dict[str, dict] = {}
+    for record, probe in zip(parsed.records, probes, strict=True):
+        if not probe.ok:
+            failures.append((record.uri or record.source_path, probe.reason or "", probe.error or "", probe.image_hash))
+            continue
+        h = probe.image_hash or ""
+        if h in first_labels:
+            summary.duplicates += 1
+            where = record.split or "unassigned"
+            summary.duplicates_by_split[where] = summary.duplicates_by_split.get(where, 0) + 1
+            summary.duplicate_label_conflicts += first_labels[h] != record.labels
+            continue
+        first_labels[h] = record.labels
+        kept.append(record)
+        kept_probes.append(probe)
+
+    tasks = [_check_task(t, stored.tasks.get(t.name)) for t in parsed.tasks]
+    by_name = {t.name: t for t in tasks}
+    # single-label values outside a stored task's classes cannot join the dataset
+    ok_kept, ok_probes = [], []
+    for record, probe in zip(kept, kept_probes, strict=True):
+        bad = [
+            (name, value)
+            for name, value in record.labels.items()
+            if name in by_name
+            and by_name[name].type != "multilabel"
+            and by_name[name].class_names is not None
+            and value not in by_name[name].class_names
+        ]
+        if bad:
+            name, value = bad[0]
+            failures.append(
+                (
+                    record.uri or record.source_path,
+                    "bad_row",
+                    f"label {name}={value!r} not in {by_name[name].class_names}",
+                    probe.image_hash,
+                )
+            )
+            continue
+        ok_kept.append(record)
+        ok_probes.append(probe)
+    kept, kept_probes = ok_kept, ok_probes
+    hashes = [p.image_hash or "" for p in kept_probes]
+
+    stratify = by_name.get(parsed.stratify_task or "") or (tasks[0] if tasks else None)
+    strata = _strata(kept, stratify)
+    units = [r.group_id if r.group_id is not None else f"img:{h}" for r, h in zip(kept, hashes, strict=True)]
+    splits, policy = assign_splits(
+        [r.split for r in kept],
+        strata,
+        units,
+        options.split_plan,
+        group_name=parsed.group_name,
+        stratify=stratify.name if stratify else None,
+        pinned=stored.pinned,
+    )
+    splits = [stored.splits.get(h, s) for h, s in zip(hashes, splits, strict=True)]
+    summary.split_policy = policy
+
+    final_tasks: list[TaskSpec] = []
+    for task in tasks:
+        if task.type == "multilabel":
+            classes, dropped = _multilabel_classes(task, kept, splits, options.min_positives)
+            if dropped:
+                summary.dropped_findings[task.name] = dropped
+            task = dataclasses.replace(task, class_names=classes)
+        final_tasks.append(task)
+    label_sets = {t.name: set(t.class_names or ()) for t in final_tasks if t.type == "multilabel"}
+
+    def labels_of(record: SourceRecord) -> dict:
+        out = {}
+        for name, value in record.labels.items():
+            out[name] = [f for f in value if f in label_sets[name]] if name in label_sets else value
+        return out
+
+    # ------------------------------------------------------------------ rows
+    image_rows, member_rows = [], []
+    counts: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    written_images: set[str] = set()
+    for record, probe, split in zip(kept, kept_probes, splits, strict=True):
+        h = probe.image_hash or ""
+        labels = labels_of(record)
+        for name, value in labels.items():
+            for v in value if isinstance(value, list) else [value]:
+                counts[split][name][str(v)] += 1
+        if h in stored.image_hashes:
+            summary.images_reused += 1
+        elif h not in written_images:
+            info = probe.info
+            assert info is not None
+            written_images.add(h)
+            image_rows.append(
+                ImageRow(
+                    image_hash=h,
+                    uri=probe.uri or record.uri or record.source_path,
+                    in_store=probe.in_store,
+                    width=info.width,
+                    height=info.height,
+                    mode=info.mode,
+                    bit_depth=info.bit_depth,
+                    format=info.format,
+                    n_bytes=probe.n_bytes,
+                )
+            )
+        if h in stored.splits:
+            summary.already_in_dataset += 1
+            continue
+        member_rows.append(
+            DatasetImageRow(
+                dataset=dataset,
+                image_hash=h,
+                split=split,
+                group_id=record.group_id,
+                source_path=record.source_path,
+                labels=canonical_json(labels),
+            )
+        )
+    task_rows = [
+        TaskRow(
+            dataset=dataset,
+            task=t.name,
+            type=t.type,
+            label_columns=list(t.label_columns),
+            class_names=list(t.class_names or ()),
+            primary_metric=t.primary_metric,
+        )
+        for t in final_tasks
+        if t.name not in stored.tasks
+    ]
+    failure_rows, seen_failures = [], set(stored.failures)
+    reasons: Counter = Counter()
+    for path, reason, error, image_hash in failures:
+        reasons[reason] += 1
+        if (path, reason) in seen_failures:
+            continue
+        seen_failures.add((path, reason))
+        failure_rows.append(
+            FailureRow(
+                failure_id=new_id("fail"),
+                stage="ingest",
+                run_id=run_id,
+                dataset=dataset,
+                path=path,
+                image_hash=image_hash,
+                reason=reason,
+                error=error,
+            )
+        )
+
+    for start in range(0, len(image_rows), APPEND_CHUNK):
+        store.append("images", image_rows[start : start + APPEND_CHUNK])
+    if task_rows:
+        store.append("tasks", task_rows)
+    for start in range(0, len(member_rows), APPEND_CHUNK):
+        store.append("dataset_images", member_rows[start : start + APPEND_CHUNK])
+    if member_rows or task_rows:
+        store.append(
+            "datasets",
+            [
+                DatasetRow(
+                    dataset=dataset,
+                    format=fmt,
+                    source=source,
+                    options=json.dumps(params, sort_keys=True, default=str),
+                    split_policy=policy,
+                )
+            ],
+        )
+    if failure_rows:
+        store.append("failures", failure_rows)
+
+    summary.images_new = len(image_rows)
+    summary.memberships_new = len(member_rows)
+    summary.tasks_new = len(task_rows)
+    summary.failures = len(failures)
+    summary.failures_new = len(failure_rows)
+    summary.failures_by_reason = dict(sorted(reasons.items()))
+    summary.split_counts = dict(sorted(Counter(splits).items(), key=lambda kv: _SPLIT_ORDER.get(kv[0], 9)))
+    summary.label_counts = {
+        s: {t: dict(sorted(c.items(), key=lambda kv: natural_key(kv[0]))) for t, c in per_task.items()}
+        for s, per_task in sorted(counts.items(), key=lambda kv: _SPLIT_ORDER.get(kv[0], 9))
+    }
