@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,8 @@ from medprobe.featurestore.fsio import Location
 from medprobe.schemas import TABLES, TableSpec
 
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+# EXPLAIN ANALYZE runs the statement it explains: check that one too
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?(?:\([^)]*\)\s*)?", re.IGNORECASE)
 
 
 def _quote(s: str) -> str:
@@ -101,6 +104,14 @@ class Catalog:
         if not statements:
             raise InvalidInputError("empty SQL statement")
         for st in statements:
+            if st.type == duckdb.StatementType.EXPLAIN:
+                inner = _EXPLAIN.sub("", st.query, count=1)
+                if inner == st.query or not inner.strip():
+                    raise ReadOnlySQLError(
+                        f"medprobe sql cannot check this EXPLAIN statement: {st.query.strip()[:60]!r}"
+                    )
+                self.check_read_only(inner)
+                continue
             if st.type not in _ALLOWED:
                 kind = str(st.type).rsplit(".", 1)[-1]
                 raise ReadOnlySQLError(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow.parquet as pq
 
+from medprobe.errors import CorruptDataError
 from medprobe.featurestore.fragments import list_fragments, table_dir
 from medprobe.featurestore.fsio import list_files
 from medprobe.featurestore.ids import id_time
@@ -119,15 +120,17 @@ def verify_store(store: FeatureStore, *, read_data: bool = True) -> VerifyReport
             continue
         for layer in sorted(seg["layers"]):
             try:
-                arr = store.segments.array(sid, layer)
-                if arr.shape[0] <= seg["max_row"] or arr.shape[0] != attrs.get("n_rows"):
-                    report.problems.append(f"{where}: layer {layer} has {arr.shape[0]} rows, manifest needs more")
+                lay = store.segments.layout(sid, layer)
+                if lay.shape[0] <= seg["max_row"] or lay.shape[0] != attrs.get("n_rows"):
+                    report.problems.append(
+                        f"{where}: layer {layer} has {lay.shape[0]} rows, the manifest needs {seg['max_row'] + 1}"
+                    )
                     continue
                 if read_data:
                     data = store.segments.read_all(sid, layer)
                     if not np.isfinite(np.asarray(data, dtype=np.float32)).all():
                         report.problems.append(f"{where}: layer {layer} holds NaN or Inf values")
-            except (FileNotFoundError, KeyError, ValueError, OSError) as e:
+            except (CorruptDataError, FileNotFoundError, KeyError, ValueError, OSError) as e:
                 msg = str(e).splitlines()[0][:200]
                 report.problems.append(f"{where}: layer {layer} ({layer_array_name(layer)}) unreadable: {msg}")
         report.rows_checked += int(seg["n"])

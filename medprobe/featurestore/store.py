@@ -191,81 +191,112 @@ class FeatureStore:
             params.append([int(x) for x in layers])
         return self.catalog.query(sql, params)
 
-    def _resolve_hashes(self, feature_set_id: str, layer: int, image_hashes, sql) -> list[str]:
+    def _resolve_hashes(self, feature_set_id: str, layer: int, image_hashes, sql) -> pa.Array:
+        """The requested image hashes as an Arrow string array (checks the feature set exists)."""
         if image_hashes is not None and sql is not None:
             raise InvalidInputError("pass either image_hashes or sql, not both")
+        self.feature_set(feature_set_id)
         if sql is not None:
             t = self.sql(sql)
             if "image_hash" not in t.column_names:
                 raise InvalidInputError(f"the selection query must return an image_hash column; got {t.column_names}")
-            return [str(h) for h in t.column("image_hash").to_pylist()]
+            return t.column("image_hash").combine_chunks().cast(pa.string())
         if image_hashes is not None:
-            return [str(h) for h in image_hashes]
+            if isinstance(image_hashes, pa.ChunkedArray):
+                image_hashes = image_hashes.combine_chunks()
+            if isinstance(image_hashes, pa.Array):
+                return image_hashes.cast(pa.string())
+            return pa.array([str(h) for h in image_hashes], pa.string())
+        return self._stored_rows(feature_set_id, layer).column("image_hash").combine_chunks()
+
+    def _stored_rows(self, feature_set_id: str, layer: int) -> pa.Table:
+        """Every stored image of one layer in image_hash order, with where it lives (one manifest query)."""
+        self.catalog.refresh(["activations"])
         t = self.catalog.query(
-            "SELECT image_hash FROM activations WHERE feature_set_id = ? AND layer = ? ORDER BY image_hash",
+            "SELECT image_hash, segment_id, row FROM raw_activations WHERE feature_set_id = ? AND layer = ? "
+            "QUALIFY row_number() OVER (PARTITION BY image_hash ORDER BY segment_id, row) = 1 ORDER BY image_hash",
             [feature_set_id, int(layer)],
         )
-        return t.column("image_hash").to_pylist()
+        if t.num_rows == 0:
+            have = self.layers(feature_set_id)
+            raise NotFoundError(
+                f"feature set {feature_set_id} has no rows for layer {layer}; stored layers: {have or 'none'}"
+            )
+        return t
 
     def locate(self, feature_set_id: str, layers: Sequence[int], image_hashes: Sequence[str]) -> dict[int, pa.Table]:
         """One manifest query for many layers: ``{layer: table(pos, segment_id, row)}`` sorted by pos."""
         self.feature_set(feature_set_id)
         self.catalog.refresh(["activations"])
         layers = [int(x) for x in layers]
-        have = set(self.layers(feature_set_id))
-        missing_layers = [x for x in layers if x not in have]
-        if missing_layers:
-            raise NotFoundError(
-                f"feature set {feature_set_id} has no rows for layer(s) {missing_layers}; "
-                f"stored layers: {sorted(have) or 'none'}"
-            )
-        req = pa.table({"pos": pa.array(np.arange(len(image_hashes), dtype=np.int64)), "image_hash": image_hashes})
+        hashes = image_hashes if isinstance(image_hashes, pa.Array) else pa.array(list(image_hashes), pa.string())
+        req = pa.table({"pos": pa.array(np.arange(len(hashes), dtype=np.int64)), "image_hash": hashes})
         name = f"_req_{new_id().replace('-', '_')}"
+        in_layers = ", ".join(str(x) for x in sorted(set(layers)))  # integers: safe to inline, lets DuckDB prune
         self.catalog.register_temp(name, req)
         try:
+            # join the raw manifest, then keep one row per (layer, requested position): the same choice as
+            # the deduplicated ``activations`` view (smallest segment_id, row), without deduplicating all of it
             found = self.catalog.query(
-                f"SELECT a.layer, q.pos, a.segment_id, a.row FROM {name} q JOIN activations a "
-                "ON a.image_hash = q.image_hash WHERE a.feature_set_id = ? AND list_contains(?, a.layer) "
+                f"SELECT a.layer, q.pos, a.segment_id, a.row FROM {name} q JOIN raw_activations a "
+                f"ON a.image_hash = q.image_hash WHERE a.feature_set_id = ? AND a.layer IN ({in_layers}) "
+                "QUALIFY row_number() OVER (PARTITION BY a.layer, q.pos ORDER BY a.segment_id, a.row) = 1 "
                 "ORDER BY a.layer, q.pos",
-                [feature_set_id, layers],
+                [feature_set_id],
             )
         finally:
             self.catalog.unregister_temp(name)
         out: dict[int, pa.Table] = {}
         layer_col = found.column("layer").to_numpy()
-        for layer in layers:
-            part = found.filter(pa.array(layer_col == layer))
-            if part.num_rows != len(image_hashes):
-                got = set(part.column("pos").to_pylist())
-                absent = [image_hashes[i] for i in range(len(image_hashes)) if i not in got]
-                raise NotFoundError(
-                    f"{len(absent)} of {len(image_hashes)} requested images have no activations for feature set "
-                    f"{feature_set_id} layer {layer} (first: {absent[0][:16]}...); extract them first"
-                )
+        starts = np.searchsorted(layer_col, layers, side="left")
+        ends = np.searchsorted(layer_col, layers, side="right")
+        for layer, start, end in zip(layers, starts, ends, strict=True):
+            part = found.slice(int(start), int(end - start))
+            if part.num_rows != len(hashes):
+                self._raise_missing(feature_set_id, layer, hashes, part)
             out[layer] = part.drop_columns(["layer"])
         return out
 
+    def _raise_missing(self, feature_set_id: str, layer: int, hashes: pa.Array, part: pa.Table) -> None:
+        have = self.layers(feature_set_id)
+        if layer not in have:
+            raise NotFoundError(
+                f"feature set {feature_set_id} has no rows for layer {layer}; stored layers: {have or 'none'}"
+            )
+        got = np.zeros(len(hashes), dtype=bool)
+        got[part.column("pos").to_numpy()] = True
+        absent = [hashes[int(i)].as_py() for i in np.flatnonzero(~got)]
+        raise NotFoundError(
+            f"{len(absent)} of {len(hashes)} requested images have no activations for feature set "
+            f"{feature_set_id} layer {layer} (first: {absent[0]}); extract them first"
+        )
+
     def _gather(self, feature_set_id: str, layer: int, where: pa.Table) -> np.ndarray:
-        seg = where.column("segment_id").to_numpy(zero_copy_only=False)
         rows = where.column("row").to_numpy()
         n = where.num_rows  # ``where`` is sorted by requested position: row i fills output row i
+        if n == 0:
+            fset = self.feature_set(feature_set_id)
+            hidden = fset.hidden_sizes[layer] if layer < len(fset.hidden_sizes) else 0
+            return np.empty((0, hidden), dtype=np.float16 if fset.storage_dtype == "float16" else np.float32)
+        encoded = where.column("segment_id").combine_chunks().dictionary_encode()
+        segment_ids = encoded.dictionary.to_pylist()
+        codes = encoded.indices.to_numpy()
         out: np.ndarray | None = None
-        for segment_id in np.unique(seg):
-            mask = seg == segment_id
+        for code, segment_id in enumerate(segment_ids):
+            mask = codes == code if len(segment_ids) > 1 else None
             try:
-                data = self.segments.read_rows(str(segment_id), layer, rows[mask])
-            except (FileNotFoundError, KeyError, ValueError, OSError) as e:
+                data = self.segments.read_rows(str(segment_id), layer, rows if mask is None else rows[mask])
+            except (CorruptDataError, FileNotFoundError, KeyError, ValueError, OSError) as e:
                 raise CorruptDataError(
                     f"segment {segment_id} of feature set {feature_set_id} (layer {layer}) cannot be read: "
                     f"{type(e).__name__}: {e}; run `medprobe store verify`"
                 ) from e
+            if mask is None:
+                return data  # one segment: rows came back in the requested order
             if out is None:
                 out = np.empty((n, data.shape[1]), dtype=data.dtype)
-            out[np.flatnonzero(mask)] = data
-        if out is None:
-            fset = self.feature_set(feature_set_id)
-            hidden = fset.hidden_sizes[layer] if layer < len(fset.hidden_sizes) else 0
-            return np.empty((0, hidden), dtype=np.float32 if fset.storage_dtype != "float16" else np.float16)
+            out[mask] = data
+        assert out is not None
         return out
 
     def read(
@@ -291,11 +322,28 @@ class FeatureStore:
         *,
         sql: str | None = None,
     ) -> dict[int, np.ndarray]:
-        """Several layers for the same images with a single manifest query."""
-        layers = [int(x) for x in layers]
-        hashes = self._resolve_hashes(feature_set_id, layers[0], image_hashes, sql)
-        where = self.locate(feature_set_id, layers, hashes)
+        """Several layers for the same images with a single manifest query.
+
+        With neither ``image_hashes`` nor ``sql``: every stored image of the first layer, in image_hash order.
+        """
+        layers = list(dict.fromkeys(int(x) for x in layers))
+        if not layers:
+            raise InvalidInputError("read_layers: no layers requested")
+        where = self._where(feature_set_id, layers, image_hashes, sql)[1]
         return {layer: self._gather(feature_set_id, layer, where[layer]) for layer in layers}
+
+    def _where(self, feature_set_id: str, layers: list[int], image_hashes, sql) -> tuple[pa.Array, dict[int, pa.Table]]:
+        """The requested hashes and, per layer, where their rows live (sorted by requested position)."""
+        if image_hashes is None and sql is None:
+            self.feature_set(feature_set_id)
+            stored = self._stored_rows(feature_set_id, layers[0])
+            hashes = stored.column("image_hash").combine_chunks()
+            where = {layers[0]: stored.drop_columns(["image_hash"])}
+            if len(layers) > 1:
+                where.update(self.locate(feature_set_id, layers[1:], hashes))
+            return hashes, where
+        hashes = self._resolve_hashes(feature_set_id, layers[0], image_hashes, sql)
+        return hashes, self.locate(feature_set_id, layers, hashes)
 
     def iter_batches(
         self,
@@ -307,11 +355,13 @@ class FeatureStore:
         batch_rows: int = 65536,
     ) -> Iterator[tuple[list[str], np.ndarray]]:
         """Yield ``(image_hashes, X)`` batches of at most ``batch_rows`` rows; memory bounded by one batch."""
-        hashes = self._resolve_hashes(feature_set_id, layer, image_hashes, sql)
-        where = self.locate(feature_set_id, [layer], hashes)[layer]
+        if batch_rows < 1:
+            raise InvalidInputError(f"batch_rows must be at least 1, got {batch_rows}")
+        hashes, where_by_layer = self._where(feature_set_id, [int(layer)], image_hashes, sql)
+        where = where_by_layer[int(layer)]
         for start in range(0, len(hashes), batch_rows):
             part = where.slice(start, batch_rows)
-            yield hashes[start : start + batch_rows], self._gather(feature_set_id, layer, part)
+            yield hashes.slice(start, batch_rows).to_pylist(), self._gather(feature_set_id, layer, part)
 
     # ------------------------------------------------------------------ blobs
     def put_bytes(self, relpath: str, data: bytes) -> str:
