@@ -48,9 +48,7 @@ def _straddling(groups, splits) -> set:
 @given(grouped_records(), st.sampled_from([0.1, 0.2, 0.3]), st.integers(0, 2**16))
 def test_no_group_straddles_and_strata_keep_their_fraction(records, test_fraction, seed) -> None:
     strata, groups = records
-    splits = grouped_stratified_assign(
-        strata, groups, {"train": 1 - test_fraction, "test": test_fraction}, seed=seed
-    )
+    splits = grouped_stratified_assign(strata, groups, {"train": 1 - test_fraction, "test": test_fraction}, seed=seed)
     assert not _straddling(groups, splits)
     totals = Counter(strata)
     test_counts = Counter(k for k, s in zip(strata, splits, strict=True) if s == "test")

@@ -70,8 +70,9 @@ def grouped_stratified_assign(
     """Assign each record to a split so that no group spans two splits and every stratum keeps ``fractions``.
 
     Records whose group is None are their own group. ``pinned`` maps a group id to a split it must keep.
-    Greedy: groups in a seeded random order, largest first, each to the split that most reduces the squared
-    shortfall of its strata (relative to each stratum's size). Deterministic for equal inputs.
+    Whole-number targets per (split, stratum) come from :func:`integer_targets`; then a greedy takes groups in a
+    seeded random order, largest first, each to the split that most reduces the squared shortfall of its
+    strata against those targets (relative to each stratum's size). Deterministic for equal inputs.
     """
     if len(strata) != len(groups):
         raise ValueError("strata and groups must have the same length")
@@ -85,7 +86,8 @@ def grouped_stratified_assign(
     for i, g in enumerate(groups):
         members[f"g:{g}" if g is not None else f"i:{i}"].append(i)
     totals = Counter(strata)
-    target = {s: {k: fractions[s] * n for k, n in totals.items()} for s in names}
+    rng = random.Random(seed)
+    target = integer_targets(totals, {s: fractions[s] for s in names}, rng)
     have: dict[str, Counter] = {s: Counter() for s in names}
     out: list[str] = [""] * len(strata)
 
@@ -98,16 +100,14 @@ def grouped_stratified_assign(
     for unit in members:
         group = unit[2:] if unit.startswith("g:") else None
         if group is not None and group in pinned:
-            if pinned[group] not in fractions:
-                raise InvalidInputError(f"group {group!r} is stored in split {pinned[group]!r}, not in {names}")
-            have.setdefault(pinned[group], Counter())
-            for i in members[unit]:
-                out[i] = pinned[group]
-                have[pinned[group]][strata[i]] += 1
+            split = pinned[group]
+            if split not in fractions:
+                raise InvalidInputError(f"group {group!r} is stored in split {split!r}, not in {names}")
+            have.setdefault(split, Counter())
+            place(unit, split)
         else:
             free.append(unit)
 
-    rng = random.Random(seed)
     free.sort()
     rng.shuffle(free)
     free.sort(key=lambda u: -len(members[u]))  # stable: ties keep the seeded order
@@ -123,6 +123,33 @@ def grouped_stratified_assign(
                 best, best_cost = s, cost
         place(unit, best)
     return out
+
+
+def integer_targets(
+    totals: Mapping[str, int], fractions: Mapping[str, float], rng: random.Random
+) -> dict[str, dict[str, int]]:
+    """Whole-number target count per (split, stratum): each stratum's counts sum to its size and each split's
+    to its share of all records (largest remainders first, ties in seeded order)."""
+    strata = sorted(totals)
+    rng.shuffle(strata)
+    n = sum(totals.values())
+    target = {s: {k: int(f * totals[k]) for k in strata} for s, f in fractions.items()}
+    need = {s: round(f * n) - sum(target[s].values()) for s, f in fractions.items()}
+    left = {k: totals[k] - sum(target[s][k] for s in fractions) for k in strata}
+    order = sorted(
+        ((f * totals[k] - target[s][k], i, s, k) for i, k in enumerate(strata) for s, f in fractions.items()),
+        key=lambda x: (-x[0], x[1]),
+    )
+    for _, _, s, k in order:
+        if left[k] > 0 and need[s] > 0:
+            target[s][k] += 1
+            left[k] -= 1
+            need[s] -= 1
+    for k in strata:  # rounding of the split totals can leave a record over: give it to the largest split
+        if left[k] > 0:
+            biggest = max(fractions, key=lambda s: fractions[s])
+            target[biggest][k] += left[k]
+    return target
 
 
 def rarest_label_strata(label_sets: Sequence[Sequence[str]], none: str = "<none>") -> list[str]:
