@@ -157,11 +157,54 @@ def _llava(full: bool, device: str | None, dtype: str) -> Built:
     return Built(_instantiate(LlavaForConditionalGeneration, config, device, dtype), processor)
 
 
-_QWEN_SPECIAL = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+def _llava_next(full: bool, device: str | None, dtype: str) -> Built:
+    """LLaVA-NeXT (any-resolution tiles): no dedicated adapter, so it exercises the generic path."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextProcessor,
+    )
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tokenizer = byte_level_tokenizer(["<image>"], {"image_token": "<image>"})
+    size = _VISION["image_size"]
+    pinpoints = [[size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_grid_pinpoints=pinpoints
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=_VISION["patch_size"],
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(**_VISION).to_dict(),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), **_TEXT).to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-2,
+    )
+    return Built(_instantiate(LlavaNextForConditionalGeneration, config, device, dtype), processor)
+
+
+_QWEN_SPECIAL = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|im_start|>", "<|im_end|>"]
 
 
 def _qwen_tokenizer() -> PreTrainedTokenizerFast:
     return byte_level_tokenizer(_QWEN_SPECIAL, {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
+
+
+# the ChatML layout of the real Qwen2-VL template, so the tiny models exercise the chat-template path
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def _qwen_image_processor():
@@ -201,7 +244,9 @@ def _qwen2_vl(full: bool, device: str | None, dtype: str) -> Built:
     from medprobe.extractor.models.qwen2_vl import Qwen2VLImageOnlyProcessor
 
     tokenizer = _qwen_tokenizer()
-    processor = Qwen2VLImageOnlyProcessor(image_processor=_qwen_image_processor(), tokenizer=tokenizer)
+    processor = Qwen2VLImageOnlyProcessor(
+        image_processor=_qwen_image_processor(), tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE
+    )
     vision = {
         "depth": 2,
         "embed_dim": 32,
@@ -222,7 +267,9 @@ def _qwen2_5_vl(full: bool, device: str | None, dtype: str) -> Built:
     from medprobe.extractor.models.qwen2_vl import Qwen2_5_VLImageOnlyProcessor
 
     tokenizer = _qwen_tokenizer()
-    processor = Qwen2_5_VLImageOnlyProcessor(image_processor=_qwen_image_processor(), tokenizer=tokenizer)
+    processor = Qwen2_5_VLImageOnlyProcessor(
+        image_processor=_qwen_image_processor(), tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE
+    )
     vision = {
         "depth": 2,
         "hidden_size": 32,
@@ -392,6 +439,7 @@ TINY_BUILDERS: dict[str, Callable[[bool, str | None, str], Built]] = {
     "clip": _clip,
     "siglip": _siglip,
     "llava": _llava,
+    "llava-next": _llava_next,
     "qwen2-vl": _qwen2_vl,
     "qwen2.5-vl": _qwen2_5_vl,
     "paligemma": _paligemma,

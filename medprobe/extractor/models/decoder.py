@@ -183,11 +183,11 @@ class DecoderVLMAdapter(Adapter):
         inputs = move_batch(batch, self.device, self.dtype)
         masks = self.token_masks(inputs, poolings)
         capture = PooledCapture(self.layer_modules, layers, poolings, lambda name, h: pool_tokens(name, h, masks))
-        with torch.inference_mode():
+        with torch.no_grad():
             return capture.run(lambda: self.run_model(inputs))
 
     def hidden_states(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Reference path (tests, the baseline benchmark): every layer via ``output_hidden_states``."""
         inputs = move_batch(batch, self.device, self.dtype)
-        with torch.inference_mode():
+        with torch.no_grad():
             return self.run_model(inputs, output_hidden_states=True).hidden_states

@@ -96,11 +96,11 @@ class VisionTowerAdapter(Adapter):
         self.check_request(layers, poolings)
         inputs = move_batch({"pixel_values": batch["pixel_values"]}, self.device, self.dtype)
         capture = PooledCapture(self.layer_modules, layers, poolings, self._pool)
-        with torch.inference_mode():
+        with torch.no_grad():
             return capture.run(lambda: self.model(**inputs))
 
     def hidden_states(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Reference path (tests, the baseline benchmark): every layer via ``output_hidden_states``."""
         inputs = move_batch({"pixel_values": batch["pixel_values"]}, self.device, self.dtype)
-        with torch.inference_mode():
+        with torch.no_grad():
             return self.model(**inputs, output_hidden_states=True).hidden_states

@@ -121,7 +121,7 @@ class EfficientNetLiteAdapter(Adapter):
         m = self.model
         out: dict[tuple[str, int], torch.Tensor] = {}
         x = batch["pixel_values"].to(device=self.device, dtype=self.dtype, non_blocking=True)
-        with torch.inference_mode():
+        with torch.no_grad():
             x = m._swish(m._bn0(m._conv_stem(x)))
             for idx, block in enumerate(m._blocks):
                 rate = m._global_params.drop_connect_rate
