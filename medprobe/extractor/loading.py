@@ -68,9 +68,14 @@ def load_adapter(
     and takes precedence over ``device``; ``quantization`` (``"8bit"``/``"4bit"``) needs bitsandbytes.
     """
     torch_dtype(dtype)  # validate early
-    if model_spec.startswith((tiny.TINY_PREFIX, tiny.FULL_PREFIX)):
-        return _load_random(model_spec, device=device, dtype=dtype)
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        raise InvalidInputError(f"unknown quantization {quantization!r}; choose from {', '.join(QUANTIZATIONS)}")
+    built_in_code = model_spec.startswith((tiny.TINY_PREFIX, tiny.FULL_PREFIX))
     plugins = {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+    if (built_in_code or model_spec in plugins) and (quantization or device_map):
+        raise InvalidInputError(f"quantization and device_map apply to Hugging Face checkpoints, not to {model_spec!r}")
+    if built_in_code:
+        return _load_random(model_spec, device=device, dtype=dtype)
     if model_spec in plugins:
         build = plugins[model_spec].load()
         return build(device=device, dtype=dtype)
@@ -139,6 +144,8 @@ def _load_config(spec: str, trust_remote_code: bool) -> Any:
     try:
         return AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
     except OSError as e:
+        if Path(spec).expanduser().is_dir():
+            raise InvalidInputError(f"cannot read the checkpoint in directory {spec!r}: {e}") from e
         raise NotFoundError(
             f"model {spec!r} not found: it is neither a local checkpoint directory nor a Hugging Face model id "
             f"that can be downloaded or found in the local cache ({e})".replace("\n", " ")
@@ -154,8 +161,6 @@ def _load_config(spec: str, trust_remote_code: bool) -> Any:
 def _quantization_config(quantization: str | None, dtype: str) -> Any:
     if quantization is None:
         return None
-    if quantization not in QUANTIZATIONS:
-        raise InvalidInputError(f"unknown quantization {quantization!r}; choose from {', '.join(QUANTIZATIONS)}")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise InvalidInputError(
             f"{quantization} loading needs the bitsandbytes package (and a CUDA GPU): pip install bitsandbytes"
