@@ -1,0 +1,239 @@
+"""One probe experiment on the store: load, select C and refit (training pool), test once, write results."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medprobe.errors import InvalidInputError
+from medprobe.featurestore.ids import new_id
+from medprobe.featurestore.runs import package_versions
+from medprobe.progress import progress_bar
+from medprobe.schemas.tables import PredictionRow, ProbeResultRow, TaskRow
+from medprobe.trainer.bootstrap import N_BOOT, metrics_with_ci
+from medprobe.trainer.data import TaskData, load_task_data, read_features
+from medprobe.trainer.protocol import DEFAULT_C_GRID, ProtocolTiming, Setting, fit_protocol
+from medprobe.trainer.solvers import get_solver
+from medprobe.trainer.solvers.base import FittedProbe
+
+TRAIN_SPLITS = ("train", "val")
+
+
+@dataclass
+class ExperimentSpec:
+    """What to fit: a feature set's layers on a task, under one protocol."""
+
+    feature_set_id: str
+    task: TaskRow
+    layers: list[int]
+    solver: str = "torch"
+    c_grid: Sequence[float] = DEFAULT_C_GRID
+    selection: str = "cv"
+    n_splits: int = 5
+    fractions: Sequence[float] = (1.0,)
+    seeds: Sequence[int] = (0,)
+    class_weight: str | None = None
+    allow_missing: bool = False
+    n_boot: int = N_BOOT
+    seed: int = 0
+    device: str | None = None
+    solver_options: dict = field(default_factory=dict)
+
+    def settings(self) -> list[Setting]:
+        out = []
+        for f in self.fractions:
+            for s in self.seeds if f < 1 else self.seeds[:1]:
+                out.append(Setting(float(f), int(s)))
+        return out
+
+
+@dataclass
+class ProbeOutcome:
+    """A fitted, tested probe and where its rows went."""
+
+    probe_id: str
+    layer: int
+    setting: Setting
+    C: float
+    selection: str
+    cv_scores: dict
+    cv_mean: float | None  # mean selection score of the chosen C (training rows only)
+    metrics: dict
+    probe: FittedProbe
+    test_hashes: list[str]
+    y_test: np.ndarray
+    proba: np.ndarray
+    n_train: int
+    weights_uri: str | None = None
+
+
+def _weights_bytes(probe: FittedProbe, meta: dict[str, str]) -> bytes:
+    from safetensors.numpy import save
+
+    tensors = {
+        "coef": np.ascontiguousarray(probe.coef, dtype=np.float32),
+        "intercept": np.ascontiguousarray(probe.intercept, dtype=np.float32),
+        "mean": np.ascontiguousarray(probe.mean, dtype=np.float32),
+        "scale": np.ascontiguousarray(probe.scale, dtype=np.float32),
+    }
+    return save(tensors, metadata=meta)
+
+
+def load_weights(store, uri: str) -> dict[str, np.ndarray]:
+    """The tensors of a stored probe (coef, intercept, mean, scale)."""
+    from safetensors.numpy import load
+
+    return load(store.read_bytes(uri))
+
+
+def prepare(store, spec: ExperimentSpec, only_hashes: set[str] | None = None) -> TaskData:
+    """Labels and splits of the experiment's images (optionally restricted to ``only_hashes``)."""
+    data = load_task_data(store, spec.task, spec.feature_set_id, spec.layers, allow_missing=spec.allow_missing)
+    if only_hashes is not None:
+        keep = np.array([h in only_hashes for h in data.image_hashes])
+        data.image_hashes = [h for h, k in zip(data.image_hashes, keep, strict=True) if k]
+        data.split, data.y = data.split[keep], data.y[keep]
+        data.groups = None if data.groups is None else data.groups[keep]
+    unknown = sorted(set(data.split.tolist()) - {"train", "val", "test"})
+    if unknown:
+        raise InvalidInputError(f"dataset {spec.task.dataset!r} has rows in unknown splits {unknown}")
+    if not len(data.rows("test")):
+        raise InvalidInputError(f"dataset {spec.task.dataset!r} has no test rows: re-ingest it with a test split")
+    if not len(data.rows(TRAIN_SPLITS)):
+        raise InvalidInputError(f"dataset {spec.task.dataset!r} has no train/val rows to fit probes on")
+    return data
+
+
+def run_experiment(
+    store, spec: ExperimentSpec, run_id: str, *, only_hashes: set[str] | None = None, show_progress: bool = True
+) -> list[ProbeOutcome]:
+    """Fit, select, refit and test every layer x setting; write probe_results, predictions and weights."""
+    data = prepare(store, spec, only_hashes)
+    pool, test = data.rows(TRAIN_SPLITS), data.rows("test")
+    hashes = data.image_hashes
+    feats = read_features(store, spec.feature_set_id, spec.layers, hashes)
+    options = dict(spec.solver_options)
+    if spec.solver == "torch" and spec.device:
+        options["device"] = spec.device
+    solver = get_solver(spec.solver, **options)
+    settings = spec.settings()
+    metric = spec.task.primary_metric
+    by_width: dict[int, list[int]] = {}
+    for layer in spec.layers:
+        by_width.setdefault(feats[layer].shape[1], []).append(layer)
+    timing = ProtocolTiming()
+    n_cols = len(settings) * ((spec.n_splits if spec.selection == "cv" else 1) * len(spec.c_grid) + 1)
+    outcomes: list[ProbeOutcome] = []
+    with progress_bar("probes", disable=not show_progress) as bar:
+        task_bar = bar.add_task(f"fit {spec.task.task}", total=len(spec.layers) * n_cols)
+        for layers in by_width.values():
+            results = fit_protocol(
+                [feats[x][pool] for x in layers],
+                data.y[pool],
+                data.kind,
+                data.class_names,
+                solver,
+                groups=None if data.groups is None else data.groups[pool],
+                is_val=data.split[pool] == "val",
+                selection=spec.selection,
+                c_grid=spec.c_grid,
+                n_splits=spec.n_splits,
+                metric=metric,
+                settings=settings,
+                class_weight=spec.class_weight,
+                timing=timing,
+                on_iteration=lambda done, stalled: bar.advance(task_bar, done + stalled),
+            )
+            for r in results:
+                layer = layers[r.layer_pos]
+                proba = r.probe.predict_proba(feats[layer][test])  # the one pass over the test rows
+                metrics = metrics_with_ci(
+                    data.y[test], proba, data.kind, data.class_names, n_boot=spec.n_boot, seed=spec.seed
+                )
+                scores = [v for v in r.cv_scores[repr(r.C)] if v is not None]
+                outcomes.append(
+                    ProbeOutcome(
+                        new_id("probe"),
+                        layer,
+                        r.setting,
+                        r.C,
+                        r.selection,
+                        r.cv_scores,
+                        float(np.mean(scores)) if scores else None,
+                        metrics,
+                        r.probe,
+                        [hashes[i] for i in test],
+                        data.y[test],
+                        proba,
+                        r.n_train,
+                    )
+                )
+        bar.update(task_bar, completed=len(spec.layers) * n_cols)
+    per_probe = (timing.select_seconds + timing.refit_seconds) / max(1, len(outcomes))
+    write_outcomes(store, spec, run_id, outcomes, per_probe, timing)
+    return outcomes
+
+
+def write_outcomes(
+    store, spec: ExperimentSpec, run_id: str, outcomes: list[ProbeOutcome], per_probe: float, timing: ProtocolTiming
+) -> None:
+    """Append probe_results and predictions rows and store each probe's weights as safetensors."""
+    versions = json.dumps(package_versions(), sort_keys=True)
+    results, preds = [], []
+    for o in outcomes:
+        meta = {
+            "run_id": run_id,
+            "probe_id": o.probe_id,
+            "feature_set_id": spec.feature_set_id,
+            "layer": str(o.layer),
+            "task": spec.task.task,
+            "kind": o.probe.kind,
+            "C": repr(o.C),
+            "class_names": json.dumps(spec.task.class_names),
+        }
+        o.weights_uri = store.put_bytes(f"probes/{run_id}/{o.probe_id}.safetensors", _weights_bytes(o.probe, meta))
+        metrics = dict(o.metrics)
+        metrics["cv_mean"] = o.cv_mean
+        metrics["timing"] = {
+            "select_seconds": timing.select_seconds,
+            "refit_seconds": timing.refit_seconds,
+            "n_probes_fitted": timing.n_probes,
+            "n_iter": o.probe.n_iter,
+            "converged": o.probe.converged,
+        }
+        results.append(
+            ProbeResultRow(
+                run_id=run_id,
+                probe_id=o.probe_id,
+                feature_set_id=spec.feature_set_id,
+                layer=o.layer,
+                dataset=spec.task.dataset,
+                task=spec.task.task,
+                solver=spec.solver,
+                c=o.C,
+                c_grid=[float(c) for c in spec.c_grid],
+                selection=o.selection,
+                cv_scores=json.dumps(o.cv_scores),
+                train_fraction=o.setting.fraction,
+                seed=o.setting.seed,
+                n_train=o.n_train,
+                n_test=len(o.y_test),
+                class_names=list(spec.task.class_names),
+                metrics=json.dumps(metrics),
+                fit_seconds=per_probe,
+                weights_uri=o.weights_uri,
+                versions=versions,
+            )
+        )
+        for h, yt, p in zip(o.test_hashes, o.y_test, o.proba, strict=True):
+            y_json = json.dumps(yt.tolist() if np.ndim(yt) else int(yt))
+            preds.append(
+                PredictionRow(
+                    run_id=run_id, probe_id=o.probe_id, image_hash=h, y_true=y_json, probabilities=[float(v) for v in p]
+                )
+            )
+    store.append("probe_results", results)
+    store.append("predictions", preds)

@@ -1,0 +1,272 @@
+"""The probe protocol: choose C on training rows only, refit, and hand back probes for one test pass.
+
+Rows given to :func:`fit_protocol` are the experiment's *training pool* (train and val splits); test rows
+never enter. C is chosen on a log grid either by stratified K-fold cross-validation, grouped by patient
+when group ids exist (``StratifiedGroupKFold``), or on the pool's validation rows; the chosen C is then
+refitted on every training row of the setting. Label efficiency adds settings: stratified subsamples of
+the training rows at several fractions x seeds. Every fold x C x setting x layer is one column of a
+single batched solve, and all refits are a second one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from medprobe.errors import InvalidInputError
+from medprobe.trainer.bootstrap import replicate_metrics
+from medprobe.trainer.solvers import Solver
+from medprobe.trainer.solvers.base import FittedProbe, ProbeBatch, ProbeKind, logits_to_proba
+
+DEFAULT_C_GRID = tuple(float(c) for c in np.logspace(-4, 3, 8))
+Selection = Literal["cv", "val"]
+
+
+def stratify_key(y: np.ndarray, kind: ProbeKind) -> np.ndarray:
+    """One stratum per row: the class, or for multilabel the rarest positive finding (``-1`` for none)."""
+    y = np.asarray(y)
+    if kind != "multilabel":
+        return y.astype(int)
+    counts = y.sum(0)
+    rank = np.argsort(np.argsort(counts, kind="stable"), kind="stable")  # 0 = rarest finding
+    key = np.full(len(y), -1)
+    for i, row in enumerate(y.astype(bool)):
+        if row.any():
+            pos = np.flatnonzero(row)
+            key[i] = pos[np.argmin(rank[pos])]
+    return key
+
+
+def cv_splits(
+    strata: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """Seeded stratified K-fold (grouped when ``groups`` is given) over positions ``0..len(strata)-1``.
+
+    Uses ``min(n_splits, smallest stratum, number of groups)`` folds; returns the splits and a label
+    such as ``"cv:5:grouped"``.
+    """
+    _, counts = np.unique(strata, return_counts=True)
+    k = min(n_splits, int(counts.min()))
+    if groups is not None:
+        k = min(k, len(np.unique(groups)))
+    if k < 2:
+        raise InvalidInputError(
+            f"cross-validation needs at least 2 rows (and groups) of every class; the smallest class has "
+            f"{int(counts.min())}: add training rows, raise --train-fraction, or use --selection val"
+        )
+    X = np.zeros((len(strata), 1))
+    if groups is not None:
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = list(splitter.split(X, strata, groups))
+    else:
+        splits = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(X, strata))
+    return splits, f"cv:{k}:{'grouped' if groups is not None else 'rows'}"
+
+
+def stratified_subsample(strata: np.ndarray, fraction: float, seed: int, min_per_class: int = 2) -> np.ndarray:
+    """Sorted positions of a seeded subsample keeping ``fraction`` of every stratum (at least ``min_per_class``)."""
+    if not 0 < fraction <= 1:
+        raise InvalidInputError(f"--train-fraction values must lie in (0, 1], got {fraction}")
+    if fraction == 1:
+        return np.arange(len(strata))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for s in np.unique(strata):
+        pos = np.flatnonzero(strata == s)
+        k = min(len(pos), max(min_per_class, round(fraction * len(pos))))
+        keep.append(rng.choice(pos, size=k, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One training-set choice: a fraction of the training rows with a seed."""
+
+    fraction: float
+    seed: int
+
+
+@dataclass
+class ProtocolResult:
+    """Per (layer, setting): the refitted probe, chosen C, and the selection evidence."""
+
+    setting: Setting
+    layer_pos: int  # index into the layers passed in
+    probe: FittedProbe
+    C: float
+    cv_scores: dict[str, list[float | None]]  # {C: [score per fold]}
+    selection: str
+    n_train: int
+    train_rows: np.ndarray  # positions in the training pool
+
+
+@dataclass
+class ProtocolTiming:
+    select_seconds: float = 0.0
+    refit_seconds: float = 0.0
+    n_probes: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _check_classes(y_rows: np.ndarray, kind: ProbeKind, class_names: Sequence[str], where: str) -> None:
+    if kind == "multilabel":
+        pos = y_rows.sum(0)
+        bad = [class_names[k] for k in range(len(class_names)) if pos[k] == 0 or pos[k] == len(y_rows)]
+        if bad:
+            raise InvalidInputError(f"{where} has no positive (or no negative) rows of finding(s) {bad}")
+        return
+    present = set(np.unique(y_rows).tolist())
+    absent = [class_names[k] for k in range(len(class_names)) if k not in present]
+    if absent:
+        raise InvalidInputError(
+            f"{where} has no rows of class(es) {absent}: every class must appear in training "
+            "(use fewer folds with --cv, a larger --train-fraction, or fix the dataset's splits)"
+        )
+
+
+def score_probes(
+    X: np.ndarray, y: np.ndarray, probes: Sequence[FittedProbe], kind: ProbeKind, n_classes: int, metric: str
+) -> list[float | None]:
+    """Selection metric of each probe on rows ``X``; the probes must share one training row set."""
+    out: list[float | None] = []
+    W = np.ones((1, len(y)))
+    Z = ((np.asarray(X, dtype=np.float64) - probes[0].mean) / probes[0].scale).astype(np.float32)
+    for p in probes:
+        logits = Z @ p.coef.T.astype(np.float32) + p.intercept.astype(np.float32)
+        value = replicate_metrics(y, logits_to_proba(logits, kind), kind, n_classes, W)[metric][0]
+        out.append(float(value) if np.isfinite(value) else None)
+    return out
+
+
+def fit_protocol(
+    layers: Sequence[np.ndarray],
+    y: np.ndarray,
+    kind: ProbeKind,
+    class_names: Sequence[str],
+    solver: Solver,
+    *,
+    groups: np.ndarray | None = None,
+    is_val: np.ndarray | None = None,
+    selection: Selection = "cv",
+    c_grid: Sequence[float] = DEFAULT_C_GRID,
+    n_splits: int = 5,
+    metric: str = "macro_auc",
+    settings: Sequence[Setting] = (Setting(1.0, 0),),
+    class_weight: str | None = None,
+    on_iteration: Callable[[int, int], None] | None = None,
+    timing: ProtocolTiming | None = None,
+) -> list[ProtocolResult]:
+    """Select C and refit for every layer x setting on the training pool; see the module docstring.
+
+    ``layers``: one (pool rows, features) array per layer; ``is_val`` marks the pool's validation rows
+    (needed for ``selection='val'``). Returns results ordered by setting, then layer.
+    """
+    y = np.asarray(y)
+    K = len(class_names)
+    strata = stratify_key(y, kind)
+    c_grid = [float(c) for c in c_grid]
+    row_sets: list[np.ndarray] = []
+    cols: list[tuple[int, int, int]] = []  # (setting index, fold index, C index) per column
+    val_rows: list[list[np.ndarray]] = []
+    labels: list[str] = []
+    train_rows_of: list[np.ndarray] = []
+    for si, st in enumerate(settings):
+        rows = stratified_subsample(strata, st.fraction, st.seed)
+        train_rows_of.append(rows)
+        _check_classes(y[rows], kind, class_names, f"the training rows (fraction {st.fraction}, seed {st.seed})")
+        if selection == "cv":
+            g = None if groups is None else np.asarray(groups)[rows]
+            splits, label = cv_splits(strata[rows], g, n_splits, st.seed)
+            folds = [(rows[tr], rows[va]) for tr, va in splits]
+        elif selection == "val":
+            if is_val is None or not np.any(is_val[rows]) or np.all(is_val[rows]):
+                raise InvalidInputError(
+                    "--selection val needs both train and val rows in the training pool; this dataset has "
+                    f"{int(np.sum(is_val)) if is_val is not None else 0} val rows: use --selection cv"
+                )
+            folds = [(rows[~is_val[rows]], rows[is_val[rows]])]
+            label = "val"
+        else:
+            raise InvalidInputError(f"unknown selection {selection!r}: use cv or val")
+        labels.append(label)
+        val_rows.append([va for _, va in folds])
+        for fi, (tr, _) in enumerate(folds):
+            _check_classes(y[tr], kind, class_names, f"fold {fi} of {label} (fraction {st.fraction}, seed {st.seed})")
+            row_sets.append(tr)
+            for ci in range(len(c_grid)):
+                cols.append((si, fi, ci))
+    G = len(layers)
+    set_index = {}
+    row_set_of = []
+    for si, fi, _ in cols:
+        set_index.setdefault((si, fi), len(set_index))
+        row_set_of.append(set_index[(si, fi)])
+    C = np.tile(np.array([c_grid[ci] for _, _, ci in cols]), (G, 1))
+    t0 = time.perf_counter()
+    fitted = solver.fit_many(
+        layers,
+        y,
+        kind,
+        K,
+        ProbeBatch(row_sets, np.array(row_set_of), C),
+        class_weight=class_weight,
+        on_iteration=on_iteration,
+    )
+    t1 = time.perf_counter()
+    best_C = np.zeros((G, len(settings)))
+    evidence: dict[tuple[int, int], dict[str, list[float | None]]] = {}
+    for g, X in enumerate(layers):
+        scores = {}
+        for (si, fi), _ in set_index.items():
+            idx = [m for m, (s2, f2, _) in enumerate(cols) if (s2, f2) == (si, fi)]
+            va = val_rows[si][fi]
+            vals = score_probes(np.asarray(X)[va], y[va], [fitted[g][m] for m in idx], kind, K, metric)
+            for m, v in zip(idx, vals, strict=True):
+                scores.setdefault(si, {}).setdefault(cols[m][2], []).append(v)
+        for si in range(len(settings)):
+            per_c = scores[si]
+            means = [np.mean([v for v in per_c[ci] if v is not None] or [np.nan]) for ci in range(len(c_grid))]
+            if np.all(np.isnan(means)):
+                raise InvalidInputError(
+                    f"the selection metric {metric} is undefined on every validation fold (each holds one "
+                    "class): use --selection cv with more rows or another metric"
+                )
+            best = int(np.nanargmax(means))  # ties: the smallest C (strongest regularisation)
+            best_C[g, si] = c_grid[best]
+            evidence[(g, si)] = {repr(c_grid[ci]): per_c[ci] for ci in range(len(c_grid))}
+    t2 = time.perf_counter()
+    refit = solver.fit_many(
+        layers,
+        y,
+        kind,
+        K,
+        ProbeBatch(train_rows_of, np.arange(len(settings)), best_C),
+        class_weight=class_weight,
+        on_iteration=on_iteration,
+    )
+    t3 = time.perf_counter()
+    if timing is not None:
+        timing.select_seconds += t1 - t0 + (t2 - t1)
+        timing.refit_seconds += t3 - t2
+        timing.n_probes += G * (len(cols) + len(settings))
+    out = []
+    for si, st in enumerate(settings):
+        for g in range(G):
+            out.append(
+                ProtocolResult(
+                    st,
+                    g,
+                    refit[g][si],
+                    float(best_C[g, si]),
+                    evidence[(g, si)],
+                    labels[si],
+                    len(train_rows_of[si]),
+                    train_rows_of[si],
+                )
+            )
+    return out

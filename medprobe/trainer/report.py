@@ -1,0 +1,280 @@
+"""``medprobe report``: PNG plots and a Markdown summary of probe runs, read back from the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from medprobe.errors import NotFoundError
+
+
+def _load(store, run_ids: list[str]) -> tuple[list[dict], list[dict], dict[str, str]]:
+    results = store.sql(
+        "SELECT * FROM probe_results WHERE list_contains(?, run_id) ORDER BY run_id, feature_set_id, layer",
+        [run_ids],
+    ).to_pylist()
+    found = {r["run_id"] for r in results}
+    missing = [r for r in run_ids if r not in found]
+    if missing:
+        recent = (
+            store.sql("SELECT DISTINCT run_id FROM probe_results ORDER BY run_id DESC LIMIT 10")
+            .column("run_id")
+            .to_pylist()
+        )
+        raise NotFoundError(f"no probe results for run(s) {missing}; recent probe runs: {recent or 'none'}")
+    comps = store.sql("SELECT * FROM probe_comparisons WHERE list_contains(?, run_id)", [run_ids]).to_pylist()
+    names = {}
+    for fs in {r["feature_set_id"] for r in results}:
+        row = store.feature_set(fs)
+        names[fs] = f"{row.model_id.split('/')[-1]} ({row.pooling})"
+    for r in results:
+        r["m"] = json.loads(r["metrics"])
+    return results, comps, names
+
+
+def _val(entry: dict | None, key: str = "value") -> float:
+    v = None if entry is None else entry.get(key)
+    return np.nan if v is None else float(v)
+
+
+def _best(rows: list[dict]) -> dict:
+    full = [r for r in rows if r["train_fraction"] == 1.0] or rows
+    scored = [r for r in full if r["m"].get("cv_mean") is not None]
+    return max(scored, key=lambda r: (r["m"]["cv_mean"], -r["layer"])) if scored else full[0]
+
+
+def _groups(results: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    out: dict[tuple[str, str, str], list[dict]] = {}
+    for r in results:
+        out.setdefault((r["run_id"], r["feature_set_id"], r["task"]), []).append(r)
+    return out
+
+
+def plot_layer_curves(results, names, out: Path) -> Path | None:
+    """Macro AUC (and balanced accuracy) per layer with 95% bootstrap CI bands, one line per feature set."""
+    curves = [
+        (k, sorted([r for r in rows if r["train_fraction"] == 1.0], key=lambda r: r["layer"]))
+        for k, rows in _groups(results).items()
+    ]
+    curves = [(k, rows) for k, rows in curves if len(rows) > 1]
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
+    for (_run_id, fs, task), rows in curves:
+        layers = [r["layer"] for r in rows]
+        for ax, metric in zip(axes, ("macro_auc", "balanced_accuracy"), strict=True):
+            v = [_val(r["m"][metric]) for r in rows]
+            lo = [_val(r["m"][metric], "ci_low") for r in rows]
+            hi = [_val(r["m"][metric], "ci_high") for r in rows]
+            (line,) = ax.plot(layers, v, marker="o", ms=3, label=f"{names[fs]} · {task}")
+            ax.fill_between(layers, lo, hi, alpha=0.2, color=line.get_color())
+            best = _best(rows)
+            ax.scatter([best["layer"]], [_val(best["m"][metric])], s=80, facecolors="none", edgecolors="k", zorder=3)
+    for ax, title in zip(axes, ("Macro AUC (one-vs-rest)", "Balanced accuracy"), strict=True):
+        ax.set_xlabel("layer")
+        ax.set_ylabel(title)
+        ax.set_title(f"{title} by layer, test split (95% bootstrap CI)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.text(0.5, -0.02, "circle: layer chosen by cross-validation on training rows", ha="center", fontsize=8)
+    fig.tight_layout()
+    path = out / "layer_curve.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_roc(store, results, names, out: Path) -> list[Path]:
+    """ROC curves per class of each run's best full-data probe."""
+    paths = []
+    for (run_id, fs, task), rows in _groups(results).items():
+        best = _best(rows)
+        pred = store.sql(
+            "SELECT y_true, probabilities FROM predictions WHERE probe_id = ? ORDER BY image_hash", [best["probe_id"]]
+        ).to_pylist()
+        if not pred:
+            continue
+        P = np.array([p["probabilities"] for p in pred])
+        Y = [json.loads(p["y_true"]) for p in pred]
+        classes = best["class_names"]
+        multilabel = isinstance(Y[0], list)
+        T = np.array(Y) if multilabel else np.eye(len(classes), dtype=int)[np.array(Y)]
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        shown = range(1, 2) if (len(classes) == 2 and not multilabel) else range(len(classes))
+        for k in shown:
+            if T[:, k].min() == T[:, k].max():
+                continue
+            fpr, tpr, _ = roc_curve(T[:, k], P[:, k])
+            auc = best["m"]["auc_per_class"][classes[k]]
+            ax.plot(
+                fpr,
+                tpr,
+                label=f"{classes[k]}: AUC {_val(auc):.3f} [{_val(auc, 'ci_low'):.3f}, {_val(auc, 'ci_high'):.3f}]",
+            )
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(
+            f"ROC, {task}: {names[fs]}, layer {best['layer']}\n(one-vs-rest, n_test={best['n_test']})", fontsize=10
+        )
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out / f"roc_{run_id}_{fs[:12]}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_label_efficiency(results, names, out: Path) -> Path | None:
+    """Macro AUC against the fraction of training labels: seeds as points, their mean as a line."""
+    groups = {k: rows for k, rows in _groups(results).items() if len({r["train_fraction"] for r in rows}) > 1}
+    if not groups:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (_run_id, fs, task), rows in groups.items():
+        layer = _best(rows)["layer"]
+        rows = [r for r in rows if r["layer"] == layer]
+        fracs = sorted({r["train_fraction"] for r in rows})
+        mean, lo, hi = [], [], []
+        for f in fracs:
+            vals = np.array([_val(r["m"]["macro_auc"]) for r in rows if r["train_fraction"] == f])
+            mean.append(np.nanmean(vals))
+            lo.append(np.nanmin(vals))
+            hi.append(np.nanmax(vals))
+        (line,) = ax.plot(fracs, mean, marker="o", label=f"{names[fs]} · {task} (layer {layer})")
+        ax.fill_between(fracs, lo, hi, alpha=0.2, color=line.get_color())
+        for r in rows:
+            ax.scatter(r["train_fraction"], _val(r["m"]["macro_auc"]), s=10, color=line.get_color(), alpha=0.6)
+        n_by_f = {f: max(r["n_train"] for r in rows if r["train_fraction"] == f) for f in fracs}
+    ax.set_xscale("log")
+    ax.set_xticks(fracs)
+    ax.set_xticklabels([f"{f:g}\n(n={n_by_f[f]})" for f in fracs], fontsize=8)
+    ax.set_xlabel("fraction of training labels (stratified subsample)")
+    ax.set_ylabel("test macro AUC")
+    ax.set_title("Label efficiency: mean over seeds, band = seed range")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "label_efficiency.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_comparison(results, comps, names, out: Path) -> Path | None:
+    """Bars of each feature set's best probe (macro AUC and balanced accuracy) with 95% CI error bars."""
+    best = [(k, _best(rows)) for k, rows in _groups(results).items()]
+    if len(best) < 2:
+        return None
+    labels = [f"{names[fs]}\nlayer {b['layer']}" for (_, fs, _), b in best]
+    x = np.arange(len(best))
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(best)), 4.5))
+    for i, metric in enumerate(("macro_auc", "balanced_accuracy")):
+        v = np.array([_val(b["m"][metric]) for _, b in best])
+        err = np.array(
+            [
+                [v[j] - _val(b["m"][metric], "ci_low"), _val(b["m"][metric], "ci_high") - v[j]]
+                for j, (_, b) in enumerate(best)
+            ]
+        ).T
+        ax.bar(x + (i - 0.5) * 0.38, v, 0.38, yerr=err, capsize=4, label=metric.replace("_", " "))
+        for j in range(len(v)):
+            ax.text(x[j] + (i - 0.5) * 0.38, v[j] + 0.01, f"{v[j]:.3f}", ha="center", va="bottom", fontsize=7)
+    by_probe = {c["probe_a"]: c for c in comps if c["metric"] == "macro_auc"}
+    for j, (_, b) in enumerate(best):
+        c = by_probe.get(b["probe_id"])
+        if c is not None and c["p_bootstrap"] is not None:
+            ax.text(x[j], 0.05, f"ΔAUC {c['diff']:+.3f}\np={c['p_bootstrap']:.3g}", ha="center", fontsize=7)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("test metric (95% bootstrap CI)")
+    ax.set_title(f"Feature sets compared on the same test images ({best[0][1]['task']})")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = out / "comparison.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _cell(entry: dict | None) -> str:
+    if not entry or entry.get("value") is None:
+        return "undefined"
+    if entry.get("ci_low") is None:
+        return f"{entry['value']:.3f}"
+    return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
+
+
+def write_summary(results, comps, names, images: list[Path], out: Path) -> Path:
+    """summary.md: every probe's test metrics with CIs, the comparisons, and links to the plots."""
+    lines = [
+        "# medprobe report",
+        "",
+        "Test-split metrics with 95% bootstrap CIs (1,000 replicates unless stated). "
+        "C and the best layer were chosen on training rows only.",
+        "",
+    ]
+    head = (
+        "| run | feature set | task | layer | fraction | seed | C | n train | n test "
+        "| macro AUC | bal. acc | macro F1 |"
+    )
+    lines += [head, "|" + "---|" * 12]
+    for r in results:
+        m = r["m"]
+        lines.append(
+            f"| {r['run_id']} | {names[r['feature_set_id']]} | {r['task']} | {r['layer']} | {r['train_fraction']:g} "
+            f"| {r['seed']} | {r['c']:g} | {r['n_train']} | {r['n_test']} | {_cell(m['macro_auc'])} "
+            f"| {_cell(m['balanced_accuracy'])} | {_cell(m['macro_f1'])} |"
+        )
+    if comps:
+        lines += [
+            "",
+            "## Paired comparisons (A - B on the same test images)",
+            "",
+            "| A | B | metric | A | B | A-B [95% CI] | p (bootstrap) | p (study's t-test) |",
+            "|" + "---|" * 8,
+        ]
+        for c in comps:
+            if c["diff"] is None:
+                continue
+            lines.append(
+                f"| {names[c['feature_set_a']]} l{c['layer_a']} | {names[c['feature_set_b']]} l{c['layer_b']} "
+                f"| {c['metric']} | {c['value_a']:.3f} | {c['value_b']:.3f} | {c['diff']:+.3f} [{c['ci_low']:+.3f}, "
+                f"{c['ci_high']:+.3f}] | {c['p_bootstrap']:.3g} | {c['p_ttest']:.3g} |"
+            )
+    undefined = {k: v for r in results for k, v in r["m"].get("undefined", {}).items()}
+    if undefined:
+        lines += ["", "## Undefined metrics", ""] + [f"- {k}: {v}" for k, v in undefined.items()]
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images]
+    path = out / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_report(store, run_ids: list[str], out_dir: str) -> list[Path]:
+    """Write every applicable plot and summary.md for ``run_ids`` into ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results, comps, names = _load(store, list(run_ids))
+    images = [
+        p
+        for p in (
+            plot_layer_curves(results, names, out),
+            plot_label_efficiency(results, names, out),
+            plot_comparison(results, comps, names, out),
+        )
+        if p is not None
+    ]
+    images += plot_roc(store, results, names, out)
+    return [*images, write_summary(results, comps, names, images, out)]
