@@ -435,6 +435,38 @@ def _idefics3(full: bool, device: str | None, dtype: str) -> Built:
     return Built(_instantiate(Idefics3ForConditionalGeneration, config, device, dtype), processor)
 
 
+# the layout of SmolVLM's own template (ChatML-like turns, image before the text)
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>"
+    "{% else %}{{ item['text'] }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def _smolvlm(full: bool, device: str | None, dtype: str) -> Built:
+    from transformers import LlamaConfig, SmolVLMConfig, SmolVLMForConditionalGeneration
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+    from medprobe.extractor.models.idefics2 import SmolVLMImageOnlyProcessor
+
+    tokenizer = byte_level_tokenizer([*_IDEFICS_SPECIAL, "<global-img>", "<|im_start|>"], {"image_token": "<image>"})
+    size = _VISION["image_size"]
+    image_processor = SmolVLMImageProcessorPil(
+        do_image_splitting=True, size={"longest_edge": 2 * size}, max_image_size={"longest_edge": size}
+    )
+    processor = SmolVLMImageOnlyProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4, chat_template=SMOLVLM_CHAT_TEMPLATE
+    )
+    config = SmolVLMConfig(
+        vision_config=dict(_VISION),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), **_TEXT).to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+    )
+    return Built(_instantiate(SmolVLMForConditionalGeneration, config, device, dtype), processor)
+
+
 TINY_BUILDERS: dict[str, Callable[[bool, str | None, str], Built]] = {
     "clip": _clip,
     "siglip": _siglip,
@@ -446,6 +478,7 @@ TINY_BUILDERS: dict[str, Callable[[bool, str | None, str], Built]] = {
     "idefics": _idefics,
     "idefics2": _idefics2,
     "idefics3": _idefics3,
+    "smolvlm": _smolvlm,
 }
 FULL_SIZE = {"clip": "CLIP ViT-B/32 vision tower", "siglip": "SigLIP-B/16 vision tower", "idefics": "Idefics-9B"}
 

@@ -16,7 +16,7 @@ from medprobe.extractor.loading import load_adapter
 from medprobe.extractor.models.base import text_config
 
 VISION = ["clip", "siglip"]
-DECODERS = ["llava", "qwen2-vl", "qwen2.5-vl", "paligemma", "idefics", "idefics2", "idefics3", "llava-next"]
+DECODERS = ["llava", "qwen2-vl", "qwen2.5-vl", "paligemma", "idefics", "idefics2", "idefics3", "smolvlm", "llava-next"]
 ADAPTER_NAME = {"llava-next": "image-text-to-text"}  # no dedicated adapter: the generic decoder path
 PROMPT = "Describe the knee."
 ATOL, RTOL = 2e-5, 1e-4
@@ -58,7 +58,7 @@ def expected_image_tokens(name: str, adapter, batch) -> torch.Tensor:
         return torch.full((b,), 4)  # perceiver latents
     if name == "llava-next":  # base tile + crops: 16 patches each, unpadded, plus one newline token per row
         return None
-    if name == "idefics3":
+    if name in ("idefics3", "smolvlm"):
         real = batch["pixel_attention_mask"].flatten(2).any(-1)  # (b, sub-images) that are not padding
         return real.sum(1) * 4  # 16 patches / scale_factor^2 per tile
     grid = batch["image_grid_thw"]  # qwen: one row per image
@@ -213,6 +213,8 @@ def test_chat_template_used_when_the_processor_has_one() -> None:
     assert text.startswith("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>" + PROMPT)
     assert text.endswith("<|im_start|>assistant\n")
     assert "chat_template" in adapter.identity.preprocessing and "im_start" in adapter.identity.preprocessing
+    smol = adapter_for("smolvlm").preprocessor.format_prompt(PROMPT)
+    assert smol == f"<|im_start|>User:<image>{PROMPT}<end_of_utterance>\nAssistant:"
     plain = adapter_for("llava").preprocessor.format_prompt(PROMPT)
     assert plain == f"USER: <image>\n{PROMPT} ASSISTANT:"
 

@@ -34,6 +34,12 @@ FAMILIES: dict[str, Family] = {
     "idefics": Family("idefics", "medprobe.extractor.models.idefics:IdeficsAdapter", "IdeficsForVisionText2Text"),
     "idefics2": Family("idefics2", "medprobe.extractor.models.idefics2:Idefics2Adapter", "auto"),
     "idefics3": Family("idefics3", "medprobe.extractor.models.idefics2:Idefics3Adapter", "auto"),
+    "smolvlm": Family(
+        "smolvlm",
+        "medprobe.extractor.models.idefics2:SmolVLMAdapter",
+        "auto",
+        "medprobe.extractor.models.idefics2:SmolVLMImageOnlyProcessor",
+    ),
 }
 GENERIC = Family("image-text-to-text", "medprobe.extractor.models.decoder:DecoderVLMAdapter", "auto")
 

@@ -1,6 +1,13 @@
-"""Idefics2 and Idefics3 / SmolVLM: ``<image>`` expands to fake-token-wrapped image tokens (and tiles)."""
+"""Idefics2 and Idefics3 / SmolVLM: ``<image>`` expands to fake-token-wrapped image tokens (and tiles).
+
+SmolVLM's processor wants a video processor (torchvision) and num2words (video prompts);
+:class:`SmolVLMImageOnlyProcessor` needs neither.
+"""
 
 from __future__ import annotations
+
+from transformers import ProcessorMixin
+from transformers.models.smolvlm.processing_smolvlm import SmolVLMProcessor
 
 from medprobe.extractor.models.decoder import DecoderVLMAdapter, VLMPreprocessor
 
@@ -21,4 +28,27 @@ class Idefics2Adapter(DecoderVLMAdapter):
 
 class Idefics3Adapter(DecoderVLMAdapter):
     family = "idefics3"
+    preprocessor_class = Idefics2Preprocessor
+
+
+class SmolVLMImageOnlyProcessor(SmolVLMProcessor):
+    """SmolVLMProcessor without the video processor (torchvision) and its num2words dependency (video only)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, image_seq_len: int = 169, chat_template=None, **kwargs):
+        self.fake_image_token = getattr(tokenizer, "fake_image_token", "<fake_token_around_image>")
+        self.image_token = getattr(tokenizer, "image_token", "<image>")
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.end_of_utterance_token = getattr(tokenizer, "end_of_utterance_token", "<end_of_utterance>")
+        self.global_image_token = getattr(tokenizer, "global_image_token", "<global-img>")
+        self.image_seq_len = image_seq_len
+        self.video_token = getattr(tokenizer, "video_token", "<video>")
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        # the parent reads video-processor settings even for image-only conversations
+        return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
+
+
+class SmolVLMAdapter(DecoderVLMAdapter):
+    family = "smolvlm"
     preprocessor_class = Idefics2Preprocessor

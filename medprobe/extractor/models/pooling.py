@@ -26,9 +26,8 @@ def last_token(hidden: torch.Tensor, attention: torch.Tensor | None) -> torch.Te
     """The state at the last non-padding position of each row (works for left and right padding)."""
     if attention is None:
         return hidden[:, -1].float()
-    seq = attention.shape[1]
-    # index of the last True: reverse, find the first True, map back
-    last = seq - 1 - attention.flip(-1).to(torch.int8).argmax(dim=-1)
+    positions = torch.arange(attention.shape[1], device=attention.device)
+    last = (attention.long() * positions).amax(dim=-1)  # the largest position that is a real token
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     return hidden[rows, last.to(hidden.device)].float()
 
