@@ -1,0 +1,122 @@
+"""Round trips: what is committed reads back bit-exact, in the requested order, through every read path."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import numpy as np
+import pytest
+import zarr
+from fs_helpers import activations, feature_set_row, image_hash, open_with_feature_set, stored
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from medprobe.featurestore import segments
+from medprobe.featurestore.segments import from_bfloat16_bits, to_bfloat16_bits
+
+POOL = [image_hash(i) for i in range(24)]
+DTYPES = ["float16", "bfloat16", "float32"]
+
+
+@st.composite
+def scenarios(draw):
+    hidden = draw(st.integers(1, 40))
+    layers = draw(st.lists(st.integers(0, 3), min_size=1, max_size=3, unique=True))
+    dtype = draw(st.sampled_from(DTYPES))
+    commits = draw(
+        st.lists(st.lists(st.sampled_from(POOL), min_size=1, max_size=12, unique=True), min_size=1, max_size=3)
+    )
+    committed = sorted({h for c in commits for h in c})
+    request = draw(st.lists(st.sampled_from(committed), min_size=1, max_size=30))  # repeats, any order, subsets
+    chunk_bytes = draw(st.sampled_from([2, 64, 300, 4 * 2**20]))  # 1 row per chunk .. everything in one chunk
+    batch_rows = draw(st.integers(1, 8))
+    return hidden, layers, dtype, commits, request, chunk_bytes, batch_rows
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scenario=scenarios())
+def test_every_read_path_returns_the_committed_rows(url_factory, scenario):
+    hidden, layers, dtype, commits, request, chunk_bytes, batch_rows = scenario
+    store = open_with_feature_set(url_factory(), feature_set_row("fs", n_layers=4, hidden=hidden, storage_dtype=dtype))
+    winner: dict[str, tuple[str, int]] = {}  # image -> (segment id, commit index) that readers must see
+    with mock.patch.object(segments, "CHUNK_BYTES", chunk_bytes):
+        for salt, hashes in enumerate(commits):
+            arrays = {layer: activations(hashes, layer, hidden, salt) for layer in layers}
+            sid = store.commit_segment("fs", hashes, arrays, dtype=dtype)
+            for h in hashes:
+                if h not in winner or sid < winner[h][0]:
+                    winner[h] = (sid, salt)
+
+    def expected(hashes: list[str], layer: int) -> np.ndarray:
+        rows = [activations([h], layer, hidden, winner[h][1])[0] for h in hashes]
+        return stored(np.stack(rows), dtype)
+
+    out_dtype = np.float16 if dtype == "float16" else np.float32
+    for layer in layers:
+        x = store.read("fs", layer, request)
+        assert x.dtype == out_dtype and x.shape == (len(request), hidden)
+        np.testing.assert_array_equal(x, expected(request, layer))
+        everything = store.read("fs", layer)  # default: every stored image in image_hash order
+        np.testing.assert_array_equal(everything, expected(sorted(winner), layer))
+        batches = list(store.iter_batches("fs", layer, request, batch_rows=batch_rows))
+        assert [h for b, _ in batches for h in b] == request
+        assert all(len(b) <= batch_rows for b, _ in batches)
+        np.testing.assert_array_equal(np.concatenate([x for _, x in batches]), x)
+        sql = f"SELECT image_hash FROM activations WHERE feature_set_id = 'fs' AND layer = {layer} ORDER BY image_hash DESC"
+        np.testing.assert_array_equal(store.read("fs", layer, sql=sql), expected(sorted(winner, reverse=True), layer))
+    by_layer = store.read_layers("fs", layers, request)
+    assert sorted(by_layer) == sorted(layers)
+    for layer in layers:
+        np.testing.assert_array_equal(by_layer[layer], expected(request, layer))
+    # exactly one visible row per (feature set, layer, image); every written row is in the raw table
+    counts = store.sql("SELECT layer, image_hash, count(*) AS n FROM activations GROUP BY ALL")
+    assert set(counts.column("n").to_pylist()) == {1}
+    assert counts.num_rows == len(layers) * len(winner)
+    assert store.sql("SELECT count(*) FROM raw_activations").column(0)[0].as_py() == len(layers) * sum(
+        len(c) for c in commits
+    )
+    store.close()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_segments_stay_plain_zarr(store_url, dtype):
+    """zarr itself reads a segment and finds the same numbers (the store is not a private format)."""
+    store = open_with_feature_set(store_url, feature_set_row("fs", n_layers=2, hidden=24, storage_dtype=dtype))
+    hashes = [image_hash(i) for i in range(37)]
+    x = activations(hashes, 1, 24)
+    with mock.patch.object(segments, "CHUNK_BYTES", 400):
+        sid = store.commit_segment("fs", hashes, {1: x}, dtype=dtype)
+    group = zarr.open_group(segments._zarr_store(store.loc, segments.segment_path(store.loc, sid), True), mode="r")
+    raw = group["layer_0001"][...]
+    got = from_bfloat16_bits(raw) if dtype == "bfloat16" else raw
+    np.testing.assert_array_equal(got, stored(x, dtype))
+    assert group.attrs["storage_dtype"] == dtype and group.attrs["n_rows"] == 37
+    assert store.segments.image_hashes(sid) == hashes
+
+
+@given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=50))
+def test_bfloat16_rounds_to_nearest_even(values):
+    """Each value becomes the nearer of its two bfloat16 neighbours; a tie goes to the even one."""
+    x = np.asarray(values, dtype=np.float32)
+    got = from_bfloat16_bits(to_bfloat16_bits(x))
+    bits = x.view(np.uint32)
+    down = (bits & np.uint32(0xFFFF0000)).view(np.float32).astype(np.float64)  # toward zero
+    up = ((bits & np.uint32(0xFFFF0000)) + np.uint32(0x10000)).view(np.float32).astype(np.float64)  # away from zero
+    err_down, err_up = np.abs(x - down), np.abs(up - x)
+    want = np.where(err_down < err_up, down, up)
+    tie = err_down == err_up
+    even_down = ((bits >> 16) & 1) == 0
+    want = np.where(tie, np.where(even_down, down, up), want)
+    finite = np.isfinite(want)  # the largest floats round up to infinity, like torch does
+    np.testing.assert_array_equal(got[finite], want[finite].astype(np.float32))
+    assert (to_bfloat16_bits(x) == (got.view(np.uint32) >> 16)).all()
+
+
+def test_duplicate_commit_keeps_the_first_segment(store_url):
+    store = open_with_feature_set(store_url)
+    hashes = [image_hash(i) for i in range(5)]
+    first = store.commit_segment("fs-test", hashes, {0: np.zeros((5, 16))})
+    store.commit_segment("fs-test", hashes[::-1], {0: np.ones((5, 16))})
+    assert (store.read("fs-test", 0, hashes) == 0).all()
+    assert set(store.table("activations").column("segment_id").to_pylist()) == {first}
+    assert store.table("activations").num_rows == 5
