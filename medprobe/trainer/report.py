@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
 from medprobe.errors import NotFoundError
@@ -50,6 +51,11 @@ def _best(rows: list[dict]) -> dict:
     return max(scored, key=lambda r: (r["m"]["cv_mean"], -r["layer"])) if scored else full[0]
 
 
+def _short(run_id: str) -> str:
+    """``sweep-...-ca61c7af6397`` -> ``sweep ..6397``: enough to tell runs apart in a legend."""
+    return f"{run_id.split('-')[0]} ..{run_id[-4:]}"
+
+
 def _groups(results: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
     out: dict[tuple[str, str, str], list[dict]] = {}
     for r in results:
@@ -67,13 +73,13 @@ def plot_layer_curves(results, names, out: Path) -> Path | None:
     if not curves:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
-    for (_run_id, fs, task), rows in curves:
+    for (run_id, fs, task), rows in curves:
         layers = [r["layer"] for r in rows]
         for ax, metric in zip(axes, ("macro_auc", "balanced_accuracy"), strict=True):
             v = [_val(r["m"][metric]) for r in rows]
             lo = [_val(r["m"][metric], "ci_low") for r in rows]
             hi = [_val(r["m"][metric], "ci_high") for r in rows]
-            (line,) = ax.plot(layers, v, marker="o", ms=3, label=f"{names[fs]} · {task}")
+            (line,) = ax.plot(layers, v, marker="o", ms=3, label=f"{names[fs]} · {task} · {_short(run_id)}")
             ax.fill_between(layers, lo, hi, alpha=0.2, color=line.get_color())
             best = _best(rows)
             ax.scatter([best["layer"]], [_val(best["m"][metric])], s=80, facecolors="none", edgecolors="k", zorder=3)
@@ -82,6 +88,7 @@ def plot_layer_curves(results, names, out: Path) -> Path | None:
         ax.set_ylabel(title)
         ax.set_title(f"{title} by layer, test split (95% bootstrap CI)")
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=8, loc="lower right")
     fig.text(0.5, -0.02, "circle: layer chosen by cross-validation on training rows", ha="center", fontsize=8)
     fig.tight_layout()
@@ -140,7 +147,7 @@ def plot_label_efficiency(results, names, out: Path) -> Path | None:
     if not groups:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (_run_id, fs, task), rows in groups.items():
+    for (run_id, fs, task), rows in groups.items():
         layer = _best(rows)["layer"]
         rows = [r for r in rows if r["layer"] == layer]
         fracs = sorted({r["train_fraction"] for r in rows})
@@ -150,7 +157,7 @@ def plot_label_efficiency(results, names, out: Path) -> Path | None:
             mean.append(np.nanmean(vals))
             lo.append(np.nanmin(vals))
             hi.append(np.nanmax(vals))
-        (line,) = ax.plot(fracs, mean, marker="o", label=f"{names[fs]} · {task} (layer {layer})")
+        (line,) = ax.plot(fracs, mean, marker="o", label=f"{names[fs]} · {task} (layer {layer}) · {_short(run_id)}")
         ax.fill_between(fracs, lo, hi, alpha=0.2, color=line.get_color())
         for r in rows:
             ax.scatter(r["train_fraction"], _val(r["m"]["macro_auc"]), s=10, color=line.get_color(), alpha=0.6)
@@ -175,7 +182,7 @@ def plot_comparison(results, comps, names, out: Path) -> Path | None:
     best = [(k, _best(rows)) for k, rows in _groups(results).items()]
     if len(best) < 2:
         return None
-    labels = [f"{names[fs]}\nlayer {b['layer']}" for (_, fs, _), b in best]
+    labels = [f"{names[fs]}\nlayer {b['layer']} · {_short(run)}" for (run, fs, _), b in best]
     x = np.arange(len(best))
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(best)), 4.5))
     for i, metric in enumerate(("macro_auc", "balanced_accuracy")):
@@ -188,7 +195,8 @@ def plot_comparison(results, comps, names, out: Path) -> Path | None:
         ).T
         ax.bar(x + (i - 0.5) * 0.38, v, 0.38, yerr=err, capsize=4, label=metric.replace("_", " "))
         for j in range(len(v)):
-            ax.text(x[j] + (i - 0.5) * 0.38, v[j] + 0.01, f"{v[j]:.3f}", ha="center", va="bottom", fontsize=7)
+            top = v[j] + (err[1, j] if np.isfinite(err[1, j]) else 0)
+            ax.text(x[j] + (i - 0.5) * 0.38, top + 0.01, f"{v[j]:.3f}", ha="center", va="bottom", fontsize=7)
     by_probe = {c["probe_a"]: c for c in comps if c["metric"] == "macro_auc"}
     for j, (_, b) in enumerate(best):
         c = by_probe.get(b["probe_id"])
@@ -196,7 +204,7 @@ def plot_comparison(results, comps, names, out: Path) -> Path | None:
             ax.text(x[j], 0.05, f"ΔAUC {c['diff']:+.3f}\np={c['p_bootstrap']:.3g}", ha="center", fontsize=7)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, fontsize=8)
-    ax.set_ylim(0, 1.08)
+    ax.set_ylim(0, 1.12)
     ax.set_ylabel("test metric (95% bootstrap CI)")
     ax.set_title(f"Feature sets compared on the same test images ({best[0][1]['task']})")
     ax.legend(fontsize=8, loc="upper right")
