@@ -58,7 +58,7 @@ class ImageReadError(InvalidInputError):
         super().__init__(f"{source}: {reason}: {detail}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImageInfo:
     """What ingest records about an image without keeping its pixels."""
 
@@ -167,9 +167,8 @@ def _verify_structure(img: Image.Image, data: bytes, source: str) -> None:
     """Catch truncation cheaply: PNG chunk CRCs up to IEND, JPEG end-of-image marker; others decode."""
     fmt = img.format
     if fmt == "PNG" and data.startswith(_PNG_MAGIC):
-        probe = Image.open(io.BytesIO(data))  # verify() must run on a freshly opened image
         try:
-            probe.verify()
+            img.verify()  # chunk CRCs up to IEND; valid because nothing was decoded since open()
         except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
             raise ImageReadError(_classify_decode_error(e), source, f"{type(e).__name__}: {e}") from e
         if data.rstrip(b"\x00")[-8:-4] != b"IEND":

@@ -35,7 +35,7 @@ from medprobe.progress import progress_bar
 BLOB_DIR = "blobs/images"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Probe:
     """What reading one record gave: its hash and image facts, or why it failed."""
 

@@ -28,7 +28,7 @@ from medprobe.featurestore.ingest.splits import SplitPlan, assign_splits, rarest
 from medprobe.featurestore.runs import start_run
 from medprobe.schemas import DatasetImageRow, DatasetRow, FailureRow, ImageRow, TaskRow
 
-APPEND_CHUNK = 50_000  # rows per Parquet fragment for the big tables
+APPEND_CHUNK = 10_000  # rows per Parquet fragment of images / dataset_images: bounds the rows held in memory
 UNLABELLED = "<unlabelled>"
 _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 
@@ -304,7 +304,34 @@ def _write(
         return out
 
     # ------------------------------------------------------------------ rows
-    image_rows, member_rows = [], []
+    task_rows = [
+        TaskRow(
+            dataset=dataset,
+            task=t.name,
+            type=t.type,
+            label_columns=list(t.label_columns),
+            class_names=list(t.class_names or ()),
+            primary_metric=t.primary_metric,
+        )
+        for t in final_tasks
+        if t.name not in stored.tasks
+    ]
+    if task_rows:
+        store.append("tasks", task_rows)
+    image_rows: list[ImageRow] = []
+    member_rows: list[DatasetImageRow] = []
+
+    def flush(force: bool = False) -> None:
+        # images before the memberships that name them; each fragment at most APPEND_CHUNK rows
+        if image_rows and (force or len(image_rows) >= APPEND_CHUNK or len(member_rows) >= APPEND_CHUNK):
+            store.append("images", image_rows)
+            summary.images_new += len(image_rows)
+            image_rows.clear()
+        if member_rows and (force or len(member_rows) >= APPEND_CHUNK):
+            store.append("dataset_images", member_rows)
+            summary.memberships_new += len(member_rows)
+            member_rows.clear()
+
     counts: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
     written_images: set[str] = set()
     for record, probe, split in zip(kept, kept_probes, splits, strict=True):
@@ -345,18 +372,8 @@ def _write(
                 labels=canonical_json(labels),
             )
         )
-    task_rows = [
-        TaskRow(
-            dataset=dataset,
-            task=t.name,
-            type=t.type,
-            label_columns=list(t.label_columns),
-            class_names=list(t.class_names or ()),
-            primary_metric=t.primary_metric,
-        )
-        for t in final_tasks
-        if t.name not in stored.tasks
-    ]
+        flush()
+    flush(force=True)
     failure_rows, seen_failures = [], set(stored.failures)
     reasons: Counter = Counter()
     for path, reason, error, image_hash in failures:
@@ -377,13 +394,7 @@ def _write(
             )
         )
 
-    for start in range(0, len(image_rows), APPEND_CHUNK):
-        store.append("images", image_rows[start : start + APPEND_CHUNK])
-    if task_rows:
-        store.append("tasks", task_rows)
-    for start in range(0, len(member_rows), APPEND_CHUNK):
-        store.append("dataset_images", member_rows[start : start + APPEND_CHUNK])
-    if member_rows or task_rows:
+    if summary.memberships_new or task_rows:
         store.append(
             "datasets",
             [
@@ -399,8 +410,6 @@ def _write(
     if failure_rows:
         store.append("failures", failure_rows)
 
-    summary.images_new = len(image_rows)
-    summary.memberships_new = len(member_rows)
     summary.tasks_new = len(task_rows)
     summary.failures = len(failures)
     summary.failures_new = len(failure_rows)

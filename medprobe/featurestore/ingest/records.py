@@ -26,7 +26,7 @@ def default_metric(task_type: str) -> Metric:
     return "macro_auc" if task_type in ("binary", "multilabel") else "macro_f1"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceRecord:
     """One image of a source collection and its labels, before anything is read.
 
@@ -124,6 +124,11 @@ class FormatOptions:
 
 
 # --------------------------------------------------------------------------- helpers for parsers
+def abs_uri(path: str | Path) -> str:
+    """Absolute, normalised local path of an image (symlinks kept as given: no per-file syscalls)."""
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
 def natural_key(text: str) -> tuple:
     """Sort key that puts "2" before "10"."""
     return tuple(int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", str(text)))

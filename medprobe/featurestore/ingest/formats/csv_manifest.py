@@ -12,6 +12,7 @@ from medprobe.featurestore.ingest.records import (
     Problem,
     SourceRecord,
     TaskSpec,
+    abs_uri,
     infer_type,
     read_csv_rows,
     require_columns,
@@ -44,8 +45,7 @@ def resolve_path(value: str, root: Path) -> str:
     """Absolute path (or URL) of a manifest's path cell."""
     if "://" in value:
         return value
-    p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (root / p).resolve())
+    return abs_uri(Path(root) / Path(value).expanduser())
 
 
 def parse(source: Path, options: FormatOptions) -> ParsedSource:

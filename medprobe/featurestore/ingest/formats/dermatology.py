@@ -10,6 +10,7 @@ from medprobe.featurestore.ingest.records import (
     ParsedSource,
     Problem,
     SourceRecord,
+    abs_uri,
     index_images_by_stem,
     read_csv_rows,
     require_columns,
@@ -78,7 +79,7 @@ def parse_isic2018(source: Path, options: FormatOptions) -> ParsedSource:
                         labels={task: ISIC2018_CLASSES[hot.index(max(hot))]},
                         split=split,
                         group_id=lesions.get(image),
-                        uri=str(file.resolve()),
+                        uri=abs_uri(file),
                     )
                 )
     if not found_any:
@@ -120,7 +121,7 @@ def parse_isic2020(source: Path, options: FormatOptions) -> ParsedSource:
                 source_path=str(file.relative_to(root)),
                 labels={task: "malignant" if target == "1" else "benign"},
                 group_id=row["patient_id"].strip() or None,
-                uri=str(file.resolve()),
+                uri=abs_uri(file),
             )
         )
     return ParsedSource(

@@ -11,6 +11,7 @@ from medprobe.featurestore.ingest.records import (
     ParsedSource,
     Problem,
     SourceRecord,
+    abs_uri,
     find_file,
     index_images_by_stem,
     read_csv_rows,
@@ -55,7 +56,7 @@ def _labelled_records(
                 labels={task: allowed[raw]},
                 split=split,
                 group_id=group_of(image) if group_of else None,
-                uri=str(file.resolve()),
+                uri=abs_uri(file),
             )
         )
     return records, problems
@@ -164,7 +165,7 @@ def parse_odir(source: Path, options: FormatOptions) -> ParsedSource:
                     source_path=str(file.relative_to(root)),
                     labels={GLAUCOMA_TASK: "RG" if "glaucoma" in keywords else "NRG"},
                     group_id=patient or None,
-                    uri=str(file.resolve()),
+                    uri=abs_uri(file),
                 )
             )
     return ParsedSource(

@@ -9,6 +9,7 @@ from medprobe.featurestore.ingest.records import (
     FormatOptions,
     ParsedSource,
     SourceRecord,
+    abs_uri,
     infer_type,
     list_images,
     require_dir,
@@ -37,7 +38,7 @@ def class_folder_records(
                     source_path=prefix + str(path.relative_to(root)),
                     labels={task: class_dir.name},
                     split=split,
-                    uri=str(path.resolve()),
+                    uri=abs_uri(path),
                 )
             )
     return records

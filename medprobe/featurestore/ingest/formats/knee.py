@@ -16,6 +16,7 @@ from medprobe.featurestore.ingest.records import (
     FormatOptions,
     ParsedSource,
     SourceRecord,
+    abs_uri,
     list_images,
     require_dir,
 )
@@ -68,7 +69,7 @@ def _parse_folders(root: Path, options: FormatOptions) -> ParsedSource:
                         labels={TASK: grade_dir.name},
                         split=split,
                         group_id=patient_from_name(path.name),
-                        uri=str(path.resolve()),
+                        uri=abs_uri(path),
                     )
                 )
     others = [d.name for d in root.iterdir() if d.is_dir() and not is_split_name(d.name)]

@@ -15,6 +15,7 @@ from medprobe.featurestore.ingest.records import (
     ParsedSource,
     Problem,
     SourceRecord,
+    abs_uri,
     index_images_by_stem,
     read_csv_rows,
     require_columns,
@@ -68,7 +69,7 @@ def parse(source: Path, options: FormatOptions) -> ParsedSource:
                 source_path=str(file.relative_to(root)) if file.is_relative_to(root) else image,
                 labels={TASK: findings},
                 group_id=row["PatientID"].strip() or None,
-                uri=str(file.resolve()),
+                uri=abs_uri(file),
             )
         )
     return ParsedSource(
