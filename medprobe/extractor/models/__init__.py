@@ -1,7 +1,20 @@
 """Adapter families and which Hugging Face ``model_type`` each one serves.
 
 ``FAMILIES`` maps a ``config.model_type`` to its adapter class; any other model type that
-transformers can load as image-text-to-text goes through the generic decoder adapter.
+transformers can load as image-text-to-text goes through the generic decoder adapter
+(``decoder.DecoderVLMAdapter``), which finds the language model's block list by itself.
+
+What layer ``i`` means (recorded in every feature set's ``layer_semantics``):
+
+* decoder VLMs: the output of language-model decoder block ``i`` (residual stream), before the
+  final norm, so it equals ``output_hidden_states[i + 1]`` for ``i < n_layers - 1``; the last layer
+  is the pre-norm state, whereas ``output_hidden_states[-1]`` is after the norm. Idefics v1's block
+  ``i`` includes the gated cross-attention block that precedes it.
+* CLIP / SigLIP towers: the output of encoder block ``i`` before ``post_layernorm``
+  (``output_hidden_states[i + 1]`` for every ``i``).
+
+Capture: forward hooks on the requested blocks only; each pools on the device (float32) as its
+block finishes, and the deepest one stops the forward pass (later blocks and the LM head never run).
 """
 
 from __future__ import annotations
