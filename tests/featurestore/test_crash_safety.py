@@ -35,6 +35,19 @@ def start_writers(url: str, jobs: list[tuple]) -> list[subprocess.Popen]:
     return procs
 
 
+def finish(proc: subprocess.Popen, timeout: float = 120) -> str:
+    """Wait for a writer and return what it printed after ``ready``.
+
+    (Not ``communicate(timeout=...)``: it reads the pipe's fd directly and would drop lines that ``readline``
+    already buffered.)
+    """
+    proc.wait(timeout)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    proc.stdout.close()
+    return out
+
+
 def _printed_segments(text: str) -> set[str]:
     return {line for line in text.split() if line.startswith("seg-")}
 
@@ -72,7 +85,7 @@ def test_sigkill_at_random_moments_loses_nothing_committed(tmp_path):
             time.sleep(max(0.0, at - (time.monotonic() - started)))
             procs[proc].kill()  # SIGKILL
         for proc in procs:
-            out, _ = proc.communicate(timeout=30)
+            out = finish(proc)
             assert proc.returncode == -9
             logged |= _printed_segments(out)
         _store, committed = check_store(url)

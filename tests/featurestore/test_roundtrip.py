@@ -62,7 +62,10 @@ def test_every_read_path_returns_the_committed_rows(url_factory, scenario):
         assert [h for b, _ in batches for h in b] == request
         assert all(len(b) <= batch_rows for b, _ in batches)
         np.testing.assert_array_equal(np.concatenate([x for _, x in batches]), x)
-        sql = f"SELECT image_hash FROM activations WHERE feature_set_id = 'fs' AND layer = {layer} ORDER BY image_hash DESC"
+        sql = (
+            f"SELECT image_hash FROM activations WHERE feature_set_id = 'fs' AND layer = {layer} "
+            "ORDER BY image_hash DESC"
+        )
         np.testing.assert_array_equal(store.read("fs", layer, sql=sql), expected(sorted(winner, reverse=True), layer))
     by_layer = store.read_layers("fs", layers, request)
     assert sorted(by_layer) == sorted(layers)
