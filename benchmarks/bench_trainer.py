@@ -1,0 +1,174 @@
+"""Probe-fitting benchmark: the study's Adam recipe vs scikit-learn lbfgs vs medprobe's batched torch solver.
+
+Synthetic features with signal (rows x dim per layer, binary labels from a few latent directions), 80/20
+train/test split. Each method fits probes on the same standardised training rows and is scored by test AUC:
+
+* study: one ``nn.Linear`` per layer, BCE-with-logits, Adam lr 1e-4, batch 512, 80 epochs, no regularisation;
+* sklearn: ``LogisticRegression(lbfgs)`` per (layer, C), default tol;
+* medprobe: every layer x C probe in one batched L-BFGS solve (``--device cuda`` on a GPU).
+
+Usage: ``python benchmarks/bench_trainer.py --rows 20000 --dim 4096 --layers 32 --cs 8 --device cuda``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from medprobe.trainer.solvers import ProbeBatch
+from medprobe.trainer.solvers.torch_lbfgs import TorchSolver
+
+
+def make_layers(rows: int, dim: int, layers: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per-layer float32 features sharing one latent signal whose strength varies with depth."""
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=(rows, 8)).astype(np.float32)
+    y = (latent[:, :3].sum(1) + rng.logistic(size=rows) > 0).astype(int)
+    out = []
+    for g in range(layers):
+        mix = rng.normal(size=(8, dim)).astype(np.float32) * (0.3 + 0.7 * (g + 1) / layers) / np.sqrt(8)
+        X = latent @ mix + rng.normal(size=(rows, dim)).astype(np.float32)
+        out.append(X * rng.uniform(0.5, 2, dim).astype(np.float32) + rng.normal(size=dim).astype(np.float32))
+    return out, y
+
+
+def standardise(X: np.ndarray, train: np.ndarray) -> np.ndarray:
+    mean, std = X[train].mean(0), X[train].std(0)
+    return (X - mean) / np.where(std > 0, std, 1)
+
+
+def study_recipe(Z: np.ndarray, y: np.ndarray, train, test, device: str, epochs: int) -> tuple[float, float]:
+    """The reference study's probe: Adam lr 1e-4, batch 512, ``epochs`` epochs; returns (seconds, test AUC)."""
+    torch.manual_seed(0)
+    Xt = torch.as_tensor(Z[train], device=device)
+    yt = torch.as_tensor(y[train], dtype=torch.float32, device=device)
+    model = torch.nn.Linear(Z.shape[1], 1).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    t = time.perf_counter()
+    for _ in range(epochs):
+        perm = torch.randperm(len(yt), device=device)
+        for i in range(0, len(yt), 512):
+            idx = perm[i : i + 512]
+            opt.zero_grad()
+            loss_fn(model(Xt[idx]).squeeze(1), yt[idx]).backward()
+            opt.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t
+    with torch.no_grad():
+        s = model(torch.as_tensor(Z[test], device=device)).squeeze(1).cpu().numpy()
+    return seconds, float(roc_auc_score(y[test], s))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=20000)
+    ap.add_argument("--dim", type=int, default=4096)
+    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--cs", type=int, default=8, help="C values on a log grid 1e-4..1e3")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--epochs", type=int, default=80, help="epochs of the study's Adam recipe")
+    ap.add_argument("--study-probes", type=int, default=1, help="layers fitted with the study recipe")
+    ap.add_argument("--sklearn-probes", type=int, default=None, help="(layer, C) probes fitted with sklearn")
+    args = ap.parse_args()
+    console = Console(width=160)
+    console.print(f"device {args.device}, torch threads {torch.get_num_threads()}; building data ...")
+    layers, y = make_layers(args.rows, args.dim, args.layers)
+    rng = np.random.default_rng(1)
+    perm = rng.permutation(args.rows)
+    train, test = np.sort(perm[: int(0.8 * args.rows)]), np.sort(perm[int(0.8 * args.rows) :])
+    Cs = np.logspace(-4, 3, args.cs)
+    Zs = [standardise(X, train).astype(np.float32) for X in layers]
+
+    # medprobe: every layer x C in one batched solve
+    solver = TorchSolver(device=args.device)
+    batch = ProbeBatch([train], np.zeros(args.cs, dtype=int), np.tile(Cs, (args.layers, 1)))
+    if args.device == "cuda":  # warm up kernels and the allocator outside the timing
+        solver.fit_many([Zs[0][:1000]], y[:1000], "binary", 2, ProbeBatch.single(1.0, np.arange(1000)))
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    ours = solver.fit_many(layers, y, "binary", 2, batch)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    t_ours = time.perf_counter() - t
+    n_ours = args.layers * args.cs
+    auc_ours = {
+        (g, c): roc_auc_score(y[test], ours[g][c].predict_proba(layers[g][test])[:, 1])
+        for g in range(args.layers)
+        for c in range(args.cs)
+    }
+    not_conv = sum(not p.converged for row in ours for p in row)
+
+    # scikit-learn lbfgs, probe by probe on the same standardised rows
+    n_sk = args.sklearn_probes or n_ours
+    pairs = [(g, c) for g in range(args.layers) for c in range(args.cs)][:n_sk]
+    auc_sk, t = {}, time.perf_counter()
+    for g, c in pairs:
+        clf = LogisticRegression(C=Cs[c], solver="lbfgs", max_iter=1000).fit(Zs[g][train], y[train])
+        auc_sk[(g, c)] = roc_auc_score(y[test], clf.predict_proba(Zs[g][test])[:, 1])
+    t_sk = time.perf_counter() - t
+
+    # the study's recipe, one probe per layer
+    study = [study_recipe(Zs[g], y, train, test, args.device, args.epochs) for g in range(args.study_probes)]
+    t_study = sum(s for s, _ in study)
+
+    per_sk = t_sk / len(pairs)
+    delta = max(abs(auc_ours[k] - auc_sk[k]) for k in auc_sk)
+    mid = args.cs // 2
+    table = Table(title=f"{args.layers} layers x {args.cs} C, {args.rows:,} x {args.dim:,} features, {args.device}")
+    for col in (
+        "method",
+        "probes fitted",
+        "total s",
+        "s / probe",
+        "speed vs sklearn",
+        f"test AUC (layer 0, C={Cs[mid]:g})",
+        "max |AUC - sklearn|",
+    ):
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"study: Adam 1e-4, bs 512, {args.epochs} ep",
+        str(len(study)),
+        f"{t_study:.2f}",
+        f"{t_study / len(study):.3f}",
+        f"{per_sk / (t_study / len(study)):.2f}x",
+        f"{study[0][1]:.4f} (no C)",
+        f"{max(abs(a - auc_sk[(g, mid)]) for g, (_, a) in enumerate(study) if (g, mid) in auc_sk):.4f}"
+        if (0, mid) in auc_sk
+        else "-",
+    )
+    table.add_row(
+        "sklearn lbfgs",
+        str(len(pairs)),
+        f"{t_sk:.2f}",
+        f"{per_sk:.3f}",
+        "1.00x",
+        f"{auc_sk.get((0, mid), float('nan')):.4f}",
+        "0",
+    )
+    table.add_row(
+        "medprobe torch batched",
+        str(n_ours),
+        f"{t_ours:.2f}",
+        f"{t_ours / n_ours:.4f}",
+        f"{per_sk / (t_ours / n_ours):.2f}x",
+        f"{auc_ours[(0, mid)]:.4f}",
+        f"{delta:.5f}",
+    )
+    console.print(table)
+    console.print(
+        f"medprobe: {not_conv} of {n_ours} probes not converged; study row's last column: its AUC vs "
+        f"sklearn's at C={Cs[mid]:g}"
+    )
+
+
+if __name__ == "__main__":
+    main()
