@@ -120,6 +120,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--size-kb", type=int, default=150)
     ap.add_argument("--workers", type=int, default=None, help="ingest hashing threads [default: CPU count]")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each measurement; the best is shown")
     ap.add_argument("--dir", default=None, help="where to generate files [default: a temporary folder]")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--store", default=None, help=argparse.SUPPRESS)
@@ -141,11 +142,18 @@ def main() -> None:
             (work / "files" / line.split(",")[0]).stat().st_size for line in small.read_text().splitlines()[1:]
         )
 
-        t_sum1 = time_sha256sum(work / "files", 1)
-        t_sumn = time_sha256sum(work / "files", cores)
-        big = run_child(manifest, work / "store-big", args.workers)
-        little = run_child(small, work / "store-small", args.workers)
-        assert big["failures"] == 0 and little["failures"] == 0
+        # alternate baseline and ingest, keep the best of --repeats runs of each (the machine may be shared)
+        t_sum1 = t_sumn = float("inf")
+        big = little = None
+        for rep in range(args.repeats):
+            t_sum1 = min(t_sum1, time_sha256sum(work / "files", 1))
+            t_sumn = min(t_sumn, time_sha256sum(work / "files", cores))
+            b = run_child(manifest, work / f"store-big-{rep}", args.workers)
+            s = run_child(small, work / f"store-small-{rep}", args.workers)
+            assert b["failures"] == 0 and s["failures"] == 0
+            big = b if big is None or b["wall"] < big["wall"] else big
+            little = s if little is None or s["wall"] < little["wall"] else little
+        assert big is not None and little is not None
 
         base = total / 1e6 / t_sum1
         table = Table(title=f"ingest vs sha256sum: {args.files:,} PNG files, {total / 1e6:,.0f} MB, {cores} cores")

@@ -41,6 +41,21 @@ REASONS = (
 
 Verify = Literal["header", "structure", "full"]
 
+# What PIL's pure-Python header parsers and C decoders raise on malformed input (hostile bytes included)
+DECODER_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    zlib.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    OverflowError,
+)
+
 _DICOM_MAGIC_OFFSET = 128
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_EOI = b"\xff\xd9"
@@ -141,7 +156,7 @@ def _open_pil(data: bytes, source: str, max_pixels: int) -> Image.Image:
         raise ImageReadError("not_an_image", source, f"no image decoder recognises the bytes ({e})") from e
     except Image.DecompressionBombError as e:
         raise ImageReadError("decompression_bomb", source, str(e)) from e
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
+    except DECODER_ERRORS as e:
         raise ImageReadError(_classify_decode_error(e), source, f"{type(e).__name__}: {e}") from e
     width, height = img.size
     if width <= 0 or height <= 0:
@@ -159,7 +174,7 @@ def _open_pil(data: bytes, source: str, max_pixels: int) -> Image.Image:
 def _load(img: Image.Image, source: str) -> None:
     try:
         img.load()
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as e:
+    except DECODER_ERRORS as e:
         raise ImageReadError(_classify_decode_error(e), source, f"{type(e).__name__}: {e}") from e
 
 
@@ -169,7 +184,7 @@ def _verify_structure(img: Image.Image, data: bytes, source: str) -> None:
     if fmt == "PNG" and data.startswith(_PNG_MAGIC):
         try:
             img.verify()  # chunk CRCs up to IEND; valid because nothing was decoded since open()
-        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
+        except DECODER_ERRORS as e:
             raise ImageReadError(_classify_decode_error(e), source, f"{type(e).__name__}: {e}") from e
         if data.rstrip(b"\x00")[-8:-4] != b"IEND":
             # verify() stops at IEND; a file cut exactly before it would otherwise pass

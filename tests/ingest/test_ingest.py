@@ -161,3 +161,13 @@ def test_cli_ingest_exit_codes_and_datasets(tmp_path, capsys) -> None:
     assert summary["already_in_dataset"] == 6 and summary["memberships_new"] == 0
     reopened = FeatureStore.open(str(store_dir), create=False)
     assert reopened.sql("SELECT count(*) FROM dataset_images").column(0)[0].as_py() == 6
+
+
+def test_a_row_with_an_undeclared_class_is_a_failure_not_an_abort(tmp_path, store) -> None:
+    write_png(tmp_path / "a.png", seed=1)
+    write_png(tmp_path / "b.png", seed=2)
+    (tmp_path / "labels.csv").write_text("path,kl_grade,split,patient_id\na.png,2,train,1\nb.png,7,val,2\n")
+    summary = ingest(store, tmp_path, "knee", "knee", FormatOptions(), QUIET)
+    assert summary.memberships_new == 1 and summary.failures_by_reason == {"bad_row": 1}
+    error = store.sql("SELECT error FROM failures").column(0)[0].as_py()
+    assert "kl_grade='7'" in error

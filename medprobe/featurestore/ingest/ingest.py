@@ -28,7 +28,7 @@ from medprobe.featurestore.ingest.splits import SplitPlan, assign_splits, rarest
 from medprobe.featurestore.runs import start_run
 from medprobe.schemas import DatasetImageRow, DatasetRow, FailureRow, ImageRow, TaskRow
 
-APPEND_CHUNK = 10_000  # rows per Parquet fragment of images / dataset_images: bounds the rows held in memory
+APPEND_CHUNK = 4_096  # rows per Parquet fragment of images / dataset_images: bounds the rows held in memory
 UNLABELLED = "<unlabelled>"
 _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 

@@ -102,10 +102,17 @@ def parse(source: Path, options: FormatOptions) -> ParsedSource:
             tasks.append(options.task_for(column, "multilabel", None))
             continue
         classes = list(options.class_names) if options.class_names else sorted_classes(values[column])
-        unknown = values[column] - set(classes)
-        if unknown:
-            raise InvalidInputError(f"{source}: column {column!r} has values {sorted(unknown)} not in --class-names")
         tasks.append(options.task_for(column, infer_type(classes), classes))
+        if set(values[column]) - set(classes):  # rows whose value is not a declared class
+            allowed = set(classes)
+            kept = []
+            for r in records:
+                value = r.labels.get(column)
+                if value is None or value in allowed:
+                    kept.append(r)
+                else:
+                    problems.append(Problem(r.source_path, "bad_row", f"{column}={value!r} is not one of {classes}"))
+            records = kept
     return ParsedSource(
         records=records,
         tasks=tasks,
