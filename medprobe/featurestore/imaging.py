@@ -99,6 +99,18 @@ FORMAT_EXTENSIONS = {
 }
 
 
+def set_pixel_limit(max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Set PIL's process-wide decompression-bomb limit to ``max_pixels``, explicitly.
+
+    ``inspect_image`` / ``decode_image`` refuse images above their ``max_pixels`` themselves; PIL also refuses
+    (at open) anything above twice its global ``Image.MAX_IMAGE_PIXELS``. Callers that allow larger images
+    (``--max-pixels``) call this once before decoding so PIL's own check never fires first.
+    """
+    if max_pixels <= 0:
+        raise ValueError("max_pixels must be positive")
+    Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def bit_depth_of_mode(mode: str) -> int:
     """Bits per sample of a PIL mode (8 for L, RGB, P, CMYK, ...)."""
     return _MODE_BITS.get(mode, 8)
@@ -420,4 +432,5 @@ __all__ = [
     "is_dicom",
     "load_image",
     "read_file_bytes",
+    "set_pixel_limit",
 ]

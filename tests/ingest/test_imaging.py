@@ -205,6 +205,18 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
     assert e.value.reason == "decompression_bomb"
 
 
+def test_a_raised_pixel_limit_is_honoured(monkeypatch) -> None:
+    from PIL import Image as PILImage
+
+    from medprobe.featurestore.imaging import set_pixel_limit
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS)  # restored after the test
+    huge = png_with_huge_header(20_000, 20_000)  # 400 M pixels: above twice PIL's default limit
+    set_pixel_limit(500_000_000)
+    info = inspect_image(huge, source="big.png", verify="header", max_pixels=500_000_000)
+    assert (info.width, info.height) == (20_000, 20_000)
+
+
 def test_missing_and_empty_files(tmp_path) -> None:
     with pytest.raises(ImageReadError) as e:
         read_file_bytes(str(tmp_path / "nope.png"))

@@ -20,7 +20,7 @@ from typing import Any
 
 from medprobe.errors import InvalidInputError
 from medprobe.featurestore.ids import canonical_json, new_id
-from medprobe.featurestore.imaging import DEFAULT_MAX_PIXELS, Verify
+from medprobe.featurestore.imaging import DEFAULT_MAX_PIXELS, Verify, set_pixel_limit
 from medprobe.featurestore.ingest.formats import parse_source
 from medprobe.featurestore.ingest.hashing import BlobSink, Probe, parallel_map, probe_record
 from medprobe.featurestore.ingest.records import FormatOptions, ParsedSource, SourceRecord, TaskSpec, natural_key
@@ -177,6 +177,7 @@ def ingest(
     if not dataset or not dataset.strip():
         raise InvalidInputError("--dataset needs a non-empty name")
     started = time.perf_counter()
+    set_pixel_limit(options.max_pixels)
     parsed = parse_source(fmt, source, format_options)
     if not parsed.records and not parsed.problems:
         raise InvalidInputError(f"{source}: no images found for format {fmt!r}")
