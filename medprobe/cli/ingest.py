@@ -86,14 +86,16 @@ def register(app: typer.Typer) -> None:
         source: Annotated[str, typer.Argument(help="Folder, manifest or .npz to ingest.")],
         format: Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP)],
         dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name to ingest into.")],
-        path_column: Annotated[str | None, typer.Option(help="csv: column with image paths [default: path]")] = None,
+        path_column: Annotated[str | None, typer.Option(help="csv: column with image paths (default: path)")] = None,
         label_column: Annotated[
             list[str] | None, typer.Option(help="csv: a label column; repeat for several tasks")
         ] = None,
         split_column: Annotated[str | None, typer.Option(help="csv: column with train/val/test")] = None,
         group_column: Annotated[str | None, typer.Option(help="csv: patient/lesion column (grouped splits)")] = None,
-        root: Annotated[str | None, typer.Option(help="csv: base folder of relative paths [default: CSV's]")] = None,
-        task: Annotated[str | None, typer.Option(help="Task name for single-task layouts [default: label]")] = None,
+        root: Annotated[str | None, typer.Option(help="csv: base folder of relative paths (default: CSV's)")] = None,
+        task: Annotated[
+            str | None, typer.Option(help="Task name of single-task layouts (default: label; e.g. tissue for nct-crc)")
+        ] = None,
         task_type: Annotated[
             list[str] | None, typer.Option(help="TASK=binary|multiclass|ordinal|multilabel; repeatable")
         ] = None,
@@ -101,9 +103,9 @@ def register(app: typer.Typer) -> None:
         class_names: Annotated[
             str | None, typer.Option(help="Comma-separated class names in label-index order")
         ] = None,
-        separator: Annotated[str | None, typer.Option(help="csv multilabel cells: separator [default: |]")] = None,
+        separator: Annotated[str | None, typer.Option(help="csv multilabel cells: separator (default: |)")] = None,
         fold_splits: Annotated[
-            str | None, typer.Option(help="pannuke: fold=split pairs [default: 1=train,2=val,3=test]")
+            str | None, typer.Option(help="pannuke: fold=split pairs (default: 1=train,2=val,3=test)")
         ] = None,
         neoplastic_share: Annotated[str, typer.Option(help="pannuke: 30% share of nuclei by area|count")] = "area",
         test_fraction: Annotated[float, typer.Option(help="Generated splits: test share of all data")] = 0.2,
@@ -117,7 +119,7 @@ def register(app: typer.Typer) -> None:
         max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs)")] = (
             89_478_485
         ),
-        workers: Annotated[int | None, typer.Option(help="Hashing threads [default: CPU count]")] = None,
+        workers: Annotated[int | None, typer.Option(help="Hashing threads (default: CPU count)")] = None,
         strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when any file fails")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
         store: StoreOption = None,
