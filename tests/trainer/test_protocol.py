@@ -18,9 +18,9 @@ def test_grouped_cv_never_splits_a_patient(n_patients, n_classes, seed):
     rng = np.random.default_rng(seed)
     per = rng.integers(1, 4, n_patients)
     groups = np.repeat(np.arange(n_patients), per)
-    y = np.repeat(rng.integers(0, n_classes, n_patients), per)
-    y[:n_classes] = np.arange(n_classes)
-    groups[:n_classes] = -np.arange(1, n_classes + 1)  # every class has a patient of its own
+    patient_class = rng.integers(0, n_classes, n_patients)
+    patient_class[: 2 * n_classes] = np.repeat(np.arange(n_classes), 2)  # every class has two patients
+    y = patient_class[groups]
     splits, label = cv_splits(y, groups, 5, seed)
     assert label.endswith("grouped")
     seen = np.zeros(len(y), dtype=int)
