@@ -49,7 +49,9 @@ def arrow_to_rich(table: pa.Table, title: str | None = None, max_rows: int = 200
     for row in table.slice(0, max_rows).to_pylist():
         out.add_row(*("" if v is None else str(v) for v in row.values()))
     if table.num_rows > max_rows:
-        out.caption = f"{max_rows} of {table.num_rows} rows shown; use --format/--out for all"
+        out.caption = f"{max_rows} of {table.num_rows:,} rows shown; use --format/--out for all"
+    else:
+        out.caption = f"{table.num_rows:,} row{'' if table.num_rows == 1 else 's'}"
     return out
 
 
@@ -149,7 +151,7 @@ def register(app: typer.Typer) -> None:
         max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 200,
     ) -> None:
         """Run a read-only SQL query over images, dataset_images, feature_sets, activations, runs, ..."""
-        s = open_store(store)
+        s = open_store(store, create=False)
         result = s.sql(query)
         if fmt is OutFormat.table and out is None:
             console.print(arrow_to_rich(result, max_rows=max_rows))

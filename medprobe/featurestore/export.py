@@ -24,6 +24,11 @@ def select_rows(
 ) -> tuple[list[str], list[str] | None, int]:
     """Image hashes (sorted) of the selection that have activations, their splits, and how many lack them."""
     store.feature_set(feature_set_id)
+    stored_layers = store.layers(feature_set_id)
+    if layer not in stored_layers:
+        raise NotFoundError(
+            f"feature set {feature_set_id} has no rows for layer {layer}; stored layers: {stored_layers or 'none'}"
+        )
     if dataset is None:
         if split is not None:
             raise NotFoundError("--split needs --dataset (splits belong to datasets)")

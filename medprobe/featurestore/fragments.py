@@ -8,6 +8,7 @@ import posixpath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from medprobe.errors import InvalidInputError, NotFoundError
 from medprobe.featurestore.fsio import Location, list_files, write_atomic
 from medprobe.featurestore.ids import new_id
 from medprobe.schemas import TABLES, Row, rows_to_table
@@ -22,13 +23,13 @@ def table_dir(loc: Location, table: str) -> str:
 def to_arrow(table: str, rows: list[Row] | pa.Table) -> pa.Table:
     """Rows (pydantic models or an Arrow table) as an Arrow table of the table's schema."""
     if table not in TABLES:
-        raise KeyError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+        raise NotFoundError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
     schema = TABLES[table].schema
     if isinstance(rows, pa.Table):
         missing = [f.name for f in schema if f.name not in rows.column_names]
         extra = [c for c in rows.column_names if schema.get_field_index(c) < 0]
         if missing or extra:
-            raise ValueError(f"table {table!r}: missing columns {missing}, unknown columns {extra}")
+            raise InvalidInputError(f"table {table!r}: missing columns {missing}, unknown columns {extra}")
         return rows.select(schema.names).cast(schema)
     return rows_to_table(table, list(rows))
 

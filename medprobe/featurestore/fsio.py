@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import fsspec
@@ -97,16 +98,27 @@ def create_exclusive(loc: Location, path: str, data: bytes) -> bool:
     return True
 
 
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_tree(path: str) -> None:
-    """fsync every file and folder under a local ``path`` (makes a finished segment durable)."""
+    """fsync every file and folder under a local ``path``, and its parent folder (makes a new segment durable).
+
+    The fsyncs run in a few threads: the filesystem journal then commits them together, which is several times
+    faster than one after the other.
+    """
+    paths: list[str] = []
     for dirpath, _dirnames, filenames in os.walk(path):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(dirpath)
+        paths += [os.path.join(dirpath, name) for name in filenames]
+        paths.append(dirpath)
+    paths.append(os.path.dirname(os.path.abspath(path)))
+    with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+        list(pool.map(_fsync_path, paths))
 
 
 def list_files(loc: Location, path: str) -> list[dict]:

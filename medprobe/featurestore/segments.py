@@ -88,8 +88,9 @@ def segment_path(loc: Location, segment_id: str) -> str:
     return loc.path(SEGMENTS_DIR, segment_id)
 
 
-def _chunk_path(array_path: str, index: int) -> str:
-    return posixpath.join(array_path, "c", str(index), "0")  # zarr v3 default chunk key encoding, separator "/"
+def _chunk_path(array_path: str, index: int, separator: str = ".") -> str:
+    """Path of chunk ``(index, 0)`` under zarr v3's default chunk key encoding (``c.<i>.0``, or ``c/<i>/0``)."""
+    return posixpath.join(array_path, separator.join(("c", str(index), "0")))
 
 
 def _put(loc: Location, path: str, parts: Sequence[memoryview | bytes]) -> None:
@@ -147,6 +148,7 @@ def write_segment(
             compressors=[Crc32cCodec()],
             fill_value=0,
             attributes={"storage_dtype": dtype},
+            chunk_key_encoding={"name": "default", "separator": "."},  # chunk files side by side: fewer dirs to fsync
             config={"write_empty_chunks": True},
         )
         array_path = posixpath.join(path, layer_array_name(layer))
@@ -167,6 +169,7 @@ class LayerArray:
     """One layer of a segment as laid out on disk."""
 
     path: str
+    separator: str  # of the chunk keys
     shape: tuple[int, int]
     chunk_rows: int
     dtype: np.dtype  # on-disk dtype (uint16 for bfloat16)
@@ -218,7 +221,7 @@ class SegmentReader:
         if (
             meta.get("codecs") != _CODECS
             or key.get("name") != "default"
-            or key.get("configuration", {}).get("separator", "/") != "/"
+            or key.get("configuration", {}).get("separator", "/") not in ("/", ".")
             or grid.get("name") != "regular"
             or len(shape) != 2
             or chunks[1:] != shape[1:]
@@ -229,7 +232,8 @@ class SegmentReader:
                 "chunking or dtype); it was not written by this medprobe"
             )
         storage = str(meta.get("attributes", {}).get("storage_dtype", meta["data_type"]))
-        return LayerArray(path, (shape[0], shape[1]), chunks[0], np.dtype(meta["data_type"]), storage)
+        separator = key.get("configuration", {}).get("separator", "/")
+        return LayerArray(path, separator, (shape[0], shape[1]), chunks[0], np.dtype(meta["data_type"]), storage)
 
     def _open_zarr(self, segment_id: str, layer: int) -> zarr.Array:
         path = segment_path(self.loc, segment_id)
@@ -257,48 +261,63 @@ class SegmentReader:
     def _decode(self, layout: LayerArray, data: np.ndarray) -> np.ndarray:
         return from_bfloat16_bits(data) if layout.storage_dtype == "bfloat16" else data
 
-    def read_rows(self, segment_id: str, layer: int, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (any order, repeats allowed) of one layer, as float16/float32 numpy.
+    def output_dtype(self, segment_id: str, layer: int) -> np.dtype:
+        """The dtype reads return: float16, or float32 for float32 and bfloat16 segments."""
+        lay = self.layout(segment_id, layer)
+        return np.dtype(np.float32) if lay.storage_dtype == "bfloat16" else lay.dtype
 
-        Reads each chunk that holds a requested row once, in chunk order.
+    def read_rows(self, segment_id: str, layer: int, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (any order, repeats allowed) of one layer, as float16/float32 numpy."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((rows.size, self.layout(segment_id, layer).shape[1]), self.output_dtype(segment_id, layer))
+        self.read_into(segment_id, layer, rows, out, None)
+        return out
+
+    def read_all(self, segment_id: str, layer: int) -> np.ndarray:
+        """The whole layer."""
+        return self.read_rows(segment_id, layer, np.arange(self.layout(segment_id, layer).shape[0]))
+
+    def read_into(
+        self, segment_id: str, layer: int, rows: np.ndarray, out: np.ndarray, positions: np.ndarray | None
+    ) -> None:
+        """Fill ``out[positions[i]]`` (``out[i]`` when None) with row ``rows[i]`` of one layer.
+
+        Each chunk holding a requested row is read once, into a reused buffer (or straight into ``out`` when a
+        whole chunk lands there in order), checked against its crc32c, and its rows scattered to their places.
         """
         lay = self.layout(segment_id, layer)
-        rows = np.asarray(rows, dtype=np.int64)
         n, hidden = lay.shape
-        if rows.size and (rows.min() < 0 or rows.max() >= n):
+        r = lay.chunk_rows
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return
+        if rows.min() < 0 or rows.max() >= n:
             raise CorruptDataError(
                 f"segment {segment_id} layer {layer} has {n} rows; the manifest asks for row {int(rows.max())}"
             )
-        if rows.size == n and n and (rows == np.arange(n)).all():
-            return self.read_all(segment_id, layer)
-        which = rows // lay.chunk_rows
-        n_chunks = -(-n // lay.chunk_rows)
-        if rows.size >= n // 2 and np.unique(which).size == n_chunks:  # dense: one pass, then one take
-            return self._decode(lay, np.take(self._read_all_stored(lay), rows, axis=0))
-        out = np.empty((rows.size, hidden), dtype=lay.dtype)
+        buf = np.empty((r, hidden), dtype=lay.dtype)
+        which = rows // r
         order = np.argsort(which, kind="stable")
         bounds = np.flatnonzero(np.diff(which[order])) + 1
-        for group in np.split(order, bounds) if rows.size else []:
+        direct = lay.storage_dtype != "bfloat16"
+        for group in np.split(order, bounds):
             index = int(which[group[0]])
-            chunk = _read_chunk(self.loc, _chunk_path(lay.path, index), None, lay.chunk_rows, hidden, lay.dtype)
-            out[group] = chunk[rows[group] - index * lay.chunk_rows]
-        return self._decode(lay, out)
+            base = index * r
+            path = _chunk_path(lay.path, index, lay.separator)
+            where = group if positions is None else positions[group]
+            full = base + r <= n and group.size == r
+            if direct and full and _is_run(where, group, rows, base):
+                start = int(where[0])  # the chunk's rows go, in order, to consecutive output rows: read in place
+                _read_chunk(self.loc, path, out[start : start + r], r, hidden, lay.dtype)
+                continue
+            chunk = _read_chunk(self.loc, path, buf, r, hidden, lay.dtype)
+            out[where] = self._decode(lay, chunk[rows[group] - base])
 
-    def read_all(self, segment_id: str, layer: int) -> np.ndarray:
-        """The whole layer, read chunk by chunk straight into the output."""
-        lay = self.layout(segment_id, layer)
-        return self._decode(lay, self._read_all_stored(lay))
 
-    def _read_all_stored(self, lay: LayerArray) -> np.ndarray:
-        n, hidden = lay.shape
-        r = lay.chunk_rows
-        n_chunks = -(-n // r)
-        padded = np.empty((n_chunks * r, hidden), dtype=lay.dtype)  # whole chunks land in place, no copy
-        for index in range(n_chunks):
-            _read_chunk(
-                self.loc, _chunk_path(lay.path, index), padded[index * r : (index + 1) * r], r, hidden, lay.dtype
-            )
-        return padded[:n]
+def _is_run(where: np.ndarray, group: np.ndarray, rows: np.ndarray, base: int) -> bool:
+    """True when rows base, base+1, ... go to consecutive output positions (a whole chunk read in place)."""
+    w = np.asarray(where)
+    return bool((np.diff(w) == 1).all() and rows[group[0]] == base and (np.diff(rows[group]) == 1).all())
 
 
 def list_segment_dirs(loc: Location) -> list[str]:

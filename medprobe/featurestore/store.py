@@ -16,12 +16,24 @@ from medprobe.featurestore.catalog import Catalog
 from medprobe.featurestore.fragments import append_fragment, to_arrow
 from medprobe.featurestore.fsio import Location, create_exclusive, resolve, write_atomic
 from medprobe.featurestore.ids import new_id
-from medprobe.featurestore.segments import SegmentReader, write_segment
-from medprobe.schemas import FORMAT_VERSION, FeatureSetRow, Row, utcnow
+from medprobe.featurestore.segments import STORAGE_DTYPES, SegmentReader, write_segment
+from medprobe.schemas import FORMAT_VERSION, TABLES, FeatureSetRow, Row, utcnow
 
 MARKER = "medprobe.json"
 STORE_URI = "store:"
 DEFAULT_URL = "./medprobe-store"
+
+
+def _check_fits_float16(layer: int, arr: np.ndarray) -> None:
+    """Refuse finite values that float16 would turn into inf (hidden states of some LLMs exceed 65504)."""
+    if arr.dtype == np.float16 or not np.issubdtype(arr.dtype, np.floating):
+        return
+    too_big = np.abs(arr) > np.finfo(np.float16).max
+    if too_big.any():
+        raise InvalidInputError(
+            f"layer {layer}: {int(too_big.sum())} value(s) exceed the float16 range (|x| > 65504, largest "
+            f"{float(np.nanmax(np.abs(arr))):.4g}); store this feature set as bfloat16 or float32"
+        )
 
 
 class FeatureStore:
@@ -84,6 +96,8 @@ class FeatureStore:
 
     def table(self, table: str) -> pa.Table:
         """Every visible (deduplicated) row of ``table``."""
+        if table not in TABLES:
+            raise NotFoundError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
         self.catalog.refresh([table])
         return self.catalog.query(f'SELECT * FROM "{table}"')
 
@@ -154,30 +168,42 @@ class FeatureStore:
             raise InvalidInputError("commit_segment: the same image hash appears twice in one segment")
         if not hashes or not arrays:
             raise InvalidInputError("commit_segment: nothing to commit (no images or no layers)")
+        if dtype not in STORAGE_DTYPES:
+            raise InvalidInputError(f"storage dtype {dtype!r} is not one of {', '.join(STORAGE_DTYPES)}")
         for layer, arr in arrays.items():
             if not 0 <= layer < fset.n_layers:
                 raise InvalidInputError(
                     f"layer {layer} is out of range for feature set {feature_set_id} ({fset.n_layers} layers)"
                 )
-            expected = fset.hidden_sizes[layer] if layer < len(fset.hidden_sizes) else None
-            if expected and np.shape(arr)[-1] != expected:
+            shape = np.shape(arr)
+            if len(shape) != 2 or shape[0] != len(hashes):
                 raise InvalidInputError(
-                    f"layer {layer}: hidden size {np.shape(arr)[-1]} != {expected} declared by {feature_set_id}"
+                    f"layer {layer}: expected an array of shape ({len(hashes)}, hidden) for {len(hashes)} images, "
+                    f"got {shape}"
                 )
+            expected = fset.hidden_sizes[layer] if layer < len(fset.hidden_sizes) else None
+            if expected and shape[-1] != expected:
+                raise InvalidInputError(
+                    f"layer {layer}: hidden size {shape[-1]} != {expected} declared by {feature_set_id}"
+                )
+            if dtype == "float16":
+                _check_fits_float16(layer, np.asarray(arr))
         segment_id = new_id("seg")
         write_segment(self.loc, segment_id, feature_set_id, hashes, arrays, dtype=dtype)
         n = len(hashes)
         layers = sorted(arrays)
+        hash_array = pa.array(hashes, pa.string())
         manifest = pa.table(
             {
-                "feature_set_id": pa.array([feature_set_id] * (n * len(layers)), pa.string()),
+                "feature_set_id": pa.repeat(pa.scalar(feature_set_id, pa.string()), n * len(layers)),
                 "layer": pa.array(np.repeat(np.asarray(layers, dtype=np.int32), n), pa.int32()),
-                "image_hash": pa.array(hashes * len(layers), pa.string()),
-                "segment_id": pa.array([segment_id] * (n * len(layers)), pa.string()),
+                "image_hash": pa.concat_arrays([hash_array] * len(layers)),
+                "segment_id": pa.repeat(pa.scalar(segment_id, pa.string()), n * len(layers)),
                 "row": pa.array(np.tile(np.arange(n, dtype=np.int32), len(layers)), pa.int32()),
-            }
+            },
+            schema=TABLES["activations"].schema,
         )
-        append_fragment(self.loc, "activations", to_arrow("activations", manifest), name=segment_id)
+        append_fragment(self.loc, "activations", manifest, name=segment_id)
         return segment_id
 
     # ------------------------------------------------------------------ activations: read
@@ -209,12 +235,17 @@ class FeatureStore:
             return pa.array([str(h) for h in image_hashes], pa.string())
         return self._stored_rows(feature_set_id, layer).column("image_hash").combine_chunks()
 
-    def _stored_rows(self, feature_set_id: str, layer: int) -> pa.Table:
-        """Every stored image of one layer in image_hash order, with where it lives (one manifest query)."""
+    def _stored_rows(self, feature_set_id: str, layer: int, order: str = "image_hash") -> pa.Table:
+        """Every stored image of one layer with where it lives (one manifest query).
+
+        ``order``: ``image_hash``, or ``storage`` (segment, row: each chunk is read once when scanned in batches).
+        """
         self.catalog.refresh(["activations"])
+        order_by = "image_hash" if order == "image_hash" else "segment_id, row"
         t = self.catalog.query(
             "SELECT image_hash, segment_id, row FROM raw_activations WHERE feature_set_id = ? AND layer = ? "
-            "QUALIFY row_number() OVER (PARTITION BY image_hash ORDER BY segment_id, row) = 1 ORDER BY image_hash",
+            "QUALIFY row_number() OVER (PARTITION BY image_hash ORDER BY segment_id, row) = 1 "
+            f"ORDER BY {order_by}",
             [feature_set_id, int(layer)],
         )
         if t.num_rows == 0:
@@ -272,31 +303,34 @@ class FeatureStore:
         )
 
     def _gather(self, feature_set_id: str, layer: int, where: pa.Table) -> np.ndarray:
+        """Rows listed in ``where`` (segment_id, row; sorted by requested position) as one array."""
         rows = where.column("row").to_numpy()
-        n = where.num_rows  # ``where`` is sorted by requested position: row i fills output row i
+        n = where.num_rows  # row i of ``where`` fills output row i
         if n == 0:
             fset = self.feature_set(feature_set_id)
             hidden = fset.hidden_sizes[layer] if layer < len(fset.hidden_sizes) else 0
             return np.empty((0, hidden), dtype=np.float16 if fset.storage_dtype == "float16" else np.float32)
         encoded = where.column("segment_id").combine_chunks().dictionary_encode()
-        segment_ids = encoded.dictionary.to_pylist()
+        segment_ids = [str(x) for x in encoded.dictionary.to_pylist()]
         codes = encoded.indices.to_numpy()
-        out: np.ndarray | None = None
-        for code, segment_id in enumerate(segment_ids):
-            mask = codes == code if len(segment_ids) > 1 else None
-            try:
-                data = self.segments.read_rows(str(segment_id), layer, rows if mask is None else rows[mask])
-            except (CorruptDataError, FileNotFoundError, KeyError, ValueError, OSError) as e:
-                raise CorruptDataError(
-                    f"segment {segment_id} of feature set {feature_set_id} (layer {layer}) cannot be read: "
-                    f"{type(e).__name__}: {e}; run `medprobe store verify`"
-                ) from e
-            if mask is None:
-                return data  # one segment: rows came back in the requested order
-            if out is None:
-                out = np.empty((n, data.shape[1]), dtype=data.dtype)
-            out[mask] = data
-        assert out is not None
+        try:
+            dtypes = {self.segments.output_dtype(sid, layer) for sid in segment_ids}
+            hidden = {self.segments.layout(sid, layer).shape[1] for sid in segment_ids}
+            if len(hidden) != 1:
+                raise CorruptDataError(f"segments disagree on the hidden size of layer {layer}: {sorted(hidden)}")
+            out = np.empty((n, hidden.pop()), dtype=np.float16 if dtypes == {np.dtype(np.float16)} else np.float32)
+            for code, segment_id in enumerate(segment_ids):
+                if len(segment_ids) == 1:
+                    self.segments.read_into(segment_id, layer, rows, out, None)
+                else:
+                    positions = np.flatnonzero(codes == code)
+                    self.segments.read_into(segment_id, layer, rows[positions], out, positions)
+        except (CorruptDataError, FileNotFoundError, KeyError, ValueError, OSError) as e:
+            bad = segment_id if "segment_id" in locals() else ", ".join(segment_ids[:3])
+            raise CorruptDataError(
+                f"segment {bad} of feature set {feature_set_id} (layer {layer}) cannot be read: "
+                f"{type(e).__name__}: {e}; run `medprobe store verify`"
+            ) from e
         return out
 
     def read(
@@ -332,11 +366,13 @@ class FeatureStore:
         where = self._where(feature_set_id, layers, image_hashes, sql)[1]
         return {layer: self._gather(feature_set_id, layer, where[layer]) for layer in layers}
 
-    def _where(self, feature_set_id: str, layers: list[int], image_hashes, sql) -> tuple[pa.Array, dict[int, pa.Table]]:
+    def _where(
+        self, feature_set_id: str, layers: list[int], image_hashes, sql, order: str = "image_hash"
+    ) -> tuple[pa.Array, dict[int, pa.Table]]:
         """The requested hashes and, per layer, where their rows live (sorted by requested position)."""
         if image_hashes is None and sql is None:
             self.feature_set(feature_set_id)
-            stored = self._stored_rows(feature_set_id, layers[0])
+            stored = self._stored_rows(feature_set_id, layers[0], order)
             hashes = stored.column("image_hash").combine_chunks()
             where = {layers[0]: stored.drop_columns(["image_hash"])}
             if len(layers) > 1:
@@ -354,10 +390,14 @@ class FeatureStore:
         sql: str | None = None,
         batch_rows: int = 65536,
     ) -> Iterator[tuple[list[str], np.ndarray]]:
-        """Yield ``(image_hashes, X)`` batches of at most ``batch_rows`` rows; memory bounded by one batch."""
+        """Yield ``(image_hashes, X)`` batches of at most ``batch_rows`` rows; memory bounded by one batch.
+
+        With neither ``image_hashes`` nor ``sql``: every stored image in storage order (segment by segment, so each
+        chunk is read about once); otherwise the requested order.
+        """
         if batch_rows < 1:
             raise InvalidInputError(f"batch_rows must be at least 1, got {batch_rows}")
-        hashes, where_by_layer = self._where(feature_set_id, [int(layer)], image_hashes, sql)
+        hashes, where_by_layer = self._where(feature_set_id, [int(layer)], image_hashes, sql, order="storage")
         where = where_by_layer[int(layer)]
         for start in range(0, len(hashes), batch_rows):
             part = where.slice(start, batch_rows)

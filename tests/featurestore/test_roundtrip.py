@@ -103,15 +103,19 @@ def test_bfloat16_rounds_to_nearest_even(values):
     x = np.asarray(values, dtype=np.float32)
     got = from_bfloat16_bits(to_bfloat16_bits(x))
     bits = x.view(np.uint32)
-    down = (bits & np.uint32(0xFFFF0000)).view(np.float32).astype(np.float64)  # toward zero
-    up = ((bits & np.uint32(0xFFFF0000)) + np.uint32(0x10000)).view(np.float32).astype(np.float64)  # away from zero
+    top = (bits >> 16).astype(np.int64)  # truncation toward zero; top + 1 is the neighbour away from zero
+
+    def value(t: np.ndarray) -> np.ndarray:  # bfloat16 bits -> exact float64 (exponent 255 read as 2**128)
+        sign = np.where(t & 0x8000, -1.0, 1.0)
+        exp, man = (t >> 7) & 0xFF, t & 0x7F
+        return sign * np.where(exp == 0, man / 128 * 2.0**-126, (1 + man / 128) * 2.0 ** (exp - 127))
+
+    down, up = value(top), value(top + 1)
     err_down, err_up = np.abs(x - down), np.abs(up - x)
-    want = np.where(err_down < err_up, down, up)
-    tie = err_down == err_up
-    even_down = ((bits >> 16) & 1) == 0
-    want = np.where(tie, np.where(even_down, down, up), want)
-    finite = np.isfinite(want)  # the largest floats round up to infinity, like torch does
-    np.testing.assert_array_equal(got[finite], want[finite].astype(np.float32))
+    tie_to_down = (err_down == err_up) & ((top & 1) == 0)
+    want = np.where((err_down < err_up) | tie_to_down, down, up)
+    want = np.where(np.abs(want) >= 2.0**128, np.copysign(np.inf, want), want)  # past the largest: infinity
+    np.testing.assert_array_equal(got, want.astype(np.float32))
     assert (to_bfloat16_bits(x) == (got.view(np.uint32) >> 16)).all()
 
 
