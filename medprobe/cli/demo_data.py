@@ -27,16 +27,16 @@ class TileStyle:
 
 
 STYLES = {
-    "normal": TileStyle(nuclei=(25, 45), radius=(3.0, 5.0), elongation=(1.0, 1.6), darkness=(0.45, 0.65)),
-    "lymphocytic": TileStyle(nuclei=(90, 140), radius=(2.5, 4.0), elongation=(1.0, 1.2), darkness=(0.7, 0.9)),
-    "tumor": TileStyle(nuclei=(40, 70), radius=(3.8, 6.5), elongation=(1.1, 1.9), darkness=(0.5, 0.8)),
+    "normal": TileStyle(nuclei=(30, 75), radius=(3.0, 5.0), elongation=(1.0, 1.5), darkness=(0.45, 0.75)),
+    "lymphocytic": TileStyle(nuclei=(50, 100), radius=(2.8, 4.4), elongation=(1.0, 1.3), darkness=(0.55, 0.85)),
+    "tumor": TileStyle(nuclei=(35, 80), radius=(3.4, 5.6), elongation=(1.1, 1.8), darkness=(0.5, 0.8)),
 }
 
 
 def draw_tile(label: str, patient_rng: np.random.Generator, rng: np.random.Generator, size: int = 224) -> Image.Image:
     """One synthetic tile of class ``label`` with the patient's stain colours."""
     style = STYLES[label]
-    stain = patient_rng.uniform(-18, 18, size=3)
+    stain = patient_rng.uniform(-25, 25, size=3)
     background = np.clip(np.array([236, 190, 215]) + stain, 0, 255)
     base = rng.normal(0, 9, size=(size, size, 3)) + background
     img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB").filter(ImageFilter.GaussianBlur(1.2))
@@ -57,11 +57,11 @@ def draw_tile(label: str, patient_rng: np.random.Generator, rng: np.random.Gener
         angle = rng.uniform(0, np.pi)
         pts = []
         for t in np.linspace(0, 2 * np.pi, 14, endpoint=False):
-            wobble = 1 + rng.normal(0, 0.08 if label != "tumor" else 0.18)
+            wobble = 1 + rng.normal(0, 0.08 if label != "tumor" else 0.14)
             px, py = r * e * np.cos(t) * wobble, r * np.sin(t) * wobble
             pts.append((cx + px * np.cos(angle) - py * np.sin(angle), cy + px * np.sin(angle) + py * np.cos(angle)))
         draw.polygon(pts, fill=colour)
-    img = img.filter(ImageFilter.GaussianBlur(0.6))
+    img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.4, 1.6))))
     gain = patient_rng.uniform(0.9, 1.1)
     arr = np.clip(np.asarray(img, dtype=np.float32) * gain, 0, 255).astype(np.uint8)
     return Image.fromarray(arr, "RGB")

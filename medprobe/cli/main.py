@@ -12,7 +12,13 @@ from medprobe.cli.common import err_console
 from medprobe.errors import MedprobeError
 
 # Each area module defines ``register(app: typer.Typer) -> None``; order sets the --help listing.
-_AREAS = ("medprobe.cli.store_cmds", "medprobe.cli.ingest", "medprobe.cli.extract", "medprobe.cli.train")
+_AREAS = (
+    "medprobe.cli.demo",
+    "medprobe.cli.ingest",
+    "medprobe.cli.extract",
+    "medprobe.cli.train",
+    "medprobe.cli.store_cmds",
+)
 
 
 def build_app() -> typer.Typer:
