@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -57,7 +58,7 @@ def write_atomic(loc: Location, path: str, data: bytes) -> None:
     parent = posixpath.dirname(path)
     if loc.is_local:
         os.makedirs(parent, exist_ok=True)
-        tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{os.getpid()}.tmp")
+        tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -78,7 +79,7 @@ def create_exclusive(loc: Location, path: str, data: bytes) -> bool:
     parent = posixpath.dirname(path)
     if loc.is_local:
         os.makedirs(parent, exist_ok=True)
-        tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{os.getpid()}.tmp")
+        tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
