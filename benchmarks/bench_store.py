@@ -126,19 +126,34 @@ def bench_array(workdir: Path, n: int, hidden: int, repeats: int) -> list[Row]:
     store = FeatureStore.open(str(stores[-1]))
     np.testing.assert_array_equal(store.read("bench", 0, hashes), x)  # also warms the page cache and the caches
     np.load(npy)
-    t_load = timed(lambda: np.load(npy), repeats + 2)
-    t_read = timed(lambda: store.read("bench", 0), repeats + 2)  # every row, image_hash order (the default)
-    t_read_commit = timed(lambda: store.read("bench", 0, hashes), repeats + 2)  # every row, in commit order
+    cold = store._manifest_cache.clear  # the first read of a layer in a process: the manifest query included
+    reps = repeats + 2
+    t_load = timed(lambda: np.load(npy), reps)
+    t_read_first = timed(lambda: store.read("bench", 0), reps, setup=cold)  # every row, image_hash order
+    t_read = timed(lambda: store.read("bench", 0), reps)  # repeated: the located rows are cached
+    t_commit_first = timed(lambda: store.read("bench", 0, hashes), reps, setup=cold)  # every row, commit order
+    t_commit_order = timed(lambda: store.read("bench", 0, hashes), reps)
     pick = rng.choice(n, n // 10, replace=False)
     subset = [hashes[i] for i in pick]
-    t_gather = timed(lambda: store.read("bench", 0, subset), repeats + 2)
-    t_np_gather = timed(lambda: np.load(npy)[pick], repeats + 2)
+    t_gather_first = timed(lambda: store.read("bench", 0, subset), reps, setup=cold)
+    t_gather = timed(lambda: store.read("bench", 0, subset), reps)
+    t_np_gather = timed(lambda: np.load(npy)[pick], reps)
     shutil.rmtree(stores[-1], ignore_errors=True)
 
-    w_ratio, r_ratio, g_ratio = t_save / t_commit, t_load / t_read, t_gather / t_read
+    def read_row(label: str, t: float) -> Row:
+        return Row(
+            f"read {tag}: {label} vs np.load",
+            f"{mbps(nbytes, t):,.0f} MB/s",
+            f"{mbps(nbytes, t_load):,.0f} MB/s",
+            f"{t_load / t:.2f}",
+            ">= 0.40",
+            verdict(t_load / t >= 0.4),
+        )
+
+    w_ratio = t_save / t_commit
     return [
         Row(
-            f"write {tag}: commit_segment vs np.save",
+            f"write {tag}: commit_segment (data fsynced, then manifest) vs np.save (no fsync)",
             f"{mbps(nbytes, t_commit):,.0f} MB/s",
             f"{mbps(nbytes, t_save):,.0f} MB/s",
             f"{w_ratio:.2f}",
@@ -150,31 +165,31 @@ def bench_array(workdir: Path, n: int, hidden: int, repeats: int) -> list[Row]:
             f"{mbps(nbytes, t_commit):,.0f} MB/s",
             f"{mbps(nbytes, t_save_sync):,.0f} MB/s",
             f"{t_save_sync / t_commit:.2f}",
+            ">= 0.60",
+            verdict(t_save_sync / t_commit >= 0.6),
+        ),
+        read_row("read(fs, layer), first read (manifest query + data)", t_read_first),
+        read_row("read(fs, layer), repeated (located rows cached)", t_read),
+        read_row("read(fs, layer, hashes in commit order), first read", t_commit_first),
+        read_row("read(fs, layer, hashes in commit order), repeated", t_commit_order),
+        Row(
+            f"gather 10 % random rows of {tag} vs the full read(fs, layer), first reads",
+            f"{t_gather_first * 1e3:,.0f} ms",
+            f"{t_read_first * 1e3:,.0f} ms",
+            f"{t_gather_first / t_read_first:.2f}",
+            "<= 2",
+            verdict(t_gather_first / t_read_first <= 2),
         ),
         Row(
-            f"read {tag}: read(fs, layer) (image_hash order) vs np.load",
-            f"{mbps(nbytes, t_read):,.0f} MB/s",
-            f"{mbps(nbytes, t_load):,.0f} MB/s",
-            f"{r_ratio:.2f}",
-            ">= 0.40",
-            verdict(r_ratio >= 0.4),
-        ),
-        Row(
-            f"read {tag}: read(fs, layer, hashes in commit order) vs np.load",
-            f"{mbps(nbytes, t_read_commit):,.0f} MB/s",
-            f"{mbps(nbytes, t_load):,.0f} MB/s",
-            f"{t_load / t_read_commit:.2f}",
-        ),
-        Row(
-            f"gather 10 % random rows of {tag} vs the full read(fs, layer)",
+            f"gather 10 % random rows of {tag} vs the full read(fs, layer), repeated",
             f"{t_gather * 1e3:,.0f} ms",
             f"{t_read * 1e3:,.0f} ms",
-            f"{g_ratio:.2f}",
+            f"{t_gather / t_read:.2f}",
             "<= 2",
-            verdict(g_ratio <= 2),
+            verdict(t_gather / t_read <= 2),
         ),
         Row(
-            f"gather 10 % random rows of {tag}: store vs np.load + fancy index",
+            f"gather 10 % random rows of {tag}: store (repeated) vs np.load + fancy index",
             f"{t_gather * 1e3:,.0f} ms",
             f"{t_np_gather * 1e3:,.0f} ms",
             f"{t_np_gather / t_gather:.2f}",
@@ -282,6 +297,7 @@ def bench_manifest(workdir: Path, repeats: int, quick: bool) -> list[Row]:
     selection = "SELECT image_hash FROM dataset_images WHERE dataset = 'bench' AND split = 'test'"
 
     def locate() -> int:
+        store._manifest_cache.clear()  # no cached located rows: the manifest query runs every time
         wanted = store.sql(selection).column("image_hash")
         return store.locate("fs2", [7], wanted)[7].num_rows
 

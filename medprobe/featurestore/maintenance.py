@@ -126,6 +126,10 @@ def verify_store(store: FeatureStore, *, read_data: bool = True) -> VerifyReport
                         f"{where}: layer {layer} has {lay.shape[0]} rows, the manifest needs {seg['max_row'] + 1}"
                     )
                     continue
+                missing = store.segments.check_chunk_files(sid, layer)
+                if missing:
+                    report.problems.append(f"{where}: layer {layer} ({layer_array_name(layer)}): {'; '.join(missing)}")
+                    continue
                 if read_data:
                     data = store.segments.read_all(sid, layer)
                     if not np.isfinite(np.asarray(data, dtype=np.float32)).all():

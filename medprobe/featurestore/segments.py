@@ -176,31 +176,24 @@ class LayerArray:
     storage_dtype: str
 
 
-def _read_chunk(loc: Location, path: str, into: np.ndarray | None, rows: int, hidden: int, dtype: np.dtype):
-    """One chunk checked against its crc32c; written into ``into`` (a full-chunk view) when given."""
+def _read_chunk(loc: Location, path: str, rows: int, hidden: int, dtype: np.dtype) -> np.ndarray:
+    """One chunk, checked against its crc32c, as a read-only ``(rows, hidden)`` array over the bytes read.
+
+    (One ``read()`` into fresh memory, then a copy to the destination: measured several times faster here than
+    ``readinto`` a preallocated buffer.)
+    """
     nbytes = rows * hidden * dtype.itemsize
     if loc.is_local:
-        buf = into if into is not None else np.empty((rows, hidden), dtype=dtype)
-        crc = bytearray(4)
         with open(path, "rb") as f:
-            got = f.readinto(memoryview(buf.reshape(-1).view(np.uint8)))
-            got += f.readinto(crc)
-            extra = f.read(1)
-        if got != nbytes + 4 or extra:
-            raise CorruptDataError(f"chunk {path} has the wrong size (expected {nbytes + 4} bytes): truncated")
-        stored = int.from_bytes(crc, "little")
+            raw = f.read()
     else:
         raw = loc.fs.cat_file(path)
-        if len(raw) != nbytes + 4:
-            raise CorruptDataError(f"chunk {path} has {len(raw)} bytes, expected {nbytes + 4}: truncated")
-        buf = np.frombuffer(raw, dtype=dtype, count=rows * hidden).reshape(rows, hidden)
-        stored = int.from_bytes(raw[-4:], "little")
-        if into is not None:
-            into[...] = buf
-            buf = into
-    if _crc32c(buf) != stored:
+    if len(raw) != nbytes + 4:
+        raise CorruptDataError(f"chunk {path} has {len(raw)} bytes, expected {nbytes + 4}: truncated")
+    data = np.frombuffer(raw, dtype=np.uint8, count=nbytes)  # read-only, no copy: what google_crc32c takes
+    if int(google_crc32c.value(data)) != int.from_bytes(raw[nbytes:], "little"):
         raise CorruptDataError(f"chunk {path} fails its crc32c checksum: corrupted")
-    return buf
+    return np.frombuffer(raw, dtype=dtype, count=rows * hidden).reshape(rows, hidden)
 
 
 class SegmentReader:
@@ -261,6 +254,28 @@ class SegmentReader:
     def _decode(self, layout: LayerArray, data: np.ndarray) -> np.ndarray:
         return from_bfloat16_bits(data) if layout.storage_dtype == "bfloat16" else data
 
+    def check_chunk_files(self, segment_id: str, layer: int) -> list[str]:
+        """Missing or wrongly sized chunk files of one layer, without reading them (``store verify --quick``)."""
+        lay = self.layout(segment_id, layer)
+        n, hidden = lay.shape
+        size = lay.chunk_rows * hidden * lay.dtype.itemsize + 4
+        present = {
+            posixpath.basename(e["name"]): int(e.get("size") or 0) for e in self.loc.fs.ls(lay.path, detail=True)
+        }
+        problems = []
+        for index in range(-(-n // lay.chunk_rows)):
+            name = posixpath.basename(_chunk_path(lay.path, index, lay.separator)) if lay.separator == "." else None
+            if name is None:  # "/"-separated keys live in sub-folders: ask for the file itself
+                path = _chunk_path(lay.path, index, lay.separator)
+                got = int(self.loc.fs.size(path)) if self.loc.fs.exists(path) else None
+            else:
+                got = present.get(name)
+            if got is None:
+                problems.append(f"chunk {index} is missing")
+            elif got != size:
+                problems.append(f"chunk {index} has {got} bytes, expected {size} (truncated)")
+        return problems
+
     def output_dtype(self, segment_id: str, layer: int) -> np.dtype:
         """The dtype reads return: float16, or float32 for float32 and bfloat16 segments."""
         lay = self.layout(segment_id, layer)
@@ -282,8 +297,8 @@ class SegmentReader:
     ) -> None:
         """Fill ``out[positions[i]]`` (``out[i]`` when None) with row ``rows[i]`` of one layer.
 
-        Each chunk holding a requested row is read once, into a reused buffer (or straight into ``out`` when a
-        whole chunk lands there in order), checked against its crc32c, and its rows scattered to their places.
+        Each chunk holding a requested row is read once, checked against its crc32c, and its rows copied to their
+        places (one block copy when they land in order).
         """
         lay = self.layout(segment_id, layer)
         n, hidden = lay.shape
@@ -295,27 +310,23 @@ class SegmentReader:
             raise CorruptDataError(
                 f"segment {segment_id} layer {layer} has {n} rows; the manifest asks for row {int(rows.max())}"
             )
-        buf = np.empty((r, hidden), dtype=lay.dtype)
         which = rows // r
         order = np.argsort(which, kind="stable")
         bounds = np.flatnonzero(np.diff(which[order])) + 1
-        direct = lay.storage_dtype != "bfloat16"
         for group in np.split(order, bounds):
             index = int(which[group[0]])
             base = index * r
-            path = _chunk_path(lay.path, index, lay.separator)
+            chunk = _read_chunk(self.loc, _chunk_path(lay.path, index, lay.separator), r, hidden, lay.dtype)
             where = group if positions is None else positions[group]
-            full = base + r <= n and group.size == r
-            if direct and full and _is_run(where, group, rows, base):
-                start = int(where[0])  # the chunk's rows go, in order, to consecutive output rows: read in place
-                _read_chunk(self.loc, path, out[start : start + r], r, hidden, lay.dtype)
-                continue
-            chunk = _read_chunk(self.loc, path, buf, r, hidden, lay.dtype)
-            out[where] = self._decode(lay, chunk[rows[group] - base])
+            if _is_run(where, group, rows, base):  # consecutive rows to consecutive places: one block copy
+                start, stop = int(where[0]), int(where[0]) + group.size
+                out[start:stop] = self._decode(lay, chunk[: group.size])
+            else:
+                out[where] = self._decode(lay, chunk[rows[group] - base])
 
 
 def _is_run(where: np.ndarray, group: np.ndarray, rows: np.ndarray, base: int) -> bool:
-    """True when rows base, base+1, ... go to consecutive output positions (a whole chunk read in place)."""
+    """True when rows base, base+1, ... go to consecutive output positions."""
     w = np.asarray(where)
     return bool((np.diff(w) == 1).all() and rows[group[0]] == base and (np.diff(rows[group]) == 1).all())
 

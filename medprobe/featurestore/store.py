@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from medprobe.schemas import FORMAT_VERSION, TABLES, FeatureSetRow, Row, utcnow
 MARKER = "medprobe.json"
 STORE_URI = "store:"
 DEFAULT_URL = "./medprobe-store"
+MANIFEST_CACHE_ROWS = 4_000_000  # located rows kept for repeated reads (about 110 bytes each)
 
 
 def _check_fits_float16(layer: int, arr: np.ndarray) -> None:
@@ -45,6 +47,8 @@ class FeatureStore:
         self.catalog = Catalog(loc)
         self.segments = SegmentReader(loc)
         self._known_feature_sets: dict[str, FeatureSetRow] = {}
+        # (feature set, layer) -> (activations fragment list, stored rows in image_hash order)
+        self._manifest_cache: OrderedDict[tuple[str, int], tuple[tuple[str, ...], pa.Table]] = OrderedDict()
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -236,24 +240,47 @@ class FeatureStore:
         return self._stored_rows(feature_set_id, layer).column("image_hash").combine_chunks()
 
     def _stored_rows(self, feature_set_id: str, layer: int, order: str = "image_hash") -> pa.Table:
-        """Every stored image of one layer with where it lives (one manifest query).
+        """Every stored image of one layer with where it lives (one manifest query, then cached).
 
         ``order``: ``image_hash``, or ``storage`` (segment, row: each chunk is read once when scanned in batches).
+        Fragments are immutable, so the answer is cached until the activations fragment list changes.
         """
         self.catalog.refresh(["activations"])
-        order_by = "image_hash" if order == "image_hash" else "segment_id, row"
-        t = self.catalog.query(
-            "SELECT image_hash, segment_id, row FROM raw_activations WHERE feature_set_id = ? AND layer = ? "
-            "QUALIFY row_number() OVER (PARTITION BY image_hash ORDER BY segment_id, row) = 1 "
-            f"ORDER BY {order_by}",
-            [feature_set_id, int(layer)],
-        )
-        if t.num_rows == 0:
-            have = self.layers(feature_set_id)
-            raise NotFoundError(
-                f"feature set {feature_set_id} has no rows for layer {layer}; stored layers: {have or 'none'}"
+        files = self.catalog.fragment_files("activations")
+        key = (feature_set_id, int(layer))
+        hit = self._manifest_cache.get(key)
+        if hit is not None and hit[0] == files:
+            self._manifest_cache.move_to_end(key)
+            t = hit[1]
+        else:
+            t = self.catalog.query(
+                "SELECT image_hash, segment_id, row FROM raw_activations WHERE feature_set_id = ? AND layer = ? "
+                "QUALIFY row_number() OVER (PARTITION BY image_hash ORDER BY segment_id, row) = 1 "
+                "ORDER BY image_hash",
+                [feature_set_id, int(layer)],
             )
+            if t.num_rows == 0:
+                have = self.layers(feature_set_id)
+                raise NotFoundError(
+                    f"feature set {feature_set_id} has no rows for layer {layer}; stored layers: {have or 'none'}"
+                )
+            t = t.combine_chunks()
+            self._manifest_cache[key] = (files, t)
+            while sum(v[1].num_rows for v in self._manifest_cache.values()) > MANIFEST_CACHE_ROWS:
+                self._manifest_cache.popitem(last=False)
+        if order == "storage":
+            return t.sort_by([("segment_id", "ascending"), ("row", "ascending")])
         return t
+
+    def _locate_cached(self, layer: int, hashes: pa.Array, stored: pa.Table) -> pa.Table:
+        """``locate`` for one layer from its cached stored rows (a hash lookup in Arrow, no SQL)."""
+        import pyarrow.compute as pc
+
+        index = pc.index_in(hashes, value_set=stored.column("image_hash"))
+        if index.null_count:
+            raise NotFoundError(f"layer {layer}: requested images without rows")  # locate's query names them
+        picked = stored.select(["segment_id", "row"]).take(index)
+        return picked.add_column(0, "pos", pa.array(np.arange(len(hashes), dtype=np.int64)))
 
     def locate(self, feature_set_id: str, layers: Sequence[int], image_hashes: Sequence[str]) -> dict[int, pa.Table]:
         """One manifest query for many layers: ``{layer: table(pos, segment_id, row)}`` sorted by pos."""
@@ -261,6 +288,18 @@ class FeatureStore:
         self.catalog.refresh(["activations"])
         layers = [int(x) for x in layers]
         hashes = image_hashes if isinstance(image_hashes, pa.Array) else pa.array(list(image_hashes), pa.string())
+        files = self.catalog.fragment_files("activations")
+        out: dict[int, pa.Table] = {}
+        for layer in layers:
+            hit = self._manifest_cache.get((feature_set_id, layer))
+            if hit is not None and hit[0] == files:
+                try:
+                    out[layer] = self._locate_cached(layer, hashes, hit[1])
+                except NotFoundError:
+                    break  # let the query below name what is missing
+        layers = [x for x in layers if x not in out]
+        if not layers:
+            return out
         req = pa.table({"pos": pa.array(np.arange(len(hashes), dtype=np.int64)), "image_hash": hashes})
         name = f"_req_{new_id().replace('-', '_')}"
         in_layers = ", ".join(str(x) for x in sorted(set(layers)))  # integers: safe to inline, lets DuckDB prune
@@ -277,7 +316,6 @@ class FeatureStore:
             )
         finally:
             self.catalog.unregister_temp(name)
-        out: dict[int, pa.Table] = {}
         layer_col = found.column("layer").to_numpy()
         starts = np.searchsorted(layer_col, layers, side="left")
         ends = np.searchsorted(layer_col, layers, side="right")

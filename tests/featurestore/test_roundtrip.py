@@ -127,3 +127,27 @@ def test_duplicate_commit_keeps_the_first_segment(store_url):
     assert (store.read("fs-test", 0, hashes) == 0).all()
     assert set(store.table("activations").column("segment_id").to_pylist()) == {first}
     assert store.table("activations").num_rows == 5
+
+
+def test_reads_see_new_commits_and_default_batches_cover_everything(store_url):
+    """The located-rows cache is dropped when a commit adds a manifest fragment (also from another process)."""
+    store = open_with_feature_set(store_url)
+    first = [image_hash(i) for i in range(6)]
+    store.commit_segment("fs-test", first, {0: activations(first, 0, 16)})
+    assert store.read("fs-test", 0).shape == (6, 16)
+    other = open_with_feature_set(store_url)  # a second handle stands in for another writer
+    more = [image_hash(i) for i in range(4, 12)]
+    other.commit_segment("fs-test", more, {0: activations(more, 0, 16, salt=1)})
+    everything = sorted(set(first) | set(more))
+    want = {h: activations([h], 0, 16, salt=0 if h in first else 1)[0] for h in everything}
+    np.testing.assert_array_equal(store.read("fs-test", 0), np.stack([want[h] for h in everything]).astype(np.float16))
+    np.testing.assert_array_equal(
+        store.read("fs-test", 0, more[::-1]), np.stack([want[h] for h in more[::-1]]).astype(np.float16)
+    )
+    with mock.patch.object(segments, "CHUNK_BYTES", 64):
+        store.commit_segment("fs-test", [image_hash(99)], {0: activations([image_hash(99)], 0, 16)})
+    batches = list(store.iter_batches("fs-test", 0, batch_rows=5))
+    got = [h for b, _ in batches for h in b]
+    assert sorted(got) == sorted([*everything, image_hash(99)]) and len(got) == len(set(got))
+    x = np.concatenate([x for _, x in batches])
+    np.testing.assert_array_equal(x, store.read("fs-test", 0, got))
