@@ -236,7 +236,12 @@ class FeatureStore:
                 image_hashes = image_hashes.combine_chunks()
             if isinstance(image_hashes, pa.Array):
                 return image_hashes.cast(pa.string())
-            return pa.array([str(h) for h in image_hashes], pa.string())
+            try:
+                return pa.array(
+                    image_hashes if isinstance(image_hashes, list | np.ndarray) else list(image_hashes), pa.string()
+                )
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                return pa.array([str(h) for h in image_hashes], pa.string())
         return self._stored_rows(feature_set_id, layer).column("image_hash").combine_chunks()
 
     def _stored_rows(self, feature_set_id: str, layer: int, order: str = "image_hash") -> pa.Table:
