@@ -121,56 +121,53 @@ def run_experiment(
     solver = get_solver(spec.solver, **options)
     settings = spec.settings()
     metric = spec.task.primary_metric
-    by_width: dict[int, list[int]] = {}
-    for layer in spec.layers:
-        by_width.setdefault(feats[layer].shape[1], []).append(layer)
     timing = ProtocolTiming()
     n_cols = len(settings) * ((spec.n_splits if spec.selection == "cv" else 1) * len(spec.c_grid) + 1)
     outcomes: list[ProbeOutcome] = []
     with progress_bar("probes", disable=not show_progress) as bar:
         task_bar = bar.add_task(f"fit {spec.task.task}", total=len(spec.layers) * n_cols)
-        for layers in by_width.values():
-            results = fit_protocol(
-                [feats[x][pool] for x in layers],
-                data.y[pool],
-                data.kind,
-                data.class_names,
-                solver,
-                groups=None if data.groups is None else data.groups[pool],
-                is_val=data.split[pool] == "val",
-                selection=spec.selection,
-                c_grid=spec.c_grid,
-                n_splits=spec.n_splits,
-                metric=metric,
-                settings=settings,
-                class_weight=spec.class_weight,
-                timing=timing,
-                on_iteration=lambda done, stalled: bar.advance(task_bar, done + stalled),
+        layers = list(spec.layers)  # one batched solve: the solvers accept layers of different widths
+        results = fit_protocol(
+            [feats[x][pool] for x in layers],
+            data.y[pool],
+            data.kind,
+            data.class_names,
+            solver,
+            groups=None if data.groups is None else data.groups[pool],
+            is_val=data.split[pool] == "val",
+            selection=spec.selection,
+            c_grid=spec.c_grid,
+            n_splits=spec.n_splits,
+            metric=metric,
+            settings=settings,
+            class_weight=spec.class_weight,
+            timing=timing,
+            on_iteration=lambda done, stalled: bar.advance(task_bar, done + stalled),
+        )
+        for r in results:
+            layer = layers[r.layer_pos]
+            proba = r.probe.predict_proba(feats[layer][test])  # the one pass over the test rows
+            metrics = metrics_with_ci(
+                data.y[test], proba, data.kind, data.class_names, n_boot=spec.n_boot, seed=spec.seed
             )
-            for r in results:
-                layer = layers[r.layer_pos]
-                proba = r.probe.predict_proba(feats[layer][test])  # the one pass over the test rows
-                metrics = metrics_with_ci(
-                    data.y[test], proba, data.kind, data.class_names, n_boot=spec.n_boot, seed=spec.seed
+            scores = [v for v in r.cv_scores[repr(r.C)] if v is not None]
+            outcomes.append(
+                ProbeOutcome(
+                    new_id("probe"),
+                    layer,
+                    r.setting,
+                    r.C,
+                    r.selection,
+                    r.cv_scores,
+                    float(np.mean(scores)) if scores else None,
+                    metrics,
+                    r.probe,
+                    [hashes[i] for i in test],
+                    data.y[test],
+                    proba,
+                    r.n_train,
                 )
-                scores = [v for v in r.cv_scores[repr(r.C)] if v is not None]
-                outcomes.append(
-                    ProbeOutcome(
-                        new_id("probe"),
-                        layer,
-                        r.setting,
-                        r.C,
-                        r.selection,
-                        r.cv_scores,
-                        float(np.mean(scores)) if scores else None,
-                        metrics,
-                        r.probe,
-                        [hashes[i] for i in test],
-                        data.y[test],
-                        proba,
-                        r.n_train,
-                    )
-                )
+            )
         bar.update(task_bar, completed=len(spec.layers) * n_cols)
     per_probe = (timing.select_seconds + timing.refit_seconds) / max(1, len(outcomes))
     write_outcomes(store, spec, run_id, outcomes, per_probe, timing)

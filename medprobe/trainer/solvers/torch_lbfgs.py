@@ -6,15 +6,25 @@ Every probe minimises scikit-learn's objective on its own standardised training 
 
 divided by ``n_train`` (same minimiser, gradients of order one). ``loss`` is the logistic loss
 (binary), the softmax cross-entropy (multiclass) or the sum of per-finding logistic losses
-(multilabel, independent sigmoids). Probes are laid out as layers (G) x columns (M); all of them
-iterate together, a probe stops when ``max|grad| <= tol``, and each iteration evaluates only the
-unconverged probes, one matrix product per layer for all of that layer's probes.
+(multilabel, independent sigmoids).
 
-Standardisation never materialises per-probe copies of X: each layer is centred and scaled once
-(numerics only), and each probe's own training-row statistics are folded into its weights on the fly.
-The line search is a batched backtracking search (Armijo with quadratic interpolation, plus the
-approximate-Wolfe acceptance of Hager and Zhang for steps below float32 rounding); the objective is
-strongly convex, so every curvature pair has ``s'y > 0`` and the L-BFGS update is always valid.
+Layout: probes sit on a grid of *blocks* (one design matrix each) x *slots*; one iteration is two
+batched matrix products over all blocks (``bmm``), so the Python cost per iteration does not grow with
+the number of probes. Two kinds of blocks:
+
+* **full** (rows >= features): one block per layer, the layer centred and scaled once; each probe's own
+  training-row statistics are folded into its weights on the fly, so no per-probe copy of X exists;
+* **row span** (a probe's training rows n_f < features d): the minimiser's weights lie in the span of the
+  standardised training rows (the data gradient is ``R' Z`` and the ridge keeps the rest at zero), so the
+  probe is solved exactly in an orthonormal basis of that span, ``W = w Q'`` with ``||W|| = ||w||``: one
+  block per (layer, row set) of width ``n_f`` instead of ``d``. Layers of any width share one solve.
+
+A probe stops when ``max|grad| <= tol`` (or, at the dtype's rounding floor, within 100 x tol after 10
+iterations without a visible decrease); stopped probes cost nothing once their whole block is done
+(blocks are compacted away). The line search is batched backtracking (Armijo with quadratic
+interpolation, plus the approximate-Wolfe acceptance of Hager and Zhang for steps below rounding). On CPU
+the default dtype is float64: the same cost per iteration at these sizes and no stalls at float32's
+rounding floor.
 """
 
 from __future__ import annotations
@@ -34,98 +44,85 @@ from medprobe.trainer.solvers.base import (
     encode_targets,
 )
 
+MAX_ROW_SPAN_BYTES = 2 << 30  # above this, row-span blocks would cost more memory than they save
+
 
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def default_dtype(device: torch.device) -> torch.dtype:
+    """float64 on CPU (exact, no rounding stalls), float32 on accelerators."""
+    return torch.float64 if device.type == "cpu" else torch.float32
+
+
 @dataclass
 class BatchedResult:
-    """Raw solver output, indexed [layer, column]."""
+    """Raw solver output, indexed [layer, column]; features beyond a layer's width are padding."""
 
-    coef: torch.Tensor  # (G, M, K, d) standardised units
+    coef: torch.Tensor  # (G, M, K, d_max) standardised units
     intercept: torch.Tensor  # (G, M, K)
-    mean: torch.Tensor  # (G, F, d) raw-feature means of each row set
-    scale: torch.Tensor  # (G, F, d)
+    mean: torch.Tensor  # (G, F, d_max) raw-feature means of each row set
+    scale: torch.Tensor  # (G, F, d_max)
     n_iter: torch.Tensor  # (G, M)
     converged: torch.Tensor  # (G, M) bool
     grad_max: torch.Tensor  # (G, M)
+    widths: list[int]
 
 
-class _Objective:
-    """Function and gradient of the probes' scaled objectives, evaluated for any subset of probes."""
+@dataclass
+class _Blocks:
+    """Probes on a (blocks, slots) grid; dead slots have zero row weights and converge at once."""
 
-    def __init__(
-        self,
-        X: torch.Tensor,  # (G, n, d) centred/scaled per layer
-        T: torch.Tensor,  # (n, K)
-        weights: torch.Tensor,  # (F, n, Kw): row set membership x class weights
-        counts: torch.Tensor,  # (F,)
-        mu: torch.Tensor,  # (G, F, d) per-row-set mean of X
-        sc: torch.Tensor,  # (G, F, d) per-row-set scale of X
-        row_set_of: torch.Tensor,  # (M,)
-        C: torch.Tensor,  # (G, M)
-        kind: ProbeKind,
-    ) -> None:
-        self.X, self.T, self.weights, self.counts = X, T, weights, counts
-        self.mu, self.sc, self.row_set_of, self.C, self.kind = mu, sc, row_set_of, C, kind
-        self.G, self.n, self.d = X.shape
-        self.K = T.shape[1]
-        self.M = row_set_of.shape[0]
+    X: torch.Tensor  # (B, n, D) design matrices
+    mu: torch.Tensor | None  # (B, Q, D) per-probe means folded into the weights (full blocks), else None
+    sc: torch.Tensor | None  # (B, Q, D)
+    w: torch.Tensor  # (B, n, Q, Kw) row weights / row-set size (0 outside the probe's rows)
+    lam: torch.Tensor  # (B, Q) 1 / (C * row-set size)
+    live: torch.Tensor  # (B, Q) bool: a real probe
 
-    @property
-    def dim(self) -> int:
-        return self.K * self.d + self.K
+    def take(self, keep: torch.Tensor) -> _Blocks:
+        def sel(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.index_select(0, keep)
 
-    def __call__(self, probes: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Objective values (a,) and gradients (a, D) of ``probes`` (flat indices g*M+m) at ``theta``."""
-        f = torch.empty(probes.shape[0], dtype=theta.dtype, device=theta.device)
-        grad = torch.empty_like(theta)
-        g_of = torch.div(probes, self.M, rounding_mode="floor")
-        for g in torch.unique(g_of).tolist():
-            sel = torch.nonzero(g_of == g).squeeze(1)
-            fv, gv = self._layer(g, probes[sel] - g * self.M, theta[sel])
-            f[sel] = fv
-            grad[sel] = gv
-        return f, grad
+        return _Blocks(sel(self.X), sel(self.mu), sel(self.sc), sel(self.w), sel(self.lam), sel(self.live))
 
-    def _layer(self, g: int, cols: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a, K, d, n = theta.shape[0], self.K, self.d, self.n
-        W = theta[:, : K * d].view(a, K, d)
-        b = theta[:, K * d :]
-        rs = self.row_set_of[cols]
-        mu, sc = self.mu[g, rs], self.sc[g, rs]  # (a, d)
-        V = W / sc[:, None, :]
-        off = b - (V * mu[:, None, :]).sum(-1)  # (a, K)
-        Z = (self.X[g] @ V.reshape(a * K, d).T).view(n, a, K) + off[None]
-        w = self.weights[rs].permute(1, 0, 2)  # (n, a, Kw)
-        inv_n = 1.0 / self.counts[rs]  # (a,)
-        T = self.T[:, None, :]
-        if self.kind == "multiclass":
-            lse = torch.logsumexp(Z, dim=2, keepdim=True)
-            loss = (lse - Z).mul_(T).sum(2)  # (n, a): rows of T are one-hot
-            R = torch.exp(Z - lse) - T
-            data = (loss * w[:, :, 0]).sum(0)
-        else:
-            loss = torch.nn.functional.softplus(Z) - T * Z  # (n, a, K)
-            R = torch.sigmoid(Z) - T
-            data = (loss * w).sum((0, 2))
-        R = R * (w * inv_n[None, :, None])
-        GV = (R.reshape(n, a * K).T @ self.X[g]).view(a, K, d)
-        rsum = R.sum(0)  # (a, K)
-        GW = (GV - rsum[:, :, None] * mu[:, None, :]) / sc[:, None, :]
-        lam = inv_n / self.C[g, cols]  # (a,)
-        sq = (W * W).sum((1, 2))
-        f = data * inv_n + 0.5 * lam * sq
-        GW = GW + lam[:, None, None] * W
-        return f, torch.cat([GW.reshape(a, K * d), rsum], dim=1)
+
+def _evaluate(blk: _Blocks, T: torch.Tensor, kind: ProbeKind, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Objective values (B, Q) and gradients (B, Q, K*D+K) of every probe on the grid at ``theta``."""
+    B, Q, _ = theta.shape
+    n, D = blk.X.shape[1], blk.X.shape[2]
+    K = T.shape[1]
+    W = theta[..., : K * D].reshape(B, Q, K, D)
+    c = theta[..., K * D :]
+    if blk.mu is not None:
+        V = W / blk.sc[:, :, None, :]
+        off = c - (V * blk.mu[:, :, None, :]).sum(-1)
+    else:
+        V, off = W, c
+    Z = torch.bmm(blk.X, V.reshape(B, Q * K, D).transpose(1, 2)).view(B, n, Q, K) + off[:, None]
+    Tb = T.view(1, n, 1, K)
+    if kind == "multiclass":
+        lse = torch.logsumexp(Z, dim=3, keepdim=True)
+        data = (((lse - Z) * Tb).sum(3) * blk.w[..., 0]).sum(1)  # rows of T are one-hot
+        R = (torch.exp(Z - lse) - Tb) * blk.w
+    else:
+        data = ((torch.nn.functional.softplus(Z) - Tb * Z) * blk.w).sum((1, 3))
+        R = (torch.sigmoid(Z) - Tb) * blk.w
+    GW = torch.bmm(R.view(B, n, Q * K).transpose(1, 2), blk.X).view(B, Q, K, D)
+    rsum = R.sum(1)  # (B, Q, K)
+    if blk.mu is not None:
+        GW = (GW - rsum[..., None] * blk.mu[:, :, None, :]) / blk.sc[:, :, None, :]
+    f = data + 0.5 * blk.lam * (W * W).sum((2, 3))
+    GW = GW + blk.lam[:, :, None, None] * W
+    return f, torch.cat([GW.reshape(B, Q, K * D), rsum], dim=2)
 
 
 def _two_loop(
     grad: torch.Tensor, S: torch.Tensor, Y: torch.Tensor, rho: torch.Tensor, gamma: torch.Tensor, order: list[int]
 ) -> torch.Tensor:
-    """L-BFGS direction ``-H grad`` for a stack of probes; ``order`` lists history slots newest first."""
+    """L-BFGS direction ``-H grad`` for a stack of probes (P, D); ``order`` lists history slots newest first."""
     q = grad.clone()
     alphas = []
     for j in order:
@@ -139,117 +136,151 @@ def _two_loop(
     return -r
 
 
-def lbfgs_batched(
-    objective: _Objective,
-    n_probes: int,
+def lbfgs_blocks(
+    blocks: _Blocks,
+    T: torch.Tensor,
+    kind: ProbeKind,
     *,
     tol: float,
     max_iter: int,
     history: int = 10,
     max_ls: int = 25,
-    dtype: torch.dtype,
-    device: torch.device,
     on_iteration=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Minimise all probes together from zero; returns (theta, n_iter, converged, max|grad|)."""
-    P, D, m = n_probes, objective.dim, history
-    theta = torch.zeros(P, D, dtype=dtype, device=device)
-    all_p = torch.arange(P, device=device)
-    f, grad = objective(all_p, theta)
-    S = torch.zeros(P, m, D, dtype=dtype, device=device)
-    Yh = torch.zeros_like(S)
-    rho = torch.zeros(P, m, dtype=dtype, device=device)
-    gamma = torch.zeros(P, dtype=dtype, device=device)
-    n_iter = torch.zeros(P, dtype=torch.long, device=device)
-    gmax = grad.abs().amax(1)
-    converged = gmax <= tol
-    stopped = converged.clone()
+    """Minimise every probe on the grid from zero; returns (theta, n_iter, converged, max|grad|), each (B, Q, ...)."""
+    B, Q = blocks.lam.shape
+    K, D = T.shape[1], blocks.X.shape[2]
+    Dp, m, dtype, dev = K * D + K, history, blocks.X.dtype, blocks.X.device
     eps = torch.finfo(dtype).eps
-    c1 = 1e-4
-    ftol = 10 * eps
-    patience = 10
-    n_flat = torch.zeros(P, dtype=torch.long, device=device)
+    c1, ftol, patience = 1e-4, 10 * eps, 10
+    out_theta = torch.zeros(B, Q, Dp, dtype=dtype, device=dev)
+    out_iter = torch.zeros(B, Q, dtype=torch.long, device=dev)
+    out_conv = torch.zeros(B, Q, dtype=torch.bool, device=dev)
+    out_gmax = torch.zeros(B, Q, dtype=dtype, device=dev)
+
+    ids = torch.arange(B, device=dev)  # working blocks -> original block index
+    blk = blocks
+    theta = torch.zeros(B, Q, Dp, dtype=dtype, device=dev)
+    f, g = _evaluate(blk, T, kind, theta)
+    S = torch.zeros(B, Q, m, Dp, dtype=dtype, device=dev)
+    Yh = torch.zeros_like(S)
+    rho = torch.zeros(B, Q, m, dtype=dtype, device=dev)
+    gamma = torch.zeros(B, Q, dtype=dtype, device=dev)
+    n_iter = torch.zeros(B, Q, dtype=torch.long, device=dev)
+    n_flat = torch.zeros(B, Q, dtype=torch.long, device=dev)
+    gmax = g.abs().amax(2)
+    conv = (gmax <= tol) | ~blk.live
+    live = ~conv
+
+    def flush(sel: torch.Tensor) -> None:
+        out_theta[ids[sel]], out_iter[ids[sel]] = theta[sel], n_iter[sel]
+        out_conv[ids[sel]], out_gmax[ids[sel]] = conv[sel], gmax[sel]
+
     for k in range(max_iter):
-        A = torch.nonzero(~stopped).squeeze(1)
-        if A.numel() == 0:
+        busy = live.any(1)
+        n_busy = int(busy.sum())
+        if n_busy == 0:
             break
+        if n_busy <= 0.75 * busy.numel():  # compact: finished blocks leave the working set
+            flush(torch.nonzero(~busy).squeeze(1))
+            keep = torch.nonzero(busy).squeeze(1)
+            ids, blk = ids[keep], blk.take(keep)
+            theta, f, g, S, Yh, rho, gamma = (t[keep] for t in (theta, f, g, S, Yh, rho, gamma))
+            n_iter, n_flat, gmax, conv, live = (t[keep] for t in (n_iter, n_flat, gmax, conv, live))
+        b = theta.shape[0]
+        P = b * Q
         order = [(k - 1 - i) % m for i in range(min(k, m))]
-        gA, fA, thA = grad[A], f[A], theta[A]
-        d = _two_loop(gA, S[A], Yh[A], rho[A], gamma[A], order)
-        gtd = (gA * d).sum(1)
-        fresh = (gamma[A] <= 0) | ~(gtd < 0)
-        if fresh.any():  # no usable history (first step, or a reset): steepest descent, short first step
-            d[fresh] = -gA[fresh]
-            gtd[fresh] = -(gA[fresh] ** 2).sum(1)
-            rho[A[fresh]] = 0
-            gamma[A[fresh]] = 0
-        g1 = gA.abs().sum(1)
-        t = torch.where(fresh, torch.clamp(1.0 / g1, max=1.0), torch.ones_like(fA))
-        th_new, f_new, g_new = thA.clone(), fA.clone(), gA.clone()
-        ok_any = torch.zeros(A.numel(), dtype=torch.bool, device=device)
-        pend = torch.arange(A.numel(), device=device)
+        gf, lv = g.reshape(P, Dp), live.reshape(P)
+        gam = gamma.reshape(P)
+        d = _two_loop(gf, S.reshape(P, m, Dp), Yh.reshape(P, m, Dp), rho.reshape(P, m), gam, order)
+        gtd = (gf * d).sum(1)
+        fresh = lv & ((gam <= 0) | ~(gtd < 0))
+        if bool(fresh.any()):  # no usable history (first step, or a reset): steepest descent, short first step
+            d = torch.where(fresh[:, None], -gf, d)
+            gtd = torch.where(fresh, -(gf * gf).sum(1), gtd)
+            rho.view(P, m)[fresh] = 0
+            gam = torch.where(fresh, torch.zeros_like(gam), gam)
+        d = torch.where(lv[:, None], d, torch.zeros_like(d))
+        gtd = torch.where(lv, gtd, torch.zeros_like(gtd))
+        t = torch.where(fresh, torch.clamp(1.0 / gf.abs().sum(1).clamp_min(eps), max=1.0), torch.ones_like(gtd))
+        t = torch.where(lv, t, torch.zeros_like(t)).view(b, Q)
+        d, gtd = d.view(b, Q, Dp), gtd.view(b, Q)
+        th_new, f_new, g_new = theta, f, g
+        accepted = torch.zeros(b, Q, dtype=torch.bool, device=dev)
+        pending = live.clone()
         for _ in range(max_ls):
-            th_try = thA[pend] + t[pend, None] * d[pend]
-            f_try, g_try = objective(A[pend], th_try)
-            f0, slope = fA[pend], gtd[pend]
-            armijo = f_try <= f0 + c1 * t[pend] * slope
-            dtd = (g_try * d[pend]).sum(1)
-            approx_wolfe = (f_try <= f0 + 8 * eps * f0.abs()) & (dtd >= 0.9 * slope) & (dtd <= -slope)
-            ok = torch.isfinite(f_try) & (armijo | approx_wolfe)
-            acc = pend[ok]
-            th_new[acc], f_new[acc], g_new[acc] = th_try[ok], f_try[ok], g_try[ok]
-            ok_any[acc] = True
-            bad = pend[~ok]
-            if bad.numel() == 0:
+            th_try = theta + t[..., None] * d
+            f_try, g_try = _evaluate(blk, T, kind, th_try)
+            armijo = f_try <= f + c1 * t * gtd
+            dtd = (g_try * d).sum(2)
+            approx_wolfe = (f_try <= f + 8 * eps * f.abs()) & (dtd >= 0.9 * gtd) & (dtd <= -gtd)
+            ok = pending & torch.isfinite(f_try) & (armijo | approx_wolfe)
+            th_new = torch.where(ok[..., None], th_try, th_new)
+            g_new = torch.where(ok[..., None], g_try, g_new)
+            f_new = torch.where(ok, f_try, f_new)
+            accepted |= ok
+            pending &= ~ok
+            if not bool(pending.any()):
                 break
-            tb, fb, sb, f0b = t[bad], f_try[~ok], slope[~ok], f0[~ok]
-            denom = 2.0 * (fb - f0b - sb * tb)
-            t_int = -sb * tb * tb / denom
-            t_int = torch.where(torch.isfinite(t_int) & (denom > 0), t_int, 0.5 * tb)
-            t[bad] = torch.minimum(torch.maximum(t_int, 0.1 * tb), 0.5 * tb)
-            pend = bad
-        s_vec = th_new - thA
-        y_vec = g_new - gA
-        sy = (s_vec * y_vec).sum(1)
-        yy = (y_vec * y_vec).sum(1)
-        good = ok_any & (sy > eps * yy)
+            denom = 2.0 * (f_try - f - gtd * t)
+            t_int = -gtd * t * t / denom
+            t_int = torch.where(torch.isfinite(t_int) & (denom > 0), t_int, 0.5 * t)
+            t = torch.where(pending, torch.minimum(torch.maximum(t_int, 0.1 * t), 0.5 * t), t)
+        s_vec, y_vec = th_new - theta, g_new - g
+        sy, yy = (s_vec * y_vec).sum(2), (y_vec * y_vec).sum(2)
+        good = accepted & (sy > eps * yy)
         slot = k % m
-        Ag = A[good]
-        S[Ag, slot] = s_vec[good]
-        Yh[Ag, slot] = y_vec[good]
-        rho[Ag, slot] = 1.0 / sy[good]
-        gamma[Ag] = sy[good] / yy[good]
-        rho[A[~good], slot] = 0
-        theta[A], f[A], grad[A] = th_new, f_new, g_new
-        n_iter[A] += 1
-        gm = g_new.abs().amax(1)
-        gmax[A] = gm
-        # at the dtype's rounding floor f stops decreasing before max|g| reaches tol: accept a probe
-        # whose gradient is within 100 x tol after `patience` iterations without a visible decrease
-        flat = (fA - f_new) <= ftol * torch.maximum(torch.maximum(fA.abs(), f_new.abs()), torch.ones_like(fA))
-        n_flat[A] = torch.where(flat, n_flat[A] + 1, torch.zeros_like(n_flat[A]))
-        conv = (gm <= tol) | ((n_flat[A] >= patience) & (gm <= 100 * tol))
-        converged[A] = conv
-        stopped[A] = conv | ~ok_any
+        S[:, :, slot], Yh[:, :, slot] = s_vec, y_vec
+        rho[:, :, slot] = torch.where(good, 1.0 / torch.where(good, sy, torch.ones_like(sy)), torch.zeros_like(sy))
+        gamma = torch.where(good, sy / torch.where(good, yy, torch.ones_like(yy)), gam.view(b, Q))
+        flat = (f - f_new) <= ftol * torch.maximum(torch.maximum(f.abs(), f_new.abs()), torch.ones_like(f))
+        theta, f, g = th_new, f_new, g_new
+        n_iter += live.long()
+        gm = g.abs().amax(2)
+        gmax = torch.where(live, gm, gmax)
+        n_flat = torch.where(live & flat, n_flat + 1, torch.zeros_like(n_flat))
+        done = live & ((gm <= tol) | ((n_flat >= patience) & (gm <= 100 * tol)))
+        stalled = live & ~accepted & ~done
+        conv |= done
+        live &= ~(done | stalled)
         if on_iteration is not None:
-            on_iteration(int(conv.sum()), int((~ok_any & ~conv).sum()))
-    return theta, n_iter, converged, gmax
+            on_iteration(int(done.sum()), int(stalled.sum()))
+    flush(torch.arange(theta.shape[0], device=dev))
+    return out_theta, out_iter, out_conv, out_gmax
 
 
-def _prepare_layers(layers, device, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stack layers as (G, n, d) on the device, each centred and scaled by its own statistics."""
-    xs, means, stds = [], [], []
-    for X in layers:
-        Xt = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X).to(device)
-        X64 = Xt.to(torch.float64)
-        mean = X64.mean(0)
-        std = X64.std(0, correction=0)
-        std = torch.where(std > 0, std, torch.ones_like(std))
-        xs.append(((X64 - mean) / std).to(dtype))
-        means.append(mean)
-        stds.append(std)
-        del X64
-    return torch.stack(xs), torch.stack(means), torch.stack(stds)
+def _row_weights(T_np: np.ndarray, batch: ProbeBatch, kind: ProbeKind, class_weight: str | None):
+    """(F, n, Kw) row weights of each row set divided by its size, and the sizes (F,)."""
+    F, n = len(batch.row_sets), T_np.shape[0]
+    masks = np.zeros((F, n))
+    for i, rows in enumerate(batch.row_sets):
+        masks[i, np.asarray(rows)] = 1.0
+    if class_weight == "balanced":
+        cw = np.stack([_balanced_on(T_np, masks[i] > 0, kind) for i in range(F)])
+    elif class_weight is None:
+        cw = np.ones((F, n, 1))
+    else:
+        raise ValueError(f"class_weight must be None or 'balanced', got {class_weight!r}")
+    counts = masks.sum(1)
+    return cw * masks[:, :, None] / counts[:, None, None], counts, masks
+
+
+def _standardise_layer(X, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The layer in float64 on the device, centred and scaled by its own statistics (numerics only)."""
+    Xt = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X).to(device, torch.float64)
+    mean = Xt.mean(0)
+    std = Xt.std(0, correction=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return (Xt - mean) / std, mean, std
+
+
+def _set_statistics(X64: torch.Tensor, M64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row-set mean and scale (F, d) of a standardised layer; scale 1 for constant features."""
+    cnt = M64.sum(1, keepdim=True)
+    mu = (M64 @ X64) / cnt
+    var = ((M64 @ (X64 * X64)) / cnt - mu * mu).clamp_min(0)
+    sc = var.sqrt()
+    return mu, torch.where(sc > 1e-6, sc, torch.ones_like(sc))
 
 
 def fit_torch_batched(
@@ -264,72 +295,117 @@ def fit_torch_batched(
     max_iter: int = 1000,
     history: int = 10,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     on_iteration=None,
 ) -> BatchedResult:
-    """Fit layers x columns probes in one batched solve (all layers must share rows and width)."""
+    """Fit layers x columns probes in one batched solve (layers share rows; widths may differ)."""
     dev = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(dev)
     G = len(layers)
     n = int(layers[0].shape[0])
-    if any(int(X.shape[0]) != n for X in layers) or any(X.shape[1] != layers[0].shape[1] for X in layers):
-        raise ValueError("all layers of one batched solve must have the same rows and feature width")
+    if any(int(X.shape[0]) != n for X in layers):
+        raise ValueError("all layers of one batched solve must have the same rows")
     check_batch(batch, G, n)
+    widths = [int(X.shape[1]) for X in layers]
+    d_max = max(widths)
     T_np = encode_targets(y, kind, n_classes)
     K = T_np.shape[1]
+    rw_np, counts, masks = _row_weights(T_np, batch, kind, class_weight)
     F = len(batch.row_sets)
-    masks = np.zeros((F, n))
-    for i, rows in enumerate(batch.row_sets):
-        masks[i, np.asarray(rows)] = 1.0
-    if class_weight == "balanced":
-        cw = np.stack([_balanced_on(T_np, masks[i] > 0, kind) for i in range(F)])
-    elif class_weight is None:
-        cw = np.ones((F, n, 1))
-    else:
-        raise ValueError(f"class_weight must be None or 'balanced', got {class_weight!r}")
-    weights = torch.as_tensor(cw * masks[:, :, None], dtype=dtype, device=dev)
-    counts = torch.as_tensor(masks.sum(1), dtype=dtype, device=dev)
-
-    X, gmean, gstd = _prepare_layers(layers, dev, dtype)
+    rs_of = np.asarray(batch.row_set_of, dtype=int)
+    M = len(rs_of)
+    C = np.asarray(batch.C, dtype=float)
+    rw = torch.as_tensor(rw_np, dtype=dtype, device=dev)
     M64 = torch.as_tensor(masks, dtype=torch.float64, device=dev)
-    mu_list, sc_list = [], []
-    for g in range(G):
-        X64 = X[g].to(torch.float64)
-        mu = (M64 @ X64) / M64.sum(1, keepdim=True)
-        var = ((M64 @ (X64 * X64)) / M64.sum(1, keepdim=True) - mu * mu).clamp_min(0)
-        sc = var.sqrt()
-        sc = torch.where(sc > 1e-6, sc, torch.ones_like(sc))
-        mu_list.append(mu)
-        sc_list.append(sc)
-        del X64
-    mu64, sc64 = torch.stack(mu_list), torch.stack(sc_list)  # (G, F, d)
-    obj = _Objective(
-        X,
-        torch.as_tensor(T_np, dtype=dtype, device=dev),
-        weights,
-        counts,
-        mu64.to(dtype),
-        sc64.to(dtype),
-        torch.as_tensor(np.asarray(batch.row_set_of), dtype=torch.long, device=dev),
-        torch.as_tensor(np.asarray(batch.C, dtype=float), dtype=dtype, device=dev),
-        kind,
-    )
-    M = len(batch.row_set_of)
-    theta, n_iter, conv, gmax = lbfgs_batched(
-        obj,
-        G * M,
-        tol=tol,
-        max_iter=max_iter,
-        history=history,
-        dtype=dtype,
-        device=dev,
-        on_iteration=on_iteration,
-    )
-    d = X.shape[2]
-    coef = theta[:, : K * d].reshape(G, M, K, d)
-    intercept = theta[:, K * d :].reshape(G, M, K)
-    raw_mean = gmean[:, None, :] + gstd[:, None, :] * mu64
-    raw_scale = gstd[:, None, :] * sc64
-    return BatchedResult(coef, intercept, raw_mean, raw_scale, n_iter.view(G, M), conv.view(G, M), gmax.view(G, M))
+    T = torch.as_tensor(T_np, dtype=dtype, device=dev)
+
+    span = [[min(w, int(counts[f])) for f in range(F)] for w in widths]  # row-span width per (layer, set)
+    r_max = max(max(s) for s in span)
+    itemsize = torch.finfo(dtype).bits // 8
+    row_span = r_max < d_max and G * F * n * r_max * itemsize <= max(MAX_ROW_SPAN_BYTES, G * n * d_max * itemsize)
+
+    raw_mean = torch.zeros(G, F, d_max, dtype=torch.float64, device=dev)
+    raw_scale = torch.ones(G, F, d_max, dtype=torch.float64, device=dev)
+    coef = torch.zeros(G, M, K, d_max, dtype=dtype, device=dev)
+    intercept = torch.zeros(G, M, K, dtype=dtype, device=dev)
+    n_iter = torch.zeros(G, M, dtype=torch.long, device=dev)
+    conv = torch.zeros(G, M, dtype=torch.bool, device=dev)
+    gmax = torch.zeros(G, M, dtype=dtype, device=dev)
+
+    if row_span:
+        cols_of = [np.flatnonzero(rs_of == f) for f in range(F)]
+        Q = max(len(c) for c in cols_of)
+        X = torch.zeros(G * F, n, r_max, dtype=dtype, device=dev)
+        bases: dict[tuple[int, int], torch.Tensor] = {}
+        for gi, layer in enumerate(layers):
+            X64, mean, std = _standardise_layer(layer, dev)
+            mu, sc = _set_statistics(X64, M64)
+            raw_mean[gi, :, : widths[gi]] = mean + std * mu
+            raw_scale[gi, :, : widths[gi]] = std * sc
+            for f in range(F):
+                Z = (X64 - mu[f]) / sc[f]
+                if span[gi][f] < widths[gi]:
+                    rows = torch.as_tensor(np.asarray(batch.row_sets[f]), device=dev)
+                    basis = torch.linalg.qr(Z[rows].T).Q  # (d, n_f): orthonormal, spans the training rows
+                    bases[(gi, f)] = basis
+                    Z = Z @ basis
+                X[gi * F + f, :, : Z.shape[1]] = Z.to(dtype)
+            del X64
+        w = torch.zeros(G * F, n, Q, rw.shape[2], dtype=dtype, device=dev)
+        lam = torch.ones(G * F, Q, dtype=dtype, device=dev)
+        live = torch.zeros(G * F, Q, dtype=torch.bool, device=dev)
+        for f in range(F):
+            for j, m in enumerate(cols_of[f]):
+                for gi in range(G):
+                    w[gi * F + f, :, j] = rw[f]
+                    lam[gi * F + f, j] = 1.0 / (C[gi, m] * counts[f])
+                    live[gi * F + f, j] = True
+        blocks = _Blocks(X, None, None, w, lam, live)
+        theta, it, cv, gm = lbfgs_blocks(
+            blocks, T, kind, tol=tol, max_iter=max_iter, history=history, on_iteration=on_iteration
+        )
+        del blocks, X, w
+        for f in range(F):
+            for j, m in enumerate(cols_of[f]):
+                for gi in range(G):
+                    bi, width = gi * F + f, widths[gi]
+                    r = span[gi][f]
+                    Wr = theta[bi, j, : K * r_max].view(K, r_max)[:, :r]
+                    basis = bases.get((gi, f))
+                    coef[gi, m, :, :width] = Wr if basis is None else Wr @ basis.T.to(dtype)
+                    intercept[gi, m] = theta[bi, j, K * r_max :]
+                    n_iter[gi, m], conv[gi, m], gmax[gi, m] = it[bi, j], cv[bi, j], gm[bi, j]
+    else:
+        by_width: dict[int, list[int]] = {}
+        for gi, width in enumerate(widths):
+            by_width.setdefault(width, []).append(gi)
+        rs_t = torch.as_tensor(rs_of, device=dev)
+        for width, members in by_width.items():
+            xs, mus, scs = [], [], []
+            for gi in members:
+                X64, mean, std = _standardise_layer(layers[gi], dev)
+                mu, sc = _set_statistics(X64, M64)
+                raw_mean[gi, :, :width] = mean + std * mu
+                raw_scale[gi, :, :width] = std * sc
+                xs.append(X64.to(dtype))
+                mus.append(mu[rs_t].to(dtype))
+                scs.append(sc[rs_t].to(dtype))
+                del X64
+            Gw = len(members)
+            w = rw[rs_t].permute(1, 0, 2)[None].expand(Gw, n, M, rw.shape[2])
+            lam = torch.as_tensor(1.0 / (C[members] * counts[rs_of][None, :]), dtype=dtype, device=dev)
+            live = torch.ones(Gw, M, dtype=torch.bool, device=dev)
+            blocks = _Blocks(torch.stack(xs), torch.stack(mus), torch.stack(scs), w, lam, live)
+            del xs
+            theta, it, cv, gm = lbfgs_blocks(
+                blocks, T, kind, tol=tol, max_iter=max_iter, history=history, on_iteration=on_iteration
+            )
+            del blocks
+            idx = torch.as_tensor(members, device=dev)
+            coef[idx, :, :, :width] = theta[..., : K * width].reshape(Gw, M, K, width)
+            intercept[idx] = theta[..., K * width :]
+            n_iter[idx], conv[idx], gmax[idx] = it, cv, gm
+    return BatchedResult(coef, intercept, raw_mean, raw_scale, n_iter, conv, gmax, widths)
 
 
 def _balanced_on(T: np.ndarray, in_set: np.ndarray, kind: ProbeKind) -> np.ndarray:
@@ -340,7 +416,7 @@ def _balanced_on(T: np.ndarray, in_set: np.ndarray, kind: ProbeKind) -> np.ndarr
 
 
 class TorchSolver:
-    """The default solver: batched L-BFGS in torch on CUDA when present, else CPU."""
+    """The default solver: batched L-BFGS in torch on CUDA when present, else CPU (float64 there)."""
 
     name = "torch"
 
@@ -350,10 +426,11 @@ class TorchSolver:
         tol: float = 1e-6,
         max_iter: int = 1000,
         device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
     ) -> None:
-        self.tol, self.max_iter, self.dtype = tol, max_iter, dtype
+        self.tol, self.max_iter = tol, max_iter
         self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = dtype or default_dtype(self.device)
 
     def fit_many(
         self,
@@ -385,16 +462,16 @@ class TorchSolver:
         mean, scale = res.mean.cpu().numpy(), res.scale.cpu().numpy()
         n_iter, conv, gmax = res.n_iter.cpu().numpy(), res.converged.cpu().numpy(), res.grad_max.cpu().numpy()
         out = []
-        for g in range(len(layers)):
+        for g, width in enumerate(res.widths):
             row = []
             for m, rs in enumerate(np.asarray(batch.row_set_of)):
                 row.append(
                     FittedProbe(
                         kind=kind,
-                        coef=coef[g, m],
+                        coef=coef[g, m, :, :width],
                         intercept=icpt[g, m],
-                        mean=mean[g, rs],
-                        scale=scale[g, rs],
+                        mean=mean[g, rs, :width],
+                        scale=scale[g, rs, :width],
                         C=float(batch.C[g, m]),
                         n_iter=int(n_iter[g, m]),
                         converged=bool(conv[g, m]),
