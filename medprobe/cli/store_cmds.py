@@ -113,9 +113,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Check that every manifest row resolves to readable data (chunk checksums included)."""
         from medprobe.featurestore.maintenance import verify_store
+        from medprobe.progress import progress_bar
 
         s = open_store(store, create=False)
-        rep = verify_store(s, read_data=not quick)
+        with progress_bar("segments", transient=True) as bar:
+            task = bar.add_task("verify", total=None)
+
+            def advance(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            rep = verify_store(s, read_data=not quick, progress=advance)
         for p in rep.problems:
             console.print(f"[red]problem:[/] {p}", highlight=False)
         console.print(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,10 +91,13 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_store(store: FeatureStore, *, read_data: bool = True) -> VerifyReport:
+def verify_store(
+    store: FeatureStore, *, read_data: bool = True, progress: Callable[[int, int], None] | None = None
+) -> VerifyReport:
     """Check every fragment parses and every manifest row resolves to readable, checksummed data.
 
     Problems are collected (segment id, feature set, what is wrong); the rest keeps being checked.
+    ``progress(done, total)`` is called after each segment.
     """
     report = VerifyReport()
     store.refresh()
@@ -110,6 +114,8 @@ def verify_store(store: FeatureStore, *, read_data: bool = True) -> VerifyReport
         "max(row) AS max_row, count(*) AS n FROM raw_activations GROUP BY segment_id ORDER BY segment_id"
     ).to_pylist()
     for seg in segs:
+        if progress is not None:
+            progress(report.segments_checked, len(segs))
         report.segments_checked += 1
         sid, fsid = seg["segment_id"], seg["feature_set_id"]
         where = f"segment {sid} (feature set {fsid})"
@@ -138,6 +144,8 @@ def verify_store(store: FeatureStore, *, read_data: bool = True) -> VerifyReport
                 msg = str(e).splitlines()[0][:200]
                 report.problems.append(f"{where}: layer {layer} ({layer_array_name(layer)}) unreadable: {msg}")
         report.rows_checked += int(seg["n"])
+    if progress is not None:
+        progress(report.segments_checked, len(segs))
     return report
 
 
