@@ -7,6 +7,9 @@ train/test split. Each method fits probes on the same standardised training rows
 * sklearn: ``LogisticRegression(lbfgs)`` per (layer, C), default tol;
 * medprobe: every layer x C probe in one batched L-BFGS solve (``--device cuda`` on a GPU).
 
+Timings are medians of ``--repeats`` runs, as wall seconds and as process CPU seconds (all threads; less
+sensitive to other load on a shared machine) per probe.
+
 Usage: ``python benchmarks/bench_trainer.py --rows 20000 --dim 4096 --layers 32 --cs 8 --device cuda``.
 """
 
@@ -68,6 +71,22 @@ def study_recipe(Z: np.ndarray, y: np.ndarray, train, test, device: str, epochs:
     return seconds, float(roc_auc_score(y[test], s))
 
 
+def timed(fn, repeats: int, device: str):
+    """Run ``fn`` ``repeats`` times; returns (median wall s, median process CPU s, last result).
+
+    CPU time (all threads of this process) is less sensitive than wall time to other load on a shared machine.
+    """
+    walls, cpus, out = [], [], None
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        out = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        walls.append(time.perf_counter() - w)
+        cpus.append(time.process_time() - c)
+    return float(np.median(walls)), float(np.median(cpus)), out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=20000)
@@ -78,6 +97,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=80, help="epochs of the study's Adam recipe")
     ap.add_argument("--study-probes", type=int, default=1, help="layers fitted with the study recipe")
     ap.add_argument("--sklearn-probes", type=int, default=None, help="(layer, C) probes fitted with sklearn")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats of each method (median reported)")
+    ap.add_argument("--sklearn-repeats", type=int, default=None, help="timed repeats of sklearn [--repeats]")
     args = ap.parse_args()
     console = Console(width=160)
     console.print(f"device {args.device}, torch threads {torch.get_num_threads()}; building data ...")
@@ -94,11 +115,7 @@ def main() -> None:
     if args.device == "cuda":  # warm up kernels and the allocator outside the timing
         solver.fit_many([Zs[0][:1000]], y[:1000], "binary", 2, ProbeBatch.single(1.0, np.arange(1000)))
         torch.cuda.synchronize()
-    t = time.perf_counter()
-    ours = solver.fit_many(layers, y, "binary", 2, batch)
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-    t_ours = time.perf_counter() - t
+    t_ours, c_ours, ours = timed(lambda: solver.fit_many(layers, y, "binary", 2, batch), args.repeats, args.device)
     n_ours = args.layers * args.cs
     auc_ours = {
         (g, c): roc_auc_score(y[test], ours[g][c].predict_proba(layers[g][test])[:, 1])
@@ -110,41 +127,57 @@ def main() -> None:
     # scikit-learn lbfgs, probe by probe on the same standardised rows
     n_sk = args.sklearn_probes or n_ours
     pairs = [(g, c) for g in range(args.layers) for c in range(args.cs)][:n_sk]
-    auc_sk, t = {}, time.perf_counter()
-    for g, c in pairs:
-        clf = LogisticRegression(C=Cs[c], solver="lbfgs", max_iter=1000).fit(Zs[g][train], y[train])
-        auc_sk[(g, c)] = roc_auc_score(y[test], clf.predict_proba(Zs[g][test])[:, 1])
-    t_sk = time.perf_counter() - t
+
+    def fit_sklearn():
+        return {
+            (g, c): LogisticRegression(C=Cs[c], solver="lbfgs", max_iter=1000).fit(Zs[g][train], y[train])
+            for g, c in pairs
+        }
+
+    t_sk, c_sk, clfs = timed(fit_sklearn, args.sklearn_repeats or args.repeats, "cpu")
+    auc_sk = {k: roc_auc_score(y[test], clf.predict_proba(Zs[k[0]][test])[:, 1]) for k, clf in clfs.items()}
 
     # the study's recipe, one probe per layer
-    study = [study_recipe(Zs[g], y, train, test, args.device, args.epochs) for g in range(args.study_probes)]
-    t_study = sum(s for s, _ in study)
+    def fit_study():
+        return [study_recipe(Zs[g], y, train, test, args.device, args.epochs) for g in range(args.study_probes)]
 
-    per_sk = t_sk / len(pairs)
+    t_study, c_study, study = timed(fit_study, args.repeats, args.device)
+
+    per_sk, cpu_sk = t_sk / len(pairs), c_sk / len(pairs)
+    per_study, cpu_study = t_study / len(study), c_study / len(study)
+    per_ours, cpu_ours = t_ours / n_ours, c_ours / n_ours
     delta = max(abs(auc_ours[k] - auc_sk[k]) for k in auc_sk)
     mid = args.cs // 2
-    table = Table(title=f"{args.layers} layers x {args.cs} C, {args.rows:,} x {args.dim:,} features, {args.device}")
+    title = (
+        f"{args.layers} layers x {args.cs} C, {args.rows:,} x {args.dim:,} features, {args.device}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats} runs "
+        f"(sklearn {args.sklearn_repeats or args.repeats})"
+    )
+    table = Table(title=title)
     for col in (
         "method",
-        "probes fitted",
-        "total s",
-        "s / probe",
-        "speed vs sklearn",
+        "probes",
+        "wall s",
+        "wall s / probe",
+        "CPU s / probe",
+        "vs sklearn (wall)",
+        "vs sklearn (CPU)",
         f"test AUC (layer 0, C={Cs[mid]:g})",
         "max |AUC - sklearn|",
         "best-C test AUC (oracle)",
     ):
         table.add_column(col, justify="right")
+    study_delta = [abs(a - auc_sk[(g, mid)]) for g, (_, a) in enumerate(study) if (g, mid) in auc_sk]
     table.add_row(
         f"study: Adam 1e-4, bs 512, {args.epochs} ep",
         str(len(study)),
         f"{t_study:.2f}",
-        f"{t_study / len(study):.3f}",
-        f"{per_sk / (t_study / len(study)):.2f}x",
+        f"{per_study:.3f}",
+        f"{cpu_study:.3f}",
+        f"{per_sk / per_study:.2f}x",
+        f"{cpu_sk / cpu_study:.2f}x",
         f"{study[0][1]:.4f} (no C)",
-        f"{max(abs(a - auc_sk[(g, mid)]) for g, (_, a) in enumerate(study) if (g, mid) in auc_sk):.4f}"
-        if (0, mid) in auc_sk
-        else "-",
+        f"{max(study_delta):.4f}" if study_delta else "-",
         "-",
     )
     table.add_row(
@@ -152,6 +185,8 @@ def main() -> None:
         str(len(pairs)),
         f"{t_sk:.2f}",
         f"{per_sk:.3f}",
+        f"{cpu_sk:.3f}",
+        "1.00x",
         "1.00x",
         f"{auc_sk.get((0, mid), float('nan')):.4f}",
         "0",
@@ -161,8 +196,10 @@ def main() -> None:
         "medprobe torch batched",
         str(n_ours),
         f"{t_ours:.2f}",
-        f"{t_ours / n_ours:.4f}",
-        f"{per_sk / (t_ours / n_ours):.2f}x",
+        f"{per_ours:.4f}",
+        f"{cpu_ours:.4f}",
+        f"{per_sk / per_ours:.2f}x",
+        f"{cpu_sk / cpu_ours:.2f}x",
         f"{auc_ours[(0, mid)]:.4f}",
         f"{delta:.5f}",
         f"{max(v for (g, _), v in auc_ours.items() if g == 0):.4f}",

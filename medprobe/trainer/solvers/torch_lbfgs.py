@@ -22,9 +22,9 @@ the number of probes. Two kinds of blocks:
 A probe stops when ``max|grad| <= tol`` (or, at the dtype's rounding floor, within 100 x tol after 10
 iterations without a visible decrease); stopped probes cost nothing once their whole block is done
 (blocks are compacted away). The line search is batched backtracking (Armijo with quadratic
-interpolation, plus the approximate-Wolfe acceptance of Hager and Zhang for steps below rounding). On CPU
-the default dtype is float64: the same cost per iteration at these sizes and no stalls at float32's
-rounding floor.
+interpolation, plus the approximate-Wolfe acceptance of Hager and Zhang for steps below rounding). Small CPU
+problems are solved in float64 (iterations cost little more, and nothing stalls at float32's rounding
+floor); large ones, and every problem on an accelerator, in float32.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from medprobe.trainer.solvers.base import (
 )
 
 MAX_ROW_SPAN_BYTES = 2 << 30  # above this, row-span blocks would cost more memory than they save
+SMALL_DESIGN_ELEMENTS = 4 << 20  # design tensors up to this many elements are solved in float64 on CPU
 
 
 def default_device() -> torch.device:
@@ -52,9 +53,12 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """float64 on CPU (exact, no rounding stalls), float32 on accelerators."""
-    return torch.float64 if device.type == "cpu" else torch.float32
+def default_dtype(device: torch.device, design_elements: int = 0) -> torch.dtype:
+    """float64 for small CPU problems (exact, no stalls at float32's rounding floor, iterations overhead-bound);
+    float32 on accelerators and for large CPU problems, whose iterations are bound by the products with X."""
+    if device.type == "cpu" and design_elements <= SMALL_DESIGN_ELEMENTS:
+        return torch.float64
+    return torch.float32
 
 
 @dataclass
@@ -300,12 +304,19 @@ def fit_torch_batched(
 ) -> BatchedResult:
     """Fit layers x columns probes in one batched solve (layers share rows; widths may differ)."""
     dev = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(dev)
     G = len(layers)
     n = int(layers[0].shape[0])
     if any(int(X.shape[0]) != n for X in layers):
         raise ValueError("all layers of one batched solve must have the same rows")
     check_batch(batch, G, n)
+    used = np.unique(np.concatenate([np.asarray(r) for r in batch.row_sets]))
+    if len(used) < n:  # rows no probe trains on never enter the solve
+        pos = np.full(n, -1)
+        pos[used] = np.arange(len(used))
+        layers = [X[torch.as_tensor(used) if isinstance(X, torch.Tensor) else used] for X in layers]
+        y = np.asarray(y)[used]
+        batch = ProbeBatch([pos[np.asarray(r)] for r in batch.row_sets], batch.row_set_of, batch.C)
+        n = len(used)
     widths = [int(X.shape[1]) for X in layers]
     d_max = max(widths)
     T_np = encode_targets(y, kind, n_classes)
@@ -315,14 +326,16 @@ def fit_torch_batched(
     rs_of = np.asarray(batch.row_set_of, dtype=int)
     M = len(rs_of)
     C = np.asarray(batch.C, dtype=float)
+    span = [[min(w, int(counts[f])) for f in range(F)] for w in widths]  # row-span width per (layer, set)
+    r_max = max(max(s) for s in span)
+    itemsize = torch.finfo(dtype or torch.float32).bits // 8
+    row_span = r_max < d_max and G * F * n * r_max * itemsize <= max(MAX_ROW_SPAN_BYTES, G * n * d_max * itemsize)
+    if dtype is None:
+        dtype = default_dtype(dev, (G * F * r_max if row_span else G * d_max) * n)
+        itemsize = torch.finfo(dtype).bits // 8
     rw = torch.as_tensor(rw_np, dtype=dtype, device=dev)
     M64 = torch.as_tensor(masks, dtype=torch.float64, device=dev)
     T = torch.as_tensor(T_np, dtype=dtype, device=dev)
-
-    span = [[min(w, int(counts[f])) for f in range(F)] for w in widths]  # row-span width per (layer, set)
-    r_max = max(max(s) for s in span)
-    itemsize = torch.finfo(dtype).bits // 8
-    row_span = r_max < d_max and G * F * n * r_max * itemsize <= max(MAX_ROW_SPAN_BYTES, G * n * d_max * itemsize)
 
     raw_mean = torch.zeros(G, F, d_max, dtype=torch.float64, device=dev)
     raw_scale = torch.ones(G, F, d_max, dtype=torch.float64, device=dev)
@@ -416,7 +429,7 @@ def _balanced_on(T: np.ndarray, in_set: np.ndarray, kind: ProbeKind) -> np.ndarr
 
 
 class TorchSolver:
-    """The default solver: batched L-BFGS in torch on CUDA when present, else CPU (float64 there)."""
+    """The default solver: batched L-BFGS in torch on CUDA when present, else CPU."""
 
     name = "torch"
 
@@ -430,7 +443,7 @@ class TorchSolver:
     ) -> None:
         self.tol, self.max_iter = tol, max_iter
         self.device = torch.device(device) if device is not None else default_device()
-        self.dtype = dtype or default_dtype(self.device)
+        self.dtype = dtype  # None: chosen per problem by default_dtype
 
     def fit_many(
         self,
