@@ -82,6 +82,45 @@ def test_batched_equals_independent_fits(kind):
             assert together[g][m].converged
 
 
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "multilabel"])
+def test_fewer_rows_than_features_matches_sklearn(kind):
+    """n < d: the probe is solved in the span of its training rows; weights come back in all d features."""
+    X, y = _data(kind, n=160, d=300, seed=3)
+    tr, te = slice(0, 100), slice(100, None)
+    ours = LogisticProbe(0.05, device="cpu").fit(X[tr], y[tr])
+    ref = LogisticProbe(0.05, solver="sklearn", tol=1e-10, max_iter=10000).fit(X[tr], y[tr])
+    p, q = ours.predict_proba(X[te]), ref.predict_proba(X[te])
+    assert ours.converged_ and ours.probe_.extra["row_span"]
+    assert ours.coef_.shape == ref.coef_.shape
+    assert np.abs(p - q).max() < 1e-2
+    assert abs(_macro_auc(y[te], p, kind) - _macro_auc(y[te], q, kind)) < 2e-3
+    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=2e-3)
+
+
+def test_layers_of_different_widths_in_one_batch_equal_independent_fits():
+    """Narrow (full) and wide (row-span) layers share one solve; folds smaller than the wide layer's width."""
+    X, y = _data("multiclass", n=120, d=150, seed=4)
+    layers = [X[:, :12], X]
+    folds = [np.flatnonzero(np.arange(120) % 4 != k) for k in range(4)] + [np.arange(120)]
+    Cs = [0.01, 1.0]
+    batch = ProbeBatch(folds, np.repeat(np.arange(5), 2), np.tile(np.tile(Cs, 5), (2, 1)))
+    solver = get_solver("torch", device="cpu")
+    K = int(y.max()) + 1
+    together = solver.fit_many(layers, y, "multiclass", K, batch)
+    for g, Xg in enumerate(layers):
+        for m in range(10):
+            probe = together[g][m]
+            assert probe.coef.shape == (K, Xg.shape[1]) and probe.mean.shape == (Xg.shape[1],)
+            assert probe.extra["row_span"] == (g == 1)  # the wide layer: 90 or 120 rows < 150 features
+            alone = solver.fit_many([Xg], y, "multiclass", K, ProbeBatch.single(Cs[m % 2], folds[m // 2]))[0][0]
+            ref = LogisticProbe(Cs[m % 2], solver="sklearn", tol=1e-10, max_iter=10000).fit(
+                Xg[folds[m // 2]], y[folds[m // 2]]
+            )
+            assert np.abs(alone.predict_proba(Xg) - probe.predict_proba(Xg)).max() < 1e-2, (g, m)
+            assert np.abs(ref.predict_proba(Xg) - probe.predict_proba(Xg)).max() < 1e-2, (g, m)
+            assert probe.converged
+
+
 def test_fold_statistics_come_from_training_rows_only():
     X, y = _data("binary", n=200, d=5)
     rows = np.arange(100)

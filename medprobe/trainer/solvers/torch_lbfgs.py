@@ -73,6 +73,7 @@ class BatchedResult:
     converged: torch.Tensor  # (G, M) bool
     grad_max: torch.Tensor  # (G, M)
     widths: list[int]
+    row_span: np.ndarray  # (G, M) bool: solved in the span of its training rows (fewer rows than features)
 
 
 @dataclass
@@ -344,6 +345,7 @@ def fit_torch_batched(
     n_iter = torch.zeros(G, M, dtype=torch.long, device=dev)
     conv = torch.zeros(G, M, dtype=torch.bool, device=dev)
     gmax = torch.zeros(G, M, dtype=dtype, device=dev)
+    reduced = np.zeros((G, M), dtype=bool)
 
     if row_span:
         cols_of = [np.flatnonzero(rs_of == f) for f in range(F)]
@@ -364,30 +366,29 @@ def fit_torch_batched(
                     Z = Z @ basis
                 X[gi * F + f, :, : Z.shape[1]] = Z.to(dtype)
             del X64
-        w = torch.zeros(G * F, n, Q, rw.shape[2], dtype=dtype, device=dev)
-        lam = torch.ones(G * F, Q, dtype=dtype, device=dev)
-        live = torch.zeros(G * F, Q, dtype=torch.bool, device=dev)
+        slot_col = np.full((F, Q), -1)  # the column m of each (row set, slot); -1 = dead slot
         for f in range(F):
-            for j, m in enumerate(cols_of[f]):
-                for gi in range(G):
-                    w[gi * F + f, :, j] = rw[f]
-                    lam[gi * F + f, j] = 1.0 / (C[gi, m] * counts[f])
-                    live[gi * F + f, j] = True
+            slot_col[f, : len(cols_of[f])] = cols_of[f]
+        alive = slot_col >= 0
+        lam_np = np.where(alive[None], 1.0 / (C[:, np.maximum(slot_col, 0)] * counts[None, :, None]), 1.0)
+        live = torch.as_tensor(np.broadcast_to(alive, (G, F, Q)).reshape(G * F, Q), device=dev)
+        w = (rw[:, :, None, :] * torch.as_tensor(alive, dtype=dtype, device=dev)[:, None, :, None]).repeat(G, 1, 1, 1)
+        lam = torch.as_tensor(lam_np.reshape(G * F, Q), dtype=dtype, device=dev)
         blocks = _Blocks(X, None, None, w, lam, live)
         theta, it, cv, gm = lbfgs_blocks(
             blocks, T, kind, tol=tol, max_iter=max_iter, history=history, on_iteration=on_iteration
         )
         del blocks, X, w
-        for f in range(F):
-            for j, m in enumerate(cols_of[f]):
-                for gi in range(G):
-                    bi, width = gi * F + f, widths[gi]
-                    r = span[gi][f]
-                    Wr = theta[bi, j, : K * r_max].view(K, r_max)[:, :r]
-                    basis = bases.get((gi, f))
-                    coef[gi, m, :, :width] = Wr if basis is None else Wr @ basis.T.to(dtype)
-                    intercept[gi, m] = theta[bi, j, K * r_max :]
-                    n_iter[gi, m], conv[gi, m], gmax[gi, m] = it[bi, j], cv[bi, j], gm[bi, j]
+        for gi in range(G):
+            for f in range(F):
+                bi, r, q = gi * F + f, span[gi][f], len(cols_of[f])
+                cols = torch.as_tensor(cols_of[f], device=dev)
+                Wr = theta[bi, :q, : K * r_max].reshape(q, K, r_max)[..., :r]
+                basis = bases.get((gi, f))
+                reduced[gi, cols_of[f]] = basis is not None
+                coef[gi, cols, :, : widths[gi]] = Wr if basis is None else Wr @ basis.T.to(dtype)
+                intercept[gi, cols] = theta[bi, :q, K * r_max :]
+                n_iter[gi, cols], conv[gi, cols], gmax[gi, cols] = it[bi, :q], cv[bi, :q], gm[bi, :q]
     else:
         by_width: dict[int, list[int]] = {}
         for gi, width in enumerate(widths):
@@ -418,7 +419,7 @@ def fit_torch_batched(
             coef[idx, :, :, :width] = theta[..., : K * width].reshape(Gw, M, K, width)
             intercept[idx] = theta[..., K * width :]
             n_iter[idx], conv[idx], gmax[idx] = it, cv, gm
-    return BatchedResult(coef, intercept, raw_mean, raw_scale, n_iter, conv, gmax, widths)
+    return BatchedResult(coef, intercept, raw_mean, raw_scale, n_iter, conv, gmax, widths, reduced)
 
 
 def _balanced_on(T: np.ndarray, in_set: np.ndarray, kind: ProbeKind) -> np.ndarray:
@@ -488,7 +489,7 @@ class TorchSolver:
                         C=float(batch.C[g, m]),
                         n_iter=int(n_iter[g, m]),
                         converged=bool(conv[g, m]),
-                        extra={"grad_max": float(gmax[g, m])},
+                        extra={"grad_max": float(gmax[g, m]), "row_span": bool(res.row_span[g, m])},
                     )
                 )
             out.append(row)
