@@ -371,7 +371,7 @@ def fit_torch_batched(
             slot_col[f, : len(cols_of[f])] = cols_of[f]
         alive = slot_col >= 0
         lam_np = np.where(alive[None], 1.0 / (C[:, np.maximum(slot_col, 0)] * counts[None, :, None]), 1.0)
-        live = torch.as_tensor(np.broadcast_to(alive, (G, F, Q)).reshape(G * F, Q), device=dev)
+        live = torch.as_tensor(np.tile(alive, (G, 1)), device=dev)  # block g * F + f
         w = (rw[:, :, None, :] * torch.as_tensor(alive, dtype=dtype, device=dev)[:, None, :, None]).repeat(G, 1, 1, 1)
         lam = torch.as_tensor(lam_np.reshape(G * F, Q), dtype=dtype, device=dev)
         blocks = _Blocks(X, None, None, w, lam, live)
