@@ -6,6 +6,7 @@ import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -17,7 +18,8 @@ from medprobe.featurestore.catalog import Catalog
 from medprobe.featurestore.fragments import append_fragment, to_arrow
 from medprobe.featurestore.fsio import Location, create_exclusive, resolve, write_atomic
 from medprobe.featurestore.ids import new_id
-from medprobe.featurestore.segments import STORAGE_DTYPES, SegmentReader, write_segment
+from medprobe.featurestore.rowindex import Where, encode_runs, first_per_key, string_keys
+from medprobe.featurestore.segments import STORAGE_DTYPES, SegmentReader, aligned_empty, write_segment
 from medprobe.schemas import FORMAT_VERSION, TABLES, FeatureSetRow, Row, utcnow
 
 MARKER = "medprobe.json"
@@ -38,6 +40,31 @@ def _check_fits_float16(layer: int, arr: np.ndarray) -> None:
         )
 
 
+@dataclass
+class LayerRows:
+    """Every stored image of one layer, deduplicated, in image_hash order, with where its row lives."""
+
+    scanned: pa.Array  # image hashes as the manifest scan returned them
+    order: np.ndarray  # indices into ``scanned`` of the kept rows, in image_hash order
+    where: Where  # where each kept row lives, in image_hash order
+    _hashes: pa.Array | None = field(default=None, repr=False)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.order.size)
+
+    def hashes(self) -> pa.Array:
+        """The image hashes in image_hash order (built on first use: a whole-layer read does not need them)."""
+        if self._hashes is None:
+            self._hashes = self.scanned.take(pa.array(self.order))
+        return self._hashes
+
+    def storage_order(self) -> np.ndarray:
+        """Positions (in image_hash order) sorted by (segment_id, row): each chunk is then read about once."""
+        rank = np.argsort(np.argsort(np.asarray(self.where.segment_ids, dtype=object), kind="stable"))
+        return np.lexsort((self.where.rows, rank[self.where.codes]))
+
+
 class FeatureStore:
     """A medprobe store at a URL: ``FeatureStore.open("./medprobe-store")``."""
 
@@ -48,7 +75,7 @@ class FeatureStore:
         self.segments = SegmentReader(loc)
         self._known_feature_sets: dict[str, FeatureSetRow] = {}
         # (feature set, layer) -> (activations fragment list, stored rows in image_hash order)
-        self._manifest_cache: OrderedDict[tuple[str, int], tuple[tuple[str, ...], pa.Table]] = OrderedDict()
+        self._manifest_cache: OrderedDict[tuple[str, int], tuple[tuple[str, ...], LayerRows]] = OrderedDict()
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -242,13 +269,14 @@ class FeatureStore:
                 )
             except (pa.ArrowInvalid, pa.ArrowTypeError):
                 return pa.array([str(h) for h in image_hashes], pa.string())
-        return self._stored_rows(feature_set_id, layer).column("image_hash").combine_chunks()
+        return self._stored_rows(feature_set_id, layer).hashes()
 
-    def _stored_rows(self, feature_set_id: str, layer: int, order: str = "image_hash") -> pa.Table:
-        """Every stored image of one layer with where it lives (one manifest query, then cached).
+    def _stored_rows(self, feature_set_id: str, layer: int) -> LayerRows:
+        """Every stored image of one layer with where it lives (one manifest scan, then cached).
 
-        ``order``: ``image_hash``, or ``storage`` (segment, row: each chunk is read once when scanned in batches).
-        Fragments are immutable, so the answer is cached until the activations fragment list changes.
+        The scan only filters and projects (DuckDB pushes both into the Parquet reader); deduplication and the
+        image_hash order are done on numpy views of the Arrow buffers. Fragments are immutable, so the answer is
+        cached until the activations fragment list changes.
         """
         self.catalog.refresh(["activations"])
         files = self.catalog.fragment_files("activations")
@@ -256,45 +284,55 @@ class FeatureStore:
         hit = self._manifest_cache.get(key)
         if hit is not None and hit[0] == files:
             self._manifest_cache.move_to_end(key)
-            t = hit[1]
-        else:
-            t = self.catalog.query(
-                "SELECT image_hash, segment_id, row FROM raw_activations WHERE feature_set_id = ? AND layer = ? "
-                "QUALIFY row_number() OVER (PARTITION BY image_hash ORDER BY segment_id, row) = 1 "
-                "ORDER BY image_hash",
-                [feature_set_id, int(layer)],
+            return hit[1]
+        t = self.catalog.scan_activations(feature_set_id, int(layer))
+        if t.num_rows == 0:
+            self.feature_set(feature_set_id)  # unknown feature set: say which exist
+            have = self.layers(feature_set_id)
+            raise NotFoundError(
+                f"feature set {feature_set_id} has no rows for layer {layer}; stored layers: {have or 'none'}"
             )
-            if t.num_rows == 0:
-                have = self.layers(feature_set_id)
-                raise NotFoundError(
-                    f"feature set {feature_set_id} has no rows for layer {layer}; stored layers: {have or 'none'}"
-                )
-            t = t.combine_chunks()
-            self._manifest_cache[key] = (files, t)
-            while sum(v[1].num_rows for v in self._manifest_cache.values()) > MANIFEST_CACHE_ROWS:
-                self._manifest_cache.popitem(last=False)
-        if order == "storage":
-            return t.sort_by([("segment_id", "ascending"), ("row", "ascending")])
-        return t
+        scanned = t.column("image_hash")
+        scanned = scanned.combine_chunks() if scanned.num_chunks != 1 else scanned.chunk(0)
+        segment_ids, codes = encode_runs(t.column("segment_id"))
+        rows = t.column("row").to_numpy().astype(np.int64, copy=False)
+        order = first_per_key(string_keys(scanned), segment_ids, codes, rows)
+        stored = LayerRows(scanned, order, Where(segment_ids, codes[order], rows[order]))
+        self._manifest_cache[key] = (files, stored)
+        while sum(v[1].num_rows for v in self._manifest_cache.values()) > MANIFEST_CACHE_ROWS:
+            self._manifest_cache.popitem(last=False)
+        return stored
 
-    def _locate_cached(self, layer: int, hashes: pa.Array, stored: pa.Table) -> pa.Table:
+    def _locate_cached(self, layer: int, hashes: pa.Array, stored: LayerRows) -> Where:
         """``locate`` for one layer from its cached stored rows (a hash lookup in Arrow, no SQL)."""
         import pyarrow.compute as pc
 
-        index = pc.index_in(hashes, value_set=stored.column("image_hash"))
+        index = pc.index_in(hashes, value_set=stored.hashes())
         if index.null_count:
             raise NotFoundError(f"layer {layer}: requested images without rows")  # locate's query names them
-        picked = stored.select(["segment_id", "row"]).take(index)
-        return picked.add_column(0, "pos", pa.array(np.arange(len(hashes), dtype=np.int64)))
+        return stored.where.take(index.to_numpy())
 
     def locate(self, feature_set_id: str, layers: Sequence[int], image_hashes: Sequence[str]) -> dict[int, pa.Table]:
         """One manifest query for many layers: ``{layer: table(pos, segment_id, row)}`` sorted by pos."""
+        out = {}
+        for layer, where in self._locate(feature_set_id, layers, image_hashes).items():
+            out[layer] = pa.table(
+                {
+                    "pos": pa.array(np.arange(len(where), dtype=np.int64)),
+                    "segment_id": pa.array(where.segment_ids, pa.string()).take(pa.array(where.codes)),
+                    "row": pa.array(where.rows.astype(np.int32)),
+                }
+            )
+        return out
+
+    def _locate(self, feature_set_id: str, layers: Sequence[int], image_hashes: Sequence[str]) -> dict[int, Where]:
+        """:meth:`locate` as numpy (:class:`Where` per layer, in requested order)."""
         self.feature_set(feature_set_id)
         self.catalog.refresh(["activations"])
         layers = [int(x) for x in layers]
         hashes = image_hashes if isinstance(image_hashes, pa.Array) else pa.array(list(image_hashes), pa.string())
         files = self.catalog.fragment_files("activations")
-        out: dict[int, pa.Table] = {}
+        out: dict[int, Where] = {}
         for layer in layers:
             hit = self._manifest_cache.get((feature_set_id, layer))
             if hit is not None and hit[0] == files:
@@ -328,7 +366,7 @@ class FeatureStore:
             part = found.slice(int(start), int(end - start))
             if part.num_rows != len(hashes):
                 self._raise_missing(feature_set_id, layer, hashes, part)
-            out[layer] = part.drop_columns(["layer"])
+            out[layer] = Where.from_table(part)
         return out
 
     def _raise_missing(self, feature_set_id: str, layer: int, hashes: pa.Array, part: pa.Table) -> None:
@@ -345,28 +383,32 @@ class FeatureStore:
             f"{feature_set_id} layer {layer} (first: {absent[0]}); extract them first"
         )
 
-    def _gather(self, feature_set_id: str, layer: int, where: pa.Table) -> np.ndarray:
-        """Rows listed in ``where`` (segment_id, row; sorted by requested position) as one array."""
-        rows = where.column("row").to_numpy()
-        n = where.num_rows  # row i of ``where`` fills output row i
+    def _gather(self, feature_set_id: str, layer: int, where: Where) -> np.ndarray:
+        """Rows listed in ``where`` (in requested order) as one array."""
+        rows = where.rows
+        n = len(where)  # row i of ``where`` fills output row i
         if n == 0:
             fset = self.feature_set(feature_set_id)
             hidden = fset.hidden_sizes[layer] if layer < len(fset.hidden_sizes) else 0
             return np.empty((0, hidden), dtype=np.float16 if fset.storage_dtype == "float16" else np.float32)
-        encoded = where.column("segment_id").combine_chunks().dictionary_encode()
-        segment_ids = [str(x) for x in encoded.dictionary.to_pylist()]
-        codes = encoded.indices.to_numpy()
+        codes = where.codes
+        used = np.flatnonzero(np.bincount(codes, minlength=len(where.segment_ids)))
+        segment_ids = [where.segment_ids[int(c)] for c in used]
         try:
             dtypes = {self.segments.output_dtype(sid, layer) for sid in segment_ids}
             hidden = {self.segments.layout(sid, layer).shape[1] for sid in segment_ids}
             if len(hidden) != 1:
                 raise CorruptDataError(f"segments disagree on the hidden size of layer {layer}: {sorted(hidden)}")
-            out = np.empty((n, hidden.pop()), dtype=np.float16 if dtypes == {np.dtype(np.float16)} else np.float32)
-            for code, segment_id in enumerate(segment_ids):
-                if len(segment_ids) == 1:
-                    self.segments.read_into(segment_id, layer, rows, out, None)
-                else:
-                    positions = np.flatnonzero(codes == code)
+            dtype = np.float16 if dtypes == {np.dtype(np.float16)} else np.float32
+            out = aligned_empty((n, hidden.pop()), dtype)
+            if len(segment_ids) == 1:
+                segment_id = segment_ids[0]
+                self.segments.read_into(segment_id, layer, rows, out, None)
+            else:
+                by_segment = np.argsort(codes, kind="stable")
+                bounds = np.flatnonzero(np.diff(codes[by_segment])) + 1
+                for positions in np.split(by_segment, bounds):
+                    segment_id = where.segment_ids[int(codes[positions[0]])]
                     self.segments.read_into(segment_id, layer, rows[positions], out, positions)
         except (CorruptDataError, FileNotFoundError, KeyError, ValueError, OSError) as e:
             bad = segment_id if "segment_id" in locals() else ", ".join(segment_ids[:3])
@@ -406,23 +448,15 @@ class FeatureStore:
         layers = list(dict.fromkeys(int(x) for x in layers))
         if not layers:
             raise InvalidInputError("read_layers: no layers requested")
-        where = self._where(feature_set_id, layers, image_hashes, sql)[1]
-        return {layer: self._gather(feature_set_id, layer, where[layer]) for layer in layers}
-
-    def _where(
-        self, feature_set_id: str, layers: list[int], image_hashes, sql, order: str = "image_hash"
-    ) -> tuple[pa.Array, dict[int, pa.Table]]:
-        """The requested hashes and, per layer, where their rows live (sorted by requested position)."""
         if image_hashes is None and sql is None:
-            self.feature_set(feature_set_id)
-            stored = self._stored_rows(feature_set_id, layers[0], order)
-            hashes = stored.column("image_hash").combine_chunks()
-            where = {layers[0]: stored.drop_columns(["image_hash"])}
+            stored = self._stored_rows(feature_set_id, layers[0])
+            where = {layers[0]: stored.where}
             if len(layers) > 1:
-                where.update(self.locate(feature_set_id, layers[1:], hashes))
-            return hashes, where
-        hashes = self._resolve_hashes(feature_set_id, layers[0], image_hashes, sql)
-        return hashes, self.locate(feature_set_id, layers, hashes)
+                where.update(self._locate(feature_set_id, layers[1:], stored.hashes()))
+        else:
+            hashes = self._resolve_hashes(feature_set_id, layers[0], image_hashes, sql)
+            where = self._locate(feature_set_id, layers, hashes)
+        return {layer: self._gather(feature_set_id, layer, where[layer]) for layer in layers}
 
     def iter_batches(
         self,
@@ -440,10 +474,17 @@ class FeatureStore:
         """
         if batch_rows < 1:
             raise InvalidInputError(f"batch_rows must be at least 1, got {batch_rows}")
-        hashes, where_by_layer = self._where(feature_set_id, [int(layer)], image_hashes, sql, order="storage")
-        where = where_by_layer[int(layer)]
+        layer = int(layer)
+        if image_hashes is None and sql is None:
+            stored = self._stored_rows(feature_set_id, layer)
+            by_storage = stored.storage_order()
+            hashes = stored.hashes().take(pa.array(by_storage))
+            where = stored.where.take(by_storage)
+        else:
+            hashes = self._resolve_hashes(feature_set_id, layer, image_hashes, sql)
+            where = self._locate(feature_set_id, [layer], hashes)[layer]
         for start in range(0, len(hashes), batch_rows):
-            part = where.slice(start, batch_rows)
+            part = where.take(slice(start, start + batch_rows))
             yield hashes.slice(start, batch_rows).to_pylist(), self._gather(feature_set_id, layer, part)
 
     # ------------------------------------------------------------------ blobs
