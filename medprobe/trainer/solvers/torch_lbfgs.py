@@ -92,6 +92,7 @@ class _Blocks:
     """Probes on a (blocks, slots) grid; dead slots have zero row weights and converge at once."""
 
     X: torch.Tensor  # (B, n, D) design matrices
+    T: torch.Tensor  # (B or 1, n, K) targets of the design rows
     mu: torch.Tensor | None  # (B, Q, D) per-probe means folded into the weights (full blocks), else None
     sc: torch.Tensor | None  # (B, Q, D)
     w: torch.Tensor  # (B, n, Q, Kw) row weights / row-set size (0 outside the probe's rows)
@@ -102,14 +103,15 @@ class _Blocks:
         def sel(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.index_select(0, keep)
 
-        return _Blocks(sel(self.X), sel(self.mu), sel(self.sc), sel(self.w), sel(self.lam), sel(self.live))
+        T = self.T if self.T.shape[0] == 1 else sel(self.T)
+        return _Blocks(sel(self.X), T, sel(self.mu), sel(self.sc), sel(self.w), sel(self.lam), sel(self.live))
 
 
-def _evaluate(blk: _Blocks, T: torch.Tensor, kind: ProbeKind, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _evaluate(blk: _Blocks, kind: ProbeKind, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Objective values (B, Q) and gradients (B, Q, K*D+K) of every probe on the grid at ``theta``."""
     B, Q, _ = theta.shape
     n, D = blk.X.shape[1], blk.X.shape[2]
-    K = T.shape[1]
+    K = blk.T.shape[2]
     W = theta[..., : K * D].reshape(B, Q, K, D)
     c = theta[..., K * D :]
     if blk.mu is not None:
@@ -118,7 +120,7 @@ def _evaluate(blk: _Blocks, T: torch.Tensor, kind: ProbeKind, theta: torch.Tenso
     else:
         V, off = W, c
     Z = torch.bmm(blk.X, V.reshape(B, Q * K, D).transpose(1, 2)).view(B, n, Q, K) + off[:, None]
-    Tb = T.view(1, n, 1, K)
+    Tb = blk.T[:, :, None, :]
     if kind == "multiclass":
         lse = torch.logsumexp(Z, dim=3, keepdim=True)
         data = (((lse - Z) * Tb).sum(3) * blk.w[..., 0]).sum(1)  # rows of T are one-hot
@@ -154,7 +156,6 @@ def _two_loop(
 
 def lbfgs_blocks(
     blocks: _Blocks,
-    T: torch.Tensor,
     kind: ProbeKind,
     *,
     tol: float,
@@ -165,7 +166,7 @@ def lbfgs_blocks(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Minimise every probe on the grid from zero; returns (theta, n_iter, converged, max|grad|), each (B, Q, ...)."""
     B, Q = blocks.lam.shape
-    K, D = T.shape[1], blocks.X.shape[2]
+    K, D = blocks.T.shape[2], blocks.X.shape[2]
     Dp, m, dtype, dev = K * D + K, history, blocks.X.dtype, blocks.X.device
     eps = torch.finfo(dtype).eps
     c1, ftol, patience = 1e-4, 10 * eps, 10
@@ -177,7 +178,7 @@ def lbfgs_blocks(
     ids = torch.arange(B, device=dev)  # working blocks -> original block index
     blk = blocks
     theta = torch.zeros(B, Q, Dp, dtype=dtype, device=dev)
-    f, g = _evaluate(blk, T, kind, theta)
+    f, g = _evaluate(blk, kind, theta)
     S = torch.zeros(B, Q, m, Dp, dtype=dtype, device=dev)
     Yh = torch.zeros_like(S)
     rho = torch.zeros(B, Q, m, dtype=dtype, device=dev)
@@ -226,7 +227,7 @@ def lbfgs_blocks(
         pending = live.clone()
         for _ in range(max_ls):
             th_try = theta + t[..., None] * d
-            f_try, g_try = _evaluate(blk, T, kind, th_try)
+            f_try, g_try = _evaluate(blk, kind, th_try)
             armijo = f_try <= f + c1 * t * gtd
             dtd = (g_try * d).sum(2)
             approx_wolfe = (f_try <= f + 8 * eps * f.abs()) & (dtd >= 0.9 * gtd) & (dtd <= -gtd)
@@ -363,7 +364,9 @@ def fit_torch_batched(
     if row_span:
         cols_of = [np.flatnonzero(rs_of == f) for f in range(F)]
         Q = max(len(c) for c in cols_of)
-        X = torch.zeros(G * F, n, r_max, dtype=dtype, device=dev)
+        n_b = int(counts.max())  # a block holds only its row set's rows (zero-weight padding below)
+        rows_of = [torch.as_tensor(np.asarray(r), device=dev) for r in batch.row_sets]
+        X = torch.zeros(G * F, n_b, r_max, dtype=dtype, device=dev)
         bases: dict[tuple[int, int], torch.Tensor] = {}
         for gi, layer in enumerate(layers):
             X64, mean, std = _standardise_layer(layer, dev)
@@ -371,13 +374,12 @@ def fit_torch_batched(
             raw_mean[gi, :, : widths[gi]] = mean + std * mu
             raw_scale[gi, :, : widths[gi]] = std * sc
             for f in range(F):
-                Z = (X64 - mu[f]) / sc[f]
+                Z = (X64[rows_of[f]] - mu[f]) / sc[f]
                 if span[gi][f] < widths[gi]:
-                    rows = torch.as_tensor(np.asarray(batch.row_sets[f]), device=dev)
-                    basis = torch.linalg.qr(Z[rows].T).Q  # (d, n_f): orthonormal, spans the training rows
+                    basis = torch.linalg.qr(Z.T).Q  # (d, n_f): orthonormal, spans the training rows
                     bases[(gi, f)] = basis
                     Z = Z @ basis
-                X[gi * F + f, :, : Z.shape[1]] = Z.to(dtype)
+                X[gi * F + f, : Z.shape[0], : Z.shape[1]] = Z.to(dtype)
             del X64
         slot_col = np.full((F, Q), -1)  # the column m of each (row set, slot); -1 = dead slot
         for f in range(F):
@@ -385,11 +387,16 @@ def fit_torch_batched(
         alive = slot_col >= 0
         lam_np = np.where(alive[None], 1.0 / (C[:, np.maximum(slot_col, 0)] * counts[None, :, None]), 1.0)
         live = torch.as_tensor(np.tile(alive, (G, 1)), device=dev)  # block g * F + f
-        w = (rw[:, :, None, :] * torch.as_tensor(alive, dtype=dtype, device=dev)[:, None, :, None]).repeat(G, 1, 1, 1)
+        rw_b = torch.zeros(F, n_b, rw.shape[2], dtype=dtype, device=dev)
+        T_b = torch.zeros(F, n_b, K, dtype=dtype, device=dev)
+        for f in range(F):
+            rw_b[f, : len(rows_of[f])] = rw[f, rows_of[f]]
+            T_b[f, : len(rows_of[f])] = T[rows_of[f]]
+        w = (rw_b[:, :, None, :] * torch.as_tensor(alive, dtype=dtype, device=dev)[:, None, :, None]).repeat(G, 1, 1, 1)
         lam = torch.as_tensor(lam_np.reshape(G * F, Q), dtype=dtype, device=dev)
-        blocks = _Blocks(X, None, None, w, lam, live)
+        blocks = _Blocks(X, T_b.repeat(G, 1, 1), None, None, w, lam, live)
         theta, it, cv, gm = lbfgs_blocks(
-            blocks, T, kind, tol=tol, max_iter=max_iter, history=history, on_iteration=on_iteration
+            blocks, kind, tol=tol, max_iter=max_iter, history=history, on_iteration=on_iteration
         )
         del blocks, X, w
         for gi in range(G):
@@ -422,10 +429,10 @@ def fit_torch_batched(
             w = rw[rs_t].permute(1, 0, 2)[None].expand(Gw, n, M, rw.shape[2])
             lam = torch.as_tensor(1.0 / (C[members] * counts[rs_of][None, :]), dtype=dtype, device=dev)
             live = torch.ones(Gw, M, dtype=torch.bool, device=dev)
-            blocks = _Blocks(torch.stack(xs), torch.stack(mus), torch.stack(scs), w, lam, live)
+            blocks = _Blocks(torch.stack(xs), T[None], torch.stack(mus), torch.stack(scs), w, lam, live)
             del xs
             theta, it, cv, gm = lbfgs_blocks(
-                blocks, T, kind, tol=tol, max_iter=max_iter, history=history, on_iteration=on_iteration
+                blocks, kind, tol=tol, max_iter=max_iter, history=history, on_iteration=on_iteration
             )
             del blocks
             idx = torch.as_tensor(members, device=dev)
