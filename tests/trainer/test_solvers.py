@@ -97,9 +97,11 @@ def test_fewer_rows_than_features_matches_sklearn(kind):
     np.testing.assert_allclose(ours.coef_, ref.coef_, atol=2e-3)
 
 
-def test_layers_of_different_widths_in_one_batch_equal_independent_fits():
-    """Narrow (full) and wide (row-span) layers share one solve; folds smaller than the wide layer's width."""
-    X, y = _data("multiclass", n=120, d=150, seed=4)
+@pytest.mark.parametrize("wide", [150, 60])
+def test_layers_of_different_widths_in_one_batch_equal_independent_fits(wide):
+    """Layers of two widths in one call. wide=150: more features than any fold's rows, so the solve runs in
+    row-span blocks; wide=60: fewer, so each width is one full-feature solve."""
+    X, y = _data("multiclass", n=120, d=wide, seed=4)
     layers = [X[:, :12], X]
     folds = [np.flatnonzero(np.arange(120) % 4 != k) for k in range(4)] + [np.arange(120)]
     Cs = [0.01, 1.0]
@@ -111,7 +113,7 @@ def test_layers_of_different_widths_in_one_batch_equal_independent_fits():
         for m in range(10):
             probe = together[g][m]
             assert probe.coef.shape == (K, Xg.shape[1]) and probe.mean.shape == (Xg.shape[1],)
-            assert probe.extra["row_span"] == (g == 1)  # the wide layer: 90 or 120 rows < 150 features
+            assert probe.extra["row_span"] == (g == 1 and wide > 120)  # 90 or 120 training rows
             alone = solver.fit_many([Xg], y, "multiclass", K, ProbeBatch.single(Cs[m % 2], folds[m // 2]))[0][0]
             ref = LogisticProbe(Cs[m % 2], solver="sklearn", tol=1e-10, max_iter=10000).fit(
                 Xg[folds[m // 2]], y[folds[m // 2]]

@@ -345,7 +345,6 @@ def fit_torch_batched(
     row_span = r_max < d_max and G * F * n * r_max * itemsize <= max(MAX_ROW_SPAN_BYTES, G * n * d_max * itemsize)
     if dtype is None:
         dtype = default_dtype(dev, (G * F * r_max if row_span else G * d_max) * n)
-        itemsize = torch.finfo(dtype).bits // 8
     if tol is None:
         tol = default_tol(dtype)
     rw = torch.as_tensor(rw_np, dtype=dtype, device=dev)
@@ -415,26 +414,26 @@ def fit_torch_batched(
             by_width.setdefault(width, []).append(gi)
         rs_t = torch.as_tensor(rs_of, device=dev)
         for width, members in by_width.items():
-            xs, mus, scs = [], [], []
-            for gi in members:
+            Gw = len(members)
+            X = torch.empty(Gw, n, width, dtype=dtype, device=dev)  # filled in place: one copy of the data
+            mus, scs = [], []
+            for i, gi in enumerate(members):
                 X64, mean, std = _standardise_layer(layers[gi], dev)
                 mu, sc = _set_statistics(X64, M64)
                 raw_mean[gi, :, :width] = mean + std * mu
                 raw_scale[gi, :, :width] = std * sc
-                xs.append(X64.to(dtype))
+                X[i] = X64
                 mus.append(mu[rs_t].to(dtype))
                 scs.append(sc[rs_t].to(dtype))
                 del X64
-            Gw = len(members)
             w = rw[rs_t].permute(1, 0, 2)[None].expand(Gw, n, M, rw.shape[2])
             lam = torch.as_tensor(1.0 / (C[members] * counts[rs_of][None, :]), dtype=dtype, device=dev)
             live = torch.ones(Gw, M, dtype=torch.bool, device=dev)
-            blocks = _Blocks(torch.stack(xs), T[None], torch.stack(mus), torch.stack(scs), w, lam, live)
-            del xs
+            blocks = _Blocks(X, T[None], torch.stack(mus), torch.stack(scs), w, lam, live)
             theta, it, cv, gm = lbfgs_blocks(
                 blocks, kind, tol=tol, max_iter=max_iter, history=history, on_iteration=on_iteration
             )
-            del blocks
+            del blocks, X
             idx = torch.as_tensor(members, device=dev)
             coef[idx, :, :, :width] = theta[..., : K * width].reshape(Gw, M, K, width)
             intercept[idx] = theta[..., K * width :]
