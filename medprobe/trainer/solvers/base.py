@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+from scipy.special import expit
 
 from medprobe.errors import InvalidInputError
 
@@ -70,7 +71,7 @@ def logits_to_proba(logits: np.ndarray, kind: ProbeKind) -> np.ndarray:
         z = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
-    p = 1.0 / (1.0 + np.exp(-logits))
+    p = expit(logits)  # no overflow warning for large negative logits
     if kind == "binary":
         return np.column_stack([1.0 - p[:, 0], p[:, 0]])
     return p
