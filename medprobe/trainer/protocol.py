@@ -42,6 +42,23 @@ def stratify_key(y: np.ndarray, kind: ProbeKind) -> np.ndarray:
     return key
 
 
+def cv_strata(strata: np.ndarray, kind: ProbeKind, n_splits: int) -> np.ndarray:
+    """Strata for K-fold CV. Multilabel strata (rarest finding per row) smaller than ``n_splits`` are pooled
+    (into the largest stratum when the pool is still too small): a finding that is seldom a row's *rarest*
+    can have many positives, so its stratum's size must not limit the number of folds."""
+    strata = np.asarray(strata)
+    if kind != "multilabel":
+        return strata
+    values, counts = np.unique(strata, return_counts=True)
+    small = values[counts < n_splits]
+    if small.size == 0:
+        return strata
+    out = strata.copy()
+    pooled = np.isin(out, small)
+    out[pooled] = values.min() - 1 if pooled.sum() >= n_splits else values[counts.argmax()]
+    return out
+
+
 def cv_splits(
     strata: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
@@ -181,7 +198,7 @@ def fit_protocol(
         _check_classes(y[rows], kind, class_names, f"the training rows (fraction {st.fraction}, seed {st.seed})")
         if selection == "cv":
             g = None if groups is None else np.asarray(groups)[rows]
-            splits, label = cv_splits(strata[rows], g, n_splits, st.seed)
+            splits, label = cv_splits(cv_strata(strata[rows], kind, n_splits), g, n_splits, st.seed)
             folds = [(rows[tr], rows[va]) for tr, va in splits]
         elif selection == "val":
             if is_val is None or not np.any(is_val[rows]) or np.all(is_val[rows]):

@@ -105,3 +105,15 @@ def test_val_selection_needs_val_rows():
         fit_protocol(
             [X], y, "binary", ["a", "b"], get_solver("torch", device="cpu"), is_val=np.zeros(40, bool), selection="val"
         )
+
+
+def test_multilabel_cv_folds_not_limited_by_a_tiny_rarest_finding_stratum():
+    # every finding has >= 10 positives, but only one row has "a" as its rarest finding (stratum of size 1);
+    # the folds must still be 5-fold CV and every fold's training rows must hold every finding
+    rng = np.random.default_rng(0)
+    rows = [[1, 0, 0]] + [[1, 0, 1]] * 10 + [[1, 1, 0]] * 10 + [[0, 1, 0]] * 2 + [[0, 0, 0]] * 17
+    y = np.array(rows)
+    X = rng.normal(size=(len(y), 4)).astype(np.float32) + y @ rng.normal(size=(3, 4)).astype(np.float32)
+    results = fit_protocol([X], y, "multilabel", ["a", "b", "c"], get_solver("torch", device="cpu"), c_grid=(0.1, 1.0))
+    assert results[0].selection == "cv:5:rows"
+    assert all(len(v) == 5 for v in results[0].cv_scores.values())
