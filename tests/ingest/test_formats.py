@@ -363,3 +363,24 @@ def test_knee_class_folders_of_the_oai_set(tmp_path, store) -> None:
     members = _memberships(store, "knee")
     assert {m["group_id"] for m in members if m["source_path"].startswith("train/0/")} == {"9000000", "9000001"}
     assert _task(store, "knee", "kl_grade")["type"] == "ordinal"
+
+
+def test_padchest_exclude_marker_and_empty_label_lists_are_not_findings(tmp_path) -> None:
+    header = ["ImageID", "ImageDir", "PatientID", "Labels"]
+    cells = {
+        "a.png": "['normal']",
+        "b.png": "['exclude']",
+        "c.png": "['']",
+        "d.png": "[' pleural effusion', 'cardiomegaly', 'exclude']",
+        "e.png": "['pleural effusion', ' cardiomegaly']",
+    }
+    rows = []
+    for i, (image, labels) in enumerate(cells.items()):
+        write_png(tmp_path / "0" / image, seed=i)
+        rows.append([image, 0, f"P{i}", '"' + labels + '"'])
+    _write_csv(tmp_path / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv", header, rows)
+    parsed = parse_source("padchest", tmp_path, FormatOptions())
+    found = {Path(r.source_path).name: r.labels["findings"] for r in parsed.records}
+    assert found == {"a.png": ["normal"], "e.png": ["cardiomegaly", "pleural effusion"]}
+    assert sum(parsed.excluded.values()) == 2
+    assert [p.reason for p in parsed.problems] == ["bad_row"]

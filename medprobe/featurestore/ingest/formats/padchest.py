@@ -24,6 +24,8 @@ from medprobe.featurestore.ingest.records import (
 
 TASK = "findings"
 CSV_NAMES = ("PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv",)
+EXCLUDE = "exclude"
+EXCLUDED_REASON = "padchest: Labels marked 'exclude'"
 
 
 def _manifest(root: Path) -> Path:
@@ -46,6 +48,7 @@ def parse(source: Path, options: FormatOptions) -> ParsedSource:
     require_columns(manifest, header, ["ImageID", "PatientID", "Labels"])
     by_stem: dict[str, Path] | None = None
     records, problems = [], []
+    excluded: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         image = row["ImageID"].strip()
         where = f"{manifest}:{line}"
@@ -59,6 +62,12 @@ def parse(source: Path, options: FormatOptions) -> ParsedSource:
             problems.append(Problem(where, "bad_row", f"{image}: {e}"))
             continue
         findings = sorted({f.lower() for f in findings})
+        if not findings:  # "['']": the report was not labelled (normal studies carry 'normal')
+            problems.append(Problem(where, "bad_row", f"{image}: Labels {raw!r} holds no finding"))
+            continue
+        if EXCLUDE in findings:  # PadChest's marker for studies left out of labelling, not a finding
+            excluded[EXCLUDED_REASON] = excluded.get(EXCLUDED_REASON, 0) + 1
+            continue
         file = root / (row.get("ImageDir") or "").strip() / image
         if not file.is_file():
             if by_stem is None:
@@ -78,4 +87,5 @@ def parse(source: Path, options: FormatOptions) -> ParsedSource:
         group_name="PatientID",
         stratify_task=TASK,
         problems=problems,
+        excluded=excluded,
     )
