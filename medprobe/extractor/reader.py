@@ -216,15 +216,41 @@ class ImageRefs(Dataset):
         return Decoded(image_hash, uri, image, None, t1 - t0, time.perf_counter() - t1)
 
 
+def _preprocess_isolating_failures(
+    ok: list[Decoded], preprocessor: Preprocessor, prompt: str | None
+) -> tuple[list[Decoded], dict[str, torch.Tensor], list[Failure]]:
+    """Preprocess the batch; if the processor rejects it, find the images it rejects one by one.
+
+    A processor error on one image (e.g. an aspect ratio a VLM processor refuses) becomes a ``preprocess``
+    failure for that image and the rest of the batch goes on. If every image passes alone, the batch error
+    is not about an image and is raised as it is.
+    """
+    try:
+        return ok, preprocessor([d.image for d in ok], prompt), []
+    except Exception as batch_error:  # processors raise ValueError, RuntimeError, IndexError, ...
+        good: list[Decoded] = []
+        failed: list[Failure] = []
+        for d in ok:
+            try:
+                preprocessor([d.image], prompt)
+            except Exception as e:  # the processor's own message is kept in the failures row
+                failed.append(Failure(d.image_hash, d.uri, "preprocess", f"{type(e).__name__}: {e}"))
+            else:
+                good.append(d)
+        if not failed:
+            raise batch_error
+        return good, (preprocessor([d.image for d in good], prompt) if good else {}), failed
+
+
 def collate(items: list[Decoded], *, preprocessor: Preprocessor, prompt: str | None) -> LoadedBatch:
     """The DataLoader's collate step (runs in the workers): preprocess the images that decoded."""
     ok = [d for d in items if d.failure is None]
     t0 = time.perf_counter()
-    inputs = preprocessor([d.image for d in ok], prompt) if ok else {}
+    ok, inputs, rejected = _preprocess_isolating_failures(ok, preprocessor, prompt) if ok else ([], {}, [])
     return LoadedBatch(
         image_hashes=[d.image_hash for d in ok],
         inputs=inputs,
-        failures=[d.failure for d in items if d.failure is not None],
+        failures=[d.failure for d in items if d.failure is not None] + rejected,
         n_refs=len(items),
         read_s=sum(d.read_s for d in items),
         decode_s=sum(d.decode_s for d in items),
