@@ -230,7 +230,8 @@ def test_isic2018_one_hot_ground_truth_and_lesion_groups(tmp_path, store) -> Non
     assert _task(store, "isic18", "diagnosis")["class_names"] == classes
 
 
-def test_isic2020_train_csv_groups_by_patient(tmp_path, store) -> None:
+@pytest.mark.parametrize("manifest", ["train.csv", "ISIC_2020_Training_GroundTruth_v2.csv"])
+def test_isic2020_train_csv_groups_by_patient(tmp_path, store, manifest) -> None:
     header = ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
               "benign_malignant", "target"]  # fmt: skip
     rows = []
@@ -239,7 +240,7 @@ def test_isic2020_train_csv_groups_by_patient(tmp_path, store) -> None:
         write_jpeg(tmp_path / "jpeg" / "train" / f"{name}.jpg", seed=i)
         target = int(i % 5 == 0)
         rows.append([name, f"IP_{i // 4:07d}", "male", 45, "torso", "unknown", ["benign", "malignant"][target], target])
-    _write_csv(tmp_path / "train.csv", header, rows)
+    _write_csv(tmp_path / manifest, header, rows)
     summary = ingest(store, tmp_path, "isic2020", "isic20", FormatOptions(), QUIET)
     assert summary.split_policy.startswith("generated:test=0.2,val=0.1,seed=0,group=patient_id")
     members = _memberships(store, "isic20")

@@ -28,6 +28,10 @@ ISIC2018_LESIONS = ("HAM10000_metadata.csv", "HAM10000_metadata", "ISIC2018_Task
 JPEG_FIRST = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".dcm")
 
 
+# the Kaggle copy ships train.csv; the ISIC archive ships the ground truth CSV (v2 corrects some duplicates)
+ISIC2020_MANIFESTS = ("train.csv", "ISIC_2020_Training_GroundTruth_v2.csv", "ISIC_2020_Training_GroundTruth.csv")
+
+
 def _find_all(root: Path, name: str) -> list[Path]:
     return sorted(p for p in root.rglob(name) if p.is_file())
 
@@ -97,9 +101,9 @@ def parse_isic2020(source: Path, options: FormatOptions) -> ParsedSource:
     """ISIC 2020: ``train.csv`` (``image_name``, ``patient_id``, ``target`` 0/1) and the JPEG (or DICOM) images."""
     root = require_dir(source, "the ISIC 2020 source")
     task = options.task or "melanoma"
-    candidates = _find_all(root, "train.csv") + _find_all(root, "ISIC_2020_Training_GroundTruth.csv")
+    candidates = [p for name in ISIC2020_MANIFESTS for p in _find_all(root, name)]
     if not candidates:
-        raise InvalidInputError(f"{root}: no train.csv (or ISIC_2020_Training_GroundTruth.csv) found")
+        raise InvalidInputError(f"{root}: none of {', '.join(ISIC2020_MANIFESTS)} found")
     manifest = candidates[0]
     header, rows = read_csv_rows(manifest)
     require_columns(manifest, header, ["image_name", "patient_id", "target"])
