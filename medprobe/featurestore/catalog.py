@@ -85,27 +85,30 @@ class Catalog:
                 self.con.execute(f"CREATE OR REPLACE VIEW {_ident(name)} AS {_dedup_view_sql(spec)}")
                 self._files[name] = files
 
-    def scan_activations(self, feature_set_id: str, layer: int) -> pa.Table:
-        """Raw manifest rows ``(image_hash, segment_id, row)`` of one feature set and layer, in no set order.
+    def scan_activations(self, feature_set_id: str, layers: Sequence[int]) -> pa.Table:
+        """Raw manifest rows ``(layer, image_hash, segment_id, row)`` of a feature set and ``layers``, in no set order.
 
         Reads the current fragment files directly: every activations fragment has the one schema, and without the
         view's ``union_by_name`` DuckDB pushes the filter and the projection into the Parquet scan (half the time).
         """
+        layers = sorted({int(x) for x in layers})
         with self.lock:
             files = self._files["activations"]
-            if not files:
+            if not files or not layers:
                 return pa.table(
                     {
+                        "layer": pa.array([], pa.int32()),
                         "image_hash": pa.array([], pa.string()),
                         "segment_id": pa.array([], pa.string()),
                         "row": pa.array([], pa.int32()),
                     }
                 )
             urls = ", ".join(_quote(self.loc.full_url(f)) for f in files)
+            in_layers = ", ".join(str(x) for x in layers)  # integers: safe to inline, lets DuckDB prune
             return self._run(
-                f"SELECT image_hash, segment_id, row FROM read_parquet([{urls}]) "
-                "WHERE feature_set_id = ? AND layer = ?",
-                [feature_set_id, int(layer)],
+                f"SELECT layer, image_hash, segment_id, row FROM read_parquet([{urls}]) "
+                f"WHERE feature_set_id = ? AND layer IN ({in_layers})",
+                [feature_set_id],
             )
 
     def query(self, sql: str, params: Sequence[Any] | dict | None = None) -> pa.Table:

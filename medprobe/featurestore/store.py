@@ -18,7 +18,13 @@ from medprobe.featurestore.catalog import Catalog
 from medprobe.featurestore.fragments import append_fragment, to_arrow
 from medprobe.featurestore.fsio import Location, create_exclusive, resolve, write_atomic
 from medprobe.featurestore.ids import new_id
-from medprobe.featurestore.rowindex import Where, encode_runs, first_per_key, string_keys
+from medprobe.featurestore.rowindex import (
+    SortedKeys,
+    Where,
+    encode_runs,
+    first_per_key,
+    string_keys,
+)
 from medprobe.featurestore.segments import STORAGE_DTYPES, SegmentReader, aligned_empty, write_segment
 from medprobe.schemas import FORMAT_VERSION, TABLES, FeatureSetRow, Row, utcnow
 
@@ -48,6 +54,7 @@ class LayerRows:
     order: np.ndarray  # indices into ``scanned`` of the kept rows, in image_hash order
     where: Where  # where each kept row lives, in image_hash order
     _hashes: pa.Array | None = field(default=None, repr=False)
+    _index: SortedKeys | None = field(default=None, repr=False)
 
     @property
     def num_rows(self) -> int:
@@ -58,6 +65,26 @@ class LayerRows:
         if self._hashes is None:
             self._hashes = self.scanned.take(pa.array(self.order))
         return self._hashes
+
+    def lookup(self, hashes: pa.Array) -> np.ndarray:
+        """Position (in image_hash order) of each of ``hashes``; -1 where this layer has no row for it.
+
+        Hex hashes (all of one length) are found by binary search in the sorted fixed-width keys, built on first
+        use and kept with these rows; other strings by an Arrow hash lookup.
+        """
+        if self._index is None:
+            keys = string_keys(self.scanned)
+            # not fixed-width: no index, the Arrow lookup below
+            self._index = SortedKeys(keys[self.order] if keys.dtype.kind == "S" else np.empty(0, "S1"))
+        index = self._index
+        if not hashes.null_count and len(hashes) and index.keys.size == self.num_rows:
+            wanted = string_keys(hashes)
+            if wanted.dtype == index.keys.dtype:
+                return index.find(wanted)
+        import pyarrow.compute as pc
+
+        index = pc.index_in(hashes, value_set=self.hashes())
+        return index.fill_null(-1).to_numpy().astype(np.int64, copy=False)
 
     def storage_order(self) -> np.ndarray:
         """Positions (in image_hash order) sorted by (segment_id, row): each chunk is then read about once."""
@@ -272,45 +299,47 @@ class FeatureStore:
         return self._stored_rows(feature_set_id, layer).hashes()
 
     def _stored_rows(self, feature_set_id: str, layer: int) -> LayerRows:
-        """Every stored image of one layer with where it lives (one manifest scan, then cached).
+        """Every stored image of one layer with where it lives (see :meth:`_stored_rows_many`)."""
+        return self._stored_rows_many(feature_set_id, [layer])[int(layer)]
 
-        The scan only filters and projects (DuckDB pushes both into the Parquet reader); deduplication and the
-        image_hash order are done on numpy views of the Arrow buffers. Fragments are immutable, so the answer is
-        cached until the activations fragment list changes.
+    def _stored_rows_many(self, feature_set_id: str, layers: Sequence[int]) -> dict[int, LayerRows]:
+        """Every stored image of each of ``layers`` with where it lives (one manifest scan for all, then cached).
+
+        The scan only filters and projects (DuckDB pushes both into the Parquet reader); deduplication (smallest
+        segment_id, then row, as the ``activations`` view) and the image_hash order are done on numpy views of the
+        Arrow buffers. Fragments are immutable, so the answer is cached until the activations fragment list changes.
         """
         self.catalog.refresh(["activations"])
         files = self.catalog.fragment_files("activations")
-        key = (feature_set_id, int(layer))
-        hit = self._manifest_cache.get(key)
-        if hit is not None and hit[0] == files:
-            self._manifest_cache.move_to_end(key)
-            return hit[1]
-        t = self.catalog.scan_activations(feature_set_id, int(layer))
-        if t.num_rows == 0:
-            self.feature_set(feature_set_id)  # unknown feature set: say which exist
-            have = self.layers(feature_set_id)
-            raise NotFoundError(
-                f"feature set {feature_set_id} has no rows for layer {layer}; stored layers: {have or 'none'}"
-            )
-        scanned = t.column("image_hash")
-        scanned = scanned.combine_chunks() if scanned.num_chunks != 1 else scanned.chunk(0)
-        segment_ids, codes = encode_runs(t.column("segment_id"))
-        rows = t.column("row").to_numpy().astype(np.int64, copy=False)
-        order = first_per_key(string_keys(scanned), segment_ids, codes, rows)
-        stored = LayerRows(scanned, order, Where(segment_ids, codes[order], rows[order]))
-        self._manifest_cache[key] = (files, stored)
+        out: dict[int, LayerRows] = {}
+        for layer in dict.fromkeys(int(x) for x in layers):
+            hit = self._manifest_cache.get((feature_set_id, layer))
+            if hit is not None and hit[0] == files:
+                self._manifest_cache.move_to_end((feature_set_id, layer))
+                out[layer] = hit[1]
+        missing = [int(x) for x in dict.fromkeys(layers) if int(x) not in out]
+        if not missing:
+            return out
+        t = self.catalog.scan_activations(feature_set_id, missing)
+        layer_col = t.column("layer").to_numpy() if len(missing) > 1 else None
+        for layer in missing:
+            part = t if layer_col is None else t.filter(pa.array(layer_col == layer))
+            if part.num_rows == 0:
+                self.feature_set(feature_set_id)  # unknown feature set: say which exist
+                have = self.layers(feature_set_id)
+                raise NotFoundError(
+                    f"feature set {feature_set_id} has no rows for layer {layer}; stored layers: {have or 'none'}"
+                )
+            scanned = part.column("image_hash")
+            scanned = scanned.combine_chunks() if scanned.num_chunks != 1 else scanned.chunk(0)
+            segment_ids, codes = encode_runs(part.column("segment_id"))
+            rows = part.column("row").to_numpy().astype(np.int64, copy=False)
+            order = first_per_key(string_keys(scanned), segment_ids, codes, rows)
+            out[layer] = LayerRows(scanned, order, Where(segment_ids, codes[order], rows[order]))
+            self._manifest_cache[(feature_set_id, layer)] = (files, out[layer])
         while sum(v[1].num_rows for v in self._manifest_cache.values()) > MANIFEST_CACHE_ROWS:
             self._manifest_cache.popitem(last=False)
-        return stored
-
-    def _locate_cached(self, layer: int, hashes: pa.Array, stored: LayerRows) -> Where:
-        """``locate`` for one layer from its cached stored rows (a hash lookup in Arrow, no SQL)."""
-        import pyarrow.compute as pc
-
-        index = pc.index_in(hashes, value_set=stored.hashes())
-        if index.null_count:
-            raise NotFoundError(f"layer {layer}: requested images without rows")  # locate's query names them
-        return stored.where.take(index.to_numpy())
+        return out
 
     def locate(self, feature_set_id: str, layers: Sequence[int], image_hashes: Sequence[str]) -> dict[int, pa.Table]:
         """One manifest query for many layers: ``{layer: table(pos, segment_id, row)}`` sorted by pos."""
@@ -326,62 +355,26 @@ class FeatureStore:
         return out
 
     def _locate(self, feature_set_id: str, layers: Sequence[int], image_hashes: Sequence[str]) -> dict[int, Where]:
-        """:meth:`locate` as numpy (:class:`Where` per layer, in requested order)."""
+        """:meth:`locate` as numpy (:class:`Where` per layer, in requested order).
+
+        Each layer's stored rows (one manifest scan for all layers not cached) are searched for the requested
+        hashes; duplicates among the stored rows were resolved when they were loaded.
+        """
         self.feature_set(feature_set_id)
-        self.catalog.refresh(["activations"])
-        layers = [int(x) for x in layers]
+        layers = [int(x) for x in dict.fromkeys(layers)]
         hashes = image_hashes if isinstance(image_hashes, pa.Array) else pa.array(list(image_hashes), pa.string())
-        files = self.catalog.fragment_files("activations")
+        stored = self._stored_rows_many(feature_set_id, layers)
         out: dict[int, Where] = {}
         for layer in layers:
-            hit = self._manifest_cache.get((feature_set_id, layer))
-            if hit is not None and hit[0] == files:
-                try:
-                    out[layer] = self._locate_cached(layer, hashes, hit[1])
-                except NotFoundError:
-                    break  # let the query below name what is missing
-        layers = [x for x in layers if x not in out]
-        if not layers:
-            return out
-        req = pa.table({"pos": pa.array(np.arange(len(hashes), dtype=np.int64)), "image_hash": hashes})
-        name = f"_req_{new_id().replace('-', '_')}"
-        in_layers = ", ".join(str(x) for x in sorted(set(layers)))  # integers: safe to inline, lets DuckDB prune
-        self.catalog.register_temp(name, req)
-        try:
-            # join the raw manifest, then keep one row per (layer, requested position): the same choice as
-            # the deduplicated ``activations`` view (smallest segment_id, row), without deduplicating all of it
-            found = self.catalog.query(
-                f"SELECT a.layer, q.pos, a.segment_id, a.row FROM {name} q JOIN raw_activations a "
-                f"ON a.image_hash = q.image_hash WHERE a.feature_set_id = ? AND a.layer IN ({in_layers}) "
-                "QUALIFY row_number() OVER (PARTITION BY a.layer, q.pos ORDER BY a.segment_id, a.row) = 1 "
-                "ORDER BY a.layer, q.pos",
-                [feature_set_id],
-            )
-        finally:
-            self.catalog.unregister_temp(name)
-        layer_col = found.column("layer").to_numpy()
-        starts = np.searchsorted(layer_col, layers, side="left")
-        ends = np.searchsorted(layer_col, layers, side="right")
-        for layer, start, end in zip(layers, starts, ends, strict=True):
-            part = found.slice(int(start), int(end - start))
-            if part.num_rows != len(hashes):
-                self._raise_missing(feature_set_id, layer, hashes, part)
-            out[layer] = Where.from_table(part)
+            pos = stored[layer].lookup(hashes)
+            if pos.size and pos.min() < 0:
+                absent = np.flatnonzero(pos < 0)
+                raise NotFoundError(
+                    f"{absent.size} of {len(hashes)} requested images have no activations for feature set "
+                    f"{feature_set_id} layer {layer} (first: {hashes[int(absent[0])].as_py()}); extract them first"
+                )
+            out[layer] = stored[layer].where.take(pos)
         return out
-
-    def _raise_missing(self, feature_set_id: str, layer: int, hashes: pa.Array, part: pa.Table) -> None:
-        have = self.layers(feature_set_id)
-        if layer not in have:
-            raise NotFoundError(
-                f"feature set {feature_set_id} has no rows for layer {layer}; stored layers: {have or 'none'}"
-            )
-        got = np.zeros(len(hashes), dtype=bool)
-        got[part.column("pos").to_numpy()] = True
-        absent = [hashes[int(i)].as_py() for i in np.flatnonzero(~got)]
-        raise NotFoundError(
-            f"{len(absent)} of {len(hashes)} requested images have no activations for feature set "
-            f"{feature_set_id} layer {layer} (first: {absent[0]}); extract them first"
-        )
 
     def _gather(self, feature_set_id: str, layer: int, where: Where) -> np.ndarray:
         """Rows listed in ``where`` (in requested order) as one array."""
@@ -449,7 +442,7 @@ class FeatureStore:
         if not layers:
             raise InvalidInputError("read_layers: no layers requested")
         if image_hashes is None and sql is None:
-            stored = self._stored_rows(feature_set_id, layers[0])
+            stored = self._stored_rows_many(feature_set_id, layers)[layers[0]]
             where = {layers[0]: stored.where}
             if len(layers) > 1:
                 where.update(self._locate(feature_set_id, layers[1:], stored.hashes()))
