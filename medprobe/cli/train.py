@@ -28,6 +28,14 @@ SolverOpt = Annotated[str, typer.Option("--solver", help="torch | sklearn | cuml
 CGridOpt = Annotated[str, typer.Option("--c-grid", help="Comma-separated C values (log grid).")]
 SelectionOpt = Annotated[str, typer.Option("--selection", help="cv (grouped stratified K-fold) or val split.")]
 CvOpt = Annotated[int, typer.Option("--cv", help="Folds for --selection cv.")]
+TestSplitOpt = Annotated[
+    str,
+    typer.Option(
+        "--test-split",
+        help="The split scored once as the test set: test, or val for datasets that ship only train/val "
+        "(probes then fit and select C on train only; test rows are never trained on).",
+    ),
+]
 FractionOpt = Annotated[str, typer.Option("--train-fraction", help="Label efficiency: e.g. 0.01,0.1,0.5,1.")]
 SeedsOpt = Annotated[str, typer.Option("--seeds", help="Subsample seeds for fractions below 1, e.g. 0,1,2.")]
 ClassWeightOpt = Annotated[str, typer.Option("--class-weight", help="none | balanced.")]
@@ -68,6 +76,7 @@ def _spec(
     c_grid,
     selection,
     cv,
+    test_split,
     train_fraction,
     seeds,
     class_weight,
@@ -101,6 +110,7 @@ def _spec(
         c_grid=_floats(c_grid, "--c-grid"),
         selection=selection,
         n_splits=cv,
+        test_split=test_split,
         fractions=_floats(train_fraction, "--train-fraction"),
         seeds=_ints(seeds, "--seeds"),
         class_weight=None if class_weight == "none" else class_weight,
@@ -121,6 +131,7 @@ def _params(spec) -> dict:
         "c_grid": list(spec.c_grid),
         "selection": spec.selection,
         "cv": spec.n_splits,
+        "test_split": spec.test_split,
         "train_fraction": list(spec.fractions),
         "seeds": list(spec.seeds),
         "class_weight": spec.class_weight,
@@ -238,6 +249,7 @@ def register(app: typer.Typer) -> None:
         c_grid: CGridOpt = DEFAULT_C,
         selection: SelectionOpt = "cv",
         cv: CvOpt = 5,
+        test_split: TestSplitOpt = "test",
         train_fraction: FractionOpt = "1",
         seeds: SeedsOpt = "0,1,2",
         class_weight: ClassWeightOpt = "none",
@@ -270,6 +282,7 @@ def register(app: typer.Typer) -> None:
             c_grid=c_grid,
             selection=selection,
             cv=cv,
+            test_split=test_split,
             train_fraction=train_fraction,
             seeds=seeds,
             class_weight=class_weight,
@@ -292,6 +305,7 @@ def register(app: typer.Typer) -> None:
         c_grid: CGridOpt = DEFAULT_C,
         selection: SelectionOpt = "cv",
         cv: CvOpt = 5,
+        test_split: TestSplitOpt = "test",
         train_fraction: FractionOpt = "1",
         seeds: SeedsOpt = "0,1,2",
         class_weight: ClassWeightOpt = "none",
@@ -318,6 +332,7 @@ def register(app: typer.Typer) -> None:
             c_grid=c_grid,
             selection=selection,
             cv=cv,
+            test_split=test_split,
             train_fraction=train_fraction,
             seeds=seeds,
             class_weight=class_weight,
@@ -339,6 +354,7 @@ def register(app: typer.Typer) -> None:
         c_grid: CGridOpt = DEFAULT_C,
         selection: SelectionOpt = "cv",
         cv: CvOpt = 5,
+        test_split: TestSplitOpt = "test",
         class_weight: ClassWeightOpt = "none",
         allow_missing: AllowMissingOpt = False,
         n_boot: BootOpt = 1000,
@@ -373,6 +389,7 @@ def register(app: typer.Typer) -> None:
                     c_grid=c_grid,
                     selection=selection,
                     cv=cv,
+                    test_split=test_split,
                     train_fraction="1",
                     seeds="0",
                     class_weight=class_weight,

@@ -19,7 +19,7 @@ from medprobe.trainer.protocol import DEFAULT_C_GRID, ProtocolTiming, Setting, f
 from medprobe.trainer.solvers import get_solver
 from medprobe.trainer.solvers.base import FittedProbe
 
-TRAIN_SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -33,6 +33,7 @@ class ExperimentSpec:
     c_grid: Sequence[float] = DEFAULT_C_GRID
     selection: str = "cv"
     n_splits: int = 5
+    test_split: str = "test"  # held out and scored once; the other splits form the training pool
     fractions: Sequence[float] = (1.0,)
     seeds: Sequence[int] = (0,)
     class_weight: str | None = None
@@ -41,6 +42,14 @@ class ExperimentSpec:
     seed: int = 0
     device: str | None = None
     solver_options: dict = field(default_factory=dict)
+
+    @property
+    def pool_splits(self) -> tuple[str, ...]:
+        """The splits probes are fitted and selected on: train, and val unless val is held out as the test set.
+
+        Rows of the ``test`` split are never trained on, whichever split is scored.
+        """
+        return tuple(x for x in ("train", "val") if x != self.test_split)
 
     def settings(self) -> list[Setting]:
         out = []
@@ -97,13 +106,24 @@ def prepare(store, spec: ExperimentSpec, only_hashes: set[str] | None = None) ->
         data.image_hashes = [h for h, k in zip(data.image_hashes, keep, strict=True) if k]
         data.split, data.y = data.split[keep], data.y[keep]
         data.groups = None if data.groups is None else data.groups[keep]
-    unknown = sorted(set(data.split.tolist()) - {"train", "val", "test"})
+    unknown = sorted(set(data.split.tolist()) - set(SPLITS))
     if unknown:
         raise InvalidInputError(f"dataset {spec.task.dataset!r} has rows in unknown splits {unknown}")
-    if not len(data.rows("test")):
-        raise InvalidInputError(f"dataset {spec.task.dataset!r} has no test rows: re-ingest it with a test split")
-    if not len(data.rows(TRAIN_SPLITS)):
-        raise InvalidInputError(f"dataset {spec.task.dataset!r} has no train/val rows to fit probes on")
+    if spec.test_split not in ("test", "val"):
+        raise InvalidInputError(f"--test-split must be test or val, got {spec.test_split!r}")
+    if spec.test_split == "val" and spec.selection == "val":
+        raise InvalidInputError("--selection val cannot pick C on the split held out as the test set; use cv")
+    if not len(data.rows(spec.test_split)):
+        present = sorted(set(data.split.tolist()))
+        hint = " (pass --test-split val to hold out the val split)" if "val" in present else ""
+        raise InvalidInputError(
+            f"dataset {spec.task.dataset!r} has no {spec.test_split!r} rows to test on; its splits: "
+            f"{', '.join(present)}{hint}, or re-ingest it with a test split"
+        )
+    if not len(data.rows(spec.pool_splits)):
+        raise InvalidInputError(
+            f"dataset {spec.task.dataset!r} has no {'/'.join(spec.pool_splits)} rows to fit probes on"
+        )
     return data
 
 
@@ -112,7 +132,7 @@ def run_experiment(
 ) -> list[ProbeOutcome]:
     """Fit, select, refit and test every layer x setting; write probe_results, predictions and weights."""
     data = prepare(store, spec, only_hashes)
-    pool, test = data.rows(TRAIN_SPLITS), data.rows("test")
+    pool, test = data.rows(spec.pool_splits), data.rows(spec.test_split)
     hashes = data.image_hashes
     feats = read_features(store, spec.feature_set_id, spec.layers, hashes)
     options = dict(spec.solver_options)
@@ -212,7 +232,7 @@ def write_outcomes(
                 solver=spec.solver,
                 c=o.C,
                 c_grid=[float(c) for c in spec.c_grid],
-                selection=o.selection,
+                selection=o.selection if spec.test_split == "test" else f"{o.selection};test={spec.test_split}",
                 cv_scores=json.dumps(o.cv_scores),
                 train_fraction=o.setting.fraction,
                 seed=o.setting.seed,

@@ -214,3 +214,31 @@ def test_class_absent_from_training_is_refused(tmp_path, capsys):
         pytest.skip("the store keeps the first row per key; cannot move rows between splits here")
     code, _, err = run_cli(capsys, "train", "--task", "grade", "-f", "fs-synth", "--store", store.url, *FAST)
     assert code != 0 and "severe" in err and "class" in err
+
+
+def test_test_split_val_holds_out_val_and_fits_on_train_only(synth_store, capsys):
+    url = synth_store.url
+    args = ["train", "--task", "grade", "--feature-set", "fs-synth", "--layer", "3", "--store", url, *FAST]
+    code, out, err = run_cli(capsys, *args, "--test-split", "val", "--output", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    store = FeatureStore.open(url)
+    res = store.sql("SELECT * FROM probe_results WHERE run_id = ?", [doc["run_id"]]).to_pylist()[0]
+    splits = store.sql(
+        "SELECT split, count(*) AS n FROM dataset_images WHERE dataset = 'synth' GROUP BY split"
+    ).to_pylist()
+    n = {r["split"]: r["n"] for r in splits}
+    assert res["n_test"] == n["val"] and res["n_train"] == n["train"]  # test rows are the val split only
+    assert res["selection"] == "cv:3:grouped;test=val"
+    tested = (
+        store.sql(
+            "SELECT DISTINCT d.split FROM predictions p JOIN dataset_images d USING (image_hash) WHERE p.probe_id = ?",
+            [res["probe_id"]],
+        )
+        .column(0)
+        .to_pylist()
+    )
+    assert tested == ["val"]
+    # C cannot be chosen on the split that is held out
+    code, _, err = run_cli(capsys, *args, "--test-split", "val", "--selection", "val")
+    assert code != 0 and "cannot pick C" in err
