@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -138,3 +138,35 @@ def check_batch(batch: ProbeBatch, n_layers: int, n_rows: int) -> None:
         r = np.asarray(r)
         if r.size == 0 or r.min() < 0 or r.max() >= n_rows:
             raise InvalidInputError(f"row set {i}: training rows must be non-empty indices in [0, {n_rows})")
+
+
+# (standardised rows, their targets, C) -> (coef, intercept, iterations, converged)
+FitOne = Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray, int, bool]]
+
+
+def fit_each(
+    layers: Sequence[np.ndarray], y: np.ndarray, kind: ProbeKind, batch: ProbeBatch, fit_one: FitOne, dtype=np.float64
+) -> list[list[FittedProbe]]:
+    """Fit the probes of ``batch`` one at a time with ``fit_one``; returns probes indexed [layer][column].
+
+    Standardisation statistics come from each probe's own training rows and are computed once per
+    (layer, row set). Used by the reference solvers that fit one probe per call.
+    """
+    check_batch(batch, len(layers), int(layers[0].shape[0]))
+    y = np.asarray(y)
+    out = []
+    for g, X in enumerate(layers):
+        X = np.asarray(X, dtype=np.float64)
+        stats: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        row = []
+        for m, rs in enumerate(np.asarray(batch.row_set_of)):
+            rows = np.asarray(batch.row_sets[rs])
+            if rs not in stats:
+                mean, scale = standardisation(X[rows])
+                stats[rs] = (mean, scale, ((X[rows] - mean) / scale).astype(dtype, copy=False))
+            mean, scale, Z = stats[rs]
+            C = float(batch.C[g, m])
+            coef, icpt, n_iter, ok = fit_one(Z, y[rows], C)
+            row.append(FittedProbe(kind, coef, icpt, mean, scale, C, n_iter, ok))
+        out.append(row)
+    return out

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from medprobe.errors import MedprobeError
-from medprobe.trainer.solvers.base import FittedProbe, ProbeBatch, ProbeKind, check_batch, standardisation
+from medprobe.trainer.solvers.base import FittedProbe, ProbeBatch, ProbeKind, fit_each
 
 
 class CumlNotInstalledError(MedprobeError):
@@ -46,31 +46,22 @@ class CumlSolver:
         on_iteration=None,
     ) -> list[list[FittedProbe]]:
         """Fit every (layer, column) probe of ``batch``; returns probes indexed [layer][column]."""
-        check_batch(batch, len(layers), int(layers[0].shape[0]))
-        y = np.asarray(y)
-        out = []
-        for g, X in enumerate(layers):
-            X = np.asarray(X, dtype=np.float32)
-            row = []
-            for m, rs in enumerate(np.asarray(batch.row_set_of)):
-                rows = np.asarray(batch.row_sets[rs])
-                mean, scale = standardisation(X[rows])
-                Z = ((X[rows] - mean) / scale).astype(np.float32)
-                C = float(batch.C[g, m])
-                targets = [y[rows][:, k] for k in range(n_classes)] if kind == "multilabel" else [y[rows]]
-                coefs, icpts = [], []
-                for t in targets:
-                    clf = self._cls(
-                        penalty="l2",
-                        C=C,
-                        tol=self.tol,
-                        max_iter=self.max_iter,
-                        class_weight=class_weight,
-                        output_type="numpy",
-                    )
-                    clf.fit(Z, t.astype(np.float32))
-                    coefs.append(np.asarray(clf.coef_, dtype=np.float64).reshape(-1, Z.shape[1]))
-                    icpts.append(np.asarray(clf.intercept_, dtype=np.float64).ravel())
-                row.append(FittedProbe(kind, np.concatenate(coefs), np.concatenate(icpts), mean, scale, C))
-            out.append(row)
-        return out
+
+        def fit_one(Z: np.ndarray, t_rows: np.ndarray, C: float) -> tuple[np.ndarray, np.ndarray, int, bool]:
+            targets = [t_rows[:, k] for k in range(n_classes)] if kind == "multilabel" else [t_rows]
+            coefs, icpts = [], []
+            for t in targets:
+                clf = self._cls(
+                    penalty="l2",
+                    C=C,
+                    tol=self.tol,
+                    max_iter=self.max_iter,
+                    class_weight=class_weight,
+                    output_type="numpy",
+                )
+                clf.fit(Z, t.astype(np.float32))
+                coefs.append(np.asarray(clf.coef_, dtype=np.float64).reshape(-1, Z.shape[1]))
+                icpts.append(np.asarray(clf.intercept_, dtype=np.float64).ravel())
+            return np.concatenate(coefs), np.concatenate(icpts), 0, True
+
+        return fit_each(layers, y, kind, batch, fit_one, dtype=np.float32)

@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from medprobe.trainer.solvers.base import FittedProbe, ProbeBatch, ProbeKind, check_batch, standardisation
+from medprobe.trainer.solvers.base import FittedProbe, ProbeBatch, ProbeKind, fit_each
 
 
 class SklearnSolver:
@@ -58,21 +58,4 @@ class SklearnSolver:
         on_iteration=None,
     ) -> list[list[FittedProbe]]:
         """Fit every (layer, column) probe of ``batch`` one by one; returns probes indexed [layer][column]."""
-        check_batch(batch, len(layers), int(layers[0].shape[0]))
-        y = np.asarray(y)
-        out = []
-        for g, X in enumerate(layers):
-            X = np.asarray(X, dtype=np.float64)
-            stats = {}
-            row = []
-            for m, rs in enumerate(np.asarray(batch.row_set_of)):
-                rows = np.asarray(batch.row_sets[rs])
-                if rs not in stats:
-                    mean, scale = standardisation(X[rows])
-                    stats[rs] = (mean, scale, (X[rows] - mean) / scale)
-                mean, scale, Z = stats[rs]
-                C = float(batch.C[g, m])
-                coef, icpt, it, ok = self._fit_one(Z, y[rows], kind, n_classes, C, class_weight)
-                row.append(FittedProbe(kind, coef, icpt, mean, scale, C, it, ok))
-            out.append(row)
-        return out
+        return fit_each(layers, y, kind, batch, lambda Z, t, C: self._fit_one(Z, t, kind, n_classes, C, class_weight))
