@@ -95,6 +95,8 @@ def _spec(
         raise InvalidInputError(f"feature set {fs.feature_set_id} has no extracted rows: run `medprobe extract`")
     if layers is None:
         layers = stored
+    elif layers == "last":
+        layers = stored[-1:]
     missing = [x for x in layers if x not in stored]
     if missing:
         raise InvalidInputError(f"feature set {fs.feature_set_id} has no layer(s) {missing}; stored layers: {stored}")
@@ -193,6 +195,13 @@ def _print_outcomes(run_id: str, spec, outcomes, title: str) -> None:
             err_console.print(f"[yellow]warning:[/] {key}: {why}")
 
 
+def _forwarded(options: dict, **overrides) -> dict:
+    """A command's own options as keyword arguments for ``_spec`` (store, output and layer choice apart)."""
+    kw = {k: v for k, v in options.items() if k not in ("store", "output", "layer", "layers")}
+    kw.update(overrides)
+    return kw
+
+
 def _run(kind: str, store_url, output: Output, **kw) -> None:
     from medprobe.featurestore.runs import start_run
     from medprobe.trainer.compare import best_layer
@@ -261,36 +270,7 @@ def register(app: typer.Typer) -> None:
         store: StoreOption = None,
     ) -> None:
         """Fit one probe (one feature set, one layer, one task): C by CV, refit, test once with bootstrap CIs."""
-        if layer is None:
-            from medprobe.trainer.data import resolve_feature_set
-
-            fs = resolve_feature_set(open_store(store), feature_set, model, prompt, pooling)
-            stored = open_store(store).layers(fs.feature_set_id)
-            layer = stored[-1] if stored else 0
-        _run(
-            "train",
-            store,
-            output,
-            task=task,
-            dataset=dataset,
-            feature_set=feature_set,
-            model=model,
-            prompt=prompt,
-            pooling=pooling,
-            layers=[layer],
-            solver=solver,
-            c_grid=c_grid,
-            selection=selection,
-            cv=cv,
-            test_split=test_split,
-            train_fraction=train_fraction,
-            seeds=seeds,
-            class_weight=class_weight,
-            allow_missing=allow_missing,
-            n_boot=n_boot,
-            seed=seed,
-            device=device,
-        )
+        _run("train", store, output, **_forwarded(locals(), layers="last" if layer is None else [layer]))
 
     @app.command()
     def sweep(
@@ -318,28 +298,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Probe every layer of a feature set (the per-layer metric curve); all layers x folds x C in one solve."""
         _run(
-            "sweep",
-            store,
-            output,
-            task=task,
-            dataset=dataset,
-            feature_set=feature_set,
-            model=model,
-            prompt=prompt,
-            pooling=pooling,
-            layers=None if layers is None else _ints(layers, "--layers"),
-            solver=solver,
-            c_grid=c_grid,
-            selection=selection,
-            cv=cv,
-            test_split=test_split,
-            train_fraction=train_fraction,
-            seeds=seeds,
-            class_weight=class_weight,
-            allow_missing=allow_missing,
-            n_boot=n_boot,
-            seed=seed,
-            device=device,
+            "sweep", store, output, **_forwarded(locals(), layers=None if layers is None else _ints(layers, "--layers"))
         )
 
     @app.command()
