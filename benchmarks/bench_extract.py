@@ -81,7 +81,7 @@ def reference(store, adapter, paths: list[Path], prompt: str | None, dtype: str)
     import torch
 
     from medprobe.extractor.feature_set import feature_set_row
-    from medprobe.featurestore.imaging import load_image
+    from medprobe.imaging import load_image
 
     ident = adapter.identity
     row = feature_set_row(ident, prompt=prompt, pooling="reference_mean", compute_dtype=dtype, storage_dtype="float16")

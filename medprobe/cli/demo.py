@@ -35,11 +35,10 @@ def register(app: typer.Typer) -> None:
         store: StoreOption = None,
     ) -> None:
         """Run ingest -> extract -> layer sweep -> report on a SYNTHETIC histology-like dataset, offline."""
-        from medprobe.cli.demo_data import write_demo_dataset
-        from medprobe.cli.main import build_app
+        from medprobe.synthetic.tissue import write_demo_dataset
 
         url = store or default_store_url()
-        inner = build_app()
+        inner = app  # the steps run through the same application a user types into
         timings: dict[str, float] = {}
         console.print(
             "[bold]medprobe demo[/]: the images are SYNTHETIC (drawn by medprobe, no patient data); the model is "

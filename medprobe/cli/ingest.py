@@ -125,9 +125,9 @@ def register(app: typer.Typer) -> None:
         store: StoreOption = None,
     ) -> None:
         """Ingest a collection: images by sha256, labels, tasks, splits; unreadable files become failures."""
-        from medprobe.featurestore.ingest.ingest import IngestOptions, ingest
-        from medprobe.featurestore.ingest.records import FormatOptions
-        from medprobe.featurestore.ingest.splits import SplitPlan, normalise_split
+        from medprobe.ingest.pipeline import IngestOptions, ingest
+        from medprobe.ingest.records import FormatOptions
+        from medprobe.ingest.splits import SplitPlan, normalise_split
 
         if verify not in ("header", "structure", "full"):
             raise InvalidInputError(f"--verify must be header, structure or full, not {verify!r}")
@@ -172,7 +172,7 @@ def register(app: typer.Typer) -> None:
         store: StoreOption = None,
     ) -> None:
         """List datasets: tasks, split sizes and class counts per split."""
-        from medprobe.featurestore.ingest.overview import dataset_overviews
+        from medprobe.ingest.overview import dataset_overviews
 
         s = open_store(store)
         overviews = dataset_overviews(s, dataset)

@@ -79,7 +79,7 @@ class Adapter(ABC):
         """One forward pass; returns ``{(pooling, layer): (batch, hidden)}`` pooled on the device.
 
         ``layers`` are non-negative indices in ``range(identity.n_layers)`` (see
-        ``medprobe.extractor.layers.parse_layers``). Tensors of ``batch`` may be on the CPU
+        ``medprobe.layerspec.parse_layers``). Tensors of ``batch`` may be on the CPU
         (pinned) or already on ``device``; the result stays on ``device`` as float32.
         """
 
@@ -92,7 +92,7 @@ class Adapter(ABC):
         if bad_layers:
             raise InvalidInputError(
                 f"layer(s) {bad_layers} out of range for {ident.model_id}: it has {ident.n_layers} layers "
-                f"(0..{ident.n_layers - 1}); resolve specs with medprobe.extractor.layers.parse_layers"
+                f"(0..{ident.n_layers - 1}); resolve specs with medprobe.layerspec.parse_layers"
             )
         bad = [p for p in poolings if p not in ident.supported_poolings]
         if bad:

@@ -8,9 +8,6 @@ from medprobe.extractor.adapter import ModelIdentity
 from medprobe.featurestore.ids import stable_hash
 from medprobe.schemas import FeatureSetRow
 
-COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
-STORAGE_DTYPES = ("float16", "bfloat16", "float32")
-
 
 def feature_set_row(
     identity: ModelIdentity,

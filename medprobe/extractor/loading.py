@@ -2,7 +2,9 @@
 
 A spec is one of:
 
-* ``tiny-random/<name>`` / ``random-full/<name>``: random-weight models built in code (``tiny.py``);
+* ``<family>/<name>`` where ``<family>`` is registered under the ``medprobe.model_families`` entry-point
+  group: ``tiny-random/<name>`` / ``random-full/<name>`` are random-weight models built in code
+  (``medprobe.synthetic.models``, for tests and smoke runs);
 * a plugin name registered under the ``medprobe.models`` entry-point group (``efficientnet-lite0``);
 * a local checkpoint directory or a Hugging Face model id, loaded with the ``Auto*`` classes and
   dispatched on ``AutoConfig``'s ``model_type`` (see ``medprobe.extractor.models.FAMILIES``).
@@ -11,6 +13,7 @@ A spec is one of:
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,12 @@ from typing import Any
 import torch
 
 from medprobe.errors import InvalidInputError, NotFoundError
-from medprobe.extractor import tiny
 from medprobe.extractor.adapter import Adapter
 from medprobe.extractor.models import FAMILIES, GENERIC, Family, resolve
 from medprobe.extractor.models.base import model_revision
 
 PLUGIN_GROUP = "medprobe.models"
+FAMILY_GROUP = "medprobe.model_families"  # spec prefixes: "<family>/<name>" -> loader(spec, device=, dtype=)
 DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
@@ -70,14 +73,16 @@ def load_adapter(
     torch_dtype(dtype)  # validate early
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise InvalidInputError(f"unknown quantization {quantization!r}; choose from {', '.join(QUANTIZATIONS)}")
-    built_in_code = model_spec.startswith((tiny.TINY_PREFIX, tiny.FULL_PREFIX))
+    families = {ep.name: ep for ep in entry_points(group=FAMILY_GROUP)}
+    family = families.get(model_spec.split("/", 1)[0]) if "/" in model_spec else None
     plugins = {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
-    if (built_in_code or model_spec in plugins) and (quantization or device_map):
+    if (family is not None or model_spec in plugins) and (quantization or device_map):
         raise InvalidInputError(f"quantization and device_map apply to Hugging Face checkpoints, not to {model_spec!r}")
-    if built_in_code:
-        return _load_random(model_spec, device=device, dtype=dtype)
+    if family is not None:
+        load_family: Callable[..., Adapter] = family.load()
+        return load_family(model_spec, device=device, dtype=dtype)
     if model_spec in plugins:
-        build = plugins[model_spec].load()
+        build: Callable[..., Adapter] = plugins[model_spec].load()
         return build(device=device, dtype=dtype)
     return _load_hf(
         model_spec,
@@ -104,16 +109,6 @@ def adapter_from_model(
     if family.model_class in ("CLIPVisionModel", "SiglipVisionModel"):
         return adapter_cls(model, processor, family=family.name, model_id=model_id, revision=revision)
     return adapter_cls(model, processor, model_id=model_id, revision=revision)
-
-
-# ----------------------------------------------------------------------------- random-weight specs
-def _load_random(spec: str, *, device: str, dtype: str) -> Adapter:
-    full = spec.startswith(tiny.FULL_PREFIX)
-    name = spec.removeprefix(tiny.FULL_PREFIX if full else tiny.TINY_PREFIX)
-    built = tiny.random_from_config(name, full_size=full, device=device, dtype=dtype)
-    # a full-size model is too large to hash: its revision names the recipe instead
-    revision = f"random-init:{name}:seed={tiny.SEED}:torch={torch.__version__}" if full else None
-    return adapter_from_model(built.model, built.processor, model_id=spec, revision=revision)
 
 
 # ----------------------------------------------------------------------------- Hugging Face checkpoints

@@ -18,14 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medprobe.errors import InvalidInputError
 from medprobe.extractor.adapter import POOLINGS, Adapter
-from medprobe.extractor.feature_set import COMPUTE_DTYPES, STORAGE_DTYPES, feature_set_rows
+from medprobe.extractor.feature_set import feature_set_rows
 from medprobe.extractor.reader import ImageRefs, Plan, check_dataset, make_loader, plan_images
 from medprobe.extractor.runner import OutOfMemory, Runner, free_device_memory, is_oom
 from medprobe.extractor.writer import Committer, HostBatch
 from medprobe.featurestore.fsio import write_atomic
 from medprobe.featurestore.ids import new_id
 from medprobe.progress import progress_bar
-from medprobe.schemas import FeatureSetRow
+from medprobe.schemas import COMPUTE_DTYPES, STORAGE_DTYPES, FeatureSetRow
 
 AUTO_START = {"cuda": 256, "cpu": 16}  # first batch size tried by --batch-size auto
 
@@ -147,7 +147,7 @@ def resolve_prompt(adapter: Adapter, options: ExtractOptions) -> str | None:
 
 def resolve_request(adapter: Adapter, options: ExtractOptions) -> Request:
     """Layers, poolings, prompt and the feature-set rows of one extraction; validates them against the model."""
-    from medprobe.extractor.layers import parse_layers
+    from medprobe.layerspec import parse_layers
 
     ident = adapter.identity
     layers = parse_layers(options.layers, ident.n_layers)

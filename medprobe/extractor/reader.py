@@ -22,7 +22,7 @@ from medprobe.errors import NotFoundError
 from medprobe.extractor.adapter import Preprocessor
 from medprobe.featurestore.fsio import resolve
 from medprobe.featurestore.ids import new_id
-from medprobe.featurestore.imaging import ImageReadError, decode_image, read_file_bytes
+from medprobe.imaging import ImageReadError, decode_image, read_file_bytes
 
 STORE_URI = "store:"
 

@@ -30,8 +30,20 @@ def id_time(identifier: str) -> dt.datetime | None:
 
 
 def canonical_json(value: Any) -> str:
-    """JSON with sorted keys and no whitespace: equal values give equal strings."""
+    """JSON with sorted keys and no whitespace: equal values give equal strings (stored labels, params, id keys).
+
+    Non-ASCII text is kept as is; objects JSON does not know become ``str(obj)``.
+    """
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def config_json(value: Any) -> str:
+    """Canonical JSON of a model's preprocessing config (``feature_sets.preprocessing``, part of the feature-set id).
+
+    Sorted keys, no whitespace, non-ASCII escaped, and objects JSON does not know (enums, paths) as ``repr(obj)``,
+    so two different objects never serialise alike. Feature-set ids of existing stores depend on exactly this.
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
 
 
 def stable_hash(value: Any, length: int = 16) -> str:

@@ -36,9 +36,8 @@ from zarr.storage import FsspecStore, LocalStore
 
 from medprobe.errors import CorruptDataError
 from medprobe.featurestore.fsio import Location, fsync_tree
-from medprobe.schemas import FORMAT_VERSION
+from medprobe.schemas import FORMAT_VERSION, STORAGE_DTYPES
 
-STORAGE_DTYPES = ("float16", "bfloat16", "float32")
 CHUNK_BYTES = 4 * 2**20  # target bytes per chunk: measured fastest for full reads; small enough for gathers
 SEGMENTS_DIR = "segments"
 HASHES_FILE = "image_hashes.txt"

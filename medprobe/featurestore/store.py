@@ -25,12 +25,13 @@ from medprobe.featurestore.rowindex import (
     first_per_key,
     string_keys,
 )
-from medprobe.featurestore.segments import STORAGE_DTYPES, SegmentReader, aligned_empty, write_segment
-from medprobe.schemas import FORMAT_VERSION, TABLES, FeatureSetRow, Row, utcnow
+from medprobe.featurestore.segments import SegmentReader, aligned_empty, write_segment
+from medprobe.schemas import FORMAT_VERSION, STORAGE_DTYPES, TABLES, FeatureSetRow, Row, utcnow
 
 MARKER = "medprobe.json"
 STORE_URI = "store:"
 DEFAULT_URL = "./medprobe-store"
+STORE_ENV = "MEDPROBE_STORE"
 MANIFEST_CACHE_ROWS = 4_000_000  # located rows kept for repeated reads (about 110 bytes each)
 
 
@@ -44,6 +45,11 @@ def _check_fits_float16(layer: int, arr: np.ndarray) -> None:
             f"layer {layer}: {int(too_big.sum())} value(s) exceed the float16 range (|x| > 65504, largest "
             f"{float(np.nanmax(np.abs(arr))):.4g}); store this feature set as bfloat16 or float32"
         )
+
+
+def default_store_url() -> str:
+    """The store used when none is named: ``$MEDPROBE_STORE`` or ``./medprobe-store``."""
+    return os.environ.get(STORE_ENV) or DEFAULT_URL
 
 
 @dataclass
@@ -108,7 +114,7 @@ class FeatureStore:
     @classmethod
     def open(cls, url: str | None = None, create: bool = True) -> FeatureStore:
         """Open (and by default create) the store at ``url``; refuses a newer format version."""
-        url = url or os.environ.get("MEDPROBE_STORE") or DEFAULT_URL
+        url = url or default_store_url()
         loc = resolve(url)
         marker = loc.path(MARKER)
         if not loc.fs.exists(marker):

@@ -18,11 +18,16 @@ from medprobe.schemas.tables import (
     utcnow,
 )
 from medprobe.schemas.version import FORMAT_VERSION
+from medprobe.schemas.vocab import COMPUTE_DTYPES, SPLITS, STORAGE_DTYPES, ComputeDType, Split, StorageDType
 
 __all__ = [
+    "COMPUTE_DTYPES",
     "FORMAT_VERSION",
+    "SPLITS",
+    "STORAGE_DTYPES",
     "TABLES",
     "ActivationRow",
+    "ComputeDType",
     "DatasetImageRow",
     "DatasetRow",
     "FailureRow",
@@ -32,6 +37,8 @@ __all__ = [
     "ProbeResultRow",
     "Row",
     "RunRow",
+    "Split",
+    "StorageDType",
     "TableSpec",
     "TaskRow",
     "rows_to_table",

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medprobe.cli.demo_data import CLASSES, write_demo_dataset
 from medprobe.featurestore import FeatureStore
+from medprobe.synthetic.tissue import CLASSES, write_demo_dataset
 
 
 def test_demo_data_is_seeded_and_grouped(tmp_path: Path) -> None:

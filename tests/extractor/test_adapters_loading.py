@@ -12,7 +12,7 @@ from PIL import Image
 
 from medprobe.errors import InvalidInputError, MedprobeError, NotFoundError
 from medprobe.extractor.loading import adapter_from_model, load_adapter, supported_model_types
-from medprobe.extractor.tiny import TINY_BUILDERS, random_from_config
+from medprobe.synthetic.models import TINY_BUILDERS, random_from_config
 
 PROMPT = "Describe the knee."
 

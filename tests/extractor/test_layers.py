@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from medprobe.errors import InvalidInputError
-from medprobe.extractor.layers import parse_layers
+from medprobe.layerspec import parse_layers
 
 
 def test_forms() -> None:

@@ -10,11 +10,11 @@ import pytest
 from ingest_helpers import write_jpeg, write_png
 
 from medprobe.errors import InvalidInputError
-from medprobe.featurestore.ingest.formats import parse_source
-from medprobe.featurestore.ingest.formats.arrays import pannuke_label
-from medprobe.featurestore.ingest.ingest import IngestOptions, ingest
-from medprobe.featurestore.ingest.records import FormatOptions
-from medprobe.featurestore.ingest.splits import SplitPlan
+from medprobe.ingest.formats import parse_source
+from medprobe.ingest.formats.arrays import pannuke_label
+from medprobe.ingest.pipeline import IngestOptions, ingest
+from medprobe.ingest.records import FormatOptions
+from medprobe.ingest.splits import SplitPlan
 
 QUIET = IngestOptions(show_progress=False)
 
@@ -108,7 +108,7 @@ def test_medmnist_npz_pixels_go_into_the_store(tmp_path, store) -> None:
     assert summary.split_counts == {"train": 8, "val": 3, "test": 4}
     images = store.sql("SELECT uri, in_store, width, format FROM images").to_pylist()
     assert len(images) == 15 and all(i["in_store"] and i["uri"].startswith("store:blobs/images/") for i in images)
-    from medprobe.featurestore.imaging import decode_image
+    from medprobe.imaging import decode_image
 
     img = decode_image(store.read_bytes(images[0]["uri"]), source="x")
     assert img.size == (28, 28) and img.mode == "L"
@@ -339,8 +339,8 @@ def test_padchest_labels_column_multilabel_dropped_by_train_counts_only(tmp_path
 
 
 def test_multilabel_threshold_ignores_test_positives() -> None:
-    from medprobe.featurestore.ingest.ingest import _multilabel_classes
-    from medprobe.featurestore.ingest.records import SourceRecord, TaskSpec
+    from medprobe.ingest.pipeline import _multilabel_classes
+    from medprobe.ingest.records import SourceRecord, TaskSpec
 
     task = TaskSpec.make("f", "multilabel", None)
     recs = [SourceRecord(str(i), {"f": ["a"] if i < 10 else ["b"]}) for i in range(20)]

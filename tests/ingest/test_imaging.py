@@ -9,7 +9,7 @@ import pytest
 from ingest_helpers import SHARED_DATA, image_bytes, png_bytes, png_with_huge_header
 from PIL import Image
 
-from medprobe.featurestore.imaging import (
+from medprobe.imaging import (
     ImageReadError,
     decode_image,
     inspect_image,
@@ -208,7 +208,7 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
 def test_a_raised_pixel_limit_is_honoured(monkeypatch) -> None:
     from PIL import Image as PILImage
 
-    from medprobe.featurestore.imaging import set_pixel_limit
+    from medprobe.imaging import set_pixel_limit
 
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS)  # restored after the test
     huge = png_with_huge_header(20_000, 20_000)  # 400 M pixels: above twice PIL's default limit

@@ -11,9 +11,9 @@ from ingest_helpers import png_with_huge_header, write_png
 
 from medprobe.cli.main import main
 from medprobe.featurestore import FeatureStore
-from medprobe.featurestore.ingest.ingest import IngestOptions, ingest
-from medprobe.featurestore.ingest.records import FormatOptions
-from medprobe.featurestore.ingest.splits import SplitPlan
+from medprobe.ingest.pipeline import IngestOptions, ingest
+from medprobe.ingest.records import FormatOptions
+from medprobe.ingest.splits import SplitPlan
 
 QUIET = IngestOptions(show_progress=False)
 TABLES = ("images", "datasets", "tasks", "dataset_images", "failures")

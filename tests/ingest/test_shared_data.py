@@ -6,8 +6,8 @@ import csv
 import hashlib
 from collections import defaultdict
 
-from medprobe.featurestore.ingest.ingest import IngestOptions, ingest
-from medprobe.featurestore.ingest.records import FormatOptions
+from medprobe.ingest.pipeline import IngestOptions, ingest
+from medprobe.ingest.records import FormatOptions
 
 QUIET = IngestOptions(show_progress=False)
 

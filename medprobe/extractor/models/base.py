@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -101,11 +100,6 @@ def model_revision(model: nn.Module, source: str | Path | None) -> str:
         if files:
             return "sha256:" + sha256_of_files(files)
     return "sha256:" + sha256_of_state(model)
-
-
-def canonical_json(value: Any) -> str:
-    """Stable JSON (sorted keys, no spaces) of a config dict; unknown objects become their repr."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
 
 
 def input_device(model: nn.Module) -> torch.device:

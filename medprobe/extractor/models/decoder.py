@@ -21,7 +21,6 @@ from transformers import PreTrainedModel
 from medprobe.errors import InvalidInputError
 from medprobe.extractor.adapter import Adapter, ModelIdentity, Preprocessor
 from medprobe.extractor.models.base import (
-    canonical_json,
     compute_dtype,
     find_layer_list,
     input_device,
@@ -32,6 +31,7 @@ from medprobe.extractor.models.capture import PooledCapture
 from medprobe.extractor.models.pooling import TokenMasks, pool_tokens
 from medprobe.extractor.models.vision_tower import to_rgb
 from medprobe.extractor.prompts import apply_chat_template
+from medprobe.featurestore.ids import config_json
 
 LAYER_SEMANTICS = (
     "layer i = output of language-model decoder block i (residual stream, before the final norm) = "
@@ -117,7 +117,7 @@ class DecoderVLMAdapter(Adapter):
             model_id=model_id,
             model_revision=revision,
             adapter=self.family,
-            preprocessing=canonical_json(self.preprocessor.describe()),
+            preprocessing=config_json(self.preprocessor.describe()),
             layer_semantics=self.layer_semantics,
             n_layers=n_layers,
             hidden_sizes=(hidden,) * n_layers,

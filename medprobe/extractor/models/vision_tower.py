@@ -14,8 +14,9 @@ from torch import nn
 
 from medprobe.errors import InvalidInputError
 from medprobe.extractor.adapter import Adapter, ModelIdentity, Preprocessor
-from medprobe.extractor.models.base import canonical_json, compute_dtype, move_batch
+from medprobe.extractor.models.base import compute_dtype, move_batch
 from medprobe.extractor.models.capture import PooledCapture
+from medprobe.featurestore.ids import config_json
 
 LAYER_SEMANTICS = (
     "layer i = output of vision encoder block i (residual stream before post_layernorm) = "
@@ -73,7 +74,7 @@ class VisionTowerAdapter(Adapter):
             model_id=model_id,
             model_revision=revision,
             adapter=family,
-            preprocessing=canonical_json({"image_processor": image_processor.to_dict()}),
+            preprocessing=config_json({"image_processor": image_processor.to_dict()}),
             layer_semantics=LAYER_SEMANTICS,
             n_layers=n_layers,
             hidden_sizes=(config.hidden_size,) * n_layers,

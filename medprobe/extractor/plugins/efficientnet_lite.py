@@ -17,8 +17,9 @@ from PIL import Image
 
 from medprobe.errors import InvalidInputError
 from medprobe.extractor.adapter import Adapter, ModelIdentity, Preprocessor
-from medprobe.extractor.models.base import canonical_json, sha256_of_files
+from medprobe.extractor.models.base import sha256_of_files
 from medprobe.extractor.models.vision_tower import to_rgb
+from medprobe.featurestore.ids import config_json
 
 MODEL_NAME = "efficientnet-lite0"
 IMAGE_SIZE = 224
@@ -102,7 +103,7 @@ class EfficientNetLiteAdapter(Adapter):
             model_id=MODEL_NAME,
             model_revision=revision,
             adapter=MODEL_NAME,
-            preprocessing=canonical_json(self.preprocessor.describe()),
+            preprocessing=config_json(self.preprocessor.describe()),
             layer_semantics=LAYER_SEMANTICS,
             n_layers=len(sizes),
             hidden_sizes=tuple(sizes),

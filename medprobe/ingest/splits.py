@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 from medprobe.errors import InvalidInputError
 
-SPLITS = ("train", "val", "test")
-
 _SPLIT_NAMES = {
     "train": "train",
     "training": "train",

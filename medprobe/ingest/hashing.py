@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from medprobe.featurestore.imaging import (
+from medprobe.imaging import (
     DEFAULT_MAX_PIXELS,
     ImageInfo,
     ImageReadError,
@@ -29,7 +29,7 @@ from medprobe.featurestore.imaging import (
     inspect_image,
     read_file_bytes,
 )
-from medprobe.featurestore.ingest.records import SourceRecord
+from medprobe.ingest.records import SourceRecord
 from medprobe.progress import progress_bar
 
 BLOB_DIR = "blobs/images"

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medprobe.errors import InvalidInputError
-from medprobe.featurestore.ingest.formats import (
+from medprobe.ingest.formats import (
     arrays,
     csv_manifest,
     dermatology,
@@ -15,7 +15,7 @@ from medprobe.featurestore.ingest.formats import (
     knee,
     padchest,
 )
-from medprobe.featurestore.ingest.records import FormatOptions, ParsedSource
+from medprobe.ingest.records import FormatOptions, ParsedSource
 
 Parser = Callable[[Path, FormatOptions], ParsedSource]
 

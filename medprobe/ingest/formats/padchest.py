@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from medprobe.errors import InvalidInputError
-from medprobe.featurestore.ingest.formats.csv_manifest import parse_findings
-from medprobe.featurestore.ingest.records import (
+from medprobe.ingest.formats.csv_manifest import parse_findings
+from medprobe.ingest.records import (
     FormatOptions,
     ParsedSource,
     Problem,

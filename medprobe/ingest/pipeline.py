@@ -20,12 +20,12 @@ from typing import Any
 
 from medprobe.errors import InvalidInputError
 from medprobe.featurestore.ids import canonical_json, new_id
-from medprobe.featurestore.imaging import DEFAULT_MAX_PIXELS, Verify, set_pixel_limit
-from medprobe.featurestore.ingest.formats import parse_source
-from medprobe.featurestore.ingest.hashing import BlobSink, Probe, parallel_map, probe_record
-from medprobe.featurestore.ingest.records import FormatOptions, ParsedSource, SourceRecord, TaskSpec, natural_key
-from medprobe.featurestore.ingest.splits import SplitPlan, assign_splits, rarest_label_strata
 from medprobe.featurestore.runs import start_run
+from medprobe.imaging import DEFAULT_MAX_PIXELS, Verify, set_pixel_limit
+from medprobe.ingest.formats import parse_source
+from medprobe.ingest.hashing import BlobSink, Probe, parallel_map, probe_record
+from medprobe.ingest.records import FormatOptions, ParsedSource, SourceRecord, TaskSpec, natural_key
+from medprobe.ingest.splits import SplitPlan, assign_splits, rarest_label_strata
 from medprobe.schemas import DatasetImageRow, DatasetRow, FailureRow, ImageRow, TaskRow
 
 APPEND_CHUNK = 4_096  # rows per Parquet fragment of images / dataset_images: bounds the rows held in memory

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from medprobe.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from medprobe.extractor.adapter import Adapter
 
 SEED = 0
 TINY_PREFIX = "tiny-random/"
@@ -501,3 +505,18 @@ def random_from_config(name: str, *, full_size: bool = False, device: str | None
 def spec_names() -> list[str]:
     """Every model spec this module can build (``tiny-random/*`` and ``random-full/*``)."""
     return [TINY_PREFIX + n for n in TINY_BUILDERS] + [FULL_PREFIX + n for n in FULL_SIZE]
+
+
+def load_random(spec: str, *, device: str = "cpu", dtype: str = "fp32") -> Adapter:
+    """Load ``tiny-random/<name>`` or ``random-full/<name>`` through the same adapter code as a real checkpoint.
+
+    Registered under the ``medprobe.model_families`` entry-point group, so ``load_adapter`` finds it by prefix.
+    """
+    from medprobe.extractor.loading import adapter_from_model
+
+    full = spec.startswith(FULL_PREFIX)
+    name = spec.removeprefix(FULL_PREFIX if full else TINY_PREFIX)
+    built = random_from_config(name, full_size=full, device=device, dtype=dtype)
+    # a full-size model is too large to hash: its revision names the recipe instead
+    revision = f"random-init:{name}:seed={SEED}:torch={torch.__version__}" if full else None
+    return adapter_from_model(built.model, built.processor, model_id=spec, revision=revision)

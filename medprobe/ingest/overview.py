@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from medprobe.errors import NotFoundError
-from medprobe.featurestore.ingest.records import natural_key
+from medprobe.ingest.records import natural_key
 
 
 @dataclass

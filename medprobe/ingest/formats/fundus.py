@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from medprobe.errors import InvalidInputError
-from medprobe.featurestore.ingest.records import (
+from medprobe.ingest.records import (
     FormatOptions,
     ParsedSource,
     Problem,

@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from medprobe.errors import InvalidInputError
-from medprobe.featurestore.ingest.records import (
+from medprobe.ingest.records import (
     FormatOptions,
     ParsedSource,
     SourceRecord,
     infer_type,
 )
-
-MEDMNIST_SPLITS = ("train", "val", "test")
+from medprobe.schemas import SPLITS
 
 # PanNuke masks.npy: (N, 256, 256, 6), one channel per nucleus type holding instance ids; the last is background.
 PANNUKE_CHANNELS = ("neoplastic", "inflammatory", "connective", "dead", "epithelial", "background")
@@ -39,7 +38,7 @@ def parse_medmnist(source: Path, options: FormatOptions) -> ParsedSource:
         raise InvalidInputError(f"{source}: not a readable .npz file: {e}") from e
     with npz:
         keys = set(npz.files)
-        splits = [s for s in MEDMNIST_SPLITS if f"{s}_images" in keys]
+        splits = [s for s in SPLITS if f"{s}_images" in keys]
         if not splits:
             raise InvalidInputError(f"{source}: no train_images/val_images/test_images arrays; keys: {sorted(keys)}")
         arrays = {}
