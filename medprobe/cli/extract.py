@@ -182,7 +182,7 @@ def register(app: typer.Typer) -> None:
         opts = _options(**{k: v for k, v in locals().items() if k not in ("store", "shards")})
         from medprobe.extractor.jobs import JobQueue
         from medprobe.extractor.pipeline import check_writable
-        from medprobe.extractor.reader import check_dataset
+        from medprobe.extractor.plan import check_dataset
 
         st = open_store(store)
         check_writable(st)

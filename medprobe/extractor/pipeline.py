@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -19,13 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from medprobe.errors import InvalidInputError
 from medprobe.extractor.adapter import POOLINGS, Adapter
 from medprobe.extractor.feature_set import feature_set_rows
-from medprobe.extractor.reader import ImageRefs, Plan, check_dataset, make_loader, plan_images
+from medprobe.extractor.loader import ImageRefs, make_loader
+from medprobe.extractor.plan import Plan, check_dataset, plan_images
 from medprobe.extractor.runner import OutOfMemory, Runner, free_device_memory, is_oom
 from medprobe.extractor.writer import Committer, HostBatch
-from medprobe.featurestore.fsio import write_atomic
-from medprobe.featurestore.ids import new_id
 from medprobe.progress import progress_bar
 from medprobe.schemas import COMPUTE_DTYPES, STORAGE_DTYPES, FeatureSetRow
+
+if TYPE_CHECKING:
+    from medprobe.featurestore import FeatureStore
 
 AUTO_START = {"cuda": 256, "cpu": 16}  # first batch size tried by --batch-size auto
 
@@ -104,17 +106,9 @@ class Stopped(KeyboardInterrupt):
     """Raised after a graceful stop (SIGTERM/SIGINT) once the in-flight batches are committed."""
 
 
-def check_writable(store) -> None:
+def check_writable(store: FeatureStore) -> None:
     """Raise InvalidInputError when the store cannot be written (before any model is loaded)."""
-    probe = store.loc.path("tmp", f".write-check-{os.getpid()}-{new_id()}")
-    try:
-        write_atomic(store.loc, probe, b"ok")
-        store.loc.fs.rm(probe)
-    except OSError as e:
-        raise InvalidInputError(
-            f"store {store.url} is read-only ({type(e).__name__}: {e.strerror if hasattr(e, 'strerror') else e}); "
-            "extract into a writable store (--store) or fix its permissions"
-        ) from e
+    store.check_writable()
 
 
 def load_model(options: ExtractOptions) -> Adapter:

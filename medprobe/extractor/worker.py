@@ -21,7 +21,7 @@ from medprobe.extractor.pipeline import (
     resolve_request,
     run_extraction,
 )
-from medprobe.extractor.reader import plan_images
+from medprobe.extractor.plan import plan_images
 from medprobe.featurestore.ids import new_id
 from medprobe.featurestore.runs import start_run
 

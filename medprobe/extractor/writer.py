@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medprobe.errors import MedprobeError
-from medprobe.extractor.reader import Failure
+from medprobe.extractor.loader import Failure
 from medprobe.featurestore.ids import new_id
 from medprobe.schemas import FailureRow
 

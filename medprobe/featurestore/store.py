@@ -281,6 +281,67 @@ class FeatureStore:
             params.append([int(x) for x in layers])
         return self.catalog.query(sql, params)
 
+    def coverage(
+        self,
+        dataset: str,
+        feature_set_ids: Sequence[str],
+        layers: Sequence[int],
+        splits: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """Every image of ``dataset`` (optionally only ``splits``) in image_hash order, with its ``uri`` and
+        ``n_have``: how many of the wanted (feature set, layer) rows are committed for it."""
+        self.catalog.refresh()
+        split_sql = " AND list_contains(?, di.split)" if splits else ""
+        params: list[Any] = [dataset, *([list(splits)] if splits else [])]
+        params += [list(feature_set_ids), [int(x) for x in layers]]
+        return self.catalog.query(
+            f"""
+            WITH want AS (
+                SELECT di.image_hash, i.uri FROM dataset_images di LEFT JOIN images i USING (image_hash)
+                WHERE di.dataset = ?{split_sql}
+            ), have AS (
+                SELECT image_hash, count(*) AS n FROM (
+                    SELECT DISTINCT feature_set_id, layer, image_hash FROM raw_activations
+                    WHERE list_contains(?, feature_set_id) AND list_contains(?, layer)
+                ) GROUP BY image_hash
+            )
+            SELECT w.image_hash, w.uri, coalesce(h.n, 0)::INTEGER AS n_have
+            FROM want w LEFT JOIN have h USING (image_hash) ORDER BY w.image_hash
+            """,
+            params,
+        )
+
+    def committed_rows(
+        self, image_hashes: Sequence[str], feature_set_ids: Sequence[str], layers: Sequence[int]
+    ) -> pa.Table:
+        """The committed ``(image_hash, feature_set_id, layer)`` rows among the given images, feature sets, layers."""
+        if not image_hashes:
+            return pa.table({"image_hash": pa.array([], pa.string()), "feature_set_id": pa.array([], pa.string()),
+                             "layer": pa.array([], pa.int32())})  # fmt: skip
+        self.catalog.refresh(["activations"])
+        name = f"_wanted_{new_id().replace('-', '_')}"
+        self.catalog.register_temp(name, pa.table({"image_hash": pa.array(list(image_hashes), pa.string())}))
+        try:
+            return self.catalog.query(
+                f"SELECT DISTINCT a.image_hash, a.feature_set_id, a.layer FROM raw_activations a JOIN {name} p "
+                "USING (image_hash) WHERE list_contains(?, a.feature_set_id) AND list_contains(?, a.layer)",
+                [list(feature_set_ids), [int(x) for x in layers]],
+            )
+        finally:
+            self.catalog.unregister_temp(name)
+
+    def check_writable(self) -> None:
+        """Raise InvalidInputError when the store cannot be written (call before expensive work)."""
+        probe = self.loc.path("tmp", f".write-check-{os.getpid()}-{new_id()}")
+        try:
+            write_atomic(self.loc, probe, b"ok")
+            self.loc.fs.rm(probe)
+        except OSError as e:
+            raise InvalidInputError(
+                f"store {self.url} is read-only ({type(e).__name__}: {getattr(e, 'strerror', None) or e}); "
+                "write into a writable store (--store) or fix its permissions"
+            ) from e
+
     def _resolve_hashes(self, feature_set_id: str, layer: int, image_hashes, sql) -> pa.Array:
         """The requested image hashes as an Arrow string array (checks the feature set exists)."""
         if image_hashes is not None and sql is not None:

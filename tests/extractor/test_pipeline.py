@@ -11,12 +11,12 @@ from PIL import Image
 from pipeline_helpers import make_dataset
 
 from medprobe.errors import InvalidInputError, NotFoundError
-from medprobe.extractor import pipeline
 from medprobe.extractor.feature_set import feature_set_row
 from medprobe.extractor.loading import load_adapter
 from medprobe.extractor.pipeline import ExtractOptions, extract
 from medprobe.extractor.runner import OutOfMemory
 from medprobe.featurestore import FeatureStore
+from medprobe.featurestore import store as store_module
 
 MODEL = "tiny-random/clip"
 
@@ -143,6 +143,6 @@ def test_bad_input_errors(store, tmp_path, adapter, monkeypatch):
     def refuse(*_a, **_k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(pipeline, "write_atomic", refuse)
+    monkeypatch.setattr(store_module, "write_atomic", refuse)
     with pytest.raises(InvalidInputError, match="read-only"):
         extract(store, _opts(), adapter=adapter, show_progress=False)

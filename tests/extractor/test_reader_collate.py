@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from medprobe.extractor.adapter import Preprocessor
-from medprobe.extractor.reader import Decoded, collate
+from medprobe.extractor.loader import Decoded, collate
 
 
 class RejectsElongated(Preprocessor):

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from medprobe.cli.main import build_app
 from medprobe.extractor.jobs import ClaimLost, JobQueue
 from medprobe.extractor.pipeline import ExtractOptions
-from medprobe.extractor.reader import shard_of
+from medprobe.extractor.plan import shard_of
 from medprobe.featurestore import FeatureStore
 from medprobe.featurestore.fragments import list_fragments
 from medprobe.featurestore.fsio import write_atomic

@@ -1,133 +1,28 @@
-"""Dataset rows -> the images still to extract -> a DataLoader that reads, decodes and preprocesses in workers.
+"""Planned images -> a DataLoader that reads, decodes and preprocesses them in worker processes.
 
-The plan asks the store which (feature set, layer, image) rows already exist and keeps only the
-images that miss at least one; the list lives in Arrow arrays (no per-row Python objects, so forked
-workers do not copy it page by page). Batches flow through a DataLoader with a bounded prefetch, so
-host memory depends on the batch size and worker count, never on the dataset size.
+Batches flow through a DataLoader with a bounded prefetch, so host memory depends on the batch size and worker
+count, never on the dataset size. An image that cannot be read or preprocessed becomes a ``Failure``; the rest of
+its batch goes on.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medprobe.errors import NotFoundError
 from medprobe.extractor.adapter import Preprocessor
 from medprobe.featurestore.fsio import resolve
-from medprobe.featurestore.ids import new_id
 from medprobe.imaging import ImageReadError, decode_image, read_file_bytes
 
 STORE_URI = "store:"
 
 
-@dataclass
-class Plan:
-    """The images of one extraction still to do, in image-hash order."""
-
-    todo: pa.Table  # image_hash, uri, n_have (how many wanted (feature set, layer) rows exist already)
-    n_selected: int  # images of the dataset selection (after sharding)
-    n_complete: int  # of those, images with every wanted row present (skipped)
-    present: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # partial images: rows that exist
-
-    @property
-    def n_todo(self) -> int:
-        return self.todo.num_rows
-
-
-def shard_of(image_hash: str, n_shards: int) -> int:
-    """The fixed shard of an image: its hash's first 32 bits modulo ``n_shards``."""
-    return int(image_hash[:8], 16) % n_shards
-
-
-def check_dataset(store, dataset: str) -> None:
-    """Raise NotFoundError naming the known datasets unless ``dataset`` has images in the store."""
-    n = store.sql("SELECT count(*) AS n FROM dataset_images WHERE dataset = ?", [dataset]).column("n")[0].as_py()
-    if n:
-        return
-    known = store.sql("SELECT DISTINCT dataset FROM dataset_images ORDER BY 1").column("dataset").to_pylist()
-    raise NotFoundError(
-        f"unknown dataset {dataset!r} (no images in the store); known datasets: {', '.join(known) or 'none'}; "
-        "ingest it first"
-    )
-
-
-def plan_images(
-    store,
-    dataset: str,
-    feature_set_ids: Sequence[str],
-    layers: Sequence[int],
-    *,
-    splits: Sequence[str] | None = None,
-    shard: tuple[int, int] | None = None,
-    limit: int | None = None,
-) -> Plan:
-    """Which images of ``dataset`` (optionally only ``splits``, one ``(index, count)`` shard, the first
-    ``limit``) miss at least one (feature set, layer) row; partial images carry the rows they have."""
-    check_dataset(store, dataset)
-    want = len(feature_set_ids) * len(layers)
-    split_sql = " AND list_contains(?, di.split)" if splits else ""
-    params: list[Any] = [dataset, *([list(splits)] if splits else []), list(feature_set_ids), [int(x) for x in layers]]
-    table = store.catalog.query(
-        f"""
-        WITH want AS (
-            SELECT di.image_hash, i.uri FROM dataset_images di LEFT JOIN images i USING (image_hash)
-            WHERE di.dataset = ?{split_sql}
-        ), have AS (
-            SELECT image_hash, count(*) AS n FROM (
-                SELECT DISTINCT feature_set_id, layer, image_hash FROM raw_activations
-                WHERE list_contains(?, feature_set_id) AND list_contains(?, layer)
-            ) GROUP BY image_hash
-        )
-        SELECT w.image_hash, w.uri, coalesce(h.n, 0)::INTEGER AS n_have
-        FROM want w LEFT JOIN have h USING (image_hash) ORDER BY w.image_hash
-        """,
-        params,
-    )
-    if shard is not None:
-        index, count = shard
-        mask = [shard_of(h, count) == index for h in table.column("image_hash").to_pylist()]
-        table = table.filter(pa.array(mask, pa.bool_()))
-    if limit is not None:
-        table = table.slice(0, limit)
-    n_selected = table.num_rows
-    n_have = table.column("n_have").to_pylist()
-    todo = table.filter(pa.array([n < want for n in n_have], pa.bool_()))
-    partial = [h for h, n in zip(table.column("image_hash").to_pylist(), n_have, strict=True) if 0 < n < want]
-    return Plan(
-        todo=todo,
-        n_selected=n_selected,
-        n_complete=n_selected - todo.num_rows,
-        present=_present_rows(store, partial, feature_set_ids, layers),
-    )
-
-
-def _present_rows(store, hashes: list[str], feature_set_ids, layers) -> dict[str, set[tuple[str, int]]]:
-    if not hashes:
-        return {}
-    name = f"_partial_{new_id().replace('-', '_')}"
-    store.catalog.register_temp(name, pa.table({"image_hash": pa.array(hashes, pa.string())}))
-    try:
-        rows = store.catalog.query(
-            f"SELECT DISTINCT a.image_hash, a.feature_set_id, a.layer FROM raw_activations a JOIN {name} p "
-            "USING (image_hash) WHERE list_contains(?, a.feature_set_id) AND list_contains(?, a.layer)",
-            [list(feature_set_ids), [int(x) for x in layers]],
-        )
-    finally:
-        store.catalog.unregister_temp(name)
-    out: dict[str, set[tuple[str, int]]] = {h: set() for h in hashes}
-    for h, fs, layer in zip(*(rows.column(c).to_pylist() for c in range(3)), strict=True):
-        out[h].add((fs, int(layer)))
-    return out
-
-
-# --------------------------------------------------------------------------- worker side
 @dataclass
 class Failure:
     """An image that could not be read or decoded."""
