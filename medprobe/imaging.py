@@ -16,12 +16,12 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from medprobe.errors import InvalidInputError
+from medprobe.schemas.vocab import Verify
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's default Image.MAX_IMAGE_PIXELS, stated here so it cannot drift
 STUDY_MAX_SIDE = 1024  # the reference study's preprocessing: longest side at most 1,024 px
@@ -39,7 +39,7 @@ REASONS = (
     "bad_row",  # a manifest row that names no usable file or label
 )
 
-Verify = Literal["header", "structure", "full"]
+
 
 # What PIL's pure-Python header parsers and C decoders raise on malformed input (hostile bytes included)
 DECODER_ERRORS = (
@@ -211,7 +211,7 @@ def inspect_image(
     data: bytes,
     *,
     source: str,
-    verify: Verify = "structure",
+    verify: Verify | str = Verify.structure,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ImageInfo:
     """Size, mode, bit depth and format of image bytes, checked to the level ``verify`` asks.
@@ -356,7 +356,7 @@ def _dicom_pixels(ds, source: str) -> np.ndarray:
         raise ImageReadError("unsupported", source, f"cannot decode this DICOM transfer syntax: {e}") from e
 
 
-def _inspect_dicom(data: bytes, source: str, *, verify: Verify, max_pixels: int) -> ImageInfo:
+def _inspect_dicom(data: bytes, source: str, *, verify: Verify | str, max_pixels: int) -> ImageInfo:
     ds = _dicom_dataset(data, source, stop_before_pixels=verify == "header")
     width, height = _dicom_size(ds, source, max_pixels)
     spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)

@@ -1,36 +1,23 @@
-"""Options and helpers shared by every CLI command."""
+"""Consoles and store opening shared by every CLI command (the options themselves are in ``options.py``)."""
 
 from __future__ import annotations
 
-import os
-from typing import Annotated
+from typing import TYPE_CHECKING
 
-import typer
 from rich.console import Console
 
-DEFAULT_STORE = "./medprobe-store"
+from medprobe.featurestore.store import default_store_url
+
+if TYPE_CHECKING:
+    from medprobe.featurestore import FeatureStore
 
 console = Console()
 err_console = Console(stderr=True)
 
-
-def default_store_url() -> str:
-    """The store URL used when ``--store`` is not given: ``$MEDPROBE_STORE`` or ``./medprobe-store``."""
-    return os.environ.get("MEDPROBE_STORE") or DEFAULT_STORE
+__all__ = ["console", "default_store_url", "err_console", "open_store"]
 
 
-StoreOption = Annotated[
-    str | None,
-    typer.Option(
-        "--store",
-        "-s",
-        help="Store URL: a folder, memory://..., s3://... [default: $MEDPROBE_STORE or ./medprobe-store]",
-        show_default=False,
-    ),
-]
-
-
-def open_store(url: str | None, *, create: bool = True):
+def open_store(url: str | None, *, create: bool = True) -> FeatureStore:
     """Open the store named by ``--store`` (or the default) for a command."""
     from medprobe.featurestore import FeatureStore
 

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from medprobe.cli.common import StoreOption, console, default_store_url, open_store
+from medprobe.cli.common import console, default_store_url, open_store
+from medprobe.cli.options import StoreOpt, retired
 from medprobe.errors import MedprobeError
 
 DEMO_DATASET = "demo-synthetic-tissue"
@@ -25,14 +26,19 @@ def _run_step(app: typer.Typer, title: str, args: list[str]) -> float:
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
+    @retired(workers="--workers/-j -> --decode-workers")
     def demo(
-        out: Annotated[Path, typer.Option(help="Folder for the generated images and the report.")] = Path(
-            "medprobe-demo"
-        ),
-        model: Annotated[str, typer.Option(help="Model spec to extract with (offline).")] = "efficientnet-lite0",
-        patients: Annotated[int, typer.Option(help="Synthetic patients (6 tiles each).")] = 36,
-        workers: Annotated[int, typer.Option("--workers", "-j", help="DataLoader workers for extraction.")] = 1,
-        store: StoreOption = None,
+        out: Annotated[
+            Path, typer.Option("--out", "-o", help="Folder for the generated images and the report.")
+        ] = Path("medprobe-demo"),
+        model: Annotated[
+            str, typer.Option("--model", "-m", help="Model spec to extract with (offline).")
+        ] = "efficientnet-lite0",
+        patients: Annotated[int, typer.Option(min=2, help="Synthetic patients (6 tiles each).")] = 36,
+        decode_workers: Annotated[
+            int, typer.Option("--decode-workers", min=0, help="DataLoader processes decoding images.")
+        ] = 1,
+        store: StoreOpt = None,
     ) -> None:
         """Run ingest -> extract -> layer sweep -> report on a SYNTHETIC histology-like dataset, offline."""
         from medprobe.synthetic.tissue import write_demo_dataset
@@ -51,14 +57,14 @@ def register(app: typer.Typer) -> None:
         timings["ingest"] = _run_step(
             inner,
             "1/4 ingest",
-            ["ingest", str(labels_csv), "--format", "csv", "--dataset", DEMO_DATASET, "--path-column", "path",
-             "--label-column", DEMO_TASK, "--group-column", "patient_id", "--seed", "0", *common],
+            ["ingest", str(labels_csv), "--layout", "csv", "--dataset", DEMO_DATASET, "--path-column", "path",
+             "--label-column", DEMO_TASK, "--group-column", "patient_id", "--split-seed", "0", *common],
         )  # fmt: skip
         timings["extract"] = _run_step(
             inner,
             "2/4 extract",
-            ["extract", "--dataset", DEMO_DATASET, "--model", model, "--layers", "all", "--workers", str(workers),
-             *common],
+            ["extract", "--dataset", DEMO_DATASET, "--model", model, "--layers", "all",
+             "--decode-workers", str(decode_workers), *common],
         )  # fmt: skip
         s = open_store(url)
         before = set(s.sql("SELECT run_id FROM runs WHERE kind = 'sweep'").column(0).to_pylist())

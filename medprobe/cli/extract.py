@@ -5,62 +5,118 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from medprobe.cli.common import StoreOption, console, err_console, open_store
+from medprobe.cli.common import console, err_console, open_store
+from medprobe.cli.options import (
+    DatasetOpt,
+    DeviceOpt,
+    FormatOpt,
+    ModelOpt,
+    NoProgressOpt,
+    OutOpt,
+    SplitOpt,
+    StoreOpt,
+    layers_option,
+    retired,
+    split_list,
+    with_group,
+)
+from medprobe.cli.output import emit, wants_progress
+from medprobe.cli.tables import key_value_table
 from medprobe.errors import InvalidInputError
+from medprobe.schemas.vocab import ComputeDType, Quantization, StorageDType
 
-Dataset = Annotated[str, typer.Option("--dataset", "-d", help="Dataset name in the store.")]
-Model = Annotated[
-    str,
-    typer.Option(
-        "--model", "-m", help="Hugging Face id, local directory, plugin (efficientnet-lite0) or tiny-random/*."
-    ),
-]
-Prompt = Annotated[str | None, typer.Option("--prompt", help="Custom prompt text (VLMs).")]
-PromptPreset = Annotated[
-    str | None,
-    typer.Option("--prompt-preset", help="Study prompt: histology, radiology-chest, radiology-knee, ... general."),
-]
-Layers = Annotated[str, typer.Option("--layers", help="all | 0,4,-1 | 2:10 | 0-5 (negative counts from the end).")]
-Pooling = Annotated[
-    str | None,
-    typer.Option("--pooling", help="Comma list of last, image_mean, mean, cls, spatial_mean [default: the model's]."),
-]
-BatchSize = Annotated[str, typer.Option("--batch-size", "-b", help="Images per forward pass, or auto (halves on OOM).")]
-DType = Annotated[str | None, typer.Option("--dtype", help="bf16 | fp16 | fp32 [default: bf16 on CUDA, fp32 on CPU].")]
-Device = Annotated[str | None, typer.Option("--device", help="cuda | cpu [default: cuda when available].")]
-Workers = Annotated[int | None, typer.Option("--workers", "-j", help="DataLoader workers decoding images.")]
-Split = Annotated[list[str] | None, typer.Option("--split", help="Only these splits (repeatable).")]
-StorageDType = Annotated[str, typer.Option("--storage-dtype", help="float16 | bfloat16 | float32.")]
-TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow model repositories' own code.")]
-Quantization = Annotated[str | None, typer.Option("--quantization", help="8bit | 4bit (needs bitsandbytes).")]
-DeviceMap = Annotated[str | None, typer.Option("--device-map", help="accelerate device_map, e.g. auto.")]
-CommitEvery = Annotated[int, typer.Option("--commit-every", help="Commit a segment every N images.")]
-CommitSeconds = Annotated[float, typer.Option("--commit-seconds", help="... or every N seconds.")]
-Limit = Annotated[int | None, typer.Option("--limit", help="Only the first N images (by image hash).")]
-StudyPreprocessing = Annotated[
-    bool, typer.Option("--study-preprocessing", help="Downsample to 1,024 px and scale high-bit images per image.")
-]
-NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bar.")]
-
-
-def _options(**kwargs: Any):
+if TYPE_CHECKING:
     from medprobe.extractor.pipeline import ExtractOptions
 
-    pooling = kwargs.pop("pooling")
-    kwargs["pooling"] = [p.strip() for p in pooling.split(",") if p.strip()] if pooling else None
-    kwargs["splits"] = kwargs.pop("split") or None
-    try:
-        return ExtractOptions(**kwargs)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "options"
-        raise InvalidInputError(f"{where}: {first['msg']}") from None
+LayersOpt = Annotated[str, layers_option("layer of the model", "all")]
+
+
+@dataclass
+class ExtractSettings:
+    """What to extract and how: shared by ``extract`` and ``submit``."""
+
+    dataset: DatasetOpt
+    model: ModelOpt
+    prompt: Annotated[str | None, typer.Option("--prompt", help="Custom prompt text (VLMs).")] = None
+    prompt_preset: Annotated[
+        str | None,
+        typer.Option("--prompt-preset", help="Study prompt: histology, radiology-chest, radiology-knee, ... general."),
+    ] = None
+    layers: LayersOpt = "all"
+    pooling: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pooling", help="Poolings, comma list: last, image_mean, mean, cls, spatial_mean (default: the model's)."
+        ),
+    ] = None
+    batch_size: Annotated[
+        str, typer.Option("--batch-size", "-b", help="Images per forward pass, or auto (halves on out-of-memory).")
+    ] = "auto"
+    dtype: Annotated[
+        ComputeDType | None, typer.Option("--dtype", help="Compute dtype (default: bf16 on CUDA, fp32 on CPU).")
+    ] = None
+    device: DeviceOpt = None
+    decode_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--decode-workers", min=0, help="DataLoader processes decoding images (default: cores - 1, at most 8)."
+        ),
+    ] = None
+    split: SplitOpt = None
+    storage_dtype: Annotated[StorageDType, typer.Option("--storage-dtype", help="How activations are stored.")] = (
+        StorageDType.float16
+    )
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Allow model repositories' own code.")
+    ] = False
+    quantization: Annotated[
+        Quantization | None, typer.Option("--quantization", help="Weights quantization (needs bitsandbytes).")
+    ] = None
+    device_map: Annotated[str | None, typer.Option("--device-map", help="accelerate device_map, e.g. auto.")] = None
+    commit_every: Annotated[int, typer.Option("--commit-every", min=1, help="Commit a segment every N images.")] = 256
+    commit_seconds: Annotated[float, typer.Option("--commit-seconds", help="... or every N seconds.")] = 60.0
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N images (by image hash).")] = None
+    study_preprocessing: Annotated[
+        bool, typer.Option("--study-preprocessing", help="Downsample to 1,024 px and scale high-bit images per image.")
+    ] = False
+
+    def options(self) -> ExtractOptions:
+        """The pipeline's options (validated)."""
+        from medprobe.extractor.pipeline import ExtractOptions
+
+        try:
+            return ExtractOptions(
+                dataset=self.dataset,
+                model=self.model,
+                prompt=self.prompt,
+                prompt_preset=self.prompt_preset,
+                layers=self.layers,
+                pooling=split_list(self.pooling) or None,
+                batch_size=self.batch_size,  # type: ignore[arg-type]  # validated: "auto" or a positive integer
+                dtype=None if self.dtype is None else self.dtype.value,
+                device=self.device,
+                workers=self.decode_workers,
+                splits=split_list(self.split) or None,
+                storage_dtype=self.storage_dtype.value,
+                trust_remote_code=self.trust_remote_code,
+                quantization=None if self.quantization is None else self.quantization.value,
+                device_map=self.device_map,
+                commit_every=self.commit_every,
+                commit_seconds=self.commit_seconds,
+                limit=self.limit,
+                study_preprocessing=self.study_preprocessing,
+            )
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"]) or "options"
+            raise InvalidInputError(f"{where}: {first['msg']}") from None
 
 
 @contextmanager
@@ -84,108 +140,77 @@ def graceful_stop():
             signal.signal(s, h)
 
 
+_SUMMARY_KEYS = (
+    "images_selected",
+    "images_skipped",
+    "images_todo",
+    "images_forwarded",
+    "images_committed",
+    "failures",
+    "forward_batches",
+    "segments",
+    "batch_size",
+    "seconds",
+    "images_per_s",
+)
+
+
 def summary_table(summary: dict[str, Any]) -> Table:
     """The final summary: counts, rate and seconds per stage."""
-    t = Table(title="extraction summary", show_header=False)
-    t.add_column("what")
-    t.add_column("value", justify="right")
-    for key in (
-        "images_selected",
-        "images_skipped",
-        "images_todo",
-        "images_forwarded",
-        "images_committed",
-        "failures",
-        "forward_batches",
-        "segments",
-        "batch_size",
-        "seconds",
-        "images_per_s",
-    ):
-        if key in summary:
-            value = summary[key]
-            t.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
-    for stage, seconds in summary.get("stage_seconds", {}).items():
-        t.add_row(f"{stage.replace('_', ' ')} s", f"{seconds:,.2f}")
-    for pooling, fs in summary.get("feature_sets", {}).items():
-        t.add_row(f"feature set ({pooling})", fs)
-    return t
+    items = [
+        (key.replace("_", " "), f"{summary[key]:,}" if isinstance(summary[key], int) else str(summary[key]))
+        for key in _SUMMARY_KEYS
+        if key in summary
+    ]
+    stages = summary.get("stage_seconds", {})
+    items += [(f"{stage.replace('_', ' ')} s", f"{sec:,.2f}") for stage, sec in stages.items()]
+    items += [(f"feature set ({pooling})", fs) for pooling, fs in summary.get("feature_sets", {}).items()]
+    return key_value_table("extraction summary", items)
 
 
 def register(app: typer.Typer) -> None:
     """Add extract, submit, worker and status to ``app``."""
 
     @app.command()
+    @retired(workers="--workers/-j -> --decode-workers")
+    @with_group(ExtractSettings, "settings")
     def extract(
-        dataset: Dataset,
-        model: Model,
-        prompt: Prompt = None,
-        prompt_preset: PromptPreset = None,
-        layers: Layers = "all",
-        pooling: Pooling = None,
-        batch_size: BatchSize = "auto",
-        dtype: DType = None,
-        device: Device = None,
-        workers: Workers = None,
-        split: Split = None,
-        storage_dtype: StorageDType = "float16",
-        trust_remote_code: TrustRemoteCode = False,
-        quantization: Quantization = None,
-        device_map: DeviceMap = None,
-        commit_every: CommitEvery = 256,
-        commit_seconds: CommitSeconds = 60.0,
-        limit: Limit = None,
-        study_preprocessing: StudyPreprocessing = False,
-        no_progress: NoProgress = False,
-        store: StoreOption = None,
+        settings: ExtractSettings,
+        no_progress: NoProgressOpt = False,
+        fmt: FormatOpt = None,
+        out: OutOpt = None,
+        store: StoreOpt = None,
     ) -> None:
         """Extract pooled per-layer activations of a dataset's images into the store (resumable)."""
-        opts = _options(**{k: v for k, v in locals().items() if k not in ("store", "no_progress")})
         from medprobe.extractor.pipeline import Stopped
         from medprobe.extractor.pipeline import extract as run
 
+        opts = settings.options()
         st = open_store(store)
         with graceful_stop() as stop:
             try:
-                summary = run(st, opts, stop=stop, show_progress=not no_progress)
+                summary = run(st, opts, stop=stop, show_progress=not no_progress and wants_progress(fmt, out))
             except Stopped as s:
                 console.print(summary_table(s.args[0]))
                 err_console.print("stopped: everything forwarded is committed; rerun the same command to resume")
                 raise typer.Exit(130) from None
-        console.print(summary_table(summary))
+        emit(fmt, out, rows=[summary], document=summary, show=lambda: console.print(summary_table(summary)))
 
     @app.command()
+    @retired(workers="--workers/-j -> --decode-workers")
+    @with_group(ExtractSettings, "settings")
     def submit(
-        dataset: Dataset,
-        model: Model,
-        prompt: Prompt = None,
-        prompt_preset: PromptPreset = None,
-        layers: Layers = "all",
-        pooling: Pooling = None,
-        batch_size: BatchSize = "auto",
-        dtype: DType = None,
-        device: Device = None,
-        workers: Workers = None,
-        split: Split = None,
-        storage_dtype: StorageDType = "float16",
-        trust_remote_code: TrustRemoteCode = False,
-        quantization: Quantization = None,
-        device_map: DeviceMap = None,
-        commit_every: CommitEvery = 256,
-        commit_seconds: CommitSeconds = 60.0,
-        limit: Limit = None,
-        study_preprocessing: StudyPreprocessing = False,
+        settings: ExtractSettings,
         shards: Annotated[int, typer.Option("--shards", min=1, help="Split the job into N shards for workers.")] = 16,
-        store: StoreOption = None,
+        store: StoreOpt = None,
     ) -> None:
         """Queue an extraction job (same options as extract) for `medprobe worker`."""
-        opts = _options(**{k: v for k, v in locals().items() if k not in ("store", "shards")})
         from medprobe.extractor.jobs import JobQueue
-        from medprobe.extractor.pipeline import check_writable
         from medprobe.extractor.plan import check_dataset
 
+        opts = settings.options()
         st = open_store(store)
-        check_writable(st)
+        st.check_writable()
         check_dataset(st, opts.dataset)
         job = JobQueue(st).submit(opts, n_shards=shards)
         console.print(f"queued {job.job_id} ({opts.dataset}, {opts.model}, {shards} shards)")
@@ -198,8 +223,8 @@ def register(app: typer.Typer) -> None:
             float, typer.Option("--stale-after", help="Take over a shard whose heartbeat is this many seconds old.")
         ] = 120.0,
         exit_when_idle: Annotated[bool, typer.Option("--exit-when-idle", help="Stop when the queue is empty.")] = False,
-        no_progress: NoProgress = False,
-        store: StoreOption = None,
+        no_progress: NoProgressOpt = False,
+        store: StoreOpt = None,
     ) -> None:
         """Run queued extraction jobs until stopped (SIGTERM/SIGINT: commit the batch in flight, then exit)."""
         from medprobe.extractor.worker import run_worker
@@ -224,28 +249,34 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def status(
         stale_after: Annotated[float, typer.Option("--stale-after", help="Heartbeat age that counts as dead.")] = 120.0,
-        store: StoreOption = None,
+        fmt: FormatOpt = None,
+        out: OutOpt = None,
+        store: StoreOpt = None,
     ) -> None:
         """Show queued jobs (shards done/running/pending, images, rates) and recent extraction runs."""
         from medprobe.extractor.status import job_rows, recent_runs
 
         st = open_store(store, create=False)
         jobs = job_rows(st, stale_s=stale_after)
-        t = Table(title=f"extraction jobs in {st.url}")
-        for col in ("job", "dataset", "model", "state", "shards done", "running", "pending", "images", "images/s"):
-            t.add_column(col, justify="right" if col in ("images", "images/s") else "left")
-        for r in jobs:
-            t.add_row(
-                *(str(r[k]) for k in ("job", "dataset", "model", "state", "done", "running", "pending")),
-                f"{r['images']:,}",
-                f"{r['rate']:,.1f}",
-            )
-        console.print(t if jobs else "no queued jobs")
         runs = recent_runs(st)
-        if runs:
-            r = Table(title="recent extraction runs")
-            for col in ("run", "status", "started", "images", "images/s", "failures"):
-                r.add_column(col)
-            for row in runs:
-                r.add_row(*(str(row[k]) for k in ("run", "status", "started", "images", "rate", "failures")))
-            console.print(r)
+
+        def show() -> None:
+            t = Table(title=f"extraction jobs in {st.url}")
+            for col in ("job", "dataset", "model", "state", "shards done", "running", "pending", "images", "images/s"):
+                t.add_column(col, justify="right" if col in ("images", "images/s") else "left")
+            for r in jobs:
+                t.add_row(
+                    *(str(r[k]) for k in ("job", "dataset", "model", "state", "done", "running", "pending")),
+                    f"{r['images']:,}",
+                    f"{r['rate']:,.1f}",
+                )
+            console.print(t if jobs else "no queued jobs")
+            if runs:
+                r = Table(title="recent extraction runs")
+                for col in ("run", "status", "started", "images", "images/s", "failures"):
+                    r.add_column(col)
+                for row in runs:
+                    r.add_row(*(str(row[k]) for k in ("run", "status", "started", "images", "rate", "failures")))
+                console.print(r)
+
+        emit(fmt, out, rows=jobs, document={"jobs": jobs, "runs": runs}, show=show)

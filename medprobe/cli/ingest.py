@@ -2,34 +2,54 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated
+import dataclasses
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from medprobe.cli.common import StoreOption, console, open_store
+from medprobe.cli.common import console, open_store
+from medprobe.cli.options import DatasetOpt, FormatOpt, OutOpt, StoreOpt, pairs, retired, split_list
+from medprobe.cli.output import FORMATS, OutFormat, emit, wants_progress
 from medprobe.errors import InvalidInputError, MedprobeError
+from medprobe.schemas.vocab import Layout, NeoplasticShare, Verify
 
-FORMAT_HELP = (
-    "Source layout: csv, imagefolder, medmnist, nct-crc, pannuke, isic2018, isic2020, eyepacs, aptos, airogs, "
-    "odir, padchest, knee."
-)
+if TYPE_CHECKING:
+    from medprobe.ingest.overview import DatasetOverview
+
+TaskNameOpt = Annotated[
+    str | None, typer.Option("--task", "-t", help="Task name of single-task layouts (default: label; e.g. tissue)")
+]
 
 
 class IngestFailuresError(MedprobeError):
     """``--strict`` and some files could not be ingested."""
 
 
-def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
-    out = {}
-    for item in values or []:
-        for part in item.split(","):
-            key, sep, value = part.partition("=")
-            if not sep or not key.strip() or not value.strip():
-                raise InvalidInputError(f"{option} takes NAME=VALUE (e.g. {option} kl_grade=ordinal); got {part!r}")
-            out[key.strip()] = value.strip()
-    return out
+IngestFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        "-f",
+        metavar="[table|csv|json|parquet]",
+        help="Output format of the summary (default: table, or from the suffix of --out). The source layout is "
+        "--layout.",
+        show_default=False,
+    ),
+]
+
+
+def _output_format(value: str | None) -> OutFormat | None:
+    """``ingest -f``: an output format; a layout name (the old meaning of -f here) fails naming --layout."""
+    if value is None:
+        return None
+    if value.lower() in FORMATS:
+        return OutFormat(value.lower())
+    if value in {x.value for x in Layout}:
+        raise InvalidInputError(
+            f"-f/--format chooses the output ({'|'.join(FORMATS)}); name the source layout with --layout {value}"
+        )
+    raise InvalidInputError(f"--format {value!r}: choose one of {', '.join(FORMATS)} (the source layout is --layout)")
 
 
 def _summary_tables(summary) -> None:
@@ -82,129 +102,141 @@ def _summary_tables(summary) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command("ingest")
+    @retired(
+        workers="--workers -> --threads",
+        seed="--seed -> --split-seed",
+        as_json="--json! -> -f/--format json",
+    )
     def ingest_cmd(
         source: Annotated[str, typer.Argument(help="Folder, manifest or .npz to ingest.")],
-        format: Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP)],
-        dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name to ingest into.")],
+        layout: Annotated[Layout, typer.Option("--layout", help="The source's published layout.")],
+        dataset: DatasetOpt,
         path_column: Annotated[str | None, typer.Option(help="csv: column with image paths (default: path)")] = None,
         label_column: Annotated[
-            list[str] | None, typer.Option(help="csv: a label column; repeat for several tasks")
+            list[str] | None, typer.Option(help="csv: label column(s), one task each (comma list or repeated)")
         ] = None,
         split_column: Annotated[str | None, typer.Option(help="csv: column with train/val/test")] = None,
         group_column: Annotated[str | None, typer.Option(help="csv: patient/lesion column (grouped splits)")] = None,
         root: Annotated[str | None, typer.Option(help="csv: base folder of relative paths (default: CSV's)")] = None,
-        task: Annotated[
-            str | None, typer.Option(help="Task name of single-task layouts (default: label; e.g. tissue for nct-crc)")
-        ] = None,
+        task: TaskNameOpt = None,
         task_type: Annotated[
-            list[str] | None, typer.Option(help="TASK=binary|multiclass|ordinal|multilabel; repeatable")
+            list[str] | None, typer.Option(help="TASK=binary|multiclass|ordinal|multilabel (comma list or repeated)")
         ] = None,
-        metric: Annotated[list[str] | None, typer.Option(help="TASK=macro_f1|macro_auc; repeatable")] = None,
+        metric: Annotated[
+            list[str] | None, typer.Option(help="TASK=macro_f1|macro_auc (comma list or repeated)")
+        ] = None,
         class_names: Annotated[
-            str | None, typer.Option(help="Comma-separated class names in label-index order")
+            list[str] | None, typer.Option(help="Class names in label-index order (comma list)")
         ] = None,
         separator: Annotated[str | None, typer.Option(help="csv multilabel cells: separator (default: |)")] = None,
         fold_splits: Annotated[
-            str | None, typer.Option(help="pannuke: fold=split pairs (default: 1=train,2=val,3=test)")
+            list[str] | None, typer.Option(help="pannuke: FOLD=SPLIT pairs (default: 1=train,2=val,3=test)")
         ] = None,
-        neoplastic_share: Annotated[str, typer.Option(help="pannuke: 30% share of nuclei by area|count")] = "area",
+        neoplastic_share: Annotated[
+            NeoplasticShare, typer.Option(help="pannuke: the 30% share of nuclei by area or count")
+        ] = NeoplasticShare.area,
         test_fraction: Annotated[float, typer.Option(help="Generated splits: test share of all data")] = 0.2,
         val_fraction: Annotated[float, typer.Option(help="Val share carved from training data (0: none)")] = 0.1,
-        seed: Annotated[int, typer.Option(help="Seed of generated splits")] = 0,
+        split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of generated splits")] = 0,
         min_positives: Annotated[
             int, typer.Option(help="Multilabel: drop findings with fewer training positives")
         ] = 50,
         copy: Annotated[bool, typer.Option("--copy", help="Copy image bytes into the store")] = False,
-        verify: Annotated[str, typer.Option(help="Image check: header | structure | full decode")] = "structure",
+        verify: Annotated[Verify, typer.Option(help="How hard each image is checked")] = Verify.structure,
         max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs)")] = (
             89_478_485
         ),
-        workers: Annotated[int | None, typer.Option(help="Hashing threads (default: CPU count)")] = None,
+        threads: Annotated[
+            int | None, typer.Option("--threads", min=1, help="Hashing threads (default: CPU count)")
+        ] = None,
         strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when any file fails")] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
-        store: StoreOption = None,
+        fmt: IngestFormatOpt = None,
+        out: OutOpt = None,
+        store: StoreOpt = None,
     ) -> None:
         """Ingest a collection: images by sha256, labels, tasks, splits; unreadable files become failures."""
         from medprobe.ingest.pipeline import IngestOptions, ingest
         from medprobe.ingest.records import FormatOptions
         from medprobe.ingest.splits import SplitPlan, normalise_split
 
-        if verify not in ("header", "structure", "full"):
-            raise InvalidInputError(f"--verify must be header, structure or full, not {verify!r}")
-        folds = {
-            k: normalise_split(v) for k, v in _pairs([fold_splits] if fold_splits else [], "--fold-splits").items()
-        }
+        output = _output_format(fmt)
+        folds = {k: normalise_split(v) for k, v in pairs(fold_splits, "--fold-splits").items()}
         format_options = FormatOptions(
             path_column=path_column,
-            label_columns=tuple(label_column or ()),
+            label_columns=tuple(split_list(label_column)),
             split_column=split_column,
             group_column=group_column,
             root=root,
             task=task,
-            task_types=_pairs(task_type, "--task-type"),
-            metrics=_pairs(metric, "--metric"),
-            class_names=tuple(c.strip() for c in class_names.split(",")) if class_names else (),
+            task_types=pairs(task_type, "--task-type"),
+            metrics=pairs(metric, "--metric"),
+            class_names=tuple(split_list(class_names)),
             multilabel_separator=separator,
             fold_splits=folds,
-            neoplastic_share=neoplastic_share,
+            neoplastic_share=neoplastic_share.value,
         )
         options = IngestOptions(
             copy=copy,
-            verify=verify,  # type: ignore[arg-type]
+            verify=verify,
             max_pixels=max_pixels,
-            workers=workers,
-            split_plan=SplitPlan(test_fraction=test_fraction, val_fraction=val_fraction, seed=seed),
+            workers=threads,
+            split_plan=SplitPlan(test_fraction=test_fraction, val_fraction=val_fraction, seed=split_seed),
             min_positives=min_positives,
-            show_progress=not as_json,
+            show_progress=wants_progress(output, out),
         )
         s = open_store(store)
-        summary = ingest(s, source, format, dataset, format_options, options)
-        if as_json:
-            typer.echo(json.dumps(summary.to_json(), indent=1, default=str))
-        else:
-            _summary_tables(summary)
+        summary = ingest(s, source, layout.value, dataset, format_options, options)
+        document = summary.to_json()
+        emit(output, out, rows=[document], document=document, show=lambda: _summary_tables(summary))
         if strict and summary.failures:
             raise IngestFailuresError(f"{summary.failures} file(s) or row(s) could not be ingested (--strict)")
 
     @app.command("datasets")
     def datasets_cmd(
         dataset: Annotated[str | None, typer.Argument(help="Show only this dataset")] = None,
-        store: StoreOption = None,
+        fmt: FormatOpt = None,
+        out: OutOpt = None,
+        store: StoreOpt = None,
     ) -> None:
         """List datasets: tasks, split sizes and class counts per split."""
         from medprobe.ingest.overview import dataset_overviews
 
         s = open_store(store)
         overviews = dataset_overviews(s, dataset)
-        if not overviews:
-            console.print("no datasets yet; add one with `medprobe ingest SOURCE --format F --dataset NAME`")
-            return
-        t = Table(title="datasets")
-        for col in ("dataset", "format", "images", "train", "val", "test", "groups", "tasks", "split policy"):
-            t.add_column(col, justify="right" if col in ("images", "train", "val", "test", "groups") else "left")
-        for ov in overviews:
-            tasks = "; ".join(
-                f"{x['task']} ({x['type']}, {len(x['class_names'])}, {x['primary_metric']})" for x in ov.tasks
-            )
-            t.add_row(
-                ov.dataset,
-                ov.format,
-                f"{sum(ov.split_sizes.values()):,}",
-                *(f"{ov.split_sizes.get(sp, 0):,}" for sp in ("train", "val", "test")),
-                f"{ov.groups:,}",
-                tasks,
-                ov.split_policy,
-            )
-        console.print(t)
-        for ov in overviews:
-            for task in ov.tasks:
-                name = task["task"]
-                per_split = ov.class_counts.get(name, {})
-                ct = Table(title=f"{ov.dataset} / {name} ({task['type']})")
-                ct.add_column("class")
-                splits = list(per_split)
-                for sp in splits:
-                    ct.add_column(sp, justify="right")
-                for c in task["class_names"]:
-                    ct.add_row(c, *(f"{per_split[sp].get(c, 0):,}" for sp in splits))
-                console.print(ct)
+        rows = [dataclasses.asdict(ov) for ov in overviews]
+        emit(fmt, out, rows=rows, document=rows, show=lambda: _print_overviews(overviews))
+
+
+def _print_overviews(overviews: list[DatasetOverview]) -> None:
+    if not overviews:
+        console.print("no datasets yet; add one with `medprobe ingest SOURCE --layout L --dataset NAME`")
+        return
+    t = Table(title="datasets")
+    for col in ("dataset", "format", "images", "train", "val", "test", "groups", "tasks", "split policy"):
+        t.add_column(col, justify="right" if col in ("images", "train", "val", "test", "groups") else "left")
+    for ov in overviews:
+        tasks = "; ".join(
+            f"{x['task']} ({x['type']}, {len(x['class_names'])}, {x['primary_metric']})" for x in ov.tasks
+        )
+        t.add_row(
+            ov.dataset,
+            ov.format,
+            f"{sum(ov.split_sizes.values()):,}",
+            *(f"{ov.split_sizes.get(sp, 0):,}" for sp in ("train", "val", "test")),
+            f"{ov.groups:,}",
+            tasks,
+            ov.split_policy,
+        )
+    console.print(t)
+    for ov in overviews:
+        for task in ov.tasks:
+            name = task["task"]
+            per_split = ov.class_counts.get(name, {})
+            ct = Table(title=f"{ov.dataset} / {name} ({task['type']})")
+            ct.add_column("class")
+            splits = list(per_split)
+            for sp in splits:
+                ct.add_column(sp, justify="right")
+            for c in task["class_names"]:
+                ct.add_row(c, *(f"{per_split[sp].get(c, 0):,}" for sp in splits))
+            console.print(ct)

@@ -1,129 +1,153 @@
-"""Probe commands: train (one layer), sweep (every layer), compare (feature sets, paired), report (plots)."""
+"""Probe commands: train (one layer), sweep (every layer), compare (feature sets, paired), report (plots).
+
+``train`` and ``sweep`` are one implementation (:func:`_probe_command`) that differ only in their default layers
+and in whether several layers may be named.
+"""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from medprobe.cli.common import StoreOption, console, err_console, open_store
+from medprobe.cli.common import console, err_console, open_store
+from medprobe.cli.options import (
+    DeviceOpt,
+    FormatOpt,
+    OptionalDatasetOpt,
+    OutOpt,
+    StoreOpt,
+    TaskOpt,
+    float_list,
+    int_list,
+    layers_option,
+    retired,
+    split_list,
+    with_group,
+)
+from medprobe.cli.output import emit, wants_progress
 from medprobe.errors import InvalidInputError
+from medprobe.layerspec import resolve_layer, resolve_layers
+from medprobe.schemas.vocab import ClassWeight, Selection, SolverName
+from medprobe.trainer.defaults import DEFAULT_C_GRID, N_BOOT
+
+if TYPE_CHECKING:
+    from medprobe.featurestore import FeatureStore
+    from medprobe.trainer.experiment import ExperimentSpec, ProbeOutcome
+    from medprobe.trainer.protocol import Setting
 
 
-class Output(StrEnum):
-    text = "text"
-    json = "json"
+class TestSplit(StrEnum):
+    """The split scored once as the test set."""
+
+    test = "test"
+    val = "val"
 
 
-TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Task name (see `medprobe sql 'select * from tasks'`).")]
-DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="Dataset of the task, when ambiguous.")]
-FeatureSetOpt = Annotated[str | None, typer.Option("--feature-set", "-f", help="Feature set id.")]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="Pick the feature set extracted with this model.")]
-PromptOpt = Annotated[str | None, typer.Option("--prompt", help="... and this prompt.")]
-PoolingOpt = Annotated[str | None, typer.Option("--pooling", help="... and this pooling.")]
-SolverOpt = Annotated[str, typer.Option("--solver", help="torch | sklearn | cuml.")]
-CGridOpt = Annotated[str, typer.Option("--c-grid", help="Comma-separated C values (log grid).")]
-SelectionOpt = Annotated[str, typer.Option("--selection", help="cv (grouped stratified K-fold) or val split.")]
-CvOpt = Annotated[int, typer.Option("--cv", help="Folds for --selection cv.")]
-TestSplitOpt = Annotated[
-    str,
-    typer.Option(
-        "--test-split",
-        help="The split scored once as the test set: test, or val for datasets that ship only train/val "
-        "(probes then fit and select C on train only; test rows are never trained on).",
-    ),
-]
-FractionOpt = Annotated[str, typer.Option("--train-fraction", help="Label efficiency: e.g. 0.01,0.1,0.5,1.")]
-SeedsOpt = Annotated[str, typer.Option("--seeds", help="Subsample seeds for fractions below 1, e.g. 0,1,2.")]
-ClassWeightOpt = Annotated[str, typer.Option("--class-weight", help="none | balanced.")]
-AllowMissingOpt = Annotated[bool, typer.Option("--allow-missing", help="Train on the images that have labels.")]
-BootOpt = Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates for the CIs.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="torch device (default: cuda if present).")]
-OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text or json (one JSON object).")]
+@dataclass
+class FeatureSetChoice:
+    """Which feature set: by id, or by the model (and prompt, pooling) it was extracted with."""
 
-DEFAULT_C = "1e-4,1e-3,1e-2,1e-1,1,10,100,1000"
+    feature_set: Annotated[str | None, typer.Option("--feature-set", help="Feature set id.")] = None
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="... or the feature set extracted with this model")
+    ] = None
+    prompt: Annotated[str | None, typer.Option("--prompt", help="... and this prompt.")] = None
+    pooling: Annotated[str | None, typer.Option("--pooling", help="... and this pooling.")] = None
 
 
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise InvalidInputError(f"{what}: cannot read {text!r} as comma-separated numbers") from e
+@dataclass
+class ProtocolOptions:
+    """How probes are fitted, selected and scored (train, sweep and compare)."""
+
+    dataset: OptionalDatasetOpt = None
+    solver: Annotated[SolverName, typer.Option("--solver", help="Probe solver.")] = SolverName.torch
+    c_grid: Annotated[
+        list[str] | None,
+        typer.Option("--c-grid", help="C values, a log grid (default: 1e-4,1e-3,...,1000).", show_default=False),
+    ] = None
+    selection: Annotated[
+        Selection, typer.Option("--selection", help="Choose C by grouped stratified K-fold CV or on the val split.")
+    ] = Selection.cv
+    cv: Annotated[int, typer.Option("--cv", min=2, help="Folds for --selection cv.")] = 5
+    test_split: Annotated[
+        TestSplit,
+        typer.Option(
+            "--test-split",
+            help="The split scored once as the test set (val: for datasets that ship only train/val; probes then "
+            "fit and select C on train only).",
+        ),
+    ] = TestSplit.test
+    class_weight: Annotated[ClassWeight, typer.Option("--class-weight", help="Class weights of the loss.")] = (
+        ClassWeight.none
+    )
+    allow_missing: Annotated[
+        bool, typer.Option("--allow-missing", help="Train on the images that have labels and features.")
+    ] = False
+    n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CIs.")] = N_BOOT
+    boot_seed: Annotated[int, typer.Option("--boot-seed", help="Seed of the bootstrap replicates.")] = 0
+    device: DeviceOpt = None
+
+    def grid(self) -> list[float]:
+        return float_list(self.c_grid, "--c-grid") if self.c_grid else list(DEFAULT_C_GRID)
 
 
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise InvalidInputError(f"{what}: cannot read {text!r} as comma-separated integers") from e
+@dataclass
+class Subsampling:
+    """Label efficiency: fit on stratified subsamples of the training rows."""
+
+    train_fraction: Annotated[
+        list[str] | None, typer.Option("--train-fraction", help="Fractions of the training rows, e.g. 0.01,0.1,1.")
+    ] = None
+    seeds: Annotated[
+        list[str] | None, typer.Option("--seeds", help="Subsample seeds for fractions below 1 (default: 0,1,2).")
+    ] = None
 
 
 def _spec(
-    store,
+    store: FeatureStore,
     *,
-    task,
-    dataset,
-    feature_set,
-    model,
-    prompt,
-    pooling,
-    layers,
-    solver,
-    c_grid,
-    selection,
-    cv,
-    test_split,
-    train_fraction,
-    seeds,
-    class_weight,
-    allow_missing,
-    n_boot,
-    seed,
-    device,
-):
-    from medprobe.trainer.data import resolve_feature_set, resolve_task
+    task: str,
+    feature_set_id: str,
+    layers: list[int],
+    protocol: ProtocolOptions,
+    sampling: Subsampling | None = None,
+) -> ExperimentSpec:
+    from medprobe.trainer.data import resolve_task
     from medprobe.trainer.experiment import ExperimentSpec
 
-    fs = resolve_feature_set(store, feature_set, model, prompt, pooling)
-    task_row = resolve_task(store, task, dataset)
-    stored = store.layers(fs.feature_set_id)
-    if not stored:
-        raise InvalidInputError(f"feature set {fs.feature_set_id} has no extracted rows: run `medprobe extract`")
-    if layers is None:
-        layers = stored
-    elif layers == "last":
-        layers = stored[-1:]
-    missing = [x for x in layers if x not in stored]
-    if missing:
-        raise InvalidInputError(f"feature set {fs.feature_set_id} has no layer(s) {missing}; stored layers: {stored}")
-    if class_weight not in ("none", "balanced"):
-        raise InvalidInputError(f"--class-weight must be none or balanced, got {class_weight!r}")
-    if selection not in ("cv", "val"):
-        raise InvalidInputError(f"--selection must be cv or val, got {selection!r}")
     return ExperimentSpec(
-        feature_set_id=fs.feature_set_id,
-        task=task_row,
-        layers=list(layers),
-        solver=solver,
-        c_grid=_floats(c_grid, "--c-grid"),
-        selection=selection,
-        n_splits=cv,
-        test_split=test_split,
-        fractions=_floats(train_fraction, "--train-fraction"),
-        seeds=_ints(seeds, "--seeds"),
-        class_weight=None if class_weight == "none" else class_weight,
-        allow_missing=allow_missing,
-        n_boot=n_boot,
-        seed=seed,
-        device=device,
-    )
+        feature_set_id=feature_set_id,
+        task=resolve_task(store, task, protocol.dataset),
+        layers=layers,
+        solver=protocol.solver.value,
+        c_grid=protocol.grid(),
+        selection=protocol.selection.value,
+        n_splits=protocol.cv,
+        test_split=protocol.test_split.value,
+        fractions=float_list(sampling.train_fraction, "--train-fraction") if sampling and sampling.train_fraction
+        else [1.0],
+        seeds=int_list(sampling.seeds, "--seeds") if sampling and sampling.seeds else [0, 1, 2],
+        class_weight=None if protocol.class_weight is ClassWeight.none else protocol.class_weight.value,
+        allow_missing=protocol.allow_missing,
+        n_boot=protocol.n_boot,
+        seed=protocol.boot_seed,
+        device=protocol.device,
+    )  # fmt: skip
 
 
-def _params(spec) -> dict:
+def stored_layers(store: FeatureStore, feature_set_id: str) -> list[int]:
+    """The layers a feature set has rows for; InvalidInputError when it has none."""
+    stored = store.layers(feature_set_id)
+    if not stored:
+        raise InvalidInputError(f"feature set {feature_set_id} has no extracted rows: run `medprobe extract`")
+    return stored
+
+
+def _params(spec: ExperimentSpec) -> dict[str, Any]:
     return {
         "feature_set_id": spec.feature_set_id,
         "dataset": spec.task.dataset,
@@ -142,8 +166,14 @@ def _params(spec) -> dict:
     }
 
 
-def _probe_json(o) -> dict:
-    return {
+def _test_json(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "auc_per_class", "undefined")
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def _probe_row(o: ProbeOutcome) -> dict[str, Any]:
+    """One probe as a flat row (the csv/parquet output) with its test metrics and CIs."""
+    row: dict[str, Any] = {
         "probe_id": o.probe_id,
         "layer": o.layer,
         "train_fraction": o.setting.fraction,
@@ -155,16 +185,23 @@ def _probe_json(o) -> dict:
         "n_test": len(o.y_test),
         "converged": o.probe.converged,
         "n_iter": o.probe.n_iter,
-        "test": _test_json(o.metrics),
     }
+    for key in ("macro_auc", "balanced_accuracy", "macro_f1", "accuracy"):
+        entry = o.metrics.get(key) or {}
+        row[key] = entry.get("value")
+        row[f"{key}_ci_low"] = entry.get("ci_low")
+        row[f"{key}_ci_high"] = entry.get("ci_high")
+    return row
 
 
-def _test_json(metrics: dict) -> dict:
-    keys = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "auc_per_class", "undefined")
-    return {k: metrics[k] for k in keys if k in metrics}
+def _probe_json(o: ProbeOutcome) -> dict[str, Any]:
+    keys = ("probe_id", "layer", "train_fraction", "seed", "C", "selection", "cv_mean", "n_train", "n_test")
+    row = _probe_row(o)
+    return {**{k: row[k] for k in keys}, "converged": o.probe.converged, "n_iter": o.probe.n_iter,
+            "test": _test_json(o.metrics)}  # fmt: skip
 
 
-def _fmt(entry: dict) -> str:
+def _fmt(entry: dict[str, Any]) -> str:
     if entry.get("value") is None:
         return "undefined"
     if entry.get("ci_low") is None:
@@ -172,7 +209,11 @@ def _fmt(entry: dict) -> str:
     return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
 
 
-def _print_outcomes(run_id: str, spec, outcomes, title: str) -> None:
+def _setting_label(s: Setting) -> tuple[str, str]:
+    return f"{s.fraction:g}", str(s.seed)
+
+
+def _print_outcomes(run_id: str, outcomes: list[ProbeOutcome], title: str) -> None:
     table = Table(title=f"{title}  run {run_id}")
     for col in ("layer", "fraction", "seed", "C", "cv", "macro AUC [95% CI]", "bal. acc", "macro F1", "acc"):
         table.add_column(col)
@@ -180,8 +221,7 @@ def _print_outcomes(run_id: str, spec, outcomes, title: str) -> None:
         m = o.metrics
         table.add_row(
             str(o.layer),
-            f"{o.setting.fraction:g}",
-            str(o.setting.seed),
+            *_setting_label(o.setting),
             f"{o.C:g}",
             "-" if o.cv_mean is None else f"{o.cv_mean:.3f}",
             _fmt(m["macro_auc"]),
@@ -195,22 +235,36 @@ def _print_outcomes(run_id: str, spec, outcomes, title: str) -> None:
             err_console.print(f"[yellow]warning:[/] {key}: {why}")
 
 
-def _forwarded(options: dict, **overrides) -> dict:
-    """A command's own options as keyword arguments for ``_spec`` (store, output and layer choice apart)."""
-    kw = {k: v for k, v in options.items() if k not in ("store", "output", "layer", "layers")}
-    kw.update(overrides)
-    return kw
-
-
-def _run(kind: str, store_url, output: Output, **kw) -> None:
+def _run_probes(
+    kind: str,
+    store_url: str | None,
+    *,
+    task: str,
+    layers: str | None,
+    choice: FeatureSetChoice,
+    protocol: ProtocolOptions,
+    sampling: Subsampling,
+    fmt: str | None,
+    out: str | None,
+) -> None:
+    """train and sweep: resolve the feature set and layers, fit, record the run, print or write the result."""
     from medprobe.featurestore.runs import start_run
     from medprobe.trainer.compare import best_layer
+    from medprobe.trainer.data import resolve_feature_set
     from medprobe.trainer.experiment import run_experiment
 
     store = open_store(store_url)
-    spec = _spec(store, **kw)
+    fs = resolve_feature_set(store, choice.feature_set, choice.model, choice.prompt, choice.pooling)
+    stored = stored_layers(store, fs.feature_set_id)
+    what = f"feature set {fs.feature_set_id}"
+    if kind == "train":
+        chosen = [resolve_layer("-1" if layers is None else layers, stored, what=what)]
+    else:
+        chosen = resolve_layers("all" if layers is None else layers, stored, what=what)
+    spec = _spec(store, task=task, feature_set_id=fs.feature_set_id, layers=chosen, protocol=protocol,
+                 sampling=sampling)  # fmt: skip
     with start_run(store, kind, _params(spec)) as run:
-        outcomes = run_experiment(store, spec, run.run_id, show_progress=output is Output.text)
+        outcomes = run_experiment(store, spec, run.run_id, show_progress=wants_progress(fmt, out))
         best = best_layer(outcomes)
         run.summary.update(
             {
@@ -220,176 +274,115 @@ def _run(kind: str, store_url, output: Output, **kw) -> None:
                 "test_macro_auc": best.metrics["macro_auc"]["value"],
             }
         )
-    if output is Output.json:
-        doc = {
-            "run_id": run.run_id,
-            "kind": kind,
-            "feature_set_id": spec.feature_set_id,
-            "dataset": spec.task.dataset,
-            "task": spec.task.task,
-            "class_names": list(spec.task.class_names),
-            "layer": best.layer,
-            "probe_id": best.probe_id,
-            "C": best.C,
-            "test": _test_json(best.metrics),
-            "probes": [_probe_json(o) for o in outcomes],
-        }
-        typer.echo(json.dumps(doc, default=float))
-    else:
-        _print_outcomes(run.run_id, spec, outcomes, f"{kind}: {spec.task.dataset}/{spec.task.task}")
+    document = {
+        "run_id": run.run_id,
+        "kind": kind,
+        "feature_set_id": spec.feature_set_id,
+        "dataset": spec.task.dataset,
+        "task": spec.task.task,
+        "class_names": list(spec.task.class_names),
+        "layer": best.layer,
+        "probe_id": best.probe_id,
+        "C": best.C,
+        "test": _test_json(best.metrics),
+        "probes": [_probe_json(o) for o in outcomes],
+    }
+
+    def show() -> None:
+        _print_outcomes(run.run_id, outcomes, f"{kind}: {spec.task.dataset}/{spec.task.task}")
         console.print(f"best layer by {spec.selection} (training rows only): {best.layer}; run id: {run.run_id}")
 
+    rows = [{"run_id": run.run_id, "feature_set_id": spec.feature_set_id, **_probe_row(o)} for o in outcomes]
+    emit(fmt, out, rows=rows, document=document, show=show)
 
-def register(app: typer.Typer) -> None:
-    """Add train, sweep, compare and report."""
 
-    @app.command()
-    def train(
+ProbeLayersOpt = Annotated[
+    str | None, layers_option("stored layer of the feature set", "train: -1, the last stored; sweep: all stored")
+]
+_TRAIN_DOC = "Fit one probe (one feature set, one layer, one task): C by CV, refit, test once with bootstrap CIs."
+_SWEEP_DOC = "Probe every layer of a feature set (the per-layer metric curve); all layers x folds x C in one solve."
+
+
+def _probe_command(kind: str) -> Any:
+    """The train or sweep command: the same options; train's layers default to the last, sweep's to all."""
+    @retired(output="--output -> -f/--format json", seed="--seed -> --boot-seed (bootstrap) or --seeds (subsamples)")
+    @with_group(FeatureSetChoice, "choice")
+    @with_group(ProtocolOptions, "protocol")
+    @with_group(Subsampling, "sampling")
+    def command(
         task: TaskOpt,
-        layer: Annotated[
-            int | None, typer.Option("--layer", "-l", help="Layer index [default: the last stored].")
-        ] = None,
-        dataset: DatasetOpt = None,
-        feature_set: FeatureSetOpt = None,
-        model: ModelOpt = None,
-        prompt: PromptOpt = None,
-        pooling: PoolingOpt = None,
-        solver: SolverOpt = "torch",
-        c_grid: CGridOpt = DEFAULT_C,
-        selection: SelectionOpt = "cv",
-        cv: CvOpt = 5,
-        test_split: TestSplitOpt = "test",
-        train_fraction: FractionOpt = "1",
-        seeds: SeedsOpt = "0,1,2",
-        class_weight: ClassWeightOpt = "none",
-        allow_missing: AllowMissingOpt = False,
-        n_boot: BootOpt = 1000,
-        seed: SeedOpt = 0,
-        device: DeviceOpt = None,
-        output: OutputOpt = Output.text,
-        store: StoreOption = None,
+        choice: FeatureSetChoice,
+        protocol: ProtocolOptions,
+        sampling: Subsampling,
+        layers: ProbeLayersOpt = None,
+        fmt: FormatOpt = None,
+        out: OutOpt = None,
+        store: StoreOpt = None,
     ) -> None:
-        """Fit one probe (one feature set, one layer, one task): C by CV, refit, test once with bootstrap CIs."""
-        _run("train", store, output, **_forwarded(locals(), layers="last" if layer is None else [layer]))
+        _run_probes(kind, store, task=task, layers=layers, choice=choice, protocol=protocol, sampling=sampling,
+                    fmt=fmt, out=out)  # fmt: skip
 
-    @app.command()
-    def sweep(
-        task: TaskOpt,
-        layers: Annotated[str | None, typer.Option("--layers", help="Comma-separated layers [default: all].")] = None,
-        dataset: DatasetOpt = None,
-        feature_set: FeatureSetOpt = None,
-        model: ModelOpt = None,
-        prompt: PromptOpt = None,
-        pooling: PoolingOpt = None,
-        solver: SolverOpt = "torch",
-        c_grid: CGridOpt = DEFAULT_C,
-        selection: SelectionOpt = "cv",
-        cv: CvOpt = 5,
-        test_split: TestSplitOpt = "test",
-        train_fraction: FractionOpt = "1",
-        seeds: SeedsOpt = "0,1,2",
-        class_weight: ClassWeightOpt = "none",
-        allow_missing: AllowMissingOpt = False,
-        n_boot: BootOpt = 1000,
-        seed: SeedOpt = 0,
-        device: DeviceOpt = None,
-        output: OutputOpt = Output.text,
-        store: StoreOption = None,
-    ) -> None:
-        """Probe every layer of a feature set (the per-layer metric curve); all layers x folds x C in one solve."""
-        _run(
-            "sweep", store, output, **_forwarded(locals(), layers=None if layers is None else _ints(layers, "--layers"))
-        )
+    command.__doc__ = _TRAIN_DOC if kind == "train" else _SWEEP_DOC
+    command.__name__ = kind
+    return command
 
-    @app.command()
-    def compare(
-        task: TaskOpt,
-        feature_set: Annotated[list[str], typer.Option("--feature-set", "-f", help="Two or more feature set ids.")],
-        layer: Annotated[
-            list[int] | None, typer.Option("--layer", "-l", help="Layer per feature set [default: best by CV].")
-        ] = None,
-        dataset: DatasetOpt = None,
-        solver: SolverOpt = "torch",
-        c_grid: CGridOpt = DEFAULT_C,
-        selection: SelectionOpt = "cv",
-        cv: CvOpt = 5,
-        test_split: TestSplitOpt = "test",
-        class_weight: ClassWeightOpt = "none",
-        allow_missing: AllowMissingOpt = False,
-        n_boot: BootOpt = 1000,
-        seed: SeedOpt = 0,
-        device: DeviceOpt = None,
-        output: OutputOpt = Output.text,
-        store: StoreOption = None,
-    ) -> None:
-        """Feature sets side by side on the same test images: paired bootstrap differences and p-values."""
-        from medprobe.featurestore.runs import start_run
-        from medprobe.trainer.compare import best_layer, compare_probes
-        from medprobe.trainer.experiment import prepare, run_experiment
 
-        if len(feature_set) < 2:
-            raise InvalidInputError("compare needs at least two --feature-set options")
-        if layer and len(layer) != len(feature_set):
-            raise InvalidInputError("give one --layer per --feature-set, or none (best layer by CV)")
-        st = open_store(store)
-        specs = []
-        for i, fs in enumerate(feature_set):
-            specs.append(
-                _spec(
-                    st,
-                    task=task,
-                    dataset=dataset,
-                    feature_set=fs,
-                    model=None,
-                    prompt=None,
-                    pooling=None,
-                    layers=[layer[i]] if layer else None,
-                    solver=solver,
-                    c_grid=c_grid,
-                    selection=selection,
-                    cv=cv,
-                    test_split=test_split,
-                    train_fraction="1",
-                    seeds="0",
-                    class_weight=class_weight,
-                    allow_missing=allow_missing,
-                    n_boot=n_boot,
-                    seed=seed,
-                    device=device,
-                )
+def _compare(
+    task: str,
+    feature_sets: list[str],
+    layers: list[str],
+    protocol: ProtocolOptions,
+    fmt: str | None,
+    out: str | None,
+    store_url: str | None,
+) -> None:
+    from medprobe.featurestore.runs import start_run
+    from medprobe.trainer.compare import best_layer, compare_probes
+    from medprobe.trainer.experiment import prepare, run_experiment
+
+    if len(feature_sets) < 2:
+        raise InvalidInputError("compare needs at least two feature sets (--feature-set A,B)")
+    if layers and len(layers) != len(feature_sets):
+        raise InvalidInputError("give one --layers value per --feature-set (e.g. -l 8,-1), or none (best layer by CV)")
+    st = open_store(store_url)
+    specs = []
+    for i, fs in enumerate(feature_sets):
+        st.feature_set(fs)
+        stored = stored_layers(st, fs)
+        chosen = [resolve_layer(layers[i], stored, what=f"feature set {fs}")] if layers else stored
+        specs.append(_spec(st, task=task, feature_set_id=fs, layers=chosen, protocol=protocol))
+    common = set.intersection(*(set(prepare(st, s).image_hashes) for s in specs))
+    for s in specs:
+        n_all = len(prepare(st, s).image_hashes)
+        if n_all != len(common) and not protocol.allow_missing:
+            raise InvalidInputError(
+                f"feature set {s.feature_set_id} covers {n_all} labelled images but only {len(common)} are "
+                "common to all compared sets: pass --allow-missing to compare on the common images"
             )
-        common = set.intersection(*(set(prepare(st, s).image_hashes) for s in specs))
+    params = {"feature_sets": feature_sets, "layers": [s.layers for s in specs], **_params(specs[0])}
+    with start_run(st, "compare", params) as run:
+        chosen_probes = []
         for s in specs:
-            n_all = len(prepare(st, s).image_hashes)
-            if n_all != len(common) and not allow_missing:
-                raise InvalidInputError(
-                    f"feature set {s.feature_set_id} covers {n_all} labelled images but only {len(common)} are "
-                    "common to all compared sets: pass --allow-missing to compare on the common images"
-                )
-        params = {"feature_sets": feature_set, "layers": layer, **_params(specs[0])}
-        with start_run(st, "compare", params) as run:
-            chosen = []
-            for s in specs:
-                outs = run_experiment(st, s, run.run_id, only_hashes=common, show_progress=output is Output.text)
-                chosen.append((s.feature_set_id, best_layer(outs)))
-            rows = compare_probes(run.run_id, specs[0].task, chosen, n_boot=n_boot, seed=seed)
-            st.append("probe_comparisons", rows)
-            run.summary.update({"n_comparisons": len(rows), "n_test": len(chosen[0][1].test_hashes)})
-        if output is Output.json:
-            doc = {
-                "run_id": run.run_id,
-                "kind": "compare",
-                "task": specs[0].task.task,
-                "reference": chosen[0][0],
-                "test": _test_json(chosen[0][1].metrics),
-                "feature_sets": [
-                    {"feature_set_id": fs, "layer": o.layer, "probe_id": o.probe_id, "test": _test_json(o.metrics)}
-                    for fs, o in chosen
-                ],
-                "comparisons": [r.model_dump(exclude={"created_at"}) for r in rows],
-            }
-            typer.echo(json.dumps(doc, default=float))
-            return
+            outs = run_experiment(st, s, run.run_id, only_hashes=common, show_progress=wants_progress(fmt, out))
+            chosen_probes.append((s.feature_set_id, best_layer(outs)))
+        rows = compare_probes(run.run_id, specs[0].task, chosen_probes, n_boot=protocol.n_boot,
+                              seed=protocol.boot_seed)  # fmt: skip
+        st.append("probe_comparisons", rows)
+        run.summary.update({"n_comparisons": len(rows), "n_test": len(chosen_probes[0][1].test_hashes)})
+    document = {
+        "run_id": run.run_id,
+        "kind": "compare",
+        "task": specs[0].task.task,
+        "reference": chosen_probes[0][0],
+        "test": _test_json(chosen_probes[0][1].metrics),
+        "feature_sets": [
+            {"feature_set_id": fs, "layer": o.layer, "probe_id": o.probe_id, "test": _test_json(o.metrics)}
+            for fs, o in chosen_probes
+        ],
+        "comparisons": [r.model_dump(exclude={"created_at"}) for r in rows],
+    }
+
+    def show() -> None:
         table = Table(title=f"compare {specs[0].task.dataset}/{specs[0].task.task}  run {run.run_id}")
         for col in ("feature set (A)", "layer", "vs (B)", "metric", "A", "B", "A-B [95% CI]", "p boot", "p t-test"):
             table.add_column(col)
@@ -409,11 +402,48 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         console.print("p t-test: the study's paired t-test over bootstrap replicates (shrinks with --n-boot)")
 
+    emit(fmt, out, rows=[r.model_dump() for r in rows], document=document, show=show)
+
+
+def register(app: typer.Typer) -> None:
+    """Add train, sweep, compare and report."""
+    app.command("train")(_probe_command("train"))
+    app.command("sweep")(_probe_command("sweep"))
+
+    @app.command()
+    @retired(output="--output -> -f/--format json", seed="--seed -> --boot-seed")
+    @with_group(ProtocolOptions, "protocol")
+    def compare(
+        task: TaskOpt,
+        protocol: ProtocolOptions,
+        feature_set: Annotated[
+            list[str], typer.Option("--feature-set", help="Two or more feature set ids (comma list or repeated).")
+        ],
+        layers: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--layers",
+                "--layer",
+                "-l",
+                help="One layer per feature set, e.g. 8,-1 (negative: counted from that set's last stored layer) "
+                "(default: each set's best layer by CV).",
+                show_default=False,
+            ),
+        ] = None,
+        fmt: FormatOpt = None,
+        out: OutOpt = None,
+        store: StoreOpt = None,
+    ) -> None:
+        """Feature sets side by side on the same test images: paired bootstrap differences and p-values."""
+        _compare(task, split_list(feature_set), split_list(layers), protocol, fmt, out, store)
+
     @app.command()
     def report(
         run_ids: Annotated[list[str], typer.Argument(help="Run ids of train/sweep/compare runs.")],
-        out: Annotated[str, typer.Option("--out", help="Folder for the PNGs and summary.md.")] = "medprobe-report",
-        store: StoreOption = None,
+        out: Annotated[str, typer.Option("--out", "-o", help="Folder for the PNGs and summary.md.")] = (
+            "medprobe-report"
+        ),
+        store: StoreOpt = None,
     ) -> None:
         """PNG plots (layer curves, ROC, label efficiency, comparisons) and a Markdown summary of runs."""
         from medprobe.trainer.report import write_report

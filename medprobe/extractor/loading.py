@@ -24,6 +24,7 @@ from medprobe.errors import InvalidInputError, NotFoundError
 from medprobe.extractor.adapter import Adapter
 from medprobe.extractor.models import FAMILIES, GENERIC, Family, resolve
 from medprobe.extractor.models.base import model_revision
+from medprobe.schemas.vocab import QUANTIZATIONS
 
 PLUGIN_GROUP = "medprobe.models"
 FAMILY_GROUP = "medprobe.model_families"  # spec prefixes: "<family>/<name>" -> loader(spec, device=, dtype=)
@@ -35,7 +36,9 @@ DTYPES = {
     "fp16": torch.float16,
     "float16": torch.float16,
 }
-QUANTIZATIONS = ("8bit", "4bit")
+
+
+
 
 
 def torch_dtype(name: str) -> torch.dtype:

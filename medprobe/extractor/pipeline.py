@@ -82,7 +82,7 @@ class ExtractOptions(BaseModel):
     def resolved_workers(self) -> int:
         if self.workers is not None:
             if self.workers < 0:
-                raise InvalidInputError("--workers must be 0 or more")
+                raise InvalidInputError("--decode-workers must be 0 or more")
             return self.workers
         return max(0, min(8, (os.cpu_count() or 1) - 1))
 

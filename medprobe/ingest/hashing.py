@@ -106,7 +106,7 @@ class BlobSink:
 def probe_record(
     record: SourceRecord,
     *,
-    verify: Verify = "structure",
+    verify: Verify | str = Verify.structure,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     copy: bool = False,
     sink: BlobSink | None = None,

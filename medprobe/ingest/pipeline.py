@@ -38,7 +38,7 @@ class IngestOptions:
     """How to ingest (not what the layout is: that is ``FormatOptions``)."""
 
     copy: bool = False
-    verify: Verify = "structure"
+    verify: Verify | str = Verify.structure
     max_pixels: int = DEFAULT_MAX_PIXELS
     workers: int | None = None
     split_plan: SplitPlan = field(default_factory=SplitPlan)

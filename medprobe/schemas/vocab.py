@@ -1,4 +1,5 @@
-"""The closed vocabularies stored in the tables: split names and activation dtypes (one definition each)."""
+"""Closed vocabularies, one definition each: values stored in the tables (splits, dtypes, solvers, selection,
+layouts) and the choices the CLI offers for them."""
 
 from __future__ import annotations
 
@@ -29,6 +30,70 @@ class ComputeDType(StrEnum):
     fp32 = "fp32"
 
 
+
+class SolverName(StrEnum):
+    """``--solver``: the batched torch L-BFGS solver, scikit-learn's reference, or cuML."""
+
+    torch = "torch"
+    sklearn = "sklearn"
+    cuml = "cuml"
+
+
+class Selection(StrEnum):
+    """How C is chosen on training rows: grouped stratified K-fold CV, or the pool's validation split."""
+
+    cv = "cv"
+    val = "val"
+
+
+class ClassWeight(StrEnum):
+    """Class weights of the probe loss, as scikit-learn's ``class_weight`` (``none``: unweighted)."""
+
+    none = "none"
+    balanced = "balanced"
+
+
+class Verify(StrEnum):
+    """How hard ingest checks an image: the header only, its structure, or a full decode."""
+
+    header = "header"
+    structure = "structure"
+    full = "full"
+
+
+class Layout(StrEnum):
+    """``ingest --layout``: the published layout of a source collection."""
+
+    csv = "csv"
+    imagefolder = "imagefolder"
+    medmnist = "medmnist"
+    nct_crc = "nct-crc"
+    pannuke = "pannuke"
+    isic2018 = "isic2018"
+    isic2020 = "isic2020"
+    eyepacs = "eyepacs"
+    aptos = "aptos"
+    airogs = "airogs"
+    odir = "odir"
+    padchest = "padchest"
+    knee = "knee"
+
+
+class Quantization(StrEnum):
+    """``--quantization``: bitsandbytes 8-bit or 4-bit weights."""
+
+    int8 = "8bit"
+    int4 = "4bit"
+
+
+class NeoplasticShare(StrEnum):
+    """PanNuke's "30 % of nuclei": the share of nucleus pixel area, or of the nucleus count."""
+
+    area = "area"
+    count = "count"
+
 SPLITS: tuple[str, ...] = tuple(s.value for s in Split)
 STORAGE_DTYPES: tuple[str, ...] = tuple(d.value for d in StorageDType)
 COMPUTE_DTYPES: tuple[str, ...] = tuple(d.value for d in ComputeDType)
+SOLVERS: tuple[str, ...] = tuple(s.value for s in SolverName)
+QUANTIZATIONS: tuple[str, ...] = tuple(q.value for q in Quantization)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from medprobe.trainer.defaults import N_BOOT
 from medprobe.trainer.metrics import SCALAR_METRICS, one_vs_rest, point_metrics, predicted_labels
 from medprobe.trainer.solvers.base import ProbeKind
 
-N_BOOT = 1000
 CI_LEVEL = 0.95
 
 

@@ -16,7 +16,8 @@ from medprobe.schemas import SPLITS
 from medprobe.schemas.tables import PredictionRow, ProbeResultRow, TaskRow
 from medprobe.trainer.bootstrap import N_BOOT, metrics_with_ci
 from medprobe.trainer.data import TaskData, load_task_data, read_features
-from medprobe.trainer.protocol import DEFAULT_C_GRID, ProtocolTiming, Setting, fit_protocol
+from medprobe.trainer.defaults import DEFAULT_C_GRID
+from medprobe.trainer.protocol import ProtocolTiming, Setting, fit_protocol
 from medprobe.trainer.solvers import get_solver
 from medprobe.trainer.solvers.base import FittedProbe
 

@@ -13,18 +13,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from medprobe.errors import InvalidInputError
+from medprobe.schemas.vocab import Selection
 from medprobe.trainer.bootstrap import replicate_metrics
+from medprobe.trainer.defaults import DEFAULT_C_GRID
 from medprobe.trainer.solvers import Solver
 from medprobe.trainer.solvers.base import FittedProbe, ProbeBatch, ProbeKind, logits_to_proba
-
-DEFAULT_C_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # a log grid, 8 decades
-Selection = Literal["cv", "val"]
 
 
 def stratify_key(y: np.ndarray, kind: ProbeKind) -> np.ndarray:
@@ -169,7 +167,7 @@ def fit_protocol(
     *,
     groups: np.ndarray | None = None,
     is_val: np.ndarray | None = None,
-    selection: Selection = "cv",
+    selection: Selection | str = Selection.cv,
     c_grid: Sequence[float] = DEFAULT_C_GRID,
     n_splits: int = 5,
     metric: str = "macro_auc",

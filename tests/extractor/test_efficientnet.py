@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,8 @@ from PIL import Image
 from medprobe.errors import InvalidInputError
 from medprobe.extractor.loading import load_adapter, plugin_names
 from medprobe.extractor.plugins.efficientnet_lite import MEAN, N_BLOCKS, STD
+from tests.helpers.paths import KNEE
 
-KNEE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "knee-oa-kl"
 N_IMAGES = 50
 
 pytestmark = pytest.mark.skipif(not (KNEE / "labels.csv").exists(), reason="../shared/data/knee-oa-kl is absent")

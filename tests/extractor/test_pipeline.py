@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pipeline_helpers import make_dataset
 
 from medprobe.errors import InvalidInputError, NotFoundError
 from medprobe.extractor.feature_set import feature_set_row
 from medprobe.extractor.loading import load_adapter
 from medprobe.extractor.pipeline import ExtractOptions, extract
 from medprobe.extractor.runner import OutOfMemory
-from medprobe.featurestore import FeatureStore
 from medprobe.featurestore import store as store_module
+from tests.helpers.datasets import make_dataset
 
 MODEL = "tiny-random/clip"
 
@@ -24,11 +23,6 @@ MODEL = "tiny-random/clip"
 @pytest.fixture(scope="module")
 def adapter():
     return load_adapter(MODEL)
-
-
-@pytest.fixture
-def store(tmp_path):
-    return FeatureStore.open(str(tmp_path / "store"))
 
 
 def _opts(**kw) -> ExtractOptions:

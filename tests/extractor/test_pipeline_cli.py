@@ -4,22 +4,20 @@ and a tiny random LLaVA with a prompt preset."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-from pipeline_helpers import KNEE, add_knee_images, make_dataset
 
 from medprobe.featurestore import FeatureStore
+from tests.helpers.cli import run_subprocess
+from tests.helpers.datasets import KNEE, add_knee_images, make_dataset
 
-CLI = [sys.executable, "-m", "medprobe.cli.main"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def _run(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], env=ENV, capture_output=True, text=True, timeout=300)
+def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return run_subprocess(args, env=ENV, timeout=300)
 
 
 @pytest.mark.skipif(not KNEE.is_dir(), reason="needs ../shared/data/knee-oa-kl (the shared data folder)")
@@ -28,7 +26,7 @@ def test_efficientnet_lite0_extracts_the_shared_knee_images(tmp_path):
     store = FeatureStore.open(url)
     hashes = add_knee_images(store, "knee", 50)
     out = _run(["extract", "--store", url, "--dataset", "knee", "--model", "efficientnet-lite0", "--batch-size", "16",
-                "--workers", "1", "--no-progress"])  # fmt: skip
+                "--decode-workers", "1", "--no-progress"])  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "images committed" in out.stdout and "forward s" in out.stdout
     store.refresh()
@@ -50,7 +48,7 @@ def test_tiny_llava_with_a_prompt_preset_and_clear_cli_errors(tmp_path):
     url = str(tmp_path / "store")
     store = FeatureStore.open(url)
     make_dataset(store, "toy", tmp_path / "img", 6, broken=1)
-    args = ["extract", "--store", url, "--dataset", "toy", "--model", "tiny-random/llava", "--workers", "0",
+    args = ["extract", "--store", url, "--dataset", "toy", "--model", "tiny-random/llava", "--decode-workers", "0",
             "--no-progress", "--pooling", "last,image_mean", "--layers", "0,-1"]  # fmt: skip
     out = _run([*args, "--prompt-preset", "radiology-knee"])
     assert out.returncode == 0, out.stderr[-2000:]

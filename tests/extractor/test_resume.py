@@ -10,15 +10,14 @@ import subprocess
 import sys
 import time
 
-from pipeline_helpers import make_dataset
-
 from medprobe.featurestore import FeatureStore
 from medprobe.featurestore.fragments import list_fragments
+from tests.helpers.datasets import make_dataset
 
 N_IMAGES = 160
 CMD = [
     sys.executable, "-m", "medprobe.cli.main", "extract", "--dataset", "toy", "--model", "tiny-random/clip",
-    "--pooling", "cls,mean", "--batch-size", "2", "--commit-every", "6", "--workers", "1", "--no-progress",
+    "--pooling", "cls,mean", "--batch-size", "2", "--commit-every", "6", "--decode-workers", "1", "--no-progress",
 ]  # fmt: skip
 
 

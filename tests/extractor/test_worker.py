@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-from pipeline_helpers import make_dataset
 from typer.testing import CliRunner
 
 from medprobe.cli.main import build_app
@@ -22,6 +21,7 @@ from medprobe.extractor.plan import shard_of
 from medprobe.featurestore import FeatureStore
 from medprobe.featurestore.fragments import list_fragments
 from medprobe.featurestore.fsio import write_atomic
+from tests.helpers.datasets import make_dataset
 
 CLI = [sys.executable, "-m", "medprobe.cli.main"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

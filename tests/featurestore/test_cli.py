@@ -7,24 +7,15 @@ import json
 import fsspec
 import numpy as np
 import pytest
-from fs_helpers import activations, feature_set_row, image_hash, open_with_feature_set
 
-from medprobe.cli.main import main
 from medprobe.errors import NotFoundError, StoreFormatError
 from medprobe.featurestore import FeatureStore
 from medprobe.featurestore.maintenance import verify_store
 from medprobe.schemas import FORMAT_VERSION, DatasetImageRow
+from tests.helpers.cli import run_cli
+from tests.helpers.features import activations, feature_set_row, image_hash, open_with_feature_set
 
 HASHES = [image_hash(i) for i in range(10)]
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run ``medprobe ARGS`` in this process; returns (exit code, stdout, stderr with whitespace collapsed)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, " ".join(err.split())
 
 
 @pytest.fixture
@@ -45,7 +36,7 @@ def test_newer_format_version_is_refused_naming_both(store_url, capsys):
     fs.pipe_file(f"{root}/medprobe.json", json.dumps({"format_version": FORMAT_VERSION + 1}).encode())
     with pytest.raises(StoreFormatError, match=rf"format version {FORMAT_VERSION + 1}.*version {FORMAT_VERSION}"):
         FeatureStore.open(store_url)
-    code, _, err = run_cli(["store", "info", "--store", store_url], capsys)
+    code, _, err = run_cli(capsys, "store", "info", "--store", store_url)
     assert code != 0 and f"format version {FORMAT_VERSION + 1}" in err and "Traceback" not in err
 
 
@@ -67,7 +58,7 @@ def test_verify_names_the_broken_segment_and_the_rest_still_reads(two_segments, 
     report = verify_store(store)
     assert len(report.problems) == 1
     assert broken in report.problems[0] and "fs-test" in report.problems[0] and "layer 1" in report.problems[0]
-    code, out, _ = run_cli(["store", "verify", "--store", store.url], capsys)
+    code, out, _ = run_cli(capsys, "store", "verify", "--store", store.url)
     assert code != 0 and broken in out and "feature set fs-test" in out
     # everything else still reads: the other segment, and the other layer of the broken one
     np.testing.assert_array_equal(
@@ -90,8 +81,16 @@ def test_unknown_feature_set_and_layer_list_what_exists(two_segments, tmp_path, 
     with pytest.raises(NotFoundError, match=r"1 of 2 requested images have no activations"):
         store.read("fs-test", 0, [HASHES[0], image_hash("missing")])
     code, _, err = run_cli(
-        ["export", "--feature-set", "nope", "--layer", "0", "--out", str(tmp_path / "x.npz"), "--store", store.url],
         capsys,
+        "export",
+        "--feature-set",
+        "nope",
+        "--layer",
+        "0",
+        "--out",
+        str(tmp_path / "x.npz"),
+        "--store",
+        store.url,
     )
     assert code != 0 and "unknown feature set 'nope'" in err and "fs-test" in err
 
@@ -108,7 +107,7 @@ def test_export_npz(two_segments, tmp_path, capsys):
     )
     out = tmp_path / "all.npz"
     code, _, err = run_cli(
-        ["export", "--feature-set", "fs-test", "--layer", "1", "--out", str(out), "--store", store.url], capsys
+        capsys, "export", "--feature-set", "fs-test", "--layer", "1", "--out", str(out), "--store", store.url
     )
     assert code == 0, err
     with np.load(out) as z:
@@ -116,22 +115,20 @@ def test_export_npz(two_segments, tmp_path, capsys):
         np.testing.assert_array_equal(z["X"], activations(sorted(HASHES), 1, 16).astype(np.float16))
     out = tmp_path / "test.npz"
     code, _, err = run_cli(
-        [
-            "export",
-            "--feature-set",
-            "fs-test",
-            "--layer",
-            "0",
-            "--dataset",
-            "knee",
-            "--split",
-            "test",
-            "--out",
-            str(out),
-            "--store",
-            store.url,
-        ],
         capsys,
+        "export",
+        "--feature-set",
+        "fs-test",
+        "--layer",
+        "0",
+        "--dataset",
+        "knee",
+        "--split",
+        "test",
+        "--out",
+        str(out),
+        "--store",
+        store.url,
     )
     assert code == 0, err
     with np.load(out) as z:
@@ -139,31 +136,29 @@ def test_export_npz(two_segments, tmp_path, capsys):
         assert list(z["image_hash"]) == want and set(z["split"]) == {"test"}
         np.testing.assert_array_equal(z["X"], activations(want, 0, 16).astype(np.float16))
     code, _, err = run_cli(
-        [
-            "export",
-            "--feature-set",
-            "fs-test",
-            "--layer",
-            "0",
-            "--dataset",
-            "nope",
-            "--out",
-            str(out),
-            "--store",
-            store.url,
-        ],
         capsys,
+        "export",
+        "--feature-set",
+        "fs-test",
+        "--layer",
+        "0",
+        "--dataset",
+        "nope",
+        "--out",
+        str(out),
+        "--store",
+        store.url,
     )
     assert code != 0 and "unknown dataset 'nope'" in err and "knee" in err
 
 
 def test_info_and_gc_commands(two_segments, capsys):
     store, _, _ = two_segments
-    code, out, _ = run_cli(["store", "info", "--store", store.url], capsys)
+    code, out, _ = run_cli(capsys, "store", "info", "--store", store.url)
     assert code == 0 and "activations" in out and "fs-test" in out
-    code, out, _ = run_cli(["store", "gc", "--store", store.url, "--grace", "0s", "--dry-run"], capsys)
+    code, out, _ = run_cli(capsys, "store", "gc", "--store", store.url, "--grace", "0s", "--dry-run")
     assert code == 0 and "would remove 0 uncommitted segment(s)" in out and "kept 2 committed" in out
-    code, _, err = run_cli(["store", "gc", "--store", store.url, "--grace", "soon"], capsys)
+    code, _, err = run_cli(capsys, "store", "gc", "--store", store.url, "--grace", "soon")
     assert code != 0 and "cannot read duration 'soon'" in err
-    code, _, err = run_cli(["store", "verify", "--store", store.url + "-absent"], capsys)
+    code, _, err = run_cli(capsys, "store", "verify", "--store", store.url + "-absent")
     assert code != 0 and "no medprobe store" in err

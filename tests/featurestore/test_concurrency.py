@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from fs_crash_writer import FEATURE_SET
-from fs_helpers import activation, image_hash
-from test_crash_safety import check_store, finish, start_writers
 
 from medprobe.featurestore.maintenance import verify_store
+from tests.helpers.crash_writer import FEATURE_SET
+from tests.helpers.features import activation, image_hash
+from tests.helpers.writers import check_store, finish, start_writers
 
 
 def test_two_writers_disjoint_and_overlapping(tmp_path):

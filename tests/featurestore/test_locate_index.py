@@ -7,13 +7,13 @@ from unittest import mock
 import numpy as np
 import pyarrow as pa
 import pytest
-from fs_helpers import activations, feature_set_row, image_hash, open_with_feature_set
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medprobe.errors import NotFoundError
 from medprobe.featurestore.catalog import Catalog
 from medprobe.featurestore.rowindex import SortedKeys, string_keys
+from tests.helpers.features import activations, feature_set_row, image_hash, open_with_feature_set
 
 POOL = [image_hash(i) for i in range(40)]
 ABSENT = [image_hash(f"absent-{i}") for i in range(5)]

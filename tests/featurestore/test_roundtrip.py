@@ -7,12 +7,12 @@ from unittest import mock
 import numpy as np
 import pytest
 import zarr
-from fs_helpers import activations, feature_set_row, image_hash, open_with_feature_set, stored
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medprobe.featurestore import segments
 from medprobe.featurestore.segments import from_bfloat16_bits, to_bfloat16_bits
+from tests.helpers.features import activations, feature_set_row, image_hash, open_with_feature_set, stored
 
 POOL = [image_hash(i) for i in range(24)]
 DTYPES = ["float16", "bfloat16", "float32"]

@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from fs_helpers import activations, image_hash, open_with_feature_set
-from test_cli import run_cli
 
 from medprobe.errors import InvalidInputError, ReadOnlySQLError
 from medprobe.schemas import DatasetImageRow
+from tests.helpers.cli import run_cli
+from tests.helpers.features import activations, image_hash, open_with_feature_set
 
 HASHES = [image_hash(i) for i in range(12)]
 SPLITS = ["train"] * 6 + ["val"] * 3 + ["test"] * 3
@@ -38,7 +38,7 @@ REFUSED = {
 
 
 @pytest.fixture
-def store(store_url):
+def sql_store(store_url):
     s = open_with_feature_set(store_url)
     s.commit_segment("fs-test", HASHES[:8], {0: activations(HASHES[:8], 0, 16), 2: activations(HASHES[:8], 2, 16)})
     s.commit_segment("fs-test", HASHES[6:], {0: activations(HASHES[6:], 0, 16, salt=1)})
@@ -52,30 +52,30 @@ def store(store_url):
 
 
 @pytest.mark.parametrize("query", list(REFUSED))
-def test_writes_are_refused_with_a_clear_message(store, query, tmp_path):
+def test_writes_are_refused_with_a_clear_message(sql_store, query, tmp_path):
     out = tmp_path / "written"
     with pytest.raises(ReadOnlySQLError, match=rf"read-only: a {REFUSED[query]} statement is refused"):
-        store.sql(query.format(out=out))
+        sql_store.sql(query.format(out=out))
     assert not out.exists()
-    assert store.sql("SELECT count(*) FROM activations")[0][0].as_py() == 8 * 2 + 4  # views intact
+    assert sql_store.sql("SELECT count(*) FROM activations")[0][0].as_py() == 8 * 2 + 4  # views intact
 
 
-def test_read_statements_are_allowed(store):
-    assert store.sql("WITH a AS (SELECT 1 AS x) SELECT x FROM a")[0][0].as_py() == 1
-    assert store.sql("EXPLAIN SELECT * FROM activations").num_rows >= 1
-    assert store.sql("DESCRIBE activations").num_rows == 5
-    assert store.sql("SELECT count(*) FROM feature_sets WHERE feature_set_id = ?", ["fs-test"])[0][0].as_py() == 1
+def test_read_statements_are_allowed(sql_store):
+    assert sql_store.sql("WITH a AS (SELECT 1 AS x) SELECT x FROM a")[0][0].as_py() == 1
+    assert sql_store.sql("EXPLAIN SELECT * FROM activations").num_rows >= 1
+    assert sql_store.sql("DESCRIBE activations").num_rows == 5
+    assert sql_store.sql("SELECT count(*) FROM feature_sets WHERE feature_set_id = ?", ["fs-test"])[0][0].as_py() == 1
 
 
-def test_syntax_error_gives_duckdb_message(store):
+def test_syntax_error_gives_duckdb_message(sql_store):
     with pytest.raises(InvalidInputError, match='Parser Error: syntax error at or near "SELEC"'):
-        store.sql("SELEC 1")
+        sql_store.sql("SELEC 1")
     with pytest.raises(InvalidInputError, match=r"Catalog Error.*no_such_table"):
-        store.sql("SELECT * FROM no_such_table")
+        sql_store.sql("SELECT * FROM no_such_table")
 
 
-def test_join_activations_with_dataset_images(store):
-    t = store.sql(
+def test_join_activations_with_dataset_images(sql_store):
+    t = sql_store.sql(
         """
         SELECT d.split, count(*) AS n FROM activations a JOIN dataset_images d USING (image_hash)
         WHERE a.feature_set_id = 'fs-test' AND a.layer = 0 GROUP BY d.split ORDER BY d.split
@@ -83,21 +83,21 @@ def test_join_activations_with_dataset_images(store):
     )
     assert t.to_pydict() == {"split": ["test", "train", "val"], "n": [3, 6, 3]}
     sel = "SELECT image_hash FROM dataset_images WHERE dataset = 'knee' AND split = 'val' ORDER BY source_path"
-    x = store.read("fs-test", 0, sql=sel)
+    x = sql_store.read("fs-test", 0, sql=sel)
     # images 6, 7 come from the first segment (it wins the duplicate), 8 from the second
     want = np.concatenate([activations(HASHES[6:8], 0, 16), activations(HASHES[8:9], 0, 16, salt=1)])
     np.testing.assert_array_equal(x, want.astype(np.float16))
     with pytest.raises(InvalidInputError, match="image_hash column"):
-        store.read("fs-test", 0, sql="SELECT 1 AS x")
+        sql_store.read("fs-test", 0, sql="SELECT 1 AS x")
 
 
-def test_cli_sql_formats(store, tmp_path, capsys):
+def test_cli_sql_formats(sql_store, tmp_path, capsys):
     q = "SELECT image_hash, split FROM dataset_images ORDER BY source_path"
-    code, out, _ = run_cli(["sql", q, "--store", store.url, "--format", "csv"], capsys)
+    code, out, _ = run_cli(capsys, "sql", q, "--store", sql_store.url, "--format", "csv")
     assert code == 0 and out.splitlines()[0] == '"image_hash","split"' and len(out.splitlines()) == 13
     for fmt in ("csv", "json", "parquet"):
         path = tmp_path / f"out.{fmt}"
-        code, _, err = run_cli(["sql", q, "--store", store.url, "--format", fmt, "--out", str(path)], capsys)
+        code, _, err = run_cli(capsys, "sql", q, "--store", sql_store.url, "--format", fmt, "--out", str(path))
         assert code == 0, err
         if fmt == "csv":
             got = pacsv.read_csv(path).column("split").to_pylist()
@@ -107,13 +107,13 @@ def test_cli_sql_formats(store, tmp_path, capsys):
             got = pq.read_table(path).column("split").to_pylist()
         assert got == SPLITS
     code, out, _ = run_cli(
-        ["sql", "SELECT split, count(*) AS n FROM dataset_images GROUP BY 1", "-s", store.url], capsys
+        capsys, "sql", "SELECT split, count(*) AS n FROM dataset_images GROUP BY 1", "-s", sql_store.url
     )
     assert code == 0 and "train" in out
 
 
-def test_cli_sql_errors_exit_non_zero(store, capsys):
-    code, _, err = run_cli(["sql", "SELEC 1", "--store", store.url], capsys)
+def test_cli_sql_errors_exit_non_zero(sql_store, capsys):
+    code, _, err = run_cli(capsys, "sql", "SELEC 1", "--store", sql_store.url)
     assert code != 0 and "Parser Error" in err and "Traceback" not in err
-    code, _, err = run_cli(["sql", "DROP VIEW images", "--store", store.url], capsys)
+    code, _, err = run_cli(capsys, "sql", "DROP VIEW images", "--store", sql_store.url)
     assert code != 0 and "read-only" in err

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ingest_helpers import write_jpeg, write_png
 
 from medprobe.errors import InvalidInputError
 from medprobe.ingest.formats import parse_source
@@ -15,6 +14,7 @@ from medprobe.ingest.formats.arrays import pannuke_label
 from medprobe.ingest.pipeline import IngestOptions, ingest
 from medprobe.ingest.records import FormatOptions
 from medprobe.ingest.splits import SplitPlan
+from tests.helpers.images import write_jpeg, write_png
 
 QUIET = IngestOptions(show_progress=False)
 

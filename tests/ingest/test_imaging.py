@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import pytest
-from ingest_helpers import SHARED_DATA, image_bytes, png_bytes, png_with_huge_header
 from PIL import Image
 
 from medprobe.imaging import (
@@ -15,6 +14,8 @@ from medprobe.imaging import (
     inspect_image,
     read_file_bytes,
 )
+from tests.helpers.images import image_bytes, png_bytes, png_with_huge_header
+from tests.helpers.paths import SHARED_DATA
 
 
 def _gradient(h: int, w: int, top: int, dtype=np.uint8) -> np.ndarray:

@@ -6,14 +6,12 @@ import hashlib
 import json
 from pathlib import Path
 
-import pytest
-from ingest_helpers import png_with_huge_header, write_png
-
-from medprobe.cli.main import main
 from medprobe.featurestore import FeatureStore
 from medprobe.ingest.pipeline import IngestOptions, ingest
 from medprobe.ingest.records import FormatOptions
 from medprobe.ingest.splits import SplitPlan
+from tests.helpers.cli import run_cli
+from tests.helpers.images import png_with_huge_header, write_png
 
 QUIET = IngestOptions(show_progress=False)
 TABLES = ("images", "datasets", "tasks", "dataset_images", "failures")
@@ -139,25 +137,19 @@ def test_cli_ingest_exit_codes_and_datasets(tmp_path, capsys) -> None:
     rows = _collection(tmp_path, 6)
     (tmp_path / "zero.png").write_bytes(b"")
     manifest = _manifest(tmp_path / "m.csv", [*rows, ("zero.png", "a", "P9")])
-    args = ["ingest", str(manifest), "--format", "csv", "--dataset", "toy", "--label-column", "label",
+    args = ["ingest", str(manifest), "--layout", "csv", "--dataset", "toy", "--label-column", "label",
             "--group-column", "patient", "--store", str(store_dir)]  # fmt: skip
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    assert e.value.code == 0
-    out = capsys.readouterr().out
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0
     assert "1 failure(s)" in out and "empty 1" in out
-    with pytest.raises(SystemExit) as e:
-        main([*args, "--strict"])
-    assert e.value.code == 1
-    assert "could not be ingested (--strict)" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        main(["datasets", "--store", str(store_dir)])
-    assert e.value.code == 0
-    out = capsys.readouterr().out
+    code, _, err = run_cli(capsys, *args, "--strict")
+    assert code == 1
+    assert "could not be ingested (--strict)" in err
+    code, out, _ = run_cli(capsys, "datasets", "--store", str(store_dir))
+    assert code == 0
     assert "toy" in out and "label" in out
-    with pytest.raises(SystemExit) as e:
-        main([*args[:-2], "--store", str(store_dir), "--json"])
-    summary = json.loads(capsys.readouterr().out)
+    code, out, _ = run_cli(capsys, *args[:-2], "--store", str(store_dir), "--format", "json")
+    summary = json.loads(out)
     assert summary["already_in_dataset"] == 6 and summary["memberships_new"] == 0
     reopened = FeatureStore.open(str(store_dir), create=False)
     assert reopened.sql("SELECT count(*) FROM dataset_images").column(0)[0].as_py() == 6

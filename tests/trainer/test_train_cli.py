@@ -7,24 +7,14 @@ import json
 
 import numpy as np
 import pytest
-from conftest import fill_store
 from safetensors.numpy import load
 
-from medprobe.cli.main import main
 from medprobe.featurestore import FeatureStore
 from medprobe.schemas.tables import DatasetImageRow, FeatureSetRow
+from tests.helpers.cli import run_cli
+from tests.helpers.features import fill_store
 
 FAST = ["--c-grid", "0.01,0.1,1", "--n-boot", "200", "--cv", "3"]
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(args))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_train_json_writes_results_predictions_and_weights(synth_store, capsys):
@@ -38,7 +28,7 @@ def test_train_json_writes_results_predictions_and_weights(synth_store, capsys):
         "fs-synth",
         "--layer",
         "3",
-        "--output",
+        "--format",
         "json",
         "--store",
         url,
@@ -83,7 +73,7 @@ def test_sweep_label_efficiency_compare_and_report(synth_store, capsys, tmp_path
         "0.25,1",
         "--seeds",
         "0,1",
-        "-o",
+        "-f",
         "json",
         "--store",
         url,
@@ -100,15 +90,15 @@ def test_sweep_label_efficiency_compare_and_report(synth_store, capsys, tmp_path
         "compare",
         "--task",
         "grade",
-        "-f",
+        "--feature-set",
         "fs-synth",
-        "-f",
+        "--feature-set",
         "fs-noise",
         "--layer",
         "3",
         "--layer",
         "3",
-        "-o",
+        "-f",
         "json",
         "--store",
         url,
@@ -136,11 +126,11 @@ def test_multilabel_and_binary_tasks_train(synth_store, capsys):
             "train",
             "--task",
             task,
-            "-f",
+            "--feature-set",
             "fs-synth",
             "-l",
             "3",
-            "-o",
+            "-f",
             "json",
             "--store",
             synth_store.url,
@@ -151,9 +141,9 @@ def test_multilabel_and_binary_tasks_train(synth_store, capsys):
 
 
 def test_unknown_task_and_feature_set_list_what_exists(synth_store, capsys):
-    code, _, err = run_cli(capsys, "train", "--task", "nope", "-f", "fs-synth", "--store", synth_store.url)
+    code, _, err = run_cli(capsys, "train", "--task", "nope", "--feature-set", "fs-synth", "--store", synth_store.url)
     assert code != 0 and "synth/grade" in err and "synth/findings" in err
-    code, _, err = run_cli(capsys, "train", "--task", "grade", "-f", "fs-nope", "--store", synth_store.url)
+    code, _, err = run_cli(capsys, "train", "--task", "grade", "--feature-set", "fs-nope", "--store", synth_store.url)
     assert code != 0 and "fs-synth" in err
     code, _, err = run_cli(capsys, "train", "--task", "grade", "--model", "nope/model", "--store", synth_store.url)
     assert code != 0 and "synthetic/model" in err
@@ -169,10 +159,10 @@ def test_missing_labels_refused_then_allowed(synth_store, capsys):
         ],
     )
     synth_store.commit_segment("fs-synth", extra, {3: np.zeros((5, 24), np.float32)}, dtype="float32")
-    args = ["train", "--task", "grade", "-f", "fs-synth", "-l", "3", "--store", synth_store.url, *FAST]
+    args = ["train", "--task", "grade", "--feature-set", "fs-synth", "-l", "3", "--store", synth_store.url, *FAST]
     code, _, err = run_cli(capsys, *args)
     assert code != 0 and "5 of 245 extracted images have no 'grade' label" in err and "--allow-missing" in err
-    code, _, err = run_cli(capsys, *args, "--allow-missing", "-o", "json")
+    code, _, err = run_cli(capsys, *args, "--allow-missing", "-f", "json")
     assert code == 0, err
 
 
@@ -199,7 +189,7 @@ def test_nan_features_are_refused_with_the_rows_named(tmp_path, capsys):
     X = np.random.default_rng(0).normal(size=(len(hashes), 4)).astype(np.float32)
     X[7, 2] = np.nan
     store.commit_segment("fs-nan", hashes, {0: X}, dtype="float32")
-    code, _, err = run_cli(capsys, "train", "--task", "grade", "-f", "fs-nan", "--store", store.url, *FAST)
+    code, _, err = run_cli(capsys, "train", "--task", "grade", "--feature-set", "fs-nan", "--store", store.url, *FAST)
     assert code != 0 and "NaN/Inf" in err and hashes[7][:16] in err
 
 
@@ -212,14 +202,14 @@ def test_class_absent_from_training_is_refused(tmp_path, capsys):
     fresh = store.sql("SELECT split, labels FROM dataset_images").to_pylist()
     if any(json.loads(r["labels"])["grade"] == "severe" and r["split"] != "test" for r in fresh):
         pytest.skip("the store keeps the first row per key; cannot move rows between splits here")
-    code, _, err = run_cli(capsys, "train", "--task", "grade", "-f", "fs-synth", "--store", store.url, *FAST)
+    code, _, err = run_cli(capsys, "train", "--task", "grade", "--feature-set", "fs-synth", "--store", store.url, *FAST)
     assert code != 0 and "severe" in err and "class" in err
 
 
 def test_test_split_val_holds_out_val_and_fits_on_train_only(synth_store, capsys):
     url = synth_store.url
     args = ["train", "--task", "grade", "--feature-set", "fs-synth", "--layer", "3", "--store", url, *FAST]
-    code, out, err = run_cli(capsys, *args, "--test-split", "val", "--output", "json")
+    code, out, err = run_cli(capsys, *args, "--test-split", "val", "--format", "json")
     assert code == 0, err
     doc = json.loads(out)
     store = FeatureStore.open(url)

@@ -19,6 +19,9 @@ from medprobe.ingest.records import FormatOptions, ParsedSource
 
 Parser = Callable[[Path, FormatOptions], ParsedSource]
 
+
+
+
 FORMATS: dict[str, Parser] = {
     "csv": csv_manifest.parse,
     "imagefolder": imagefolder.parse,

@@ -13,9 +13,8 @@ from typing import Protocol
 import numpy as np
 
 from medprobe.errors import InvalidInputError
+from medprobe.schemas.vocab import SOLVERS
 from medprobe.trainer.solvers.base import FittedProbe, ProbeBatch, ProbeKind, logits_to_proba
-
-SOLVERS = ("torch", "sklearn", "cuml")
 
 
 class Solver(Protocol):

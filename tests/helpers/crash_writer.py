@@ -1,6 +1,6 @@
 """A writer process for the crash and concurrency tests: commits segments whose numbers derive from the image hashes.
 
-Run as ``python fs_crash_writer.py STORE PREFIX N_SEGMENTS ROWS [FIRST]``: commits segments of ROWS images
+Run as ``python crash_writer.py STORE PREFIX N_SEGMENTS ROWS [FIRST]``: commits segments of ROWS images
 ``image_hash(f"{PREFIX}{i}")`` for consecutive i starting at FIRST (default 0), all layers of the test feature set,
 and prints each segment id once its commit returned. ``N_SEGMENTS`` 0 means forever.
 """
@@ -11,11 +11,10 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fs_helpers import activations, feature_set_row, image_hash
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: ``tests.helpers`` imports
 
 from medprobe.featurestore import FeatureStore
+from tests.helpers.features import activations, feature_set_row, image_hash
 
 FEATURE_SET = feature_set_row("fs-crash", n_layers=3, hidden=[8, 16, 24])
 

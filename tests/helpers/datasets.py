@@ -11,9 +11,7 @@ import numpy as np
 from PIL import Image
 
 from medprobe.schemas import DatasetImageRow, DatasetRow, ImageRow
-
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-KNEE = SHARED / "data" / "knee-oa-kl"
+from tests.helpers.paths import KNEE
 
 
 def add_image_files(store, dataset: str, files: list[tuple[Path, str]]) -> list[str]:

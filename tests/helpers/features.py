@@ -1,18 +1,71 @@
-"""Fixtures: a store filled directly with synthetic features that carry real signal, and the shared data path."""
+"""Feature sets and activations for tests: the one feature-set factory, deterministic activations, image hashes,
+and a store filled with synthetic features that carry class signal (for the trainer)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from medprobe.featurestore import FeatureStore
-from medprobe.schemas.tables import DatasetImageRow, DatasetRow, FeatureSetRow, TaskRow
+from medprobe.schemas import DatasetImageRow, DatasetRow, FeatureSetRow, TaskRow
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
+
+def image_hash(key: object) -> str:
+    """A sha256 hex digest standing in for an image's hash."""
+    return hashlib.sha256(str(key).encode()).hexdigest()
+
+
+def feature_set_row(
+    feature_set_id: str = "fs-test",
+    n_layers: int = 4,
+    hidden: int | list[int] = 16,
+    storage_dtype: str = "float16",
+    **fields: object,
+) -> FeatureSetRow:
+    """The one feature-set factory of the tests: a valid row; ``fields`` override any other column."""
+    hidden_sizes = hidden if isinstance(hidden, list) else [hidden] * n_layers
+    row: dict[str, object] = {
+        "feature_set_id": feature_set_id,
+        "model_id": "test/model",
+        "model_revision": "0" * 40,
+        "adapter": "test",
+        "preprocessing": "{}",
+        "prompt": None,
+        "pooling": "mean",
+        "layer_semantics": "index i = output of block i",
+        "n_layers": n_layers,
+        "hidden_sizes": hidden_sizes,
+        "compute_dtype": "fp32",
+        "storage_dtype": storage_dtype,
+    }
+    return FeatureSetRow(**{**row, **fields})
+
+
+def activation(h: str, layer: int, hidden: int, salt: int = 0) -> np.ndarray:
+    """The float32 activation a test writer commits for image ``h`` at ``layer`` (derived from the hash)."""
+    seed = int(h[:15], 16) * 1009 + layer * 31 + salt
+    return np.random.default_rng(seed).standard_normal(hidden).astype(np.float32)
+
+
+def activations(hashes: list[str], layer: int, hidden: int, salt: int = 0) -> np.ndarray:
+    return np.stack([activation(h, layer, hidden, salt) for h in hashes]) if hashes else np.empty((0, hidden))
+
+
+def stored(x: np.ndarray, dtype: str) -> np.ndarray:
+    """What reading back ``x`` stored as ``dtype`` gives (bfloat16: rounded to nearest even, as float32)."""
+    if dtype == "bfloat16":
+        from medprobe.featurestore.segments import from_bfloat16_bits, to_bfloat16_bits
+
+        return from_bfloat16_bits(to_bfloat16_bits(x))
+    return np.asarray(x, dtype=dtype)
+
+
+def open_with_feature_set(url: str, row: FeatureSetRow | None = None) -> FeatureStore:
+    store = FeatureStore.open(url)
+    store.register_feature_set(row or feature_set_row())
+    return store
 
 
 def synthetic_features(n: int = 240, layers: int = 4, dim: int = 24, seed: int = 0):
@@ -48,19 +101,14 @@ def fill_store(
     patients, grade, findings, arrays = synthetic_features(n, layers, dim, seed)
     hashes = [hashlib.sha256(f"img{i}".encode()).hexdigest() for i in range(n)]
     store.register_feature_set(
-        FeatureSetRow(
-            feature_set_id=fs_id,
-            model_id=model_id,
-            model_revision="0" * 40,
-            adapter="synthetic",
-            preprocessing="{}",
-            prompt=None,
-            pooling="mean",
-            layer_semantics="synthetic depth",
+        feature_set_row(
+            fs_id,
             n_layers=layers,
-            hidden_sizes=[dim] * layers,
-            compute_dtype="fp32",
+            hidden=dim,
             storage_dtype="float32",
+            model_id=model_id,
+            adapter="synthetic",
+            layer_semantics="synthetic depth",
         )
     )
     if store.table("datasets").num_rows == 0:
@@ -118,18 +166,3 @@ def fill_store(
         store.append("dataset_images", rows)
     store.commit_segment(fs_id, hashes, {k: v + offset for k, v in arrays.items()}, dtype="float32")
     return fs_id
-
-
-@pytest.fixture
-def synth_store(tmp_path):
-    """A local store with one synthetic feature set over 240 labelled images (3 tasks)."""
-    store = FeatureStore.open(str(tmp_path / "store"))
-    fill_store(store)
-    return store
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not (SHARED / "data").is_dir():
-        pytest.skip(f"shared data folder {SHARED} is absent (it lives beside the checkout)")
-    return SHARED

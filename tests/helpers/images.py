@@ -10,9 +10,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-SHARED_DATA = SHARED / "data"
-
 
 def png_bytes(arr: np.ndarray | None = None, *, mode: str | None = None, seed: int = 0) -> bytes:
     """PNG bytes of ``arr`` (default: a random 16x12 grayscale image)."""

@@ -1,0 +1,252 @@
+"""Every option shared by several commands, defined once, and the helpers that give them one grammar.
+
+* Short flags have one meaning in every command (``SHORT_FLAGS``; the README's "Conventions" table).
+* Lists: comma-separated, and the option may be repeated (``-l 0,4 -l -1`` is ``0,4,-1``).
+* Choices are ``click.Choice`` of the library's own vocabulary, so ``--help`` lists them.
+* Option groups (:func:`with_group`): a dataclass of options that several commands accept, added to each
+  command's signature and handed to it as one object; nothing is forwarded through ``locals()``.
+* Retired spellings (:func:`retired`): an old flag that README users typed fails with one line naming the new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, TypeVar, get_type_hints
+
+import click
+import typer
+
+from medprobe.cli.output import FORMATS, OutFormat
+from medprobe.errors import InvalidInputError
+
+# The short flags: one meaning each, in every command that has the option.
+SHORT_FLAGS: dict[str, str] = {
+    "-s": "--store",
+    "-d": "--dataset",
+    "-t": "--task",
+    "-m": "--model",
+    "-l": "--layers",
+    "-f": "--format",
+    "-o": "--out",
+    "-b": "--batch-size",
+}
+
+LAYERS_HELP = (
+    "Layers: all | 5 | -1 | 0,4,-1 | 2-10 | 2:10:2; negative indices count from the last "
+    "{universe} (-1 = the last)."
+)
+
+
+def choice(values: Sequence[str]) -> click.Choice:
+    """A click choice over ``values`` (listed by ``--help``)."""
+    return click.Choice(list(values), case_sensitive=False)
+
+
+# ----------------------------------------------------------------------------- options shared by commands
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        "-s",
+        help="Store URL: a folder, memory://..., s3://... (default: $MEDPROBE_STORE or ./medprobe-store)",
+        show_default=False,
+    ),
+]
+FormatOpt = Annotated[
+    OutFormat | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="Output format (default: table, or from the suffix of --out).",
+        case_sensitive=False,
+        show_default=False,
+    ),
+]
+OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Write the output to this file (or URL).")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Dataset name in the store.")]
+OptionalDatasetOpt = Annotated[
+    str | None, typer.Option("--dataset", "-d", help="Dataset name (of the task, when several datasets have it).")
+]
+TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Task name (see `medprobe datasets`).")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m", help="Hugging Face id, local directory, plugin (efficientnet-lite0) or tiny-random/*."
+    ),
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="torch device: cuda, cuda:1, cpu (default: cuda if present).")
+]
+SplitOpt = Annotated[
+    list[str] | None, typer.Option("--split", help="Only these splits: train,val,test (comma list or repeated).")
+]
+NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bar.")]
+
+
+def layers_option(universe: str, default_help: str) -> Any:
+    """The ``--layers/-l`` option (``--layer`` is the same option) with help naming what negatives count from."""
+    return typer.Option(
+        "--layers",
+        "--layer",
+        "-l",
+        help=LAYERS_HELP.format(universe=universe) + f" (default: {default_help})",
+        show_default=False,
+    )
+
+
+# ----------------------------------------------------------------------------- lists
+def split_list(values: str | Sequence[str] | None) -> list[str]:
+    """A list option's items: each value split on commas, blanks dropped (``["a,b", "c"]`` -> ``[a, b, c]``)."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    return [item.strip() for v in values for item in str(v).split(",") if item.strip()]
+
+
+def float_list(values: str | Sequence[str] | None, option: str) -> list[float]:
+    """A list option's items as floats; InvalidInputError names the option."""
+    try:
+        return [float(v) for v in split_list(values)]
+    except ValueError as e:
+        raise InvalidInputError(f"{option}: cannot read {values!r} as comma-separated numbers") from e
+
+
+def int_list(values: str | Sequence[str] | None, option: str) -> list[int]:
+    """A list option's items as integers; InvalidInputError names the option."""
+    try:
+        return [int(v) for v in split_list(values)]
+    except ValueError as e:
+        raise InvalidInputError(f"{option}: cannot read {values!r} as comma-separated integers") from e
+
+
+def pairs(values: Sequence[str] | None, option: str) -> dict[str, str]:
+    """``NAME=VALUE`` items of a list option as a dict."""
+    out = {}
+    for part in split_list(values):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise InvalidInputError(f"{option} takes NAME=VALUE (e.g. {option} kl_grade=ordinal); got {part!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+# ----------------------------------------------------------------------------- option groups
+G = TypeVar("G")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_group(group: type[G], name: str) -> Callable[[F], F]:
+    """Give a command every option of the dataclass ``group``; the command receives them as one ``name`` argument.
+
+    The group's fields are ``Annotated[type, typer.Option(...)] = default``, exactly as a command parameter
+    would be written; they are appended (keyword-only) to the command's own options.
+    """
+    fields = dataclasses.fields(group)  # type: ignore[arg-type]
+    group_hints = get_type_hints(group, include_extras=True)
+
+    def decorate(func: F) -> F:
+        sig = inspect.signature(func)
+        hints = get_type_hints(func, include_extras=True)
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in sig.parameters.values()
+            if p.name != name
+        ]
+        clash = {p.name for p in own} & {f.name for f in fields}
+        if clash:
+            raise TypeError(f"{func.__name__}: options {sorted(clash)} are both the command's and {group.__name__}'s")
+        added = [
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default,
+                annotation=group_hints[f.name],
+            )
+            for f in fields
+        ]
+        params = own + added
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            packed = group(**{f.name: kwargs.pop(f.name) for f in fields})
+            return func(**kwargs, **{name: packed})
+
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command  # type: ignore[return-value]
+
+    return decorate
+
+
+def retired(**renamed: str) -> Callable[[F], F]:
+    """Accept old spellings as hidden options that fail with one line naming the new one.
+
+    Keys are parameter names; values ``"--old-flag -> --new spelling"``. A flag (no value) is written ``--old!``.
+    """
+    specs = []
+    for param, text in renamed.items():
+        old, _, new = (s.strip() for s in text.partition("->"))
+        is_flag = old.endswith("!")
+        old = old.rstrip("!")
+        decls = old.split("/")
+        annotation: Any = (
+            Annotated[bool, typer.Option(*decls, hidden=True)]
+            if is_flag
+            else Annotated[str | None, typer.Option(*decls, hidden=True)]
+        )
+        specs.append((param, decls[0], new, is_flag, annotation))
+
+    def decorate(func: F) -> F:
+        sig = inspect.signature(func)
+        hints = get_type_hints(func, include_extras=True)
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in sig.parameters.values()
+        ]
+        added = [
+            inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=False if flag else None, annotation=ann)
+            for param, _old, _new, flag, ann in specs
+        ]
+        params = own + added
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            for param, old, new, _flag, _ann in specs:
+                if kwargs.pop(param):
+                    raise InvalidInputError(f"{old} is no longer an option here: use {new}")
+            return func(**kwargs)
+
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command  # type: ignore[return-value]
+
+    return decorate
+
+
+__all__ = [
+    "FORMATS",
+    "SHORT_FLAGS",
+    "DatasetOpt",
+    "DeviceOpt",
+    "FormatOpt",
+    "ModelOpt",
+    "NoProgressOpt",
+    "OptionalDatasetOpt",
+    "OutFormat",
+    "OutOpt",
+    "SplitOpt",
+    "StoreOpt",
+    "TaskOpt",
+    "choice",
+    "float_list",
+    "int_list",
+    "layers_option",
+    "pairs",
+    "retired",
+    "split_list",
+    "with_group",
+]

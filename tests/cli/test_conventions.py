@@ -1,0 +1,142 @@
+"""The README's conventions hold for every command: short flags, output options, choices, retired spellings."""
+
+from __future__ import annotations
+
+import click
+import pytest
+import typer
+
+from medprobe.cli.main import build_app
+from medprobe.cli.options import SHORT_FLAGS
+from medprobe.cli.output import FORMATS
+from tests.helpers.cli import run_cli
+
+# Commands that print results: each takes -f/--format table|csv|json|parquet and -o/--out FILE.
+PRINTS_RESULTS = {
+    "ingest",
+    "datasets",
+    "extract",
+    "submit",
+    "worker",
+    "status",
+    "train",
+    "sweep",
+    "compare",
+    "sql",
+    "store info",
+    "store verify",
+    "store gc",
+}
+# Commands that write files instead of printing results: -o/--out names what they write.
+WRITES_FILES = {"export", "report", "demo"}
+# Options whose value is one of a closed set: --help must list it.
+CHOICES = {
+    "--solver",
+    "--selection",
+    "--class-weight",
+    "--test-split",
+    "--dtype",
+    "--storage-dtype",
+    "--verify",
+    "--quantization",
+    "--layout",
+    "--neoplastic-share",
+    "--format",
+}
+
+
+def _commands() -> dict[str, click.Command]:
+    root = typer.main.get_command(build_app())
+    out: dict[str, click.Command] = {}
+
+    def walk(cmd: click.Command, prefix: str) -> None:
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                walk(sub, f"{prefix} {name}".strip())
+        else:
+            out[prefix] = cmd
+
+    walk(root, "")
+    return out
+
+
+COMMANDS = _commands()
+
+
+def _visible_options(cmd: click.Command) -> list[click.Option]:
+    return [p for p in cmd.params if isinstance(p, click.Option) and not p.hidden and p.name != "help"]
+
+
+def test_the_tables_name_every_command() -> None:
+    assert set(COMMANDS) == PRINTS_RESULTS | WRITES_FILES | {"worker"} - {"worker"} | {"worker"}
+    assert set(COMMANDS) >= PRINTS_RESULTS
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_short_flags_mean_one_thing_everywhere(name: str) -> None:
+    for opt in _visible_options(COMMANDS[name]):
+        longs = [o for o in opt.opts if o.startswith("--")]
+        for short in (o for o in opt.opts + opt.secondary_opts if not o.startswith("--")):
+            assert short in SHORT_FLAGS, f"{name}: {short} is not in the conventions table"
+            assert SHORT_FLAGS[short] in longs, f"{name}: {short} means {longs}, not {SHORT_FLAGS[short]}"
+        for short, long in SHORT_FLAGS.items():
+            if long in longs:
+                assert short in opt.opts, f"{name}: {long} lacks its short flag {short}"
+
+
+@pytest.mark.parametrize("name", sorted(PRINTS_RESULTS))
+def test_result_commands_take_format_and_out(name: str) -> None:
+    opts = {o: p for p in _visible_options(COMMANDS[name]) for o in p.opts}
+    assert "--format" in opts and "-f" in opts and "--out" in opts and "-o" in opts, name
+    fmt = opts["--format"]
+    shown = list(fmt.type.choices) if isinstance(fmt.type, click.Choice) else (fmt.metavar or "").strip("[]").split("|")
+    assert [str(c) for c in shown] == list(FORMATS), name
+
+
+@pytest.mark.parametrize("name", sorted(WRITES_FILES))
+def test_file_writing_commands_take_out(name: str) -> None:
+    opts = {o for p in _visible_options(COMMANDS[name]) for o in p.opts}
+    assert {"--out", "-o"} <= opts and "--format" not in opts, name
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_choices_are_listed(name: str) -> None:
+    for opt in _visible_options(COMMANDS[name]):
+        if set(opt.opts) & CHOICES and not (name == "ingest" and "--format" in opt.opts):
+            assert isinstance(opt.type, click.Choice), f"{name}: {opt.opts} should list its choices"
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_help_renders(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, *name.split(), "--help")
+    assert code == 0 and "Usage" in out
+
+
+def test_layer_option_is_spelled_alike() -> None:
+    for name in ("extract", "submit", "train", "sweep", "compare", "export"):
+        opts = {o for p in _visible_options(COMMANDS[name]) for o in p.opts}
+        assert {"--layers", "--layer", "-l"} <= opts, name
+
+
+@pytest.mark.parametrize(
+    ("args", "new"),
+    [
+        (["ingest", "x", "-f", "knee", "-d", "k"], "--layout knee"),
+        (["ingest", "x", "--layout", "knee", "-d", "k", "--json"], "--format json"),
+        (["ingest", "x", "--layout", "knee", "-d", "k", "--seed", "1"], "--split-seed"),
+        (["ingest", "x", "--layout", "knee", "-d", "k", "--workers", "2"], "--threads"),
+        (["train", "-t", "grade", "--output", "json"], "--format json"),
+        (["train", "-t", "grade", "-o", "json"], "--format json"),
+        (["train", "-t", "grade", "--seed", "3"], "--boot-seed"),
+        (["sweep", "-t", "grade", "--seed", "3"], "--boot-seed"),
+        (["extract", "-d", "x", "-m", "y", "--workers", "2"], "--decode-workers"),
+        (["demo", "-j", "2"], "--decode-workers"),
+    ],
+)
+def test_retired_spellings_fail_in_one_line_naming_the_new_one(
+    args: list[str], new: str, capsys: pytest.CaptureFixture[str], tmp_path
+) -> None:
+    code, out, err = run_cli(capsys, *args, "--store", str(tmp_path / "s"))
+    assert code != 0
+    assert new in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
