@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from medprobe.cli.options import (
     split_list,
     with_group,
 )
-from medprobe.cli.output import emit, wants_progress
+from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.cli.tables import key_value_table
 from medprobe.errors import InvalidInputError
 from medprobe.schemas.vocab import ComputeDType, Quantization, StorageDType
@@ -185,6 +186,7 @@ def register(app: typer.Typer) -> None:
         from medprobe.extractor.pipeline import Stopped
         from medprobe.extractor.pipeline import extract as run
 
+        resolve_format(fmt, out)
         opts = settings.options()
         st = open_store(store)
         with graceful_stop() as stop:
@@ -202,18 +204,23 @@ def register(app: typer.Typer) -> None:
     def submit(
         settings: ExtractSettings,
         shards: Annotated[int, typer.Option("--shards", min=1, help="Split the job into N shards for workers.")] = 16,
+        fmt: FormatOpt = None,
+        out: OutOpt = None,
         store: StoreOpt = None,
     ) -> None:
         """Queue an extraction job (same options as extract) for `medprobe worker`."""
         from medprobe.extractor.jobs import JobQueue
         from medprobe.extractor.plan import check_dataset
 
+        resolve_format(fmt, out)
         opts = settings.options()
         st = open_store(store)
         st.check_writable()
         check_dataset(st, opts.dataset)
         job = JobQueue(st).submit(opts, n_shards=shards)
-        console.print(f"queued {job.job_id} ({opts.dataset}, {opts.model}, {shards} shards)")
+        doc = {"job_id": job.job_id, "dataset": opts.dataset, "model": opts.model, "shards": shards}
+        text = f"queued {job.job_id} ({opts.dataset}, {opts.model}, {shards} shards)"
+        emit(fmt, out, rows=[doc], document=doc, show=lambda: console.print(text))
 
     @app.command()
     def worker(
@@ -224,11 +231,14 @@ def register(app: typer.Typer) -> None:
         ] = 120.0,
         exit_when_idle: Annotated[bool, typer.Option("--exit-when-idle", help="Stop when the queue is empty.")] = False,
         no_progress: NoProgressOpt = False,
+        fmt: FormatOpt = None,
+        out: OutOpt = None,
         store: StoreOpt = None,
     ) -> None:
         """Run queued extraction jobs until stopped (SIGTERM/SIGINT: commit the batch in flight, then exit)."""
         from medprobe.extractor.worker import run_worker
 
+        resolve_format(fmt, out)
         st = open_store(store)
         with graceful_stop() as stop:
             stats = run_worker(
@@ -238,13 +248,15 @@ def register(app: typer.Typer) -> None:
                 heartbeat_s=heartbeat,
                 stale_s=stale_after,
                 exit_when_idle=exit_when_idle,
-                show_progress=not no_progress,
+                show_progress=not no_progress and wants_progress(fmt, out),
                 echo=err_console.print,
             )
-        console.print(
+        doc = dataclasses.asdict(stats)
+        text = (
             f"worker {stats.worker_id}: {stats.shards_done} shards, {stats.images_committed:,} images committed, "
             f"{stats.failures} failures{', stopped' if stats.stopped else ''}"
         )
+        emit(fmt, out, rows=[doc], document=doc, show=lambda: console.print(text))
 
     @app.command()
     def status(

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from medprobe.cli.common import console, open_store
 from medprobe.cli.options import DatasetOpt, FormatOpt, OutOpt, StoreOpt, pairs, retired, split_list
-from medprobe.cli.output import FORMATS, OutFormat, emit, wants_progress
+from medprobe.cli.output import FORMATS, OutFormat, emit, resolve_format, wants_progress
 from medprobe.errors import InvalidInputError, MedprobeError
 from medprobe.schemas.vocab import Layout, NeoplasticShare, Verify
 
@@ -109,8 +109,10 @@ def register(app: typer.Typer) -> None:
     )
     def ingest_cmd(
         source: Annotated[str, typer.Argument(help="Folder, manifest or .npz to ingest.")],
-        layout: Annotated[Layout, typer.Option("--layout", help="The source's published layout.")],
         dataset: DatasetOpt,
+        layout: Annotated[
+            Layout | None, typer.Option("--layout", help="The source's published layout (required).")
+        ] = None,
         path_column: Annotated[str | None, typer.Option(help="csv: column with image paths (default: path)")] = None,
         label_column: Annotated[
             list[str] | None, typer.Option(help="csv: label column(s), one task each (comma list or repeated)")
@@ -160,6 +162,9 @@ def register(app: typer.Typer) -> None:
         from medprobe.ingest.splits import SplitPlan, normalise_split
 
         output = _output_format(fmt)
+        resolve_format(output, out)
+        if layout is None:
+            raise InvalidInputError(f"ingest needs --layout, one of: {', '.join(x.value for x in Layout)}")
         folds = {k: normalise_split(v) for k, v in pairs(fold_splits, "--fold-splits").items()}
         format_options = FormatOptions(
             path_column=path_column,

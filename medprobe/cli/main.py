@@ -49,32 +49,38 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("MEDPROBE_DEBUG") == "1"
     app = build_app()
     try:
-        app(args=args, standalone_mode=False)
+        result = app(args=args, standalone_mode=False)
     except MedprobeError as e:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        _one_line(str(e))
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
         sys.exit(130)
-    except Exception as e:  # an unexpected failure: still one line unless --debug
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
+    except typer.TyperException as e:  # usage errors: unknown option, bad value, missing option
         if debug:
             raise
-        err_console.print(
-            f"[bold red]error:[/] {type(e).__name__}: {e} (run with --debug for the traceback)",
-            highlight=False,
-            soft_wrap=True,
-        )
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        _one_line(f"{message}{hint}")
+        sys.exit(int(getattr(e, "exit_code", 2)))
+    except Exception as e:  # an unexpected failure: still one line unless --debug
+        if debug:
+            raise
+        _one_line(f"{type(e).__name__}: {e} (run with --debug for the traceback)")
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _one_line(message: str) -> None:
+    """The error as one line on stderr (rich markup in the message is shown literally)."""
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

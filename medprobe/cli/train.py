@@ -28,7 +28,7 @@ from medprobe.cli.options import (
     split_list,
     with_group,
 )
-from medprobe.cli.output import emit, wants_progress
+from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.errors import InvalidInputError
 from medprobe.layerspec import resolve_layer, resolve_layers
 from medprobe.schemas.vocab import ClassWeight, Selection, SolverName
@@ -253,6 +253,7 @@ def _run_probes(
     from medprobe.trainer.data import resolve_feature_set
     from medprobe.trainer.experiment import run_experiment
 
+    resolve_format(fmt, out)  # a bad --format/--out fails before any work
     store = open_store(store_url)
     fs = resolve_feature_set(store, choice.feature_set, choice.model, choice.prompt, choice.pooling)
     stored = stored_layers(store, fs.feature_set_id)
@@ -340,6 +341,7 @@ def _compare(
     from medprobe.trainer.compare import best_layer, compare_probes
     from medprobe.trainer.experiment import prepare, run_experiment
 
+    resolve_format(fmt, out)
     if len(feature_sets) < 2:
         raise InvalidInputError("compare needs at least two feature sets (--feature-set A,B)")
     if layers and len(layers) != len(feature_sets):
