@@ -16,6 +16,7 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -317,7 +318,7 @@ def load_image(uri: str, *, study_preprocessing: bool = False, max_pixels: int =
 
 
 # --------------------------------------------------------------------------- DICOM
-def _dicom_dataset(data: bytes, source: str, *, stop_before_pixels: bool):
+def _dicom_dataset(data: bytes, source: str, *, stop_before_pixels: bool) -> Any:
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
@@ -331,7 +332,7 @@ def _dicom_dataset(data: bytes, source: str, *, stop_before_pixels: bool):
         raise ImageReadError(_classify_decode_error(e), source, f"{type(e).__name__}: {e}") from e
 
 
-def _dicom_size(ds, source: str, max_pixels: int) -> tuple[int, int]:
+def _dicom_size(ds: Any, source: str, max_pixels: int) -> tuple[int, int]:
     rows, cols = getattr(ds, "Rows", None), getattr(ds, "Columns", None)
     if rows is None or cols is None:
         raise ImageReadError("not_an_image", source, "DICOM file has no image (no Rows/Columns)")
@@ -345,7 +346,7 @@ def _dicom_size(ds, source: str, max_pixels: int) -> tuple[int, int]:
     return int(cols), int(rows)
 
 
-def _dicom_pixels(ds, source: str) -> np.ndarray:
+def _dicom_pixels(ds: Any, source: str) -> np.ndarray:
     try:
         return ds.pixel_array
     except (AttributeError, KeyError) as e:
@@ -399,7 +400,7 @@ def _decode_dicom(data: bytes, source: str, *, max_pixels: int, relative_to_max:
     return Image.fromarray(out8, mode="L")
 
 
-def _first_window(ds) -> tuple[float, float] | None:
+def _first_window(ds: Any) -> tuple[float, float] | None:
     """(center, width) of the header's first VOI window, or None when it declares none."""
     if "WindowCenter" not in ds or "WindowWidth" not in ds:
         return None

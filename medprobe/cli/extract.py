@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
@@ -121,7 +122,7 @@ class ExtractSettings:
 
 
 @contextmanager
-def graceful_stop():
+def graceful_stop() -> Iterator[threading.Event]:
     """SIGTERM / first SIGINT set the returned event (finish and commit the batch in flight); a second SIGINT aborts."""
     stop = threading.Event()
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -284,11 +285,11 @@ def register(app: typer.Typer) -> None:
                 )
             console.print(t if jobs else "no queued jobs")
             if runs:
-                r = Table(title="recent extraction runs")
+                recent = Table(title="recent extraction runs")
                 for col in ("run", "status", "started", "images", "images/s", "failures"):
-                    r.add_column(col)
+                    recent.add_column(col)
                 for row in runs:
-                    r.add_row(*(str(row[k]) for k in ("run", "status", "started", "images", "rate", "failures")))
-                console.print(r)
+                    recent.add_row(*(str(row[k]) for k in ("run", "status", "started", "images", "rate", "failures")))
+                console.print(recent)
 
         emit(fmt, out, rows=jobs, document={"jobs": jobs, "runs": runs}, show=show)

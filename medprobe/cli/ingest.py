@@ -16,6 +16,7 @@ from medprobe.schemas.vocab import Layout, NeoplasticShare, Verify
 
 if TYPE_CHECKING:
     from medprobe.ingest.overview import DatasetOverview
+    from medprobe.ingest.pipeline import IngestSummary
 
 TaskNameOpt = Annotated[
     str | None, typer.Option("--task", "-t", help="Task name of single-task layouts (default: label; e.g. tissue)")
@@ -52,7 +53,7 @@ def _output_format(value: str | None) -> OutFormat | None:
     raise InvalidInputError(f"--format {value!r}: choose one of {', '.join(FORMATS)} (the source layout is --layout)")
 
 
-def _summary_tables(summary) -> None:
+def _summary_tables(summary: IngestSummary) -> None:
     images = Table(title=f"ingest {summary.dataset} ({summary.format})", show_header=False)
     images.add_column("what")
     images.add_column("n", justify="right")

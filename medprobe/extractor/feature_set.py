@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from medprobe.extractor.adapter import ModelIdentity
 from medprobe.featurestore.ids import stable_hash
@@ -22,7 +23,7 @@ def feature_set_row(
     ``prompt`` is the exact text given to the processor (chat template applied), or None for
     vision-only encoders. Layers are not part of the key: a feature set grows by layer and by image.
     """
-    key = {
+    key: dict[str, Any] = {
         "model_id": identity.model_id,
         "model_revision": identity.model_revision,
         "adapter": identity.adapter,

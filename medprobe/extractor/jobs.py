@@ -23,13 +23,16 @@ import posixpath
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medprobe.errors import MedprobeError, NotFoundError
 from medprobe.extractor.pipeline import ExtractOptions
 from medprobe.featurestore.fsio import create_exclusive, list_files, write_atomic
 from medprobe.featurestore.ids import new_id
 from medprobe.schemas import utcnow
+
+if TYPE_CHECKING:
+    from medprobe.featurestore import FeatureStore
 
 JOBS_DIR = "jobs"
 DEFAULT_SHARDS = 16
@@ -105,7 +108,7 @@ class Claim:
 class JobQueue:
     """Jobs of one store."""
 
-    def __init__(self, store, *, stale_s: float = DEFAULT_STALE_S) -> None:
+    def __init__(self, store: FeatureStore, *, stale_s: float = DEFAULT_STALE_S) -> None:
         self.store = store
         self.loc = store.loc
         self.stale_s = stale_s

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medprobe.extractor.adapter import Preprocessor
-from medprobe.featurestore.fsio import resolve
+from medprobe.featurestore.fsio import Location, resolve
 from medprobe.imaging import ImageReadError, decode_image, read_file_bytes
 
 STORE_URI = "store:"
@@ -70,7 +70,7 @@ class ImageRefs(Dataset):
         self.store_url = store_url
         self.start = start
         self.study_preprocessing = study_preprocessing
-        self._loc = None
+        self._loc: Location | None = None
 
     def __len__(self) -> int:
         return len(self.hashes) - self.start

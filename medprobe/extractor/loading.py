@@ -177,7 +177,8 @@ def _load_processor(family: Family, spec: str, trust_remote_code: bool) -> Any:
         return AutoImageProcessor.from_pretrained(spec)
     if family.processor == "auto":
         return AutoProcessor.from_pretrained(spec, trust_remote_code=trust_remote_code)
-    return resolve(family.processor).from_pretrained(spec)
+    processor_cls: Any = resolve(family.processor)
+    return processor_cls.from_pretrained(spec)
 
 
 def _load_hf(
@@ -202,6 +203,7 @@ def _load_hf(
         if importlib.util.find_spec("accelerate") is None:
             raise InvalidInputError("device_map needs the accelerate package: pip install accelerate")
         kwargs["device_map"] = device_map
+    model_cls: Any
     if family.model_class == "auto":
         model_cls = transformers.AutoModelForImageTextToText
     else:

@@ -165,7 +165,7 @@ def resolve_request(adapter: Adapter, options: ExtractOptions) -> Request:
 
 
 def run_extraction(
-    store,
+    store: FeatureStore,
     adapter: Adapter,
     request: Request,
     options: ExtractOptions,
@@ -295,7 +295,7 @@ def run_extraction(
 
 
 def extract(
-    store,
+    store: FeatureStore,
     options: ExtractOptions,
     *,
     stop: threading.Event | None = None,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medprobe.extractor.jobs import JobQueue
 
+if TYPE_CHECKING:
+    from medprobe.featurestore import FeatureStore
 
-def job_rows(store, *, stale_s: float = 120.0) -> list[dict[str, Any]]:
+
+def job_rows(store: FeatureStore, *, stale_s: float = 120.0) -> list[dict[str, Any]]:
     """One dict per job: shard counts, images committed so far and the live rate of its running shards."""
     queue = JobQueue(store, stale_s=stale_s)
     rows = []
@@ -44,7 +47,7 @@ def job_rows(store, *, stale_s: float = 120.0) -> list[dict[str, Any]]:
     return rows
 
 
-def recent_runs(store, limit: int = 10) -> list[dict[str, Any]]:
+def recent_runs(store: FeatureStore, limit: int = 10) -> list[dict[str, Any]]:
     """The latest extraction runs from the ``runs`` table."""
     t = store.sql(
         "SELECT run_id, status, started_at, summary FROM runs WHERE kind = 'extract' ORDER BY started_at DESC LIMIT ?",

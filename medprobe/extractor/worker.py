@@ -7,8 +7,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medprobe.errors import MedprobeError
 from medprobe.extractor.adapter import Adapter
@@ -24,6 +25,9 @@ from medprobe.extractor.pipeline import (
 from medprobe.extractor.plan import plan_images
 from medprobe.featurestore.ids import new_id
 from medprobe.featurestore.runs import start_run
+
+if TYPE_CHECKING:
+    from medprobe.featurestore import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,7 @@ class _AdapterCache:
 
 
 def run_worker(
-    store,
+    store: FeatureStore,
     *,
     stop: threading.Event,
     poll_s: float = 5.0,
@@ -70,7 +74,7 @@ def run_worker(
     stale_s: float = 120.0,
     exit_when_idle: bool = False,
     show_progress: bool = True,
-    echo=print,
+    echo: Callable[[str], object] = print,
 ) -> WorkerStats:
     """Run queued shards until ``stop`` is set (or, with ``exit_when_idle``, until none is left).
 
@@ -114,7 +118,7 @@ def run_worker(
 
 
 def _run_shard(
-    store, claim: Claim, adapters: _AdapterCache, *, stop: threading.Event, heartbeat_s: float, show: bool
+    store: FeatureStore, claim: Claim, adapters: _AdapterCache, *, stop: threading.Event, heartbeat_s: float, show: bool
 ) -> dict[str, Any]:
     options = claim.job.options
     adapter = adapters.get(options)

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from medprobe.errors import MedprobeError
 from medprobe.extractor.loader import Failure
 from medprobe.featurestore.ids import new_id
 from medprobe.schemas import FailureRow
+
+if TYPE_CHECKING:
+    from medprobe.featurestore import FeatureStore
 
 
 @dataclass
@@ -44,7 +48,7 @@ class Committer:
 
     def __init__(
         self,
-        store,
+        store: FeatureStore,
         *,
         storage_dtype: str,
         commit_every: int = 256,

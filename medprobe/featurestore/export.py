@@ -80,7 +80,7 @@ def export_npz(
     if splits is not None:
         arrays["split"] = np.asarray(splits)
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy types **kwds as the allow_pickle flag
     with fsspec.open(out, "wb") as f:
         f.write(buf.getvalue())
     return ExportResult(rows=len(hashes), hidden=int(x.shape[1]), missing=missing)

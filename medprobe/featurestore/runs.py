@@ -9,11 +9,15 @@ import socket
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medprobe import __version__
 from medprobe.featurestore.ids import canonical_json, new_id
 from medprobe.schemas import RunRow, utcnow
+from medprobe.schemas.tables import RunStatus
+
+if TYPE_CHECKING:
+    from medprobe.featurestore.store import FeatureStore
 
 _PACKAGES = (
     "numpy",
@@ -52,7 +56,7 @@ def _user() -> str:
 class Run:
     """A run in progress. ``summary`` is saved with the final row."""
 
-    def __init__(self, store, kind: str, params: dict[str, Any], command: str | None = None) -> None:
+    def __init__(self, store: FeatureStore, kind: str, params: dict[str, Any], command: str | None = None) -> None:
         self.store = store
         self.run_id = new_id(kind)
         self.kind = kind
@@ -62,7 +66,7 @@ class Run:
         self.started_at = utcnow()
         self._versions = json.dumps(package_versions(), sort_keys=True)
 
-    def _row(self, status: str) -> RunRow:
+    def _row(self, status: RunStatus) -> RunRow:
         return RunRow(
             run_id=self.run_id,
             kind=self.kind,
@@ -84,6 +88,7 @@ class Run:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        status: RunStatus
         if exc_type is None:
             status = "finished"
         elif issubclass(exc_type, KeyboardInterrupt):
@@ -94,6 +99,6 @@ class Run:
         self.store.append("runs", [self._row(status)])
 
 
-def start_run(store, kind: str, params: dict[str, Any] | None = None, command: str | None = None) -> Run:
+def start_run(store: FeatureStore, kind: str, params: dict[str, Any] | None = None, command: str | None = None) -> Run:
     """``with start_run(store, "extract", {...}) as run:`` records the run at start and at the end."""
     return Run(store, kind, params or {}, command)

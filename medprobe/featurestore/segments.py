@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, cast
 
 import google_crc32c
 import numpy as np
@@ -82,7 +83,7 @@ def _crc32c(data: np.ndarray) -> int:
     return int(google_crc32c.value(view))
 
 
-def _zarr_store(loc: Location, path: str, read_only: bool):
+def _zarr_store(loc: Location, path: str, read_only: bool) -> LocalStore | FsspecStore:
     if loc.is_local:
         return LocalStore(path, read_only=read_only)
     return FsspecStore.from_url(loc.full_url(path), read_only=read_only)
@@ -137,7 +138,9 @@ def write_segment(
         "layers": sorted(stored),
         "image_hashes_file": HASHES_FILE,
     }
-    group = zarr.open_group(_zarr_store(loc, path, read_only=False), mode="w-", zarr_format=3, attributes=attrs)
+    group = zarr.open_group(
+        _zarr_store(loc, path, read_only=False), mode="w-", zarr_format=3, attributes=cast(dict[str, Any], attrs)
+    )
     _put(loc, posixpath.join(path, HASHES_FILE), ["\n".join(image_hashes).encode() + b"\n"])
     dims: dict[int, int] = {}
     for layer, data in stored.items():
@@ -161,7 +164,7 @@ def write_segment(
             if chunk.shape[0] < rows:  # zarr stores the last chunk at full size, padded with the fill value
                 chunk = np.concatenate([chunk, np.zeros((rows - chunk.shape[0], hidden), dtype=data.dtype)])
             crc = np.uint32(_crc32c(chunk)).astype("<u4").tobytes()
-            _put(loc, _chunk_path(array_path, index), [memoryview(chunk.reshape(-1).view(np.uint8)), crc])
+            _put(loc, _chunk_path(array_path, index), [memoryview(cast(Any, chunk.reshape(-1).view(np.uint8))), crc])
         dims[layer] = hidden
     if loc.is_local:
         fsync_tree(path)
@@ -182,7 +185,7 @@ class LayerArray:
 
 def _readv_exact(fd: int, parts: list[np.ndarray]) -> int:
     """``readv`` into ``parts`` until they are full or the file ends; returns the bytes read."""
-    views = [memoryview(p).cast("B") for p in parts if p.nbytes]
+    views = [memoryview(cast(Any, p)).cast("B") for p in parts if p.nbytes]
     total = 0
     while views:
         got = os.readv(fd, views)
@@ -317,7 +320,10 @@ class SegmentReader:
     def _open_zarr(self, segment_id: str, layer: int) -> zarr.Array:
         path = segment_path(self.loc, segment_id)
         group = zarr.open_group(_zarr_store(self.loc, path, read_only=True), mode="r", zarr_format=3)
-        return group[layer_array_name(layer)]
+        array = group[layer_array_name(layer)]
+        if not isinstance(array, zarr.Array):
+            raise CorruptDataError(f"segment {segment_id}: {layer_array_name(layer)} is not an array")
+        return array
 
     def layout(self, segment_id: str, layer: int) -> LayerArray:
         """Shape, chunking and dtype of one layer (read from its zarr.json once)."""

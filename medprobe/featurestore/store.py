@@ -342,7 +342,13 @@ class FeatureStore:
                 "write into a writable store (--store) or fix its permissions"
             ) from e
 
-    def _resolve_hashes(self, feature_set_id: str, layer: int, image_hashes, sql) -> pa.Array:
+    def _resolve_hashes(
+        self,
+        feature_set_id: str,
+        layer: int,
+        image_hashes: Sequence[str] | pa.Array | pa.ChunkedArray | None,
+        sql: str | None,
+    ) -> pa.Array:
         """The requested image hashes as an Arrow string array (checks the feature set exists)."""
         if image_hashes is not None and sql is not None:
             raise InvalidInputError("pass either image_hashes or sql, not both")
@@ -456,11 +462,11 @@ class FeatureStore:
         segment_ids = [where.segment_ids[int(c)] for c in used]
         try:
             dtypes = {self.segments.output_dtype(sid, layer) for sid in segment_ids}
-            hidden = {self.segments.layout(sid, layer).shape[1] for sid in segment_ids}
-            if len(hidden) != 1:
-                raise CorruptDataError(f"segments disagree on the hidden size of layer {layer}: {sorted(hidden)}")
+            widths = {self.segments.layout(sid, layer).shape[1] for sid in segment_ids}
+            if len(widths) != 1:
+                raise CorruptDataError(f"segments disagree on the hidden size of layer {layer}: {sorted(widths)}")
             dtype = np.float16 if dtypes == {np.dtype(np.float16)} else np.float32
-            out = aligned_empty((n, hidden.pop()), dtype)
+            out = aligned_empty((n, widths.pop()), dtype)
             if len(segment_ids) == 1:
                 segment_id = segment_ids[0]
                 self.segments.read_into(segment_id, layer, rows, out, None)

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -31,6 +32,9 @@ from medprobe.imaging import (
 )
 from medprobe.ingest.records import SourceRecord
 from medprobe.progress import progress_bar
+
+if TYPE_CHECKING:
+    from medprobe.featurestore import FeatureStore
 
 BLOB_DIR = "blobs/images"
 
@@ -88,7 +92,7 @@ def encode_png(pixels: np.ndarray) -> tuple[bytes, ImageInfo]:
 class BlobSink:
     """Copies image bytes into the store once per hash (thread-safe); skips hashes the store already has."""
 
-    def __init__(self, store, known_hashes: set[str]) -> None:
+    def __init__(self, store: FeatureStore, known_hashes: set[str]) -> None:
         self.store = store
         self.known = known_hashes
         self._claimed: set[str] = set()

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from medprobe.errors import NotFoundError
 from medprobe.ingest.records import natural_key
+
+if TYPE_CHECKING:
+    from medprobe.featurestore import FeatureStore
 
 
 @dataclass
@@ -24,7 +28,7 @@ class DatasetOverview:
     class_counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # task -> split -> class -> n
 
 
-def dataset_overviews(store, dataset: str | None = None) -> list[DatasetOverview]:
+def dataset_overviews(store: FeatureStore, dataset: str | None = None) -> list[DatasetOverview]:
     """Overview of every dataset (or only ``dataset``; NotFoundError lists the known ones)."""
     where, params = ("WHERE dataset = ?", [dataset]) if dataset else ("", [])
     latest = store.sql(

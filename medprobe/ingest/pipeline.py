@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
 
 from medprobe.errors import InvalidInputError
 from medprobe.featurestore.ids import canonical_json, new_id
@@ -27,6 +29,9 @@ from medprobe.ingest.hashing import BlobSink, Probe, parallel_map, probe_record
 from medprobe.ingest.records import FormatOptions, ParsedSource, SourceRecord, TaskSpec, natural_key
 from medprobe.ingest.splits import SplitPlan, assign_splits, rarest_label_strata
 from medprobe.schemas import DatasetImageRow, DatasetRow, FailureRow, ImageRow, TaskRow
+
+if TYPE_CHECKING:
+    from medprobe.featurestore import FeatureStore
 
 APPEND_CHUNK = 4_096  # rows per Parquet fragment of images / dataset_images: bounds the rows held in memory
 UNLABELLED = "<unlabelled>"
@@ -105,11 +110,11 @@ class _Stored:
     failures: set[tuple[str | None, str]]
 
 
-def _column(table, name: str) -> list:
+def _column(table: pa.Table, name: str) -> list[Any]:
     return table.column(name).to_pylist()
 
 
-def _read_stored(store, dataset: str) -> _Stored:
+def _read_stored(store: FeatureStore, dataset: str) -> _Stored:
     images = set(_column(store.sql("SELECT image_hash FROM images"), "image_hash"))
     rows = store.sql("SELECT image_hash, split, group_id FROM dataset_images WHERE dataset = ?", [dataset])
     splits, pinned = {}, {}
@@ -164,7 +169,7 @@ def _multilabel_classes(
 
 
 def ingest(
-    store,
+    store: FeatureStore,
     source: str | Path,
     fmt: str,
     dataset: str,
@@ -200,7 +205,9 @@ def ingest(
     return summary
 
 
-def _probe_all(store, parsed: ParsedSource, options: IngestOptions, stored: _Stored, summary) -> list[Probe]:
+def _probe_all(
+    store: FeatureStore, parsed: ParsedSource, options: IngestOptions, stored: _Stored, summary: IngestSummary
+) -> list[Probe]:
     sink = BlobSink(store, stored.image_hashes)
     work = partial(probe_record, verify=options.verify, max_pixels=options.max_pixels, copy=options.copy, sink=sink)
     t0 = time.perf_counter()
@@ -211,7 +218,7 @@ def _probe_all(store, parsed: ParsedSource, options: IngestOptions, stored: _Sto
 
 
 def _write(
-    store,
+    store: FeatureStore,
     dataset: str,
     fmt: str,
     source: str,
@@ -255,7 +262,7 @@ def _write(
             if name in by_name
             and by_name[name].type != "multilabel"
             and by_name[name].class_names is not None
-            and value not in by_name[name].class_names
+            and value not in (by_name[name].class_names or ())
         ]
         if bad:
             name, value = bad[0]

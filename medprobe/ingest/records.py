@@ -115,7 +115,9 @@ class FormatOptions:
     fold_splits: dict[str, str] = field(default_factory=dict)  # PanNuke fold number -> split
     neoplastic_share: str = "area"  # PanNuke: share of all nuclei by pixel "area" or cell "count"
 
-    def task_for(self, name: str, type: str, class_names: Sequence[str] | None, columns=None) -> TaskSpec:
+    def task_for(
+        self, name: str, type: str, class_names: Sequence[str] | None, columns: Sequence[str] | None = None
+    ) -> TaskSpec:
         """The declared task with the user's --task-type / --metric overrides applied."""
         chosen = self.task_types.get(name, type)
         if chosen == "binary" and class_names is not None and len(class_names) != 2:

@@ -90,7 +90,7 @@ class NeoplasticShare(StrEnum):
     """PanNuke's "30 % of nuclei": the share of nucleus pixel area, or of the nucleus count."""
 
     area = "area"
-    count = "count"
+    cells = "count"
 
 SPLITS: tuple[str, ...] = tuple(s.value for s in Split)
 STORAGE_DTYPES: tuple[str, ...] = tuple(d.value for d in StorageDType)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
@@ -30,7 +30,7 @@ TINY_PREFIX = "tiny-random/"
 FULL_PREFIX = "random-full/"
 
 # the text model shared by the tiny decoders: 3 blocks, hidden 32, 4 heads of 8
-_TEXT = {
+_TEXT: dict[str, Any] = {
     "hidden_size": 32,
     "intermediate_size": 64,
     "num_hidden_layers": 3,
@@ -39,7 +39,7 @@ _TEXT = {
     "max_position_embeddings": 512,
 }
 # the vision tower shared by the tiny models: 32 px images, 8 px patches -> 16 patches
-_VISION = {
+_VISION: dict[str, Any] = {
     "hidden_size": 32,
     "intermediate_size": 64,
     "num_hidden_layers": 2,
@@ -72,6 +72,14 @@ def byte_level_tokenizer(special: list[str], named: dict[str, str] | None = None
     )
 
 
+def token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
+    """The id of one token of ``tokenizer``."""
+    got = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(got, int):
+        raise TypeError(f"{token!r} is not one token of this tokenizer: {got}")
+    return got
+
+
 @dataclass(frozen=True)
 class Built:
     """A random-weight model and its processor (an image processor for vision towers)."""
@@ -86,7 +94,7 @@ def _seeded(build: Callable[[], Built]) -> Built:
         return build()
 
 
-def _instantiate(model_cls: type, config: object, device: str | None = None, dtype: str = "fp32"):
+def _instantiate(model_cls: Any, config: object, device: str | None = None, dtype: str = "fp32") -> torch.nn.Module:
     from medprobe.extractor.loading import torch_dtype
 
     with torch.device(device or "cpu"):
@@ -131,7 +139,7 @@ def _siglip(full: bool, device: str | None, dtype: str) -> Built:
         )
     else:
         config = SiglipVisionConfig(**_VISION)
-    size = config.image_size
+    size: Any = config.image_size
     processor = SiglipImageProcessorPil(size={"height": size, "width": size})
     return Built(_instantiate(SiglipVisionModel, config, device, dtype), processor)
 
@@ -153,7 +161,7 @@ def _llava(full: bool, device: str | None, dtype: str) -> Built:
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(**_VISION).to_dict(),
         text_config=LlamaConfig(vocab_size=len(tokenizer), **_TEXT).to_dict(),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_index=token_id(tokenizer, "<image>"),
         image_seq_length=(size // _VISION["patch_size"]) ** 2,
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
@@ -188,7 +196,7 @@ def _llava_next(full: bool, device: str | None, dtype: str) -> Built:
     config = LlavaNextConfig(
         vision_config=CLIPVisionConfig(**_VISION).to_dict(),
         text_config=LlamaConfig(vocab_size=len(tokenizer), **_TEXT).to_dict(),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_index=token_id(tokenizer, "<image>"),
         image_grid_pinpoints=pinpoints,
         vision_feature_layer=-2,
     )
@@ -211,7 +219,7 @@ QWEN_CHAT_TEMPLATE = (
 )
 
 
-def _qwen_image_processor():
+def _qwen_image_processor() -> Any:
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     # 4 px patches merged 2x2: a 32x32 image -> 8x8 patches -> 16 image tokens
@@ -220,8 +228,10 @@ def _qwen_image_processor():
     )
 
 
-def _qwen_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
-    ids = tokenizer.convert_tokens_to_ids
+def _qwen_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
+    def ids(token: str) -> int:
+        return token_id(tokenizer, token)
+
     return {
         "image_token_id": ids("<|image_pad|>"),
         "video_token_id": ids("<|video_pad|>"),
@@ -230,7 +240,7 @@ def _qwen_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
     }
 
 
-def _qwen_text(tokenizer: PreTrainedTokenizerFast) -> dict:
+def _qwen_text(tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
     # head_dim 8 -> 4 rotary frequencies split over (t, h, w)
     return {
         "vocab_size": len(tokenizer),
@@ -304,14 +314,14 @@ def _paligemma(full: bool, device: str | None, dtype: str) -> Built:
     size = _VISION["image_size"]
     n_image = (size // _VISION["patch_size"]) ** 2
     image_processor = SiglipImageProcessorPil(size={"height": size, "width": size})
-    image_processor.image_seq_length = n_image
+    image_processor.image_seq_length = n_image  # type: ignore[attr-defined]  # read by PaliGemmaProcessor
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)  # adds loc/seg tokens
-    vision = SiglipVisionConfig(**_VISION, projection_dim=_TEXT["hidden_size"]).to_dict()
+    vision = SiglipVisionConfig(**{**_VISION, "projection_dim": _TEXT["hidden_size"]}).to_dict()
     text = GemmaConfig(vocab_size=len(tokenizer), head_dim=8, **_TEXT).to_dict()
     config = PaliGemmaConfig(
         vision_config=vision,
         text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_index=token_id(tokenizer, "<image>"),
         vocab_size=len(tokenizer),
         projection_dim=_TEXT["hidden_size"],
         hidden_size=_TEXT["hidden_size"],
@@ -414,7 +424,7 @@ def _idefics2(full: bool, device: str | None, dtype: str) -> Built:
             "num_key_value_heads": 1,
         },
         text_config=MistralConfig(vocab_size=len(tokenizer), **_TEXT).to_dict(),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_id=token_id(tokenizer, "<image>"),
     )
     return Built(_instantiate(Idefics2ForConditionalGeneration, config, device, dtype), processor)
 
@@ -433,7 +443,7 @@ def _idefics3(full: bool, device: str | None, dtype: str) -> Built:
     config = Idefics3Config(
         vision_config={k: v for k, v in _VISION.items()},
         text_config=LlamaConfig(vocab_size=len(tokenizer), **_TEXT).to_dict(),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_id=token_id(tokenizer, "<image>"),
         scale_factor=2,
     )
     return Built(_instantiate(Idefics3ForConditionalGeneration, config, device, dtype), processor)
@@ -465,7 +475,7 @@ def _smolvlm(full: bool, device: str | None, dtype: str) -> Built:
     config = SmolVLMConfig(
         vision_config=dict(_VISION),
         text_config=LlamaConfig(vocab_size=len(tokenizer), **_TEXT).to_dict(),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_id=token_id(tokenizer, "<image>"),
         scale_factor=2,
     )
     return Built(_instantiate(SmolVLMForConditionalGeneration, config, device, dtype), processor)

@@ -184,12 +184,13 @@ def paired_comparison(
     for m in SCALAR_METRICS:
         a, b = ra[m], rb[m]
         ok = np.isfinite(a) & np.isfinite(b)
-        if pa[m] is None or pb[m] is None or ok.sum() < 2:
-            out[m] = PairedResult(m, pa[m], pb[m], None, None, None, None, None, int(ok.sum()))
+        va, vb = pa[m], pb[m]
+        if va is None or vb is None or ok.sum() < 2:
+            out[m] = PairedResult(m, va, vb, None, None, None, None, None, int(ok.sum()))
             continue
         d = a[ok] - b[ok]
         lo, hi, _ = _interval(d)
         p_boot = min(1.0, 2 * min((d <= 0).sum() + 1, (d >= 0).sum() + 1) / (d.size + 1))
         p_t = _paired_t(a[ok], b[ok])
-        out[m] = PairedResult(m, pa[m], pb[m], float(pa[m] - pb[m]), lo, hi, float(p_boot), p_t, int(ok.sum()))
+        out[m] = PairedResult(m, va, vb, float(va - vb), lo, hi, float(p_boot), p_t, int(ok.sum()))
     return out

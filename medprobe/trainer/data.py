@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -11,9 +12,12 @@ from medprobe.errors import InvalidInputError, NotFoundError
 from medprobe.schemas.tables import FeatureSetRow, TaskRow
 from medprobe.trainer.solvers.base import ProbeKind
 
+if TYPE_CHECKING:
+    from medprobe.featurestore import FeatureStore
+
 
 def resolve_feature_set(
-    store,
+    store: FeatureStore,
     feature_set_id: str | None = None,
     model: str | None = None,
     prompt: str | None = None,
@@ -46,7 +50,7 @@ def resolve_feature_set(
     return store.feature_set(match[0]["feature_set_id"])
 
 
-def resolve_task(store, task: str, dataset: str | None = None) -> TaskRow:
+def resolve_task(store: FeatureStore, task: str, dataset: str | None = None) -> TaskRow:
     """The task row for ``task`` (in ``dataset`` when given); NotFoundError lists the tasks that exist."""
     rows = store.table("tasks").to_pylist()
     match = [r for r in rows if r["task"] == task and (dataset is None or r["dataset"] == dataset)]
@@ -90,7 +94,7 @@ class TaskData:
         return np.flatnonzero(np.isin(self.split, splits))
 
 
-def _encode(value, task: TaskRow, kind: ProbeKind, image_hash: str):
+def _encode(value: Any, task: TaskRow, kind: ProbeKind, image_hash: str) -> Any:
     names = list(task.class_names)
     if kind == "multilabel":
         findings = value if isinstance(value, list) else [value]
@@ -110,7 +114,7 @@ def _encode(value, task: TaskRow, kind: ProbeKind, image_hash: str):
 
 
 def load_task_data(
-    store, task: TaskRow, feature_set_id: str, layers: list[int], *, allow_missing: bool = False
+    store: FeatureStore, task: TaskRow, feature_set_id: str, layers: list[int], *, allow_missing: bool = False
 ) -> TaskData:
     """Images of the task's dataset that have labels and features for every layer in ``layers``.
 
@@ -131,7 +135,8 @@ def load_task_data(
     extracted = set.intersection(*(per_layer.get(x, set()) for x in layers)) if layers else set()
     in_dataset = [r for r in rows if r["image_hash"] in extracted]
     n_no_features = len(rows) - len(in_dataset)
-    labelled, n_no_label = [], 0
+    labelled: list[tuple[dict[str, Any], Any]] = []
+    n_no_label = 0
     for r in in_dataset:
         value = json.loads(r["labels"] or "{}").get(task.task)
         if value is None or value == []:
@@ -170,7 +175,9 @@ def load_task_data(
     )
 
 
-def read_features(store, feature_set_id: str, layers: list[int], image_hashes: list[str]) -> dict[int, np.ndarray]:
+def read_features(
+    store: FeatureStore, feature_set_id: str, layers: list[int], image_hashes: list[str]
+) -> dict[int, np.ndarray]:
     """Features of ``layers`` for ``image_hashes`` as float32; refuses NaN/Inf and names the rows."""
     raw = store.read_layers(feature_set_id, layers, image_hashes)
     out = {}

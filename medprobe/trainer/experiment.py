@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from medprobe.trainer.defaults import DEFAULT_C_GRID
 from medprobe.trainer.protocol import ProtocolTiming, Setting, fit_protocol
 from medprobe.trainer.solvers import get_solver
 from medprobe.trainer.solvers.base import FittedProbe
+
+if TYPE_CHECKING:
+    from medprobe.featurestore import FeatureStore
 
 
 @dataclass
@@ -91,14 +95,14 @@ def _weights_bytes(probe: FittedProbe, meta: dict[str, str]) -> bytes:
     return save(tensors, metadata=meta)
 
 
-def load_weights(store, uri: str) -> dict[str, np.ndarray]:
+def load_weights(store: FeatureStore, uri: str) -> dict[str, np.ndarray]:
     """The tensors of a stored probe (coef, intercept, mean, scale)."""
     from safetensors.numpy import load
 
     return load(store.read_bytes(uri))
 
 
-def prepare(store, spec: ExperimentSpec, only_hashes: set[str] | None = None) -> TaskData:
+def prepare(store: FeatureStore, spec: ExperimentSpec, only_hashes: set[str] | None = None) -> TaskData:
     """Labels and splits of the experiment's images (optionally restricted to ``only_hashes``)."""
     data = load_task_data(store, spec.task, spec.feature_set_id, spec.layers, allow_missing=spec.allow_missing)
     if only_hashes is not None:
@@ -128,7 +132,12 @@ def prepare(store, spec: ExperimentSpec, only_hashes: set[str] | None = None) ->
 
 
 def run_experiment(
-    store, spec: ExperimentSpec, run_id: str, *, only_hashes: set[str] | None = None, show_progress: bool = True
+    store: FeatureStore,
+    spec: ExperimentSpec,
+    run_id: str,
+    *,
+    only_hashes: set[str] | None = None,
+    show_progress: bool = True,
 ) -> list[ProbeOutcome]:
     """Fit, select, refit and test every layer x setting; write probe_results, predictions and weights."""
     data = prepare(store, spec, only_hashes)
@@ -195,7 +204,12 @@ def run_experiment(
 
 
 def write_outcomes(
-    store, spec: ExperimentSpec, run_id: str, outcomes: list[ProbeOutcome], per_probe: float, timing: ProtocolTiming
+    store: FeatureStore,
+    spec: ExperimentSpec,
+    run_id: str,
+    outcomes: list[ProbeOutcome],
+    per_probe: float,
+    timing: ProtocolTiming,
 ) -> None:
     """Append probe_results and predictions rows and store each probe's weights as safetensors."""
     versions = json.dumps(package_versions(), sort_keys=True)

@@ -216,7 +216,7 @@ def fit_protocol(
             for ci in range(len(c_grid)):
                 cols.append((si, fi, ci))
     G = len(layers)
-    set_index = {}
+    set_index: dict[tuple[int, int], int] = {}
     row_set_of = []
     for si, fi, _ in cols:
         set_index.setdefault((si, fi), len(set_index))
@@ -236,7 +236,7 @@ def fit_protocol(
     best_C = np.zeros((G, len(settings)))
     evidence: dict[tuple[int, int], dict[str, list[float | None]]] = {}
     for g, X in enumerate(layers):
-        scores = {}
+        scores: dict[int, dict[int, list[float | None]]] = {}
         for (si, fi), _ in set_index.items():
             idx = [m for m, (s2, f2, _) in enumerate(cols) if (s2, f2) == (si, fi)]
             va = val_rows[si][fi]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -15,8 +16,11 @@ from sklearn.metrics import roc_curve
 
 from medprobe.errors import NotFoundError
 
+if TYPE_CHECKING:
+    from medprobe.featurestore import FeatureStore
 
-def _load(store, run_ids: list[str]) -> tuple[list[dict], list[dict], dict[str, str]]:
+
+def _load(store: FeatureStore, run_ids: list[str]) -> tuple[list[dict], list[dict], dict[str, str]]:
     results = store.sql(
         "SELECT * FROM probe_results WHERE list_contains(?, run_id) ORDER BY run_id, feature_set_id, layer",
         [run_ids],
@@ -63,7 +67,7 @@ def _groups(results: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
     return out
 
 
-def plot_layer_curves(results, names, out: Path) -> Path | None:
+def plot_layer_curves(results: list[dict[str, Any]], names: dict[str, str], out: Path) -> Path | None:
     """Macro AUC (and balanced accuracy) per layer with 95% bootstrap CI bands, one line per feature set."""
     curves = [
         (k, sorted([r for r in rows if r["train_fraction"] == 1.0], key=lambda r: r["layer"]))
@@ -98,7 +102,7 @@ def plot_layer_curves(results, names, out: Path) -> Path | None:
     return path
 
 
-def plot_roc(store, results, names, out: Path) -> list[Path]:
+def plot_roc(store: FeatureStore, results: list[dict[str, Any]], names: dict[str, str], out: Path) -> list[Path]:
     """ROC curves per class of each run's best full-data probe."""
     paths = []
     for (run_id, fs, task), rows in _groups(results).items():
@@ -141,7 +145,7 @@ def plot_roc(store, results, names, out: Path) -> list[Path]:
     return paths
 
 
-def plot_label_efficiency(results, names, out: Path) -> Path | None:
+def plot_label_efficiency(results: list[dict[str, Any]], names: dict[str, str], out: Path) -> Path | None:
     """Macro AUC against the fraction of training labels: seeds as points, their mean as a line."""
     groups = {k: rows for k, rows in _groups(results).items() if len({r["train_fraction"] for r in rows}) > 1}
     if not groups:
@@ -177,7 +181,9 @@ def plot_label_efficiency(results, names, out: Path) -> Path | None:
     return path
 
 
-def plot_comparison(results, comps, names, out: Path) -> Path | None:
+def plot_comparison(
+    results: list[dict[str, Any]], comps: list[dict[str, Any]], names: dict[str, str], out: Path
+) -> Path | None:
     """Bars of each feature set's best probe (macro AUC and balanced accuracy) with 95% CI error bars."""
     best = [(k, _best(rows)) for k, rows in _groups(results).items()]
     if len(best) < 2:
@@ -224,7 +230,9 @@ def _cell(entry: dict | None) -> str:
     return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
 
 
-def write_summary(results, comps, names, images: list[Path], out: Path) -> Path:
+def write_summary(
+    results: list[dict[str, Any]], comps: list[dict[str, Any]], names: dict[str, str], images: list[Path], out: Path
+) -> Path:
     """summary.md: every probe's test metrics with CIs, the comparisons, and links to the plots."""
     lines = [
         "# medprobe report",
@@ -270,7 +278,7 @@ def write_summary(results, comps, names, images: list[Path], out: Path) -> Path:
     return path
 
 
-def write_report(store, run_ids: list[str], out_dir: str) -> list[Path]:
+def write_report(store: FeatureStore, run_ids: list[str], out_dir: str) -> list[Path]:
     """Write every applicable plot and summary.md for ``run_ids`` into ``out_dir``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ class PooledCapture:
 
     def __init__(
         self,
-        modules: Sequence[nn.Module],
+        modules: Sequence[nn.Module] | nn.ModuleList,
         layers: Sequence[int],
         poolings: Sequence[str],
         pool: PoolFn,

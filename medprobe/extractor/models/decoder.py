@@ -66,7 +66,7 @@ class VLMPreprocessor(Preprocessor):
         if prompt is None:
             raise InvalidInputError("this model takes a prompt: pass --prompt TEXT or --prompt-preset NAME")
         if self.use_chat_template:
-            return apply_chat_template(self.processor, prompt)
+            return str(apply_chat_template(self.processor, prompt))
         return self.plain_prompt(prompt)
 
     def run_processor(self, images: list[Image.Image], text: str) -> Mapping[str, Any]:

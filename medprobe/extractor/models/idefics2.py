@@ -6,6 +6,8 @@ SmolVLM's processor wants a video processor (torchvision) and num2words (video p
 
 from __future__ import annotations
 
+from typing import Any
+
 from transformers import ProcessorMixin
 from transformers.models.smolvlm.processing_smolvlm import SmolVLMProcessor
 
@@ -34,7 +36,14 @@ class Idefics3Adapter(DecoderVLMAdapter):
 class SmolVLMImageOnlyProcessor(SmolVLMProcessor):
     """SmolVLMProcessor without the video processor (torchvision) and its num2words dependency (video only)."""
 
-    def __init__(self, image_processor=None, tokenizer=None, image_seq_len: int = 169, chat_template=None, **kwargs):
+    def __init__(
+        self,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        image_seq_len: int = 169,
+        chat_template: Any = None,
+        **kwargs: Any,
+    ) -> None:
         self.fake_image_token = getattr(tokenizer, "fake_image_token", "<fake_token_around_image>")
         self.image_token = getattr(tokenizer, "image_token", "<image>")
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
@@ -44,7 +53,9 @@ class SmolVLMImageOnlyProcessor(SmolVLMProcessor):
         self.video_token = getattr(tokenizer, "video_token", "<video>")
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
-    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+    def apply_chat_template(  # type: ignore[override]  # the parent's exact overloads; same behaviour
+        self, conversation: Any, chat_template: Any = None, **kwargs: Any
+    ) -> Any:
         # the parent reads video-processor settings even for image-only conversations
         return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
 

@@ -35,14 +35,18 @@ def _init_image_only(
 class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
     """Qwen2VLProcessor without the (torchvision-only) video processor."""
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+    def __init__(
+        self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs: Any
+    ) -> None:
         _init_image_only(self, image_processor, tokenizer, chat_template, **kwargs)
 
 
 class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
     """Qwen2_5_VLProcessor without the (torchvision-only) video processor."""
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+    def __init__(
+        self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs: Any
+    ) -> None:
         _init_image_only(self, image_processor, tokenizer, chat_template, **kwargs)
 
 

@@ -7,6 +7,7 @@ SigLIP's ``post_layernorm``); it equals ``output_hidden_states[i + 1]`` for ever
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -38,7 +39,7 @@ def to_rgb(images: Sequence[Image.Image]) -> list[Image.Image]:
 class ImageOnlyPreprocessor(Preprocessor):
     """Runs a Hugging Face image processor; vision towers take no prompt."""
 
-    def __init__(self, image_processor: object) -> None:
+    def __init__(self, image_processor: Any) -> None:
         self.image_processor = image_processor
 
     def __call__(self, images: Sequence[Image.Image], prompt: str | None = None) -> dict[str, torch.Tensor]:
@@ -59,11 +60,11 @@ def find_encoder_layers(model: nn.Module, n_layers: int) -> nn.ModuleList:
 class VisionTowerAdapter(Adapter):
     """A ViT-style image encoder (CLIPVisionModel, SiglipVisionModel) with hooks on its blocks."""
 
-    def __init__(self, model: nn.Module, image_processor: object, *, family: str, model_id: str, revision: str):
+    def __init__(self, model: nn.Module, image_processor: Any, *, family: str, model_id: str, revision: str) -> None:
         self.model = model.eval()
         self.family = family
-        config = model.config
-        n_layers = config.num_hidden_layers
+        config: Any = model.config
+        n_layers = int(config.num_hidden_layers)
         self.layer_modules = find_encoder_layers(model, n_layers)
         self.n_prefix = 1 if family == "clip" else 0  # CLIP prepends a CLS token; SigLIP has none
         self.preprocessor = ImageOnlyPreprocessor(image_processor)
@@ -77,7 +78,7 @@ class VisionTowerAdapter(Adapter):
             preprocessing=config_json({"image_processor": image_processor.to_dict()}),
             layer_semantics=LAYER_SEMANTICS,
             n_layers=n_layers,
-            hidden_sizes=(config.hidden_size,) * n_layers,
+            hidden_sizes=(int(config.hidden_size),) * n_layers,
             supported_poolings=poolings,
             default_pooling=poolings[0],
             takes_prompt=False,

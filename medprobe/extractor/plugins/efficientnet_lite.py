@@ -10,6 +10,7 @@ mean. Images become RGB, the shorter side is resized to 224 px (bilinear), centr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,7 +92,7 @@ def load_model() -> torch.nn.Module:
 class EfficientNetLiteAdapter(Adapter):
     """Per-block spatial means of EfficientNet-Lite0 (blocks then the conv head)."""
 
-    def __init__(self, model: torch.nn.Module, *, revision: str, device: str = "cpu", dtype: torch.dtype) -> None:
+    def __init__(self, model: Any, *, revision: str, device: str = "cpu", dtype: torch.dtype) -> None:
         if len(model._blocks) != N_BLOCKS:
             raise InvalidInputError(f"expected {N_BLOCKS} MBConv blocks, found {len(model._blocks)}")
         self.device = torch.device(device)
@@ -119,7 +120,7 @@ class EfficientNetLiteAdapter(Adapter):
         self.check_request(layers, poolings)
         wanted = set(int(i) for i in layers)
         deepest = max(wanted)
-        m = self.model
+        m: Any = self.model
         out: dict[tuple[str, int], torch.Tensor] = {}
         x = batch["pixel_values"].to(device=self.device, dtype=self.dtype, non_blocking=True)
         with torch.no_grad():

@@ -73,8 +73,9 @@ def parse(source: Path, options: FormatOptions) -> ParsedSource:
             for column in options.label_columns:
                 raw = (row.get(column) or "").strip()
                 if column in multilabel:
-                    labels[column] = parse_findings(raw, options.multilabel_separator)
-                    values[column].update(labels[column])
+                    findings = parse_findings(raw, options.multilabel_separator)
+                    labels[column] = findings
+                    values[column].update(findings)
                 elif raw:
                     labels[column] = raw
                     values[column].add(raw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from medprobe.errors import InvalidInputError
@@ -35,7 +36,7 @@ def _labelled_records(
     allowed: dict[str, str],
     *,
     split: str | None = None,
-    group_of=None,
+    group_of: Callable[[str], str | None] | None = None,
 ) -> tuple[list[SourceRecord], list[Problem]]:
     header, rows = read_csv_rows(manifest)
     require_columns(manifest, header, [id_column, label_column])

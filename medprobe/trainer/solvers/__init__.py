@@ -8,13 +8,14 @@ Compare medprobe with scikit-learn in two lines::
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 from medprobe.errors import InvalidInputError
 from medprobe.schemas.vocab import SOLVERS
-from medprobe.trainer.solvers.base import FittedProbe, ProbeBatch, ProbeKind, logits_to_proba
+from medprobe.trainer.solvers.base import FittedProbe, OnIteration, ProbeBatch, ProbeKind, logits_to_proba
 
 
 class Solver(Protocol):
@@ -24,18 +25,18 @@ class Solver(Protocol):
 
     def fit_many(
         self,
-        layers,
+        layers: Sequence[np.ndarray],
         y: np.ndarray,
         kind: ProbeKind,
         n_classes: int,
         batch: ProbeBatch,
         *,
         class_weight: str | None = None,
-        on_iteration=None,
+        on_iteration: OnIteration | None = None,
     ) -> list[list[FittedProbe]]: ...
 
 
-def get_solver(name: str, **options) -> Solver:
+def get_solver(name: str, **options: Any) -> Solver:
     """The solver called ``name`` (torch | sklearn | cuml) built with ``options``."""
     if name == "torch":
         from medprobe.trainer.solvers.torch_lbfgs import TorchSolver
@@ -61,7 +62,7 @@ class LogisticProbe:
     """
 
     def __init__(
-        self, C: float = 1.0, *, solver: str = "torch", class_weight: str | None = None, **solver_options
+        self, C: float = 1.0, *, solver: str = "torch", class_weight: str | None = None, **solver_options: Any
     ) -> None:
         self.C, self.solver, self.class_weight, self.solver_options = C, solver, class_weight, solver_options
 

@@ -142,10 +142,16 @@ def check_batch(batch: ProbeBatch, n_layers: int, n_rows: int) -> None:
 
 # (standardised rows, their targets, C) -> (coef, intercept, iterations, converged)
 FitOne = Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray, int, bool]]
+OnIteration = Callable[[int, int], None]  # (probes advanced, probes stalled) since the last call
 
 
 def fit_each(
-    layers: Sequence[np.ndarray], y: np.ndarray, kind: ProbeKind, batch: ProbeBatch, fit_one: FitOne, dtype=np.float64
+    layers: Sequence[np.ndarray],
+    y: np.ndarray,
+    kind: ProbeKind,
+    batch: ProbeBatch,
+    fit_one: FitOne,
+    dtype: type = np.float64,
 ) -> list[list[FittedProbe]]:
     """Fit the probes of ``batch`` one at a time with ``fit_one``; returns probes indexed [layer][column].
 

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from medprobe.errors import MedprobeError
-from medprobe.trainer.solvers.base import FittedProbe, ProbeBatch, ProbeKind, fit_each
+from medprobe.trainer.solvers.base import FittedProbe, OnIteration, ProbeBatch, ProbeKind, fit_each
 
 
 class CumlNotInstalledError(MedprobeError):
     """cuML was requested but cannot be imported."""
 
 
-def _import_cuml():
+def _import_cuml() -> Any:
     try:
         from cuml.linear_model import LogisticRegression
     except ImportError as e:
@@ -43,7 +44,7 @@ class CumlSolver:
         batch: ProbeBatch,
         *,
         class_weight: str | None = None,
-        on_iteration=None,
+        on_iteration: OnIteration | None = None,
     ) -> list[list[FittedProbe]]:
         """Fit every (layer, column) probe of ``batch``; returns probes indexed [layer][column]."""
 

@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from medprobe.trainer.solvers.base import FittedProbe, ProbeBatch, ProbeKind, fit_each
+from medprobe.trainer.solvers.base import FittedProbe, OnIteration, ProbeBatch, ProbeKind, fit_each
 
 
 class SklearnSolver:
@@ -55,7 +55,7 @@ class SklearnSolver:
         batch: ProbeBatch,
         *,
         class_weight: str | None = None,
-        on_iteration=None,
+        on_iteration: OnIteration | None = None,
     ) -> list[list[FittedProbe]]:
         """Fit every (layer, column) probe of ``batch`` one by one; returns probes indexed [layer][column]."""
         return fit_each(layers, y, kind, batch, lambda Z, t, C: self._fit_one(Z, t, kind, n_classes, C, class_weight))

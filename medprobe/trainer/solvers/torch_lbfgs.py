@@ -37,6 +37,7 @@ import torch
 
 from medprobe.trainer.solvers.base import (
     FittedProbe,
+    OnIteration,
     ProbeBatch,
     ProbeKind,
     balanced_weights,
@@ -100,11 +101,16 @@ class _Blocks:
     live: torch.Tensor  # (B, Q) bool: a real probe
 
     def take(self, keep: torch.Tensor) -> _Blocks:
-        def sel(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.index_select(0, keep)
+        def sel(t: torch.Tensor) -> torch.Tensor:
+            return t.index_select(0, keep)
+
+        def sel_optional(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else sel(t)
 
         T = self.T if self.T.shape[0] == 1 else sel(self.T)
-        return _Blocks(sel(self.X), T, sel(self.mu), sel(self.sc), sel(self.w), sel(self.lam), sel(self.live))
+        return _Blocks(
+            sel(self.X), T, sel_optional(self.mu), sel_optional(self.sc), sel(self.w), sel(self.lam), sel(self.live)
+        )
 
 
 def _evaluate(blk: _Blocks, kind: ProbeKind, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +120,7 @@ def _evaluate(blk: _Blocks, kind: ProbeKind, theta: torch.Tensor) -> tuple[torch
     K = blk.T.shape[2]
     W = theta[..., : K * D].reshape(B, Q, K, D)
     c = theta[..., K * D :]
-    if blk.mu is not None:
+    if blk.mu is not None and blk.sc is not None:  # both set for full blocks
         V = W / blk.sc[:, :, None, :]
         off = c - (V * blk.mu[:, :, None, :]).sum(-1)
     else:
@@ -130,7 +136,7 @@ def _evaluate(blk: _Blocks, kind: ProbeKind, theta: torch.Tensor) -> tuple[torch
         R = (torch.sigmoid(Z) - Tb) * blk.w
     GW = torch.bmm(R.view(B, n, Q * K).transpose(1, 2), blk.X).view(B, Q, K, D)
     rsum = R.sum(1)  # (B, Q, K)
-    if blk.mu is not None:
+    if blk.mu is not None and blk.sc is not None:  # both set for full blocks
         GW = (GW - rsum[..., None] * blk.mu[:, :, None, :]) / blk.sc[:, :, None, :]
     f = data + 0.5 * blk.lam * (W * W).sum((2, 3))
     GW = GW + blk.lam[:, :, None, None] * W
@@ -162,7 +168,7 @@ def lbfgs_blocks(
     max_iter: int,
     history: int = 10,
     max_ls: int = 25,
-    on_iteration=None,
+    on_iteration: OnIteration | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Minimise every probe on the grid from zero; returns (theta, n_iter, converged, max|grad|), each (B, Q, ...)."""
     B, Q = blocks.lam.shape
@@ -266,8 +272,10 @@ def lbfgs_blocks(
     return out_theta, out_iter, out_conv, out_gmax
 
 
-def _row_weights(T_np: np.ndarray, batch: ProbeBatch, kind: ProbeKind, class_weight: str | None):
-    """(F, n, Kw) row weights of each row set divided by its size, and the sizes (F,)."""
+def _row_weights(
+    T_np: np.ndarray, batch: ProbeBatch, kind: ProbeKind, class_weight: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(F, n, Kw) row weights of each row set divided by its size, the sizes (F,) and the row masks (F, n)."""
     F, n = len(batch.row_sets), T_np.shape[0]
     masks = np.zeros((F, n))
     for i, rows in enumerate(batch.row_sets):
@@ -282,7 +290,9 @@ def _row_weights(T_np: np.ndarray, batch: ProbeBatch, kind: ProbeKind, class_wei
     return cw * masks[:, :, None] / counts[:, None, None], counts, masks
 
 
-def _standardise_layer(X, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _standardise_layer(
+    X: np.ndarray | torch.Tensor, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The layer in float64 on the device, centred and scaled by its own statistics (numerics only)."""
     Xt = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X).to(device, torch.float64)
     mean = Xt.mean(0)
@@ -313,7 +323,7 @@ def fit_torch_batched(
     history: int = 10,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-    on_iteration=None,
+    on_iteration: OnIteration | None = None,
 ) -> BatchedResult:
     """Fit layers x columns probes in one batched solve (layers share rows; widths may differ)."""
     dev = torch.device(device) if device is not None else default_device()
@@ -474,7 +484,7 @@ class TorchSolver:
         batch: ProbeBatch,
         *,
         class_weight: str | None = None,
-        on_iteration=None,
+        on_iteration: OnIteration | None = None,
     ) -> list[list[FittedProbe]]:
         """Fit every (layer, column) probe of ``batch``; returns probes indexed [layer][column]."""
         res = fit_torch_batched(
