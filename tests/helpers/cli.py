@@ -26,14 +26,19 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 
 
 def run_subprocess(
-    args: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 600
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m medprobe.cli.main ARGS`` in a child process; returns the completed process."""
+    """Run ``python -m medprobe.cli.main ARGS`` in a child process (``env`` added to this one's)."""
     return subprocess.run(
         [sys.executable, "-m", "medprobe.cli.main", *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
         timeout=timeout,
+        cwd=cwd,
         check=False,
     )
