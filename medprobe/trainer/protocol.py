@@ -158,6 +158,120 @@ def score_probes(
     return out
 
 
+@dataclass
+class _SelectionPlan:
+    """The columns of the selection solve: one per setting x fold x C, each fitted on its fold's training rows."""
+
+    train_rows_of: list[np.ndarray]  # per setting: its training rows (a subsample for fractions below 1)
+    labels: list[str]  # per setting: how C is chosen ("val", or the CV splitter's description)
+    val_rows: list[list[np.ndarray]]  # per setting, per fold: the rows that score the fold's probes
+    row_sets: list[np.ndarray] = field(default_factory=list)  # per (setting, fold): the rows its probes fit on
+    cols: list[tuple[int, int, int]] = field(default_factory=list)  # (setting, fold, C index) per column
+
+    def batch(self, c_grid: Sequence[float], n_layers: int) -> ProbeBatch:
+        """The solver's batch: every column's row set and C, the same for every layer."""
+        set_index: dict[tuple[int, int], int] = {}
+        row_set_of = [set_index.setdefault((si, fi), len(set_index)) for si, fi, _ in self.cols]
+        C = np.tile(np.array([c_grid[ci] for _, _, ci in self.cols]), (n_layers, 1))
+        return ProbeBatch(self.row_sets, np.array(row_set_of), C)
+
+
+def _folds(
+    rows: np.ndarray,
+    strata: np.ndarray,
+    kind: ProbeKind,
+    *,
+    selection: Selection | str,
+    groups: np.ndarray | None,
+    is_val: np.ndarray | None,
+    n_splits: int,
+    seed: int,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """(train rows, validation rows) of each fold of one setting's ``rows``, and the selection's label."""
+    if selection == "cv":
+        g = None if groups is None else np.asarray(groups)[rows]
+        splits, label = cv_splits(cv_strata(strata[rows], kind, n_splits), g, n_splits, seed)
+        return [(rows[tr], rows[va]) for tr, va in splits], label
+    if selection == "val":
+        if is_val is None or not np.any(is_val[rows]) or np.all(is_val[rows]):
+            raise InvalidInputError(
+                "--selection val needs both train and val rows in the training pool; this dataset has "
+                f"{int(np.sum(is_val)) if is_val is not None else 0} val rows: use --selection cv"
+            )
+        return [(rows[~is_val[rows]], rows[is_val[rows]])], "val"
+    raise InvalidInputError(f"unknown selection {selection!r}: use cv or val")
+
+
+def _plan_selection(
+    y: np.ndarray,
+    strata: np.ndarray,
+    kind: ProbeKind,
+    class_names: Sequence[str],
+    settings: Sequence[Setting],
+    n_c: int,
+    *,
+    selection: Selection | str,
+    groups: np.ndarray | None,
+    is_val: np.ndarray | None,
+    n_splits: int,
+) -> _SelectionPlan:
+    """Subsample each setting's training rows, split them into folds, and lay out one column per fold x C."""
+    plan = _SelectionPlan(train_rows_of=[], labels=[], val_rows=[])
+    for si, st in enumerate(settings):
+        rows = stratified_subsample(strata, st.fraction, st.seed)
+        _check_classes(y[rows], kind, class_names, f"the training rows (fraction {st.fraction}, seed {st.seed})")
+        folds, label = _folds(
+            rows, strata, kind, selection=selection, groups=groups, is_val=is_val, n_splits=n_splits, seed=st.seed
+        )
+        plan.train_rows_of.append(rows)
+        plan.labels.append(label)
+        plan.val_rows.append([va for _, va in folds])
+        for fi, (tr, _) in enumerate(folds):
+            _check_classes(y[tr], kind, class_names, f"fold {fi} of {label} (fraction {st.fraction}, seed {st.seed})")
+            plan.row_sets.append(tr)
+            plan.cols.extend((si, fi, ci) for ci in range(n_c))
+    return plan
+
+
+def _choose_C(
+    layers: Sequence[np.ndarray],
+    y: np.ndarray,
+    fitted: list[list[FittedProbe]],
+    plan: _SelectionPlan,
+    c_grid: Sequence[float],
+    kind: ProbeKind,
+    n_classes: int,
+    metric: str,
+) -> tuple[np.ndarray, dict[tuple[int, int], dict[str, list[float | None]]]]:
+    """The C with the best mean validation score per (layer, setting), and every C's fold scores (the evidence).
+
+    Ties go to the smallest C (the strongest regularisation).
+    """
+    n_settings = len(plan.train_rows_of)
+    best_C = np.zeros((len(layers), n_settings))
+    evidence: dict[tuple[int, int], dict[str, list[float | None]]] = {}
+    folds = sorted({(si, fi) for si, fi, _ in plan.cols})
+    for g, X in enumerate(layers):
+        scores: dict[int, dict[int, list[float | None]]] = {}
+        for si, fi in folds:
+            idx = [m for m, (s2, f2, _) in enumerate(plan.cols) if (s2, f2) == (si, fi)]
+            va = plan.val_rows[si][fi]
+            vals = score_probes(np.asarray(X)[va], y[va], [fitted[g][m] for m in idx], kind, n_classes, metric)
+            for m, v in zip(idx, vals, strict=True):
+                scores.setdefault(si, {}).setdefault(plan.cols[m][2], []).append(v)
+        for si in range(n_settings):
+            per_c = scores[si]
+            means = [np.mean([v for v in per_c[ci] if v is not None] or [np.nan]) for ci in range(len(c_grid))]
+            if np.all(np.isnan(means)):
+                raise InvalidInputError(
+                    f"the selection metric {metric} is undefined on every validation fold (each holds one "
+                    "class): use --selection cv with more rows or another metric"
+                )
+            best_C[g, si] = c_grid[int(np.nanargmax(means))]
+            evidence[(g, si)] = {repr(c_grid[ci]): per_c[ci] for ci in range(len(c_grid))}
+    return best_C, evidence
+
+
 def fit_protocol(
     layers: Sequence[np.ndarray],
     y: np.ndarray,
@@ -183,105 +297,29 @@ def fit_protocol(
     """
     y = np.asarray(y)
     K = len(class_names)
-    strata = stratify_key(y, kind)
     c_grid = [float(c) for c in c_grid]
-    row_sets: list[np.ndarray] = []
-    cols: list[tuple[int, int, int]] = []  # (setting index, fold index, C index) per column
-    val_rows: list[list[np.ndarray]] = []
-    labels: list[str] = []
-    train_rows_of: list[np.ndarray] = []
-    for si, st in enumerate(settings):
-        rows = stratified_subsample(strata, st.fraction, st.seed)
-        train_rows_of.append(rows)
-        _check_classes(y[rows], kind, class_names, f"the training rows (fraction {st.fraction}, seed {st.seed})")
-        if selection == "cv":
-            g = None if groups is None else np.asarray(groups)[rows]
-            splits, label = cv_splits(cv_strata(strata[rows], kind, n_splits), g, n_splits, st.seed)
-            folds = [(rows[tr], rows[va]) for tr, va in splits]
-        elif selection == "val":
-            if is_val is None or not np.any(is_val[rows]) or np.all(is_val[rows]):
-                raise InvalidInputError(
-                    "--selection val needs both train and val rows in the training pool; this dataset has "
-                    f"{int(np.sum(is_val)) if is_val is not None else 0} val rows: use --selection cv"
-                )
-            folds = [(rows[~is_val[rows]], rows[is_val[rows]])]
-            label = "val"
-        else:
-            raise InvalidInputError(f"unknown selection {selection!r}: use cv or val")
-        labels.append(label)
-        val_rows.append([va for _, va in folds])
-        for fi, (tr, _) in enumerate(folds):
-            _check_classes(y[tr], kind, class_names, f"fold {fi} of {label} (fraction {st.fraction}, seed {st.seed})")
-            row_sets.append(tr)
-            for ci in range(len(c_grid)):
-                cols.append((si, fi, ci))
-    G = len(layers)
-    set_index: dict[tuple[int, int], int] = {}
-    row_set_of = []
-    for si, fi, _ in cols:
-        set_index.setdefault((si, fi), len(set_index))
-        row_set_of.append(set_index[(si, fi)])
-    C = np.tile(np.array([c_grid[ci] for _, _, ci in cols]), (G, 1))
+    plan = _plan_selection(
+        y, stratify_key(y, kind), kind, class_names, settings, len(c_grid),
+        selection=selection, groups=groups, is_val=is_val, n_splits=n_splits,
+    )  # fmt: skip
     t0 = time.perf_counter()
     fitted = solver.fit_many(
-        layers,
-        y,
-        kind,
-        K,
-        ProbeBatch(row_sets, np.array(row_set_of), C),
-        class_weight=class_weight,
-        on_iteration=on_iteration,
+        layers, y, kind, K, plan.batch(c_grid, len(layers)), class_weight=class_weight, on_iteration=on_iteration
     )
+    best_C, evidence = _choose_C(layers, y, fitted, plan, c_grid, kind, K, metric)
     t1 = time.perf_counter()
-    best_C = np.zeros((G, len(settings)))
-    evidence: dict[tuple[int, int], dict[str, list[float | None]]] = {}
-    for g, X in enumerate(layers):
-        scores: dict[int, dict[int, list[float | None]]] = {}
-        for (si, fi), _ in set_index.items():
-            idx = [m for m, (s2, f2, _) in enumerate(cols) if (s2, f2) == (si, fi)]
-            va = val_rows[si][fi]
-            vals = score_probes(np.asarray(X)[va], y[va], [fitted[g][m] for m in idx], kind, K, metric)
-            for m, v in zip(idx, vals, strict=True):
-                scores.setdefault(si, {}).setdefault(cols[m][2], []).append(v)
-        for si in range(len(settings)):
-            per_c = scores[si]
-            means = [np.mean([v for v in per_c[ci] if v is not None] or [np.nan]) for ci in range(len(c_grid))]
-            if np.all(np.isnan(means)):
-                raise InvalidInputError(
-                    f"the selection metric {metric} is undefined on every validation fold (each holds one "
-                    "class): use --selection cv with more rows or another metric"
-                )
-            best = int(np.nanargmax(means))  # ties: the smallest C (strongest regularisation)
-            best_C[g, si] = c_grid[best]
-            evidence[(g, si)] = {repr(c_grid[ci]): per_c[ci] for ci in range(len(c_grid))}
+    refit_batch = ProbeBatch(plan.train_rows_of, np.arange(len(settings)), best_C)
+    refit = solver.fit_many(layers, y, kind, K, refit_batch, class_weight=class_weight, on_iteration=on_iteration)
     t2 = time.perf_counter()
-    refit = solver.fit_many(
-        layers,
-        y,
-        kind,
-        K,
-        ProbeBatch(train_rows_of, np.arange(len(settings)), best_C),
-        class_weight=class_weight,
-        on_iteration=on_iteration,
-    )
-    t3 = time.perf_counter()
     if timing is not None:
-        timing.select_seconds += t1 - t0 + (t2 - t1)
-        timing.refit_seconds += t3 - t2
-        timing.n_probes += G * (len(cols) + len(settings))
-    out = []
-    for si, st in enumerate(settings):
-        for g in range(G):
-            out.append(
-                ProtocolResult(
-                    st,
-                    g,
-                    refit[g][si],
-                    float(best_C[g, si]),
-                    evidence[(g, si)],
-                    labels[si],
-                    len(train_rows_of[si]),
-                    train_rows_of[si],
-                )
-            )
-    return out
+        timing.select_seconds += t1 - t0
+        timing.refit_seconds += t2 - t1
+        timing.n_probes += len(layers) * (len(plan.cols) + len(settings))
+    return [
+        ProtocolResult(
+            st, g, refit[g][si], float(best_C[g, si]), evidence[(g, si)], plan.labels[si],
+            len(plan.train_rows_of[si]), plan.train_rows_of[si],
+        )
+        for si, st in enumerate(settings)
+        for g in range(len(layers))
+    ]  # fmt: skip
