@@ -9,17 +9,18 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medprobe.errors import InvalidInputError
 from medprobe.extractor.adapter import POOLINGS, Adapter
 from medprobe.extractor.feature_set import feature_set_rows
-from medprobe.extractor.loader import ImageRefs, make_loader
+from medprobe.extractor.loader import ImageRefs, LoadedBatch, make_loader
 from medprobe.extractor.plan import Plan, check_dataset, plan_images
 from medprobe.extractor.runner import OutOfMemory, Runner, free_device_memory, is_oom
 from medprobe.extractor.writer import Committer, HostBatch
@@ -164,6 +165,109 @@ def resolve_request(adapter: Adapter, options: ExtractOptions) -> Request:
     return Request(layers=layers, poolings=poolings, prompt=prompt, raw_prompt=raw_prompt, feature_sets=rows)
 
 
+@dataclass
+class _BatchSize:
+    """The images per forward pass; ``auto`` halves it on out-of-memory down to one image."""
+
+    value: int
+    auto: bool
+    device: torch.device
+    model: str
+
+    def halve_or_raise(self, error: BaseException) -> None:
+        """After an out-of-memory error: free the device and halve, or raise OutOfMemory with what to do."""
+        free_device_memory(self.device)
+        if not self.auto or self.value == 1:
+            hint = (
+                "pass a smaller --batch-size or --batch-size auto"
+                if not self.auto
+                else "even one image does not fit: use --dtype bf16/fp16, --quantization or --device-map auto"
+            )
+            raise OutOfMemory(
+                f"out of memory on {self.device} at batch size {self.value} ({self.model}); {hint}"
+            ) from error
+        self.value = max(1, self.value // 2)
+
+
+@dataclass
+class _Progress:
+    """How far an extraction got: images handed to the committer, a graceful stop, and seconds per input stage."""
+
+    pos: int = 0
+    stopped: bool = False
+    stages: dict[str, float] = field(
+        default_factory=lambda: {"read": 0.0, "decode": 0.0, "preprocess": 0.0, "wait_for_data": 0.0}
+    )
+
+    def add_stages(self, batch: LoadedBatch, waited: float) -> None:
+        self.stages["wait_for_data"] += waited
+        self.stages["read"] += batch.read_s
+        self.stages["decode"] += batch.decode_s
+        self.stages["preprocess"] += batch.preprocess_s
+
+
+def _forward_batches(
+    loader: Iterable[LoadedBatch],
+    runner: Runner,
+    committer: Committer,
+    size: _BatchSize,
+    progress: _Progress,
+    advance: Callable[[int], None],
+    stop: threading.Event | None,
+) -> bool:
+    """Forward every batch of ``loader`` and hand it to the committer; True when out of memory halved the batch
+    size (the caller restarts the loader at ``progress.pos``)."""
+    t_wait = time.perf_counter()
+    for batch in loader:
+        progress.add_stages(batch, time.perf_counter() - t_wait)
+        arrays: dict[str, dict[int, np.ndarray]] = {}
+        if batch.image_hashes:
+            try:
+                arrays = runner.forward(batch.inputs, len(batch.image_hashes))
+            except Exception as e:
+                if not is_oom(e):
+                    raise
+                size.halve_or_raise(e)
+                return True
+        committer.put(HostBatch(batch.image_hashes, arrays, batch.failures))
+        progress.pos += batch.n_refs
+        advance(batch.n_refs)
+        if stop is not None and stop.is_set():
+            progress.stopped = True
+            return False
+        t_wait = time.perf_counter()
+    return False
+
+
+def _summary(
+    request: Request, plan: Plan, runner: Runner, committer: Committer, size: _BatchSize, workers: int,
+    progress: _Progress, wall: float,
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "feature_sets": request.feature_set_ids,
+        "layers": request.layers,
+        "images_selected": plan.n_selected,
+        "images_skipped": plan.n_complete,
+        "images_todo": plan.n_todo,
+        "images_forwarded": runner.n_images,
+        "images_committed": committer.n_committed,
+        "failures": committer.n_failures,
+        "forward_batches": runner.n_forward,
+        "segments": committer.n_segments,
+        "batch_size": size.value,
+        "workers": workers,
+        "seconds": round(wall, 3),
+        "images_per_s": round(runner.n_images / wall, 2) if wall > 0 else 0.0,
+        "stage_seconds": {
+            **{k: round(v, 3) for k, v in progress.stages.items()},
+            "forward": round(runner.forward_s, 3),
+            "write": round(committer.write_s, 3),
+            "wait_for_writer": round(committer.put_wait_s, 3),
+        },
+        "stopped": progress.stopped,
+    }
+
+
 def run_extraction(
     store: FeatureStore,
     adapter: Adapter,
@@ -186,14 +290,15 @@ def run_extraction(
     t_start = time.perf_counter()
     for row in request.feature_sets.values():
         store.register_feature_set(row)
-    fs_ids = list(request.feature_set_ids.values())
     if plan is None:
+        fs_ids = list(request.feature_set_ids.values())
         plan = plan_images(
             store, options.dataset, fs_ids, request.layers, splits=options.splits, shard=shard, limit=options.limit
         )
     device = adapter.device
     auto = options.batch_size == "auto"
-    batch_size = AUTO_START["cuda" if device.type == "cuda" else "cpu"] if auto else int(options.batch_size)
+    start = AUTO_START["cuda" if device.type == "cuda" else "cpu"] if auto else int(options.batch_size)
+    size = _BatchSize(start, auto, device, options.model)
     workers = options.resolved_workers()
     runner = Runner(adapter, request.layers, request.poolings, request.feature_set_ids)
     committer = Committer(
@@ -207,89 +312,27 @@ def run_extraction(
         on_commit=on_commit,
         before_commit=before_commit,
     )
-    stages = {"read": 0.0, "decode": 0.0, "preprocess": 0.0, "wait_for_data": 0.0}
-    pos = 0
-    stopped = False
+    progress = _Progress()
     try:
         with progress_bar("images", disable=not show_progress) as bar:
             task = bar.add_task(f"extract {options.dataset}", total=plan.n_todo)
-            while pos < plan.n_todo and not stopped:
-                refs = ImageRefs(plan.todo, store.url, start=pos, study_preprocessing=options.study_preprocessing)
-                loader = make_loader(
-                    refs,
-                    adapter.preprocessor,
-                    request.raw_prompt,
-                    batch_size=batch_size,
-                    workers=workers,
-                    pin_memory=device.type == "cuda",
+            restart = True
+            while restart and progress.pos < plan.n_todo and not progress.stopped:
+                refs = ImageRefs(
+                    plan.todo, store.url, start=progress.pos, study_preprocessing=options.study_preprocessing
                 )
-                retry = False
-                t_wait = time.perf_counter()
-                for batch in loader:
-                    stages["wait_for_data"] += time.perf_counter() - t_wait
-                    stages["read"] += batch.read_s
-                    stages["decode"] += batch.decode_s
-                    stages["preprocess"] += batch.preprocess_s
-                    arrays: dict = {}
-                    if batch.image_hashes:
-                        try:
-                            arrays = runner.forward(batch.inputs, len(batch.image_hashes))
-                        except Exception as e:
-                            if not is_oom(e):
-                                raise
-                            free_device_memory(device)
-                            if not auto or batch_size == 1:
-                                hint = (
-                                    "pass a smaller --batch-size or --batch-size auto"
-                                    if not auto
-                                    else (
-                                        "even one image does not fit: use --dtype bf16/fp16, --quantization or "
-                                        "--device-map auto"
-                                    )
-                                )
-                                raise OutOfMemory(
-                                    f"out of memory on {device} at batch size {batch_size} ({options.model}); {hint}"
-                                ) from e
-                            batch_size = max(1, batch_size // 2)
-                            retry = True
-                            break
-                    committer.put(HostBatch(batch.image_hashes, arrays, batch.failures))
-                    pos += batch.n_refs
-                    bar.advance(task, batch.n_refs)
-                    if stop is not None and stop.is_set():
-                        stopped = True
-                        break
-                    t_wait = time.perf_counter()
+                loader = make_loader(
+                    refs, adapter.preprocessor, request.raw_prompt, batch_size=size.value, workers=workers,
+                    pin_memory=device.type == "cuda",
+                )  # fmt: skip
+                restart = _forward_batches(
+                    loader, runner, committer, size, progress, lambda n: bar.advance(task, n), stop
+                )
                 del loader
-                if not retry:
-                    break
     finally:
         committer.close()
-    wall = time.perf_counter() - t_start
-    summary = {
-        "feature_sets": request.feature_set_ids,
-        "layers": request.layers,
-        "images_selected": plan.n_selected,
-        "images_skipped": plan.n_complete,
-        "images_todo": plan.n_todo,
-        "images_forwarded": runner.n_images,
-        "images_committed": committer.n_committed,
-        "failures": committer.n_failures,
-        "forward_batches": runner.n_forward,
-        "segments": committer.n_segments,
-        "batch_size": batch_size,
-        "workers": workers,
-        "seconds": round(wall, 3),
-        "images_per_s": round(runner.n_images / wall, 2) if wall > 0 else 0.0,
-        "stage_seconds": {
-            **{k: round(v, 3) for k, v in stages.items()},
-            "forward": round(runner.forward_s, 3),
-            "write": round(committer.write_s, 3),
-            "wait_for_writer": round(committer.put_wait_s, 3),
-        },
-        "stopped": stopped,
-    }
-    if stopped:
+    summary = _summary(request, plan, runner, committer, size, workers, progress, time.perf_counter() - t_start)
+    if progress.stopped:
         raise Stopped(summary)
     return summary
 
