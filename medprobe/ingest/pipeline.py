@@ -217,25 +217,29 @@ def _probe_all(
     return probes
 
 
-def _write(
-    store: FeatureStore,
-    dataset: str,
-    fmt: str,
-    source: str,
-    parsed: ParsedSource,
-    probes: Sequence[Probe],
-    stored: _Stored,
-    options: IngestOptions,
-    params: dict,
-    summary: IngestSummary,
-    run_id: str,
-) -> None:
-    failures: list[tuple[str | None, str, str, str | None]] = [
-        (p.path, p.reason, p.error, None) for p in parsed.problems
-    ]
-    kept: list[SourceRecord] = []
-    kept_probes: list[Probe] = []
-    first_labels: dict[str, dict] = {}
+_Failure = tuple[str | None, str, str, str | None]  # path, reason, error, image hash
+
+
+@dataclass
+class _Member:
+    """One source record that becomes (or already is) a dataset member, with its probe and split."""
+
+    record: SourceRecord
+    probe: Probe
+    split: str = ""
+
+    @property
+    def image_hash(self) -> str:
+        return self.probe.image_hash or ""
+
+
+def _first_of_each_image(parsed: ParsedSource, probes: Sequence[Probe], summary: IngestSummary) -> tuple[
+    list[_Member], list[_Failure]
+]:  # fmt: skip
+    """Readable records, the first per image hash (later duplicates are counted), and the unreadable ones."""
+    failures: list[_Failure] = [(p.path, p.reason, p.error, None) for p in parsed.problems]
+    kept: list[_Member] = []
+    first_labels: dict[str, dict[str, Any]] = {}
     for record, probe in zip(parsed.records, probes, strict=True):
         if not probe.ok:
             failures.append((record.uri or record.source_path, probe.reason or "", probe.error or "", probe.image_hash))
@@ -248,17 +252,17 @@ def _write(
             summary.duplicate_label_conflicts += first_labels[h] != record.labels
             continue
         first_labels[h] = record.labels
-        kept.append(record)
-        kept_probes.append(probe)
+        kept.append(_Member(record, probe))
+    return kept, failures
 
-    tasks = [_check_task(t, stored.tasks.get(t.name)) for t in parsed.tasks]
-    by_name = {t.name: t for t in tasks}
-    # single-label values outside a stored task's classes cannot join the dataset
-    ok_kept, ok_probes = [], []
-    for record, probe in zip(kept, kept_probes, strict=True):
+
+def _with_declared_labels(kept: list[_Member], by_name: dict[str, TaskSpec], failures: list[_Failure]) -> list[_Member]:
+    """Members whose single-label values are classes of their (stored) task; the others become bad_row failures."""
+    out = []
+    for m in kept:
         bad = [
             (name, value)
-            for name, value in record.labels.items()
+            for name, value in m.record.labels.items()
             if name in by_name
             and by_name[name].type != "multilabel"
             and by_name[name].class_names is not None
@@ -266,66 +270,91 @@ def _write(
         ]
         if bad:
             name, value = bad[0]
-            failures.append(
-                (
-                    record.uri or record.source_path,
-                    "bad_row",
-                    f"label {name}={value!r} not in {by_name[name].class_names}",
-                    probe.image_hash,
-                )
-            )
+            where = m.record.uri or m.record.source_path
+            failures.append((where, "bad_row", f"label {name}={value!r} not in {by_name[name].class_names}",
+                             m.probe.image_hash))  # fmt: skip
             continue
-        ok_kept.append(record)
-        ok_probes.append(probe)
-    kept, kept_probes = ok_kept, ok_probes
-    hashes = [p.image_hash or "" for p in kept_probes]
+        out.append(m)
+    return out
 
+
+def _assign_member_splits(
+    kept: list[_Member],
+    tasks: list[TaskSpec],
+    parsed: ParsedSource,
+    stored: _Stored,
+    options: IngestOptions,
+    summary: IngestSummary,
+) -> str:
+    """Set every member's split (shipped, generated or already stored); returns the split policy."""
+    by_name = {t.name: t for t in tasks}
     stratify = by_name.get(parsed.stratify_task or "") or (tasks[0] if tasks else None)
-    strata = _strata(kept, stratify)
-    units = [r.group_id if r.group_id is not None else f"img:{h}" for r, h in zip(kept, hashes, strict=True)]
+    units = [m.record.group_id if m.record.group_id is not None else f"img:{m.image_hash}" for m in kept]
     splits, policy = assign_splits(
-        [r.split for r in kept],
-        strata,
+        [m.record.split for m in kept],
+        _strata([m.record for m in kept], stratify),
         units,
         options.split_plan,
         group_name=parsed.group_name,
         stratify=stratify.name if stratify else None,
         pinned=stored.pinned,
     )
-    splits = [stored.splits.get(h, s) for h, s in zip(hashes, splits, strict=True)]
+    for m, split in zip(kept, splits, strict=True):
+        m.split = stored.splits.get(m.image_hash, split)
     summary.split_policy = policy
+    return policy
 
-    final_tasks: list[TaskSpec] = []
+
+def _final_tasks(
+    tasks: list[TaskSpec], kept: list[_Member], min_positives: int, summary: IngestSummary
+) -> list[TaskSpec]:
+    """The tasks with multilabel findings that have too few training positives dropped."""
+    records, splits = [m.record for m in kept], [m.split for m in kept]
+    final: list[TaskSpec] = []
     for task in tasks:
         if task.type == "multilabel":
-            classes, dropped = _multilabel_classes(task, kept, splits, options.min_positives)
+            classes, dropped = _multilabel_classes(task, records, splits, min_positives)
             if dropped:
                 summary.dropped_findings[task.name] = dropped
             task = dataclasses.replace(task, class_names=classes)
-        final_tasks.append(task)
-    label_sets = {t.name: set(t.class_names or ()) for t in final_tasks if t.type == "multilabel"}
+        final.append(task)
+    return final
 
-    def labels_of(record: SourceRecord) -> dict:
-        out = {}
-        for name, value in record.labels.items():
-            out[name] = [f for f in value if f in label_sets[name]] if name in label_sets else value
-        return out
 
-    # ------------------------------------------------------------------ rows
-    task_rows = [
-        TaskRow(
-            dataset=dataset,
-            task=t.name,
-            type=t.type,
-            label_columns=list(t.label_columns),
-            class_names=list(t.class_names or ()),
-            primary_metric=t.primary_metric,
-        )
-        for t in final_tasks
-        if t.name not in stored.tasks
-    ]
-    if task_rows:
-        store.append("tasks", task_rows)
+def _image_row(m: _Member) -> ImageRow:
+    info = m.probe.info
+    assert info is not None  # a probe that is ok has inspected the image
+    return ImageRow(
+        image_hash=m.image_hash,
+        uri=m.probe.uri or m.record.uri or m.record.source_path,
+        in_store=m.probe.in_store,
+        width=info.width,
+        height=info.height,
+        mode=info.mode,
+        bit_depth=info.bit_depth,
+        format=info.format,
+        n_bytes=m.probe.n_bytes,
+    )
+
+
+def _append_members(
+    store: FeatureStore,
+    dataset: str,
+    kept: list[_Member],
+    tasks: list[TaskSpec],
+    stored: _Stored,
+    summary: IngestSummary,
+) -> dict[str, dict[str, Counter[str]]]:
+    """Append new images, then the new memberships that name them, in bounded fragments; returns label counts
+    per split and task."""
+    label_sets = {t.name: set(t.class_names or ()) for t in tasks if t.type == "multilabel"}
+
+    def labels_of(record: SourceRecord) -> dict[str, Any]:
+        return {
+            name: [f for f in value if f in label_sets[name]] if name in label_sets else value
+            for name, value in record.labels.items()
+        }
+
     image_rows: list[ImageRow] = []
     member_rows: list[DatasetImageRow] = []
 
@@ -340,33 +369,19 @@ def _write(
             summary.memberships_new += len(member_rows)
             member_rows.clear()
 
-    counts: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    counts: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
     written_images: set[str] = set()
-    for record, probe, split in zip(kept, kept_probes, splits, strict=True):
-        h = probe.image_hash or ""
-        labels = labels_of(record)
+    for m in kept:
+        h = m.image_hash
+        labels = labels_of(m.record)
         for name, value in labels.items():
             for v in value if isinstance(value, list) else [value]:
-                counts[split][name][str(v)] += 1
+                counts[m.split][name][str(v)] += 1
         if h in stored.image_hashes:
             summary.images_reused += 1
         elif h not in written_images:
-            info = probe.info
-            assert info is not None
             written_images.add(h)
-            image_rows.append(
-                ImageRow(
-                    image_hash=h,
-                    uri=probe.uri or record.uri or record.source_path,
-                    in_store=probe.in_store,
-                    width=info.width,
-                    height=info.height,
-                    mode=info.mode,
-                    bit_depth=info.bit_depth,
-                    format=info.format,
-                    n_bytes=probe.n_bytes,
-                )
-            )
+            image_rows.append(_image_row(m))
         if h in stored.splits:
             summary.already_in_dataset += 1
             continue
@@ -374,46 +389,77 @@ def _write(
             DatasetImageRow(
                 dataset=dataset,
                 image_hash=h,
-                split=split,
-                group_id=record.group_id,
-                source_path=record.source_path,
+                split=m.split,
+                group_id=m.record.group_id,
+                source_path=m.record.source_path,
                 labels=canonical_json(labels),
             )
         )
         flush()
     flush(force=True)
-    failure_rows, seen_failures = [], set(stored.failures)
-    reasons: Counter = Counter()
+    return counts
+
+
+def _failure_rows(
+    failures: list[_Failure], stored: _Stored, dataset: str, run_id: str
+) -> tuple[list[FailureRow], Counter[str]]:
+    """A failures row for each (path, reason) not stored yet, and the count of every failure by reason."""
+    rows, seen = [], set(stored.failures)
+    reasons: Counter[str] = Counter()
     for path, reason, error, image_hash in failures:
         reasons[reason] += 1
-        if (path, reason) in seen_failures:
+        if (path, reason) in seen:
             continue
-        seen_failures.add((path, reason))
-        failure_rows.append(
+        seen.add((path, reason))
+        rows.append(
             FailureRow(
-                failure_id=new_id("fail"),
-                stage="ingest",
-                run_id=run_id,
-                dataset=dataset,
-                path=path,
-                image_hash=image_hash,
-                reason=reason,
-                error=error,
+                failure_id=new_id("fail"), stage="ingest", run_id=run_id, dataset=dataset, path=path,
+                image_hash=image_hash, reason=reason, error=error,
             )
-        )
+        )  # fmt: skip
+    return rows, reasons
 
+
+def _write(
+    store: FeatureStore,
+    dataset: str,
+    fmt: str,
+    source: str,
+    parsed: ParsedSource,
+    probes: Sequence[Probe],
+    stored: _Stored,
+    options: IngestOptions,
+    params: dict[str, Any],
+    summary: IngestSummary,
+    run_id: str,
+) -> None:
+    """Write what this ingest adds: tasks, images, memberships, the datasets row, failures; fill the summary."""
+    kept, failures = _first_of_each_image(parsed, probes, summary)
+    tasks = [_check_task(t, stored.tasks.get(t.name)) for t in parsed.tasks]
+    kept = _with_declared_labels(kept, {t.name: t for t in tasks}, failures)
+    policy = _assign_member_splits(kept, tasks, parsed, stored, options, summary)
+    final_tasks = _final_tasks(tasks, kept, options.min_positives, summary)
+    task_rows = [
+        TaskRow(
+            dataset=dataset,
+            task=t.name,
+            type=t.type,
+            label_columns=list(t.label_columns),
+            class_names=list(t.class_names or ()),
+            primary_metric=t.primary_metric,
+        )
+        for t in final_tasks
+        if t.name not in stored.tasks
+    ]
+    if task_rows:
+        store.append("tasks", task_rows)
+    counts = _append_members(store, dataset, kept, final_tasks, stored, summary)
+    failure_rows, reasons = _failure_rows(failures, stored, dataset, run_id)
     if summary.memberships_new or task_rows:
+        options_json = json.dumps(params, sort_keys=True, default=str)
         store.append(
             "datasets",
-            [
-                DatasetRow(
-                    dataset=dataset,
-                    format=fmt,
-                    source=source,
-                    options=json.dumps(params, sort_keys=True, default=str),
-                    split_policy=policy,
-                )
-            ],
+            [DatasetRow(dataset=dataset, format=fmt, source=source, options=options_json, split_policy=policy)],
         )
     if failure_rows:
         store.append("failures", failure_rows)
@@ -422,7 +468,8 @@ def _write(
     summary.failures = len(failures)
     summary.failures_new = len(failure_rows)
     summary.failures_by_reason = dict(sorted(reasons.items()))
-    summary.split_counts = dict(sorted(Counter(splits).items(), key=lambda kv: _SPLIT_ORDER.get(kv[0], 9)))
+    split_counts = Counter(m.split for m in kept)
+    summary.split_counts = dict(sorted(split_counts.items(), key=lambda kv: _SPLIT_ORDER.get(kv[0], 9)))
     summary.label_counts = {
         s: {t: dict(sorted(c.items(), key=lambda kv: natural_key(kv[0]))) for t, c in per_task.items()}
         for s, per_task in sorted(counts.items(), key=lambda kv: _SPLIT_ORDER.get(kv[0], 9))
