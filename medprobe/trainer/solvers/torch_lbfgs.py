@@ -310,6 +310,164 @@ def _set_statistics(X64: torch.Tensor, M64: torch.Tensor) -> tuple[torch.Tensor,
     return mu, torch.where(sc > 1e-6, sc, torch.ones_like(sc))
 
 
+@dataclass
+class _Problem:
+    """What both solve paths share: standardisation inputs, targets and row weights on the device."""
+
+    layers: Sequence[np.ndarray | torch.Tensor]
+    widths: list[int]
+    kind: ProbeKind
+    batch: ProbeBatch
+    n: int  # rows in the solve
+    K: int  # output columns
+    counts: np.ndarray  # (F,) rows per row set
+    span: list[list[int]]  # row-span width per (layer, row set)
+    r_max: int
+    rw: torch.Tensor  # (F, n, Kw) row weights / row-set size
+    masks: torch.Tensor  # (F, n) float64 row-set masks
+    T: torch.Tensor  # (n, K) targets
+    dtype: torch.dtype
+    device: torch.device
+    tol: float
+    max_iter: int
+    history: int
+    on_iteration: OnIteration | None
+
+    @property
+    def rs_of(self) -> np.ndarray:
+        return np.asarray(self.batch.row_set_of, dtype=int)
+
+    @property
+    def C(self) -> np.ndarray:
+        return np.asarray(self.batch.C, dtype=float)
+
+    def solve(self, blocks: _Blocks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return lbfgs_blocks(
+            blocks, self.kind, tol=self.tol, max_iter=self.max_iter, history=self.history,
+            on_iteration=self.on_iteration,
+        )  # fmt: skip
+
+
+def _empty_result(p: _Problem) -> BatchedResult:
+    G, F, M, d_max = len(p.layers), len(p.batch.row_sets), len(p.rs_of), max(p.widths)
+    dev, dtype = p.device, p.dtype
+    return BatchedResult(
+        coef=torch.zeros(G, M, p.K, d_max, dtype=dtype, device=dev),
+        intercept=torch.zeros(G, M, p.K, dtype=dtype, device=dev),
+        mean=torch.zeros(G, F, d_max, dtype=torch.float64, device=dev),
+        scale=torch.ones(G, F, d_max, dtype=torch.float64, device=dev),
+        n_iter=torch.zeros(G, M, dtype=torch.long, device=dev),
+        converged=torch.zeros(G, M, dtype=torch.bool, device=dev),
+        grad_max=torch.zeros(G, M, dtype=dtype, device=dev),
+        widths=p.widths,
+        row_span=np.zeros((G, M), dtype=bool),
+    )
+
+
+def _solve_row_span(p: _Problem, out: BatchedResult) -> None:
+    """One block per (layer, row set) holding only that set's rows, in the span of those rows when n_f < d."""
+    G, F, dev, dtype, K, r_max = len(p.layers), len(p.batch.row_sets), p.device, p.dtype, p.K, p.r_max
+    rs_of, C = p.rs_of, p.C
+    cols_of = [np.flatnonzero(rs_of == f) for f in range(F)]
+    Q = max(len(c) for c in cols_of)
+    n_b = int(p.counts.max())  # a block holds only its row set's rows (zero-weight padding below)
+    rows_of = [torch.as_tensor(np.asarray(r), device=dev) for r in p.batch.row_sets]
+    X = torch.zeros(G * F, n_b, r_max, dtype=dtype, device=dev)
+    bases: dict[tuple[int, int], torch.Tensor] = {}
+    for gi, layer in enumerate(p.layers):
+        X64, mean, std = _standardise_layer(layer, dev)
+        mu, sc = _set_statistics(X64, p.masks)
+        out.mean[gi, :, : p.widths[gi]] = mean + std * mu
+        out.scale[gi, :, : p.widths[gi]] = std * sc
+        for f in range(F):
+            Z = (X64[rows_of[f]] - mu[f]) / sc[f]
+            if p.span[gi][f] < p.widths[gi]:
+                basis = torch.linalg.qr(Z.T).Q  # (d, n_f): orthonormal, spans the training rows
+                bases[(gi, f)] = basis
+                Z = Z @ basis
+            X[gi * F + f, : Z.shape[0], : Z.shape[1]] = Z.to(dtype)
+        del X64
+    slot_col = np.full((F, Q), -1)  # the column m of each (row set, slot); -1 = dead slot
+    for f in range(F):
+        slot_col[f, : len(cols_of[f])] = cols_of[f]
+    alive = slot_col >= 0
+    lam_np = np.where(alive[None], 1.0 / (C[:, np.maximum(slot_col, 0)] * p.counts[None, :, None]), 1.0)
+    live = torch.as_tensor(np.tile(alive, (G, 1)), device=dev)  # block g * F + f
+    rw_b = torch.zeros(F, n_b, p.rw.shape[2], dtype=dtype, device=dev)
+    T_b = torch.zeros(F, n_b, K, dtype=dtype, device=dev)
+    for f in range(F):
+        rw_b[f, : len(rows_of[f])] = p.rw[f, rows_of[f]]
+        T_b[f, : len(rows_of[f])] = p.T[rows_of[f]]
+    w = (rw_b[:, :, None, :] * torch.as_tensor(alive, dtype=dtype, device=dev)[:, None, :, None]).repeat(G, 1, 1, 1)
+    lam = torch.as_tensor(lam_np.reshape(G * F, Q), dtype=dtype, device=dev)
+    blocks = _Blocks(X, T_b.repeat(G, 1, 1), None, None, w, lam, live)
+    theta, it, cv, gm = p.solve(blocks)
+    del blocks, X, w
+    for gi in range(G):
+        for f in range(F):
+            bi, r, q = gi * F + f, p.span[gi][f], len(cols_of[f])
+            cols = torch.as_tensor(cols_of[f], device=dev)
+            Wr = theta[bi, :q, : K * r_max].reshape(q, K, r_max)[..., :r]
+            basis = bases.get((gi, f))
+            out.row_span[gi, cols_of[f]] = basis is not None
+            out.coef[gi, cols, :, : p.widths[gi]] = Wr if basis is None else Wr @ basis.T.to(dtype)
+            out.intercept[gi, cols] = theta[bi, :q, K * r_max :]
+            out.n_iter[gi, cols], out.converged[gi, cols], out.grad_max[gi, cols] = it[bi, :q], cv[bi, :q], gm[bi, :q]
+
+
+def _solve_by_width(p: _Problem, out: BatchedResult) -> None:
+    """One block per layer over all rows (per-probe statistics folded into the weights); layers of one width
+    share a solve."""
+    dev, dtype, K, n = p.device, p.dtype, p.K, p.n
+    rs_of, C = p.rs_of, p.C
+    M = len(rs_of)
+    by_width: dict[int, list[int]] = {}
+    for gi, width in enumerate(p.widths):
+        by_width.setdefault(width, []).append(gi)
+    rs_t = torch.as_tensor(rs_of, device=dev)
+    for width, members in by_width.items():
+        Gw = len(members)
+        X = torch.empty(Gw, n, width, dtype=dtype, device=dev)  # filled in place: one copy of the data
+        mus, scs = [], []
+        for i, gi in enumerate(members):
+            X64, mean, std = _standardise_layer(p.layers[gi], dev)
+            mu, sc = _set_statistics(X64, p.masks)
+            out.mean[gi, :, :width] = mean + std * mu
+            out.scale[gi, :, :width] = std * sc
+            X[i] = X64
+            mus.append(mu[rs_t].to(dtype))
+            scs.append(sc[rs_t].to(dtype))
+            del X64
+        w = p.rw[rs_t].permute(1, 0, 2)[None].expand(Gw, n, M, p.rw.shape[2])
+        lam = torch.as_tensor(1.0 / (C[members] * p.counts[rs_of][None, :]), dtype=dtype, device=dev)
+        live = torch.ones(Gw, M, dtype=torch.bool, device=dev)
+        blocks = _Blocks(X, p.T[None], torch.stack(mus), torch.stack(scs), w, lam, live)
+        theta, it, cv, gm = p.solve(blocks)
+        del blocks, X
+        idx = torch.as_tensor(members, device=dev)
+        out.coef[idx, :, :, :width] = theta[..., : K * width].reshape(Gw, M, K, width)
+        out.intercept[idx] = theta[..., K * width :]
+        out.n_iter[idx], out.converged[idx], out.grad_max[idx] = it, cv, gm
+
+
+def _only_used_rows(
+    layers: Sequence[np.ndarray | torch.Tensor], y: np.ndarray, batch: ProbeBatch
+) -> tuple[Sequence[np.ndarray | torch.Tensor], np.ndarray, ProbeBatch]:
+    """Drop the rows no probe trains on (they never enter the solve); row sets renumbered to match."""
+    n = int(layers[0].shape[0])
+    used = np.unique(np.concatenate([np.asarray(r) for r in batch.row_sets]))
+    if len(used) == n:
+        return layers, y, batch
+    pos = np.full(n, -1)
+    pos[used] = np.arange(len(used))
+    layers = [X[torch.as_tensor(used) if isinstance(X, torch.Tensor) else used] for X in layers]
+    return (
+        layers,
+        np.asarray(y)[used],
+        ProbeBatch([pos[np.asarray(r)] for r in batch.row_sets], batch.row_set_of, batch.C),
+    )
+
+
 def fit_torch_batched(
     layers: Sequence[np.ndarray | torch.Tensor],
     y: np.ndarray,
@@ -325,130 +483,43 @@ def fit_torch_batched(
     dtype: torch.dtype | None = None,
     on_iteration: OnIteration | None = None,
 ) -> BatchedResult:
-    """Fit layers x columns probes in one batched solve (layers share rows; widths may differ)."""
+    """Fit layers x columns probes in one batched solve (layers share rows; widths may differ).
+
+    Row-span blocks (one per layer x row set, in the span of the set's rows) when the sets are narrower than the
+    features and fit in memory; otherwise one block per layer over all rows.
+    """
     dev = torch.device(device) if device is not None else default_device()
     G = len(layers)
     n = int(layers[0].shape[0])
     if any(int(X.shape[0]) != n for X in layers):
         raise ValueError("all layers of one batched solve must have the same rows")
     check_batch(batch, G, n)
-    used = np.unique(np.concatenate([np.asarray(r) for r in batch.row_sets]))
-    if len(used) < n:  # rows no probe trains on never enter the solve
-        pos = np.full(n, -1)
-        pos[used] = np.arange(len(used))
-        layers = [X[torch.as_tensor(used) if isinstance(X, torch.Tensor) else used] for X in layers]
-        y = np.asarray(y)[used]
-        batch = ProbeBatch([pos[np.asarray(r)] for r in batch.row_sets], batch.row_set_of, batch.C)
-        n = len(used)
+    layers, y, batch = _only_used_rows(layers, y, batch)
+    n = int(layers[0].shape[0])
     widths = [int(X.shape[1]) for X in layers]
     d_max = max(widths)
     T_np = encode_targets(y, kind, n_classes)
-    K = T_np.shape[1]
     rw_np, counts, masks = _row_weights(T_np, batch, kind, class_weight)
     F = len(batch.row_sets)
-    rs_of = np.asarray(batch.row_set_of, dtype=int)
-    M = len(rs_of)
-    C = np.asarray(batch.C, dtype=float)
     span = [[min(w, int(counts[f])) for f in range(F)] for w in widths]  # row-span width per (layer, set)
     r_max = max(max(s) for s in span)
     itemsize = torch.finfo(dtype or torch.float32).bits // 8
     row_span = r_max < d_max and G * F * n * r_max * itemsize <= max(MAX_ROW_SPAN_BYTES, G * n * d_max * itemsize)
     if dtype is None:
         dtype = default_dtype(dev, (G * F * r_max if row_span else G * d_max) * n)
-    if tol is None:
-        tol = default_tol(dtype)
-    rw = torch.as_tensor(rw_np, dtype=dtype, device=dev)
-    M64 = torch.as_tensor(masks, dtype=torch.float64, device=dev)
-    T = torch.as_tensor(T_np, dtype=dtype, device=dev)
-
-    raw_mean = torch.zeros(G, F, d_max, dtype=torch.float64, device=dev)
-    raw_scale = torch.ones(G, F, d_max, dtype=torch.float64, device=dev)
-    coef = torch.zeros(G, M, K, d_max, dtype=dtype, device=dev)
-    intercept = torch.zeros(G, M, K, dtype=dtype, device=dev)
-    n_iter = torch.zeros(G, M, dtype=torch.long, device=dev)
-    conv = torch.zeros(G, M, dtype=torch.bool, device=dev)
-    gmax = torch.zeros(G, M, dtype=dtype, device=dev)
-    reduced = np.zeros((G, M), dtype=bool)
-
+    problem = _Problem(
+        layers=layers, widths=widths, kind=kind, batch=batch, n=n, K=T_np.shape[1], counts=counts, span=span,
+        r_max=r_max, rw=torch.as_tensor(rw_np, dtype=dtype, device=dev),
+        masks=torch.as_tensor(masks, dtype=torch.float64, device=dev), T=torch.as_tensor(T_np, dtype=dtype, device=dev),
+        dtype=dtype, device=dev, tol=default_tol(dtype) if tol is None else tol, max_iter=max_iter, history=history,
+        on_iteration=on_iteration,
+    )  # fmt: skip
+    result = _empty_result(problem)
     if row_span:
-        cols_of = [np.flatnonzero(rs_of == f) for f in range(F)]
-        Q = max(len(c) for c in cols_of)
-        n_b = int(counts.max())  # a block holds only its row set's rows (zero-weight padding below)
-        rows_of = [torch.as_tensor(np.asarray(r), device=dev) for r in batch.row_sets]
-        X = torch.zeros(G * F, n_b, r_max, dtype=dtype, device=dev)
-        bases: dict[tuple[int, int], torch.Tensor] = {}
-        for gi, layer in enumerate(layers):
-            X64, mean, std = _standardise_layer(layer, dev)
-            mu, sc = _set_statistics(X64, M64)
-            raw_mean[gi, :, : widths[gi]] = mean + std * mu
-            raw_scale[gi, :, : widths[gi]] = std * sc
-            for f in range(F):
-                Z = (X64[rows_of[f]] - mu[f]) / sc[f]
-                if span[gi][f] < widths[gi]:
-                    basis = torch.linalg.qr(Z.T).Q  # (d, n_f): orthonormal, spans the training rows
-                    bases[(gi, f)] = basis
-                    Z = Z @ basis
-                X[gi * F + f, : Z.shape[0], : Z.shape[1]] = Z.to(dtype)
-            del X64
-        slot_col = np.full((F, Q), -1)  # the column m of each (row set, slot); -1 = dead slot
-        for f in range(F):
-            slot_col[f, : len(cols_of[f])] = cols_of[f]
-        alive = slot_col >= 0
-        lam_np = np.where(alive[None], 1.0 / (C[:, np.maximum(slot_col, 0)] * counts[None, :, None]), 1.0)
-        live = torch.as_tensor(np.tile(alive, (G, 1)), device=dev)  # block g * F + f
-        rw_b = torch.zeros(F, n_b, rw.shape[2], dtype=dtype, device=dev)
-        T_b = torch.zeros(F, n_b, K, dtype=dtype, device=dev)
-        for f in range(F):
-            rw_b[f, : len(rows_of[f])] = rw[f, rows_of[f]]
-            T_b[f, : len(rows_of[f])] = T[rows_of[f]]
-        w = (rw_b[:, :, None, :] * torch.as_tensor(alive, dtype=dtype, device=dev)[:, None, :, None]).repeat(G, 1, 1, 1)
-        lam = torch.as_tensor(lam_np.reshape(G * F, Q), dtype=dtype, device=dev)
-        blocks = _Blocks(X, T_b.repeat(G, 1, 1), None, None, w, lam, live)
-        theta, it, cv, gm = lbfgs_blocks(
-            blocks, kind, tol=tol, max_iter=max_iter, history=history, on_iteration=on_iteration
-        )
-        del blocks, X, w
-        for gi in range(G):
-            for f in range(F):
-                bi, r, q = gi * F + f, span[gi][f], len(cols_of[f])
-                cols = torch.as_tensor(cols_of[f], device=dev)
-                Wr = theta[bi, :q, : K * r_max].reshape(q, K, r_max)[..., :r]
-                basis = bases.get((gi, f))
-                reduced[gi, cols_of[f]] = basis is not None
-                coef[gi, cols, :, : widths[gi]] = Wr if basis is None else Wr @ basis.T.to(dtype)
-                intercept[gi, cols] = theta[bi, :q, K * r_max :]
-                n_iter[gi, cols], conv[gi, cols], gmax[gi, cols] = it[bi, :q], cv[bi, :q], gm[bi, :q]
+        _solve_row_span(problem, result)
     else:
-        by_width: dict[int, list[int]] = {}
-        for gi, width in enumerate(widths):
-            by_width.setdefault(width, []).append(gi)
-        rs_t = torch.as_tensor(rs_of, device=dev)
-        for width, members in by_width.items():
-            Gw = len(members)
-            X = torch.empty(Gw, n, width, dtype=dtype, device=dev)  # filled in place: one copy of the data
-            mus, scs = [], []
-            for i, gi in enumerate(members):
-                X64, mean, std = _standardise_layer(layers[gi], dev)
-                mu, sc = _set_statistics(X64, M64)
-                raw_mean[gi, :, :width] = mean + std * mu
-                raw_scale[gi, :, :width] = std * sc
-                X[i] = X64
-                mus.append(mu[rs_t].to(dtype))
-                scs.append(sc[rs_t].to(dtype))
-                del X64
-            w = rw[rs_t].permute(1, 0, 2)[None].expand(Gw, n, M, rw.shape[2])
-            lam = torch.as_tensor(1.0 / (C[members] * counts[rs_of][None, :]), dtype=dtype, device=dev)
-            live = torch.ones(Gw, M, dtype=torch.bool, device=dev)
-            blocks = _Blocks(X, T[None], torch.stack(mus), torch.stack(scs), w, lam, live)
-            theta, it, cv, gm = lbfgs_blocks(
-                blocks, kind, tol=tol, max_iter=max_iter, history=history, on_iteration=on_iteration
-            )
-            del blocks, X
-            idx = torch.as_tensor(members, device=dev)
-            coef[idx, :, :, :width] = theta[..., : K * width].reshape(Gw, M, K, width)
-            intercept[idx] = theta[..., K * width :]
-            n_iter[idx], conv[idx], gmax[idx] = it, cv, gm
-    return BatchedResult(coef, intercept, raw_mean, raw_scale, n_iter, conv, gmax, widths, reduced)
+        _solve_by_width(problem, result)
+    return result
 
 
 def _balanced_on(T: np.ndarray, in_set: np.ndarray, kind: ProbeKind) -> np.ndarray:
