@@ -160,6 +160,84 @@ def _two_loop(
     return -r
 
 
+def _direction(
+    g: torch.Tensor,
+    S: torch.Tensor,
+    Yh: torch.Tensor,
+    rho: torch.Tensor,
+    gamma: torch.Tensor,
+    live: torch.Tensor,
+    order: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The L-BFGS search direction of every live probe (b, Q, Dp), its slope g.d (b, Q), the first step length
+    (b, Q) and the curvature scale after resets (b, Q).
+
+    A probe with no usable history (first step, or a direction that does not descend) takes steepest descent with
+    a short first step, and its history is forgotten (``rho`` is zeroed in place).
+    """
+    b, Q, Dp = g.shape
+    m = S.shape[2]
+    P = b * Q
+    eps = torch.finfo(g.dtype).eps
+    gf, lv = g.reshape(P, Dp), live.reshape(P)
+    gam = gamma.reshape(P)
+    d = _two_loop(gf, S.reshape(P, m, Dp), Yh.reshape(P, m, Dp), rho.reshape(P, m), gam, order)
+    gtd = (gf * d).sum(1)
+    fresh = lv & ((gam <= 0) | ~(gtd < 0))
+    if bool(fresh.any()):
+        d = torch.where(fresh[:, None], -gf, d)
+        gtd = torch.where(fresh, -(gf * gf).sum(1), gtd)
+        rho.view(P, m)[fresh] = 0
+        gam = torch.where(fresh, torch.zeros_like(gam), gam)
+    d = torch.where(lv[:, None], d, torch.zeros_like(d))
+    gtd = torch.where(lv, gtd, torch.zeros_like(gtd))
+    t = torch.where(fresh, torch.clamp(1.0 / gf.abs().sum(1).clamp_min(eps), max=1.0), torch.ones_like(gtd))
+    t = torch.where(lv, t, torch.zeros_like(t))
+    return d.view(b, Q, Dp), gtd.view(b, Q), t.view(b, Q), gam.view(b, Q)
+
+
+def _line_search(
+    blk: _Blocks,
+    kind: ProbeKind,
+    theta: torch.Tensor,
+    f: torch.Tensor,
+    g: torch.Tensor,
+    d: torch.Tensor,
+    gtd: torch.Tensor,
+    t: torch.Tensor,
+    live: torch.Tensor,
+    max_ls: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backtracking (quadratic interpolation) until Armijo or approximate Wolfe holds, for every live probe at once.
+
+    Returns the new (theta, f, g) and which probes accepted a step; the others keep their point.
+    """
+    eps = torch.finfo(theta.dtype).eps
+    c1 = 1e-4
+    th_new, f_new, g_new = theta, f, g
+    accepted = torch.zeros_like(live)
+    pending = live.clone()
+    for _ in range(max_ls):
+        th_try = theta + t[..., None] * d
+        f_try, g_try = _evaluate(blk, kind, th_try)
+        armijo = f_try <= f + c1 * t * gtd
+        dtd = (g_try * d).sum(2)
+        approx_wolfe = (f_try <= f + 8 * eps * f.abs()) & (dtd >= 0.9 * gtd) & (dtd <= -gtd)
+        ok = pending & torch.isfinite(f_try) & (armijo | approx_wolfe)
+        th_new = torch.where(ok[..., None], th_try, th_new)
+        g_new = torch.where(ok[..., None], g_try, g_new)
+        f_new = torch.where(ok, f_try, f_new)
+        accepted |= ok
+        pending &= ~ok
+        if not bool(pending.any()):
+            break
+        denom = 2.0 * (f_try - f - gtd * t)
+        t_int = -gtd * t * t / denom
+        t_int = torch.where(torch.isfinite(t_int) & (denom > 0), t_int, 0.5 * t)
+        t = torch.where(pending, torch.minimum(torch.maximum(t_int, 0.1 * t), 0.5 * t), t)
+    return th_new, f_new, g_new, accepted
+
+
 def lbfgs_blocks(
     blocks: _Blocks,
     kind: ProbeKind,
@@ -175,7 +253,7 @@ def lbfgs_blocks(
     K, D = blocks.T.shape[2], blocks.X.shape[2]
     Dp, m, dtype, dev = K * D + K, history, blocks.X.dtype, blocks.X.device
     eps = torch.finfo(dtype).eps
-    c1, ftol, patience = 1e-4, 10 * eps, 10
+    ftol, patience = 10 * eps, 10
     out_theta = torch.zeros(B, Q, Dp, dtype=dtype, device=dev)
     out_iter = torch.zeros(B, Q, dtype=torch.long, device=dev)
     out_conv = torch.zeros(B, Q, dtype=torch.bool, device=dev)
@@ -210,52 +288,16 @@ def lbfgs_blocks(
             ids, blk = ids[keep], blk.take(keep)
             theta, f, g, S, Yh, rho, gamma = (t[keep] for t in (theta, f, g, S, Yh, rho, gamma))
             n_iter, n_flat, gmax, conv, live = (t[keep] for t in (n_iter, n_flat, gmax, conv, live))
-        b = theta.shape[0]
-        P = b * Q
         order = [(k - 1 - i) % m for i in range(min(k, m))]
-        gf, lv = g.reshape(P, Dp), live.reshape(P)
-        gam = gamma.reshape(P)
-        d = _two_loop(gf, S.reshape(P, m, Dp), Yh.reshape(P, m, Dp), rho.reshape(P, m), gam, order)
-        gtd = (gf * d).sum(1)
-        fresh = lv & ((gam <= 0) | ~(gtd < 0))
-        if bool(fresh.any()):  # no usable history (first step, or a reset): steepest descent, short first step
-            d = torch.where(fresh[:, None], -gf, d)
-            gtd = torch.where(fresh, -(gf * gf).sum(1), gtd)
-            rho.view(P, m)[fresh] = 0
-            gam = torch.where(fresh, torch.zeros_like(gam), gam)
-        d = torch.where(lv[:, None], d, torch.zeros_like(d))
-        gtd = torch.where(lv, gtd, torch.zeros_like(gtd))
-        t = torch.where(fresh, torch.clamp(1.0 / gf.abs().sum(1).clamp_min(eps), max=1.0), torch.ones_like(gtd))
-        t = torch.where(lv, t, torch.zeros_like(t)).view(b, Q)
-        d, gtd = d.view(b, Q, Dp), gtd.view(b, Q)
-        th_new, f_new, g_new = theta, f, g
-        accepted = torch.zeros(b, Q, dtype=torch.bool, device=dev)
-        pending = live.clone()
-        for _ in range(max_ls):
-            th_try = theta + t[..., None] * d
-            f_try, g_try = _evaluate(blk, kind, th_try)
-            armijo = f_try <= f + c1 * t * gtd
-            dtd = (g_try * d).sum(2)
-            approx_wolfe = (f_try <= f + 8 * eps * f.abs()) & (dtd >= 0.9 * gtd) & (dtd <= -gtd)
-            ok = pending & torch.isfinite(f_try) & (armijo | approx_wolfe)
-            th_new = torch.where(ok[..., None], th_try, th_new)
-            g_new = torch.where(ok[..., None], g_try, g_new)
-            f_new = torch.where(ok, f_try, f_new)
-            accepted |= ok
-            pending &= ~ok
-            if not bool(pending.any()):
-                break
-            denom = 2.0 * (f_try - f - gtd * t)
-            t_int = -gtd * t * t / denom
-            t_int = torch.where(torch.isfinite(t_int) & (denom > 0), t_int, 0.5 * t)
-            t = torch.where(pending, torch.minimum(torch.maximum(t_int, 0.1 * t), 0.5 * t), t)
+        d, gtd, t, gam = _direction(g, S, Yh, rho, gamma, live, order)
+        th_new, f_new, g_new, accepted = _line_search(blk, kind, theta, f, g, d, gtd, t, live, max_ls)
         s_vec, y_vec = th_new - theta, g_new - g
         sy, yy = (s_vec * y_vec).sum(2), (y_vec * y_vec).sum(2)
         good = accepted & (sy > eps * yy)
         slot = k % m
         S[:, :, slot], Yh[:, :, slot] = s_vec, y_vec
         rho[:, :, slot] = torch.where(good, 1.0 / torch.where(good, sy, torch.ones_like(sy)), torch.zeros_like(sy))
-        gamma = torch.where(good, sy / torch.where(good, yy, torch.ones_like(yy)), gam.view(b, Q))
+        gamma = torch.where(good, sy / torch.where(good, yy, torch.ones_like(yy)), gam)
         flat = (f - f_new) <= ftol * torch.maximum(torch.maximum(f.abs(), f_new.abs()), torch.ones_like(f))
         theta, f, g = th_new, f_new, g_new
         n_iter += live.long()
