@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 from medprobe.errors import MedprobeError, NotFoundError
 from medprobe.extractor.pipeline import ExtractOptions
-from medprobe.featurestore.fsio import create_exclusive, list_files, write_atomic
 from medprobe.featurestore.ids import new_id
 from medprobe.schemas import utcnow
 
@@ -85,7 +84,7 @@ class Claim:
     def beat(self, **progress: Any) -> None:
         """Heartbeat: rewrite the claim with the time and ``progress`` (only while we still own it)."""
         self.body.update(progress, heartbeat_at=_now().isoformat())
-        write_atomic(self.queue.loc, self.path, _dump(self.body))
+        self.queue.files.write_atomic(self.path, _dump(self.body))
 
     def check_owner(self) -> None:
         """Raise ClaimLost when a later generation of this shard's claim exists."""
@@ -102,7 +101,7 @@ class Claim:
 
     def finish(self, summary: dict[str, Any]) -> None:
         body = {"worker": self.worker_id, "gen": self.gen, "finished_at": _now().isoformat(), "summary": summary}
-        create_exclusive(self.queue.loc, self.queue.done_path(self.job.job_id, self.shard), _dump(body))
+        self.queue.files.create_exclusive(self.queue.done_path(self.job.job_id, self.shard), _dump(body))
 
 
 class JobQueue:
@@ -110,12 +109,12 @@ class JobQueue:
 
     def __init__(self, store: FeatureStore, *, stale_s: float = DEFAULT_STALE_S) -> None:
         self.store = store
-        self.loc = store.loc
+        self.files = store.file_area(JOBS_DIR)
         self.stale_s = stale_s
 
     # ------------------------------------------------------------------ paths
     def job_dir(self, job_id: str) -> str:
-        return self.loc.path(JOBS_DIR, job_id)
+        return job_id
 
     def claim_path(self, job_id: str, shard: int, gen: int) -> str:
         return posixpath.join(self.job_dir(job_id), "claims", f"{shard:05d}.{gen:05d}.json")
@@ -124,10 +123,11 @@ class JobQueue:
         return posixpath.join(self.job_dir(job_id), "done", f"{shard:05d}.json")
 
     def _read_json(self, path: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.loc.fs.cat_file(path))
-        except FileNotFoundError:
+        data = self.files.read(path)
+        if data is None:
             return None
+        try:
+            return json.loads(data)
         except ValueError:
             return None  # a claim is written atomically; an unparsable file is not ours to trust
 
@@ -142,12 +142,11 @@ class JobQueue:
             "created_at": job.created_at,
             "submitted_by": f"{socket.gethostname()}:{os.getpid()}",
         }
-        create_exclusive(self.loc, posixpath.join(self.job_dir(job.job_id), "job.json"), _dump(body))
+        self.files.create_exclusive(posixpath.join(self.job_dir(job.job_id), "job.json"), _dump(body))
         return job
 
     def job_ids(self) -> list[str]:
-        entries = list_files(self.loc, self.loc.path(JOBS_DIR))
-        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory")
+        return sorted(name for name, kind in self.files.entries() if kind == "directory")
 
     def job(self, job_id: str) -> Job:
         body = self._read_json(posixpath.join(self.job_dir(job_id), "job.json"))
@@ -166,14 +165,13 @@ class JobQueue:
     def fail(self, job_id: str, error: str, worker_id: str) -> None:
         """Mark a job as one that cannot run; workers skip it (first error wins)."""
         body = {"error": error, "worker": worker_id, "at": _now().isoformat()}
-        create_exclusive(self.loc, posixpath.join(self.job_dir(job_id), "failed.json"), _dump(body))
+        self.files.create_exclusive(posixpath.join(self.job_dir(job_id), "failed.json"), _dump(body))
 
     # ------------------------------------------------------------------ shards
     def latest_claim(self, job_id: str, shard: int) -> tuple[int, dict[str, Any]] | None:
         prefix = f"{shard:05d}."
         gens = []
-        for e in list_files(self.loc, posixpath.join(self.job_dir(job_id), "claims")):
-            name = posixpath.basename(e["name"])
+        for name, _kind in self.files.entries(posixpath.join(self.job_dir(job_id), "claims")):
             if name.startswith(prefix) and name.endswith(".json"):
                 gens.append(int(name[len(prefix) : -len(".json")]))
         for gen in sorted(gens, reverse=True):
@@ -184,10 +182,10 @@ class JobQueue:
 
     def _done_shards(self, job_id: str) -> dict[int, dict[str, Any]]:
         out = {}
-        for e in list_files(self.loc, posixpath.join(self.job_dir(job_id), "done")):
-            name = posixpath.basename(e["name"])
+        done_dir = posixpath.join(self.job_dir(job_id), "done")
+        for name, _kind in self.files.entries(done_dir):
             if name.endswith(".json") and not name.startswith("."):
-                body = self._read_json(e["name"])
+                body = self._read_json(posixpath.join(done_dir, name))
                 if body is not None:
                     out[int(name[: -len(".json")])] = body
         return out
@@ -239,7 +237,7 @@ class JobQueue:
                     "heartbeat_at": now,
                     "taken_over_from": (state.claim or {}).get("worker"),
                 }
-                if create_exclusive(self.loc, self.claim_path(job_id, state.shard, gen), _dump(body)):
+                if self.files.create_exclusive(self.claim_path(job_id, state.shard, gen), _dump(body)):
                     return Claim(self, job, state.shard, gen, worker_id, body)
         return None
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from medprobe.errors import CorruptDataError, InvalidInputError, NotFoundError, StoreFormatError
 from medprobe.featurestore.catalog import Catalog
+from medprobe.featurestore.files import FileArea
 from medprobe.featurestore.fragments import append_fragment, to_arrow
 from medprobe.featurestore.fsio import Location, create_exclusive, resolve, write_atomic
 from medprobe.featurestore.ids import new_id
@@ -329,6 +330,10 @@ class FeatureStore:
             )
         finally:
             self.catalog.unregister_temp(name)
+
+    def file_area(self, name: str) -> FileArea:
+        """The folder ``<store>/<name>/`` of small files a component keeps in the store (e.g. the job queue)."""
+        return FileArea(self.loc, name)
 
     def check_writable(self) -> None:
         """Raise InvalidInputError when the store cannot be written (call before expensive work)."""

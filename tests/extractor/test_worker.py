@@ -20,7 +20,6 @@ from medprobe.extractor.pipeline import ExtractOptions
 from medprobe.extractor.plan import shard_of
 from medprobe.featurestore import FeatureStore
 from medprobe.featurestore.fragments import list_fragments
-from medprobe.featurestore.fsio import write_atomic
 from tests.helpers.datasets import make_dataset
 
 CLI = [sys.executable, "-m", "medprobe.cli.main"]
@@ -69,7 +68,7 @@ def test_a_stale_claim_is_taken_over_and_its_owner_stops(tmp_path):
     first = queue.claim_next("dead-worker")
     assert queue.claim_next("other") is None  # fresh heartbeat: nothing to take
     first.body["heartbeat_at"] = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=60)).isoformat()
-    write_atomic(store.loc, first.path, json.dumps(first.body).encode())
+    queue.files.write_atomic(first.path, json.dumps(first.body).encode())
     second = queue.claim_next("other")
     assert second is not None and second.gen == 1 and second.shard == 0
     with pytest.raises(ClaimLost, match="taken over"):

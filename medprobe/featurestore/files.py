@@ -1,0 +1,45 @@
+"""A folder of small files inside the store for components that keep state there (the extraction job queue).
+
+Paths are relative to the area. Writes are atomic (readers see nothing or all of a file); ``create_exclusive``
+creates a file only if it does not exist yet (atomic on local folders, check-then-put on object stores).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+from medprobe.featurestore.fsio import Location, create_exclusive, list_files, write_atomic
+
+
+@dataclass(frozen=True)
+class FileArea:
+    """The files under ``<store>/<name>/``."""
+
+    loc: Location
+    name: str
+
+    def _path(self, relpath: str) -> str:
+        return self.loc.path(self.name, relpath) if relpath else self.loc.path(self.name)
+
+    def read(self, relpath: str) -> bytes | None:
+        """The file's bytes, or None when it does not exist."""
+        try:
+            return bytes(self.loc.fs.cat_file(self._path(relpath)))
+        except FileNotFoundError:
+            return None
+
+    def write_atomic(self, relpath: str, data: bytes) -> None:
+        """Write (or replace) a file so that readers see either the old or the whole new content."""
+        write_atomic(self.loc, self._path(relpath), data)
+
+    def create_exclusive(self, relpath: str, data: bytes) -> bool:
+        """Create a file unless it exists; True when this call created it."""
+        return create_exclusive(self.loc, self._path(relpath), data)
+
+    def entries(self, relpath: str = "") -> list[tuple[str, str]]:
+        """``(name, type)`` of what lies directly under ``relpath`` (type: file or directory); [] if absent."""
+        return [
+            (posixpath.basename(str(e["name"]).rstrip("/")), str(e.get("type", "file")))
+            for e in list_files(self.loc, self._path(relpath))
+        ]
