@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from medprobe.featurestore.store import default_store_url
+from medprobe.featurestore import default_store_url
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore

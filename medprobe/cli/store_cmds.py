@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
     @store_app.command("info")
     def info(fmt: FormatOpt = None, out: OutOpt = None, store: StoreOpt = None) -> None:
         """Tables, row counts, bytes and feature sets of the store."""
-        from medprobe.featurestore.maintenance import store_info
+        from medprobe.featurestore import store_info
 
         rep = store_info(open_store(store))
 
@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
     ) -> None:
         """Check that every manifest row resolves to readable data (chunk checksums included)."""
-        from medprobe.featurestore.maintenance import verify_store
+        from medprobe.featurestore import verify_store
         from medprobe.progress import progress_bar
 
         s = open_store(store, create=False)
@@ -106,7 +106,7 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
     ) -> None:
         """Remove uncommitted segments and temp files older than a grace period; committed data is kept."""
-        from medprobe.featurestore.maintenance import gc_store
+        from medprobe.featurestore import gc_store
 
         s = open_store(store, create=False)
         rep = gc_store(s, parse_duration(grace), dry_run=dry_run)
@@ -147,7 +147,7 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
     ) -> None:
         """Write one layer's rows as X (rows x hidden) and image_hash arrays to an .npz file."""
-        from medprobe.featurestore.export import export_npz
+        from medprobe.featurestore import export_npz
 
         s = open_store(store, create=False)
         s.feature_set(feature_set)

@@ -248,7 +248,7 @@ def _run_probes(
     out: str | None,
 ) -> None:
     """train and sweep: resolve the feature set and layers, fit, record the run, print or write the result."""
-    from medprobe.featurestore.runs import start_run
+    from medprobe.featurestore import start_run
     from medprobe.trainer.compare import best_layer
     from medprobe.trainer.data import resolve_feature_set
     from medprobe.trainer.experiment import run_experiment
@@ -337,7 +337,7 @@ def _compare(
     out: str | None,
     store_url: str | None,
 ) -> None:
-    from medprobe.featurestore.runs import start_run
+    from medprobe.featurestore import start_run
     from medprobe.trainer.compare import best_layer, compare_probes
     from medprobe.trainer.experiment import prepare, run_experiment
 

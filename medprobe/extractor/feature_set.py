@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from medprobe.extractor.adapter import ModelIdentity
-from medprobe.featurestore.ids import stable_hash
+from medprobe.featurestore import stable_hash
 from medprobe.schemas import FeatureSetRow
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from medprobe.errors import MedprobeError, NotFoundError
 from medprobe.extractor.pipeline import ExtractOptions
-from medprobe.featurestore.ids import new_id
+from medprobe.featurestore import new_id
 from medprobe.schemas import utcnow
 
 if TYPE_CHECKING:

@@ -17,10 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medprobe.extractor.adapter import Preprocessor
-from medprobe.featurestore.fsio import Location, resolve
+from medprobe.featurestore import STORE_URI, StoreBlobs
 from medprobe.imaging import ImageReadError, decode_image, read_file_bytes
-
-STORE_URI = "store:"
 
 
 @dataclass
@@ -70,17 +68,15 @@ class ImageRefs(Dataset):
         self.store_url = store_url
         self.start = start
         self.study_preprocessing = study_preprocessing
-        self._loc: Location | None = None
+        self._blobs = StoreBlobs(store_url)
 
     def __len__(self) -> int:
         return len(self.hashes) - self.start
 
     def _read(self, uri: str) -> bytes:
         if uri.startswith(STORE_URI):
-            if self._loc is None:
-                self._loc = resolve(self.store_url)
             try:
-                data = self._loc.fs.cat_file(self._loc.path(uri[len(STORE_URI) :]))
+                data = self._blobs.read(uri)
             except FileNotFoundError as e:
                 raise ImageReadError("missing", uri, f"not in the store ({e})") from e
             except OSError as e:

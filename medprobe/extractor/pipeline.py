@@ -346,7 +346,7 @@ def extract(
     adapter: Adapter | None = None,
 ) -> dict[str, Any]:
     """Check the store and dataset, load the model, and run one recorded extraction (a ``runs`` row)."""
-    from medprobe.featurestore.runs import start_run
+    from medprobe.featurestore import start_run
 
     check_writable(store)
     check_dataset(store, options.dataset)

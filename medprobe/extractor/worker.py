@@ -23,8 +23,7 @@ from medprobe.extractor.pipeline import (
     run_extraction,
 )
 from medprobe.extractor.plan import plan_images
-from medprobe.featurestore.ids import new_id
-from medprobe.featurestore.runs import start_run
+from medprobe.featurestore import new_id, start_run
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore

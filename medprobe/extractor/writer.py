@@ -20,7 +20,7 @@ import numpy as np
 
 from medprobe.errors import MedprobeError
 from medprobe.extractor.loader import Failure
-from medprobe.featurestore.ids import new_id
+from medprobe.featurestore import new_id
 from medprobe.schemas import FailureRow
 
 if TYPE_CHECKING:

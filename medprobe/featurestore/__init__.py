@@ -1,5 +1,33 @@
-"""The feature store: Parquet tables, Zarr activation segments, SQL through DuckDB."""
+"""The feature store: Parquet tables, Zarr activation segments, SQL through DuckDB.
 
-from medprobe.featurestore.store import FeatureStore
+The public API, used by ingest, the extractor, the trainer and the CLI (never the submodules' internals):
+``FeatureStore`` and ``default_store_url``; ``start_run`` and ``package_versions`` (the ``runs`` table);
+``canonical_json``, ``config_json``, ``stable_hash`` and ``new_id`` (stored keys and ids); ``FileArea`` and
+``StoreBlobs`` (small files and copied image bytes in the store); ``store_info``, ``verify_store``, ``gc_store``
+and ``export_npz`` (the store commands).
+"""
 
-__all__ = ["FeatureStore"]
+from medprobe.featurestore.export import export_npz
+from medprobe.featurestore.files import STORE_URI, FileArea, StoreBlobs
+from medprobe.featurestore.ids import canonical_json, config_json, new_id, stable_hash
+from medprobe.featurestore.maintenance import gc_store, store_info, verify_store
+from medprobe.featurestore.runs import package_versions, start_run
+from medprobe.featurestore.store import FeatureStore, default_store_url
+
+__all__ = [
+    "STORE_URI",
+    "FeatureStore",
+    "FileArea",
+    "StoreBlobs",
+    "canonical_json",
+    "config_json",
+    "default_store_url",
+    "export_npz",
+    "gc_store",
+    "new_id",
+    "package_versions",
+    "stable_hash",
+    "start_run",
+    "store_info",
+    "verify_store",
+]

@@ -9,7 +9,9 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from medprobe.featurestore.fsio import Location, create_exclusive, list_files, write_atomic
+from medprobe.featurestore.fsio import Location, create_exclusive, list_files, resolve, write_atomic
+
+STORE_URI = "store:"  # image URIs of bytes copied into the store: "store:" + path relative to the store root
 
 
 @dataclass(frozen=True)
@@ -43,3 +45,19 @@ class FileArea:
             (posixpath.basename(str(e["name"]).rstrip("/")), str(e.get("type", "file")))
             for e in list_files(self.loc, self._path(relpath))
         ]
+
+
+class StoreBlobs:
+    """Reads ``store:<relpath>`` URIs of one store by URL, without opening its catalog (cheap in worker processes)."""
+
+    def __init__(self, store_url: str) -> None:
+        self.store_url = store_url
+        self._loc: Location | None = None
+
+    def read(self, uri: str) -> bytes:
+        """The bytes of a ``store:`` URI; FileNotFoundError when absent."""
+        if not uri.startswith(STORE_URI):
+            raise ValueError(f"{uri!r} is not a store: URI")
+        if self._loc is None:
+            self._loc = resolve(self.store_url)
+        return bytes(self._loc.fs.cat_file(self._loc.path(uri[len(STORE_URI) :])))

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from medprobe.errors import CorruptDataError, InvalidInputError, NotFoundError, StoreFormatError
 from medprobe.featurestore.catalog import Catalog
-from medprobe.featurestore.files import FileArea
+from medprobe.featurestore.files import STORE_URI, FileArea
 from medprobe.featurestore.fragments import append_fragment, to_arrow
 from medprobe.featurestore.fsio import Location, create_exclusive, resolve, write_atomic
 from medprobe.featurestore.ids import new_id
@@ -30,7 +30,6 @@ from medprobe.featurestore.segments import SegmentReader, aligned_empty, write_s
 from medprobe.schemas import FORMAT_VERSION, STORAGE_DTYPES, TABLES, FeatureSetRow, Row, utcnow
 
 MARKER = "medprobe.json"
-STORE_URI = "store:"
 DEFAULT_URL = "./medprobe-store"
 STORE_ENV = "MEDPROBE_STORE"
 MANIFEST_CACHE_ROWS = 4_000_000  # located rows kept for repeated reads (about 110 bytes each)

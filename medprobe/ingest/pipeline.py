@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from medprobe.errors import InvalidInputError
-from medprobe.featurestore.ids import canonical_json, new_id
-from medprobe.featurestore.runs import start_run
+from medprobe.featurestore import canonical_json, new_id, start_run
 from medprobe.imaging import DEFAULT_MAX_PIXELS, Verify, set_pixel_limit
 from medprobe.ingest.formats import parse_source
 from medprobe.ingest.hashing import BlobSink, Probe, parallel_map, probe_record

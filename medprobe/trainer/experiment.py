@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medprobe.errors import InvalidInputError
-from medprobe.featurestore.ids import new_id
-from medprobe.featurestore.runs import package_versions
+from medprobe.featurestore import new_id, package_versions
 from medprobe.progress import progress_bar
 from medprobe.schemas import SPLITS
 from medprobe.schemas.tables import PredictionRow, ProbeResultRow, TaskRow

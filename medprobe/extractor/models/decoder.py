@@ -31,7 +31,7 @@ from medprobe.extractor.models.capture import PooledCapture
 from medprobe.extractor.models.pooling import TokenMasks, pool_tokens
 from medprobe.extractor.models.vision_tower import to_rgb
 from medprobe.extractor.prompts import apply_chat_template
-from medprobe.featurestore.ids import config_json
+from medprobe.featurestore import config_json
 
 LAYER_SEMANTICS = (
     "layer i = output of language-model decoder block i (residual stream, before the final norm) = "

@@ -17,7 +17,7 @@ from medprobe.errors import InvalidInputError
 from medprobe.extractor.adapter import Adapter, ModelIdentity, Preprocessor
 from medprobe.extractor.models.base import compute_dtype, move_batch
 from medprobe.extractor.models.capture import PooledCapture
-from medprobe.featurestore.ids import config_json
+from medprobe.featurestore import config_json
 
 LAYER_SEMANTICS = (
     "layer i = output of vision encoder block i (residual stream before post_layernorm) = "

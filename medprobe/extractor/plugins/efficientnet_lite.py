@@ -20,7 +20,7 @@ from medprobe.errors import InvalidInputError
 from medprobe.extractor.adapter import Adapter, ModelIdentity, Preprocessor
 from medprobe.extractor.models.base import sha256_of_files
 from medprobe.extractor.models.vision_tower import to_rgb
-from medprobe.featurestore.ids import config_json
+from medprobe.featurestore import config_json
 
 MODEL_NAME = "efficientnet-lite0"
 IMAGE_SIZE = 224
