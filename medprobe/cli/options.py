@@ -35,8 +35,7 @@ SHORT_FLAGS: dict[str, str] = {
 }
 
 LAYERS_HELP = (
-    "Layers: all | 5 | -1 | 0,4,-1 | 2-10 | 2:10:2; negative indices count from the last "
-    "{universe} (-1 = the last)."
+    "Layers: all | 5 | -1 | 0,4,-1 | 2-10 | 2:10:2; negative indices count from the last {universe} (-1 = the last)."
 )
 
 
@@ -139,6 +138,32 @@ G = TypeVar("G")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _extend_signature(
+    func: F, added: list[inspect.Parameter], wrap: Callable[[dict[str, Any]], dict[str, Any]], drop: str | None = None
+) -> F:
+    """``func`` with ``added`` keyword-only options appended to its signature (typer reads ``__signature__``);
+    at call time ``wrap`` turns the received options into ``func``'s own keyword arguments."""
+    sig = inspect.signature(func)
+    hints = get_type_hints(func, include_extras=True)
+    own = [
+        p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in sig.parameters.values()
+        if p.name != drop
+    ]
+    clash = {p.name for p in own} & {p.name for p in added}
+    if clash:
+        raise TypeError(f"{func.__name__}: options {sorted(clash)} are defined twice")
+    params = own + added
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> Any:
+        return func(**wrap(kwargs))
+
+    command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command  # type: ignore[return-value]
+
+
 def with_group(group: type[G], name: str) -> Callable[[F], F]:
     """Give a command every option of the dataclass ``group``; the command receives them as one ``name`` argument.
 
@@ -146,40 +171,22 @@ def with_group(group: type[G], name: str) -> Callable[[F], F]:
     would be written; they are appended (keyword-only) to the command's own options.
     """
     fields = dataclasses.fields(group)  # type: ignore[arg-type]
-    group_hints = get_type_hints(group, include_extras=True)
+    hints = get_type_hints(group, include_extras=True)
+    added = [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default,
+            annotation=hints[f.name],
+        )
+        for f in fields
+    ]
 
-    def decorate(func: F) -> F:
-        sig = inspect.signature(func)
-        hints = get_type_hints(func, include_extras=True)
-        own = [
-            p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
-            for p in sig.parameters.values()
-            if p.name != name
-        ]
-        clash = {p.name for p in own} & {f.name for f in fields}
-        if clash:
-            raise TypeError(f"{func.__name__}: options {sorted(clash)} are both the command's and {group.__name__}'s")
-        added = [
-            inspect.Parameter(
-                f.name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default,
-                annotation=group_hints[f.name],
-            )
-            for f in fields
-        ]
-        params = own + added
+    def pack(kwargs: dict[str, Any]) -> dict[str, Any]:
+        packed = group(**{f.name: kwargs.pop(f.name) for f in fields})
+        return {**kwargs, name: packed}
 
-        @functools.wraps(func)
-        def command(**kwargs: Any) -> Any:
-            packed = group(**{f.name: kwargs.pop(f.name) for f in fields})
-            return func(**kwargs, **{name: packed})
-
-        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        return command  # type: ignore[return-value]
-
-    return decorate
+    return lambda func: _extend_signature(func, added, pack, drop=name)
 
 
 def retired(**renamed: str) -> Callable[[F], F]:
@@ -187,44 +194,25 @@ def retired(**renamed: str) -> Callable[[F], F]:
 
     Keys are parameter names; values ``"--old-flag -> --new spelling"``. A flag (no value) is written ``--old!``.
     """
-    specs = []
+    added: list[inspect.Parameter] = []
+    messages: dict[str, str] = {}
     for param, text in renamed.items():
         old, _, new = (s.strip() for s in text.partition("->"))
         is_flag = old.endswith("!")
-        old = old.rstrip("!")
-        decls = old.split("/")
-        annotation: Any = (
-            Annotated[bool, typer.Option(*decls, hidden=True)]
-            if is_flag
-            else Annotated[str | None, typer.Option(*decls, hidden=True)]
-        )
-        specs.append((param, decls[0], new, is_flag, annotation))
+        decls = old.rstrip("!").split("/")
+        option = typer.Option(*decls, hidden=True)
+        annotation: Any = Annotated[bool, option] if is_flag else Annotated[str | None, option]
+        added.append(inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=False if is_flag else None,
+                                       annotation=annotation))  # fmt: skip
+        messages[param] = f"{decls[0]} is no longer an option here: use {new}"
 
-    def decorate(func: F) -> F:
-        sig = inspect.signature(func)
-        hints = get_type_hints(func, include_extras=True)
-        own = [
-            p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
-            for p in sig.parameters.values()
-        ]
-        added = [
-            inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=False if flag else None, annotation=ann)
-            for param, _old, _new, flag, ann in specs
-        ]
-        params = own + added
+    def refuse(kwargs: dict[str, Any]) -> dict[str, Any]:
+        for param, message in messages.items():
+            if kwargs.pop(param):
+                raise InvalidInputError(message)
+        return kwargs
 
-        @functools.wraps(func)
-        def command(**kwargs: Any) -> Any:
-            for param, old, new, _flag, _ann in specs:
-                if kwargs.pop(param):
-                    raise InvalidInputError(f"{old} is no longer an option here: use {new}")
-            return func(**kwargs)
-
-        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        return command  # type: ignore[return-value]
-
-    return decorate
+    return lambda func: _extend_signature(func, added, refuse)
 
 
 __all__ = [
