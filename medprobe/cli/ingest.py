@@ -10,7 +10,7 @@ from rich.table import Table
 
 from medprobe.cli.common import console, open_store
 from medprobe.cli.options import DatasetOpt, FormatOpt, OutOpt, StoreOpt, pairs, retired, split_list
-from medprobe.cli.output import FORMATS, OutFormat, emit, resolve_format, wants_progress
+from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.errors import InvalidInputError, MedprobeError
 from medprobe.schemas.vocab import Layout, NeoplasticShare, Verify
 
@@ -25,32 +25,6 @@ TaskNameOpt = Annotated[
 
 class IngestFailuresError(MedprobeError):
     """``--strict`` and some files could not be ingested."""
-
-
-IngestFormatOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--format",
-        "-f",
-        metavar="[table|csv|json|parquet]",
-        help="Output format of the summary (default: table, or from the suffix of --out). The source layout is "
-        "--layout.",
-        show_default=False,
-    ),
-]
-
-
-def _output_format(value: str | None) -> OutFormat | None:
-    """``ingest -f``: an output format; a layout name (the old meaning of -f here) fails naming --layout."""
-    if value is None:
-        return None
-    if value.lower() in FORMATS:
-        return OutFormat(value.lower())
-    if value in {x.value for x in Layout}:
-        raise InvalidInputError(
-            f"-f/--format chooses the output ({'|'.join(FORMATS)}); name the source layout with --layout {value}"
-        )
-    raise InvalidInputError(f"--format {value!r}: choose one of {', '.join(FORMATS)} (the source layout is --layout)")
 
 
 def _summary_tables(summary: IngestSummary) -> None:
@@ -153,7 +127,7 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option("--threads", min=1, help="Hashing threads (default: CPU count)")
         ] = None,
         strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when any file fails")] = False,
-        fmt: IngestFormatOpt = None,
+        fmt: FormatOpt = None,
         out: OutOpt = None,
         store: StoreOpt = None,
     ) -> None:
@@ -162,8 +136,7 @@ def register(app: typer.Typer) -> None:
         from medprobe.ingest.records import FormatOptions
         from medprobe.ingest.splits import SplitPlan, normalise_split
 
-        output = _output_format(fmt)
-        resolve_format(output, out)
+        output = resolve_format(fmt, out)
         if layout is None:
             raise InvalidInputError(f"ingest needs --layout, one of: {', '.join(x.value for x in Layout)}")
         folds = {k: normalise_split(v) for k, v in pairs(fold_splits, "--fold-splits").items()}

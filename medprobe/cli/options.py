@@ -54,13 +54,33 @@ StoreOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _output_format(value: str | None) -> str | None:
+    """``-f/--format``: one of the output formats; what ``-f`` used to mean in some commands fails naming its new
+    spelling (a feature set id -> ``--feature-set``, a source layout -> ``--layout``)."""
+    if value is None or value.lower() in FORMATS:
+        return None if value is None else value.lower()
+    choices = "|".join(FORMATS)
+    if value.startswith("fs-"):
+        raise typer.BadParameter(f"{value!r}: -f/--format chooses the output ({choices}); name a feature set with "
+                                 f"--feature-set {value}")  # fmt: skip
+    from medprobe.schemas.vocab import Layout
+
+    if value in {x.value for x in Layout}:
+        raise typer.BadParameter(f"{value!r}: -f/--format chooses the output ({choices}); name the source layout "
+                                 f"with --layout {value}")  # fmt: skip
+    raise typer.BadParameter(f"{value!r} is not one of {choices}")
+
+
 FormatOpt = Annotated[
-    OutFormat | None,
+    str | None,
     typer.Option(
         "--format",
         "-f",
+        metavar="[table|csv|json|parquet]",
+        callback=_output_format,
         help="Output format (default: table, or from the suffix of --out).",
-        case_sensitive=False,
         show_default=False,
     ),
 ]
