@@ -49,6 +49,18 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _durable_temp(path: str, data: bytes) -> str:
+    """A fsynced temporary file holding ``data`` beside local ``path`` (its folder created); returns its path."""
+    parent = posixpath.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
 def write_atomic(loc: Location, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either nothing or all of it.
 
@@ -57,12 +69,7 @@ def write_atomic(loc: Location, path: str, data: bytes) -> None:
     """
     parent = posixpath.dirname(path)
     if loc.is_local:
-        os.makedirs(parent, exist_ok=True)
-        tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = _durable_temp(path, data)
         os.replace(tmp, path)
         _fsync_dir(parent)
     else:
@@ -78,12 +85,7 @@ def create_exclusive(loc: Location, path: str, data: bytes) -> bool:
     """
     parent = posixpath.dirname(path)
     if loc.is_local:
-        os.makedirs(parent, exist_ok=True)
-        tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = _durable_temp(path, data)
         try:
             os.link(tmp, path)  # fails if path exists; the content is complete when it appears
         except FileExistsError:
