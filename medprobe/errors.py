@@ -27,3 +27,7 @@ class CorruptDataError(MedprobeError):
 
 class InvalidInputError(MedprobeError):
     """User input (options, files, labels, features) cannot be used as given."""
+
+
+class StoreWriteError(MedprobeError):
+    """The store could not be written (full disk, permissions); names the store, nothing was committed."""

@@ -17,8 +17,20 @@ err_console = Console(stderr=True)
 __all__ = ["console", "default_store_url", "err_console", "open_store"]
 
 
-def open_store(url: str | None, *, create: bool = True) -> FeatureStore:
-    """Open the store named by ``--store`` (or the default) for a command."""
+def open_store(url: str | None, *, create: bool = False) -> FeatureStore:
+    """Open the store named by ``--store`` (or the default) for a command; only commands that add data (ingest,
+    demo) pass ``create=True``: a typo in ``--store`` never leaves an empty store behind."""
     from medprobe.featurestore import FeatureStore
 
-    return FeatureStore.open(url or default_store_url(), create=create)
+    store = FeatureStore.open(url or default_store_url(), create=create)
+    bad = store.unreadable_fragments
+    if bad:
+        n = len(bad)
+        err_console.print(
+            f"[yellow]warning:[/] {n} unreadable fragment(s) in {store.url} are left out of every table "
+            f"(first: {next(iter(bad))}); `medprobe store verify` names them, "
+            "`medprobe store quarantine` moves them aside",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return store

@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
             ["extract", "--dataset", DEMO_DATASET, "--model", model, "--layers", "all",
              "--decode-workers", str(decode_workers), *common],
         )  # fmt: skip
-        s = open_store(url)
+        s = open_store(url, create=True)
         before = set(s.sql("SELECT run_id FROM runs WHERE kind = 'sweep'").column(0).to_pylist())
         timings["sweep"] = _run_step(
             inner,

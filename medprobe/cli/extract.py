@@ -27,6 +27,7 @@ from medprobe.cli.options import (
     layers_option,
     retired,
     split_list,
+    split_names,
     with_group,
 )
 from medprobe.cli.output import emit, resolve_format, wants_progress
@@ -105,7 +106,7 @@ class ExtractSettings:
                 dtype=None if self.dtype is None else self.dtype.value,
                 device=self.device,
                 workers=self.decode_workers,
-                splits=split_list(self.split) or None,
+                splits=split_names(self.split) or None,
                 storage_dtype=self.storage_dtype.value,
                 trust_remote_code=self.trust_remote_code,
                 quantization=None if self.quantization is None else self.quantization.value,
@@ -269,7 +270,7 @@ def register(app: typer.Typer) -> None:
         """Show queued jobs (shards done/running/pending, images, rates) and recent extraction runs."""
         from medprobe.extractor.status import job_rows, recent_runs
 
-        st = open_store(store, create=False)
+        st = open_store(store)
         jobs = job_rows(st, stale_s=stale_after)
         runs = recent_runs(st)
 

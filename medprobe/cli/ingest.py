@@ -163,7 +163,7 @@ def register(app: typer.Typer) -> None:
             min_positives=min_positives,
             show_progress=wants_progress(output, out),
         )
-        s = open_store(store)
+        s = open_store(store, create=True)
         summary = ingest(s, source, layout.value, dataset, format_options, options)
         document = summary.to_json()
         emit(output, out, rows=[document], document=document, show=lambda: _summary_tables(summary))

@@ -142,6 +142,17 @@ def int_list(values: str | Sequence[str] | None, option: str) -> list[int]:
         raise InvalidInputError(f"{option}: cannot read {values!r} as comma-separated integers") from e
 
 
+def split_names(values: Sequence[str] | None, option: str = "--split") -> list[str]:
+    """A list of split names (train, val, test); an unknown name fails naming the known ones."""
+    from medprobe.schemas import SPLITS
+
+    names = split_list(values)
+    unknown = [n for n in names if n not in SPLITS]
+    if unknown:
+        raise InvalidInputError(f"{option}: unknown split(s) {unknown}; splits are {', '.join(SPLITS)}")
+    return names
+
+
 def pairs(values: Sequence[str] | None, option: str) -> dict[str, str]:
     """``NAME=VALUE`` items of a list option as a dict."""
     out = {}

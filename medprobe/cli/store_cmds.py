@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         from medprobe.featurestore import verify_store
         from medprobe.progress import progress_bar
 
-        s = open_store(store, create=False)
+        s = open_store(store)
         with progress_bar("segments", transient=True, disable=not wants_progress(fmt, out)) as bar:
             task = bar.add_task("verify", total=None)
 
@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
 
         def show() -> None:
             for p in rep.problems:
-                console.print(f"[red]problem:[/] {p}", highlight=False)
+                console.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
             console.print(
                 f"checked {rep.fragments_checked} fragments, {rep.segments_checked} segments, "
                 f"{rep.rows_checked:,} manifest rows: {'OK' if rep.ok else f'{len(rep.problems)} problem(s)'}"
@@ -96,6 +96,34 @@ def register(app: typer.Typer) -> None:
         emit(fmt, out, rows=[{"problem": p} for p in rep.problems], document=document, show=show)
         if not rep.ok:
             raise CorruptDataError(f"store verify found {len(rep.problems)} problem(s); see above")
+
+    @store_app.command("quarantine")
+    def quarantine_cmd(
+        quick: Annotated[bool, typer.Option(help="Check structure only, do not read every chunk.")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be moved.")] = False,
+        fmt: FormatOpt = None,
+        out: OutOpt = None,
+        store: StoreOpt = None,
+    ) -> None:
+        """Move aside what verify finds broken (unreadable fragments; manifests of missing or corrupt segments) into
+        <store>/quarantine/, so the rest reads and `extract` redoes the lost rows. Nothing is deleted."""
+        from medprobe.featurestore import quarantine, verify_store
+
+        s = open_store(store)
+        rep = quarantine(s, verify_store(s, read_data=not quick), dry_run=dry_run)
+        verb = "would move" if dry_run else "moved"
+
+        def show() -> None:
+            for src, dst in rep.moved:
+                console.print(f"{verb} {src} -> {dst}", highlight=False, soft_wrap=True)
+            console.print(
+                f"{verb} {len(rep.moved)} file(s); {rep.rows_hidden:,} manifest row(s) whose data was gone are no "
+                f"longer visible{' (rerun `medprobe extract` to redo them)' if rep.rows_hidden else ''}"
+            )
+
+        rows = [{"from": src, "to": dst} for src, dst in rep.moved]
+        emit(fmt, out, rows=rows, document={"moved": rows, "rows_hidden": rep.rows_hidden, "dry_run": dry_run},
+             show=show)  # fmt: skip
 
     @store_app.command("gc")
     def gc(
@@ -108,7 +136,7 @@ def register(app: typer.Typer) -> None:
         """Remove uncommitted segments and temp files older than a grace period; committed data is kept."""
         from medprobe.featurestore import gc_store
 
-        s = open_store(store, create=False)
+        s = open_store(store)
         rep = gc_store(s, parse_duration(grace), dry_run=dry_run)
         verb = "would remove" if dry_run else "removed"
 
@@ -132,7 +160,7 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
     ) -> None:
         """Run a read-only SQL query over images, dataset_images, feature_sets, activations, runs, ..."""
-        result = open_store(store, create=False).sql(query)
+        result = open_store(store).sql(query)
         emit(fmt, out, rows=result, show=lambda: console.print(arrow_to_rich(result, max_rows=max_rows)))
 
     @app.command("export")
@@ -149,7 +177,7 @@ def register(app: typer.Typer) -> None:
         """Write one layer's rows as X (rows x hidden) and image_hash arrays to an .npz file."""
         from medprobe.featurestore import export_npz
 
-        s = open_store(store, create=False)
+        s = open_store(store)
         s.feature_set(feature_set)
         layer = resolve_layer(layers, s.layers(feature_set), what=f"feature set {feature_set}")
         res = export_npz(s, feature_set, layer, out, dataset=dataset, split=split)

@@ -6,6 +6,7 @@ and in whether several layers may be named.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
@@ -92,7 +93,16 @@ class ProtocolOptions:
     device: DeviceOpt = None
 
     def grid(self) -> list[float]:
-        return float_list(self.c_grid, "--c-grid") if self.c_grid else list(DEFAULT_C_GRID)
+        """The C grid: given values (positive, finite, at least one) or the default log grid."""
+        if self.c_grid is None:
+            return list(DEFAULT_C_GRID)
+        values = float_list(self.c_grid, "--c-grid")
+        if not values:
+            raise InvalidInputError(f"--c-grid {','.join(self.c_grid)!r} names no C value; e.g. --c-grid 0.01,0.1,1")
+        bad = [v for v in values if not (math.isfinite(v) and v > 0)]
+        if bad:
+            raise InvalidInputError(f"--c-grid: every C must be a positive finite number; got {bad}")
+        return sorted(set(values))
 
 
 @dataclass
@@ -128,15 +138,35 @@ def _spec(
         selection=protocol.selection.value,
         n_splits=protocol.cv,
         test_split=protocol.test_split.value,
-        fractions=float_list(sampling.train_fraction, "--train-fraction") if sampling and sampling.train_fraction
-        else [1.0],
-        seeds=int_list(sampling.seeds, "--seeds") if sampling and sampling.seeds else [0, 1, 2],
+        fractions=_fractions(sampling),
+        seeds=_seeds(sampling),
         class_weight=None if protocol.class_weight is ClassWeight.none else protocol.class_weight.value,
         allow_missing=protocol.allow_missing,
         n_boot=protocol.n_boot,
         seed=protocol.boot_seed,
         device=protocol.device,
     )  # fmt: skip
+
+
+def _fractions(sampling: Subsampling | None) -> list[float]:
+    if sampling is None or sampling.train_fraction is None:
+        return [1.0]
+    values = float_list(sampling.train_fraction, "--train-fraction")
+    if not values:
+        raise InvalidInputError("--train-fraction names no fraction; e.g. --train-fraction 0.1,0.5,1")
+    bad = [v for v in values if not 0 < v <= 1]
+    if bad:
+        raise InvalidInputError(f"--train-fraction values must lie in (0, 1]; got {bad}")
+    return sorted(set(values))
+
+
+def _seeds(sampling: Subsampling | None) -> list[int]:
+    if sampling is None or sampling.seeds is None:
+        return [0, 1, 2]
+    values = int_list(sampling.seeds, "--seeds")
+    if not values:
+        raise InvalidInputError("--seeds names no seed; e.g. --seeds 0,1,2")
+    return list(dict.fromkeys(values))
 
 
 def stored_layers(store: FeatureStore, feature_set_id: str) -> list[int]:

@@ -10,7 +10,7 @@ and ``export_npz`` (the store commands).
 from medprobe.featurestore.export import export_npz
 from medprobe.featurestore.files import STORE_URI, FileArea, StoreBlobs
 from medprobe.featurestore.ids import canonical_json, config_json, new_id, stable_hash
-from medprobe.featurestore.maintenance import gc_store, store_info, verify_store
+from medprobe.featurestore.maintenance import gc_store, quarantine, store_info, verify_store
 from medprobe.featurestore.runs import package_versions, start_run
 from medprobe.featurestore.store import FeatureStore, default_store_url
 
@@ -26,6 +26,7 @@ __all__ = [
     "gc_store",
     "new_id",
     "package_versions",
+    "quarantine",
     "stable_hash",
     "start_run",
     "store_info",

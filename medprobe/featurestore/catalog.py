@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from medprobe.errors import InvalidInputError, ReadOnlySQLError
 from medprobe.featurestore.fragments import list_fragments
@@ -58,6 +59,8 @@ class Catalog:
         if not loc.is_local:
             self.con.register_filesystem(loc.fs)
         self._files: dict[str, tuple[str, ...] | None] = dict.fromkeys(TABLES)
+        self._footers_ok: set[str] = set()  # fragments are immutable: a footer read once stays valid
+        self.unreadable: dict[str, str] = {}  # fragment path -> why it is left out of every view
         for spec in TABLES.values():
             self.con.register(f"_empty_{spec.name}", spec.schema.empty_table())
         self.refresh()
@@ -72,7 +75,7 @@ class Catalog:
         with self.lock:
             for name in tables or TABLES:
                 spec = TABLES[name]
-                files = tuple(e["name"] for e in list_fragments(self.loc, name))
+                files = self._readable(e["name"] for e in list_fragments(self.loc, name))
                 if files == self._files[name]:
                     continue
                 raw = _ident(f"raw_{name}")
@@ -84,6 +87,25 @@ class Catalog:
                 self.con.execute(f"CREATE OR REPLACE VIEW {raw} AS SELECT * FROM {source}")
                 self.con.execute(f"CREATE OR REPLACE VIEW {_ident(name)} AS {_dedup_view_sql(spec)}")
                 self._files[name] = files
+
+    def _readable(self, paths: Iterable[str]) -> tuple[str, ...]:
+        """The fragments whose Parquet footer reads; the others go to ``unreadable`` and stay out of the views
+        (``medprobe store verify`` names them, ``medprobe store quarantine`` moves them aside)."""
+        out = []
+        for path in paths:
+            if path not in self._footers_ok:
+                try:
+                    with self.loc.fs.open(path, "rb") as f:
+                        pq.read_metadata(f)
+                except FileNotFoundError:
+                    continue  # moved aside since it was listed
+                except (OSError, ValueError) as e:
+                    self.unreadable[path] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                    continue
+                self._footers_ok.add(path)
+                self.unreadable.pop(path, None)
+            out.append(path)
+        return tuple(out)
 
     def scan_activations(self, feature_set_id: str, layers: Sequence[int]) -> pa.Table:
         """Raw manifest rows ``(layer, image_hash, segment_id, row)`` of a feature set and ``layers``, in no set order.

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow.parquet as pq
 
-from medprobe.errors import CorruptDataError
+from medprobe.errors import CorruptDataError, InvalidInputError
 from medprobe.featurestore.fragments import list_fragments, table_dir
 from medprobe.featurestore.fsio import list_files
 from medprobe.featurestore.ids import id_time
@@ -85,6 +85,8 @@ class VerifyReport:
     segments_checked: int = 0
     rows_checked: int = 0
     problems: list[str] = field(default_factory=list)
+    unreadable_fragments: list[str] = field(default_factory=list)  # fragment paths whose Parquet does not read
+    broken_segments: list[str] = field(default_factory=list)  # segment ids whose data is missing or corrupt
 
     @property
     def ok(self) -> bool:
@@ -108,7 +110,11 @@ def verify_store(
                 with store.loc.fs.open(frag["name"], "rb") as f:
                     pq.read_metadata(f)
             except (OSError, ValueError) as e:
-                report.problems.append(f"table {name}: fragment {posixpath.basename(frag['name'])} unreadable: {e}")
+                report.unreadable_fragments.append(frag["name"])
+                report.problems.append(
+                    f"table {name}: fragment {frag['name']} unreadable ({str(e).splitlines()[0][:200]}); "
+                    "`medprobe store quarantine` moves it aside"
+                )
     segs = store.catalog.query(
         "SELECT segment_id, any_value(feature_set_id) AS feature_set_id, list(DISTINCT layer) AS layers, "
         "max(row) AS max_row, count(*) AS n FROM raw_activations GROUP BY segment_id ORDER BY segment_id"
@@ -117,12 +123,15 @@ def verify_store(
         if progress is not None:
             progress(report.segments_checked, len(segs))
         report.segments_checked += 1
+        report.rows_checked += int(seg["n"])
         sid, fsid = seg["segment_id"], seg["feature_set_id"]
+        n_problems = len(report.problems)
         where = f"segment {sid} (feature set {fsid})"
         try:
             attrs = store.segments.attrs(sid)
         except (FileNotFoundError, KeyError, ValueError, OSError) as e:
             report.problems.append(f"{where}: missing or unreadable group: {type(e).__name__}: {e}")
+            report.broken_segments.append(sid)
             continue
         for layer in sorted(seg["layers"]):
             try:
@@ -143,7 +152,8 @@ def verify_store(
             except (CorruptDataError, FileNotFoundError, KeyError, ValueError, OSError) as e:
                 msg = str(e).splitlines()[0][:200]
                 report.problems.append(f"{where}: layer {layer} ({layer_array_name(layer)}) unreadable: {msg}")
-        report.rows_checked += int(seg["n"])
+        if len(report.problems) > n_problems:
+            report.broken_segments.append(sid)
     if progress is not None:
         progress(report.segments_checked, len(segs))
     return report
@@ -168,11 +178,28 @@ def _age(store: FeatureStore, path: str, name: str, now: dt.datetime) -> dt.time
     return now - born if born else dt.timedelta(0)
 
 
-def gc_store(store: FeatureStore, grace: dt.timedelta, *, dry_run: bool = False) -> GCReport:
+MIN_GC_GRACE = dt.timedelta(minutes=15)  # far longer than one segment write (seconds), the writer's window
+
+
+def _human(d: dt.timedelta) -> str:
+    s = int(d.total_seconds())
+    return f"{s // 3600}h" if s and s % 3600 == 0 else f"{s // 60}m" if s and s % 60 == 0 else f"{s}s"
+
+
+def gc_store(
+    store: FeatureStore, grace: dt.timedelta, *, dry_run: bool = False, min_grace: dt.timedelta = MIN_GC_GRACE
+) -> GCReport:
     """Remove segment folders no manifest fragment references, and stale temp files, older than ``grace``.
 
-    Committed data is never touched: a segment referenced by any activations fragment is kept.
+    Committed data is never touched: a segment referenced by any activations fragment is kept. ``grace`` below
+    ``min_grace`` is refused: a live writer commits its manifest after its segment is written, and gc must not
+    remove that segment first (lower ``min_grace`` only for a store no process is writing to).
     """
+    if grace < min_grace:
+        raise InvalidInputError(
+            f"--grace {_human(grace)} is shorter than the minimum {_human(min_grace)}: a live extraction may be about "
+            f"to commit a segment that young; use --grace {_human(min_grace)} or more"
+        )
     report = GCReport()
     store.refresh()
     committed = set(store.catalog.query("SELECT DISTINCT segment_id FROM raw_activations").column(0).to_pylist())
@@ -198,3 +225,41 @@ def gc_store(store: FeatureStore, grace: dt.timedelta, *, dry_run: bool = False)
                 if not dry_run:
                     store.loc.fs.rm(entry["name"])
     return report
+
+
+QUARANTINE_DIR = "quarantine"
+
+
+@dataclass
+class QuarantineReport:
+    moved: list[tuple[str, str]] = field(default_factory=list)  # (from, to)
+    rows_hidden: int = 0  # manifest rows whose data was gone: extraction will redo them
+
+
+def quarantine(store: FeatureStore, report: VerifyReport, *, dry_run: bool = False) -> QuarantineReport:
+    """Move aside (never delete) what ``verify`` found broken: unreadable fragments of any table, and the manifest
+    fragments of segments whose data is missing or corrupt, so their rows become missing and re-extractable.
+
+    Files go to ``<store>/quarantine/<table>/`` under their own names.
+    """
+    out = QuarantineReport()
+    targets = list(report.unreadable_fragments)
+    if report.broken_segments:
+        counts = store.catalog.query(
+            "SELECT segment_id, count(*) AS n FROM raw_activations WHERE list_contains(?, segment_id) GROUP BY 1",
+            [report.broken_segments],
+        ).to_pylist()
+        out.rows_hidden = sum(int(r["n"]) for r in counts)
+        targets += [
+            posixpath.join(table_dir(store.loc, "activations"), f"{sid}.parquet") for sid in report.broken_segments
+        ]
+    for src in dict.fromkeys(targets):
+        table = posixpath.basename(posixpath.dirname(src))
+        dst = store.loc.path(QUARANTINE_DIR, table, posixpath.basename(src))
+        out.moved.append((src, dst))
+        if not dry_run and store.loc.fs.exists(src):
+            store.loc.fs.makedirs(posixpath.dirname(dst), exist_ok=True)
+            store.loc.fs.mv(src, dst)
+    if not dry_run:
+        store.refresh()
+    return out

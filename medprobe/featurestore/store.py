@@ -6,6 +6,7 @@ import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from medprobe.errors import CorruptDataError, InvalidInputError, NotFoundError, StoreFormatError
+from medprobe.errors import CorruptDataError, InvalidInputError, NotFoundError, StoreFormatError, StoreWriteError
 from medprobe.featurestore.catalog import Catalog
 from medprobe.featurestore.files import STORE_URI, FileArea
 from medprobe.featurestore.fragments import append_fragment, to_arrow
@@ -45,6 +46,20 @@ def _check_fits_float16(layer: int, arr: np.ndarray) -> None:
             f"layer {layer}: {int(too_big.sum())} value(s) exceed the float16 range (|x| > 65504, largest "
             f"{float(np.nanmax(np.abs(arr))):.4g}); store this feature set as bfloat16 or float32"
         )
+
+
+@contextmanager
+def _naming_the_store(url: str, doing: str) -> Iterator[None]:
+    """Turn an OS-level write failure (a full disk, no permission) into one line that names the store."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        reason = e.strerror or type(e).__name__
+        raise StoreWriteError(
+            f"store {url}: {doing} failed: {reason}; free space or fix permissions there (nothing was committed)"
+        ) from e
 
 
 def default_store_url() -> str:
@@ -116,12 +131,15 @@ class FeatureStore:
         """Open (and by default create) the store at ``url``; refuses a newer format version."""
         url = url or default_store_url()
         loc = resolve(url)
+        if loc.fs.isfile(loc.path()):
+            raise InvalidInputError(f"store {url} is a file, not a store folder: pass --store a folder or URL")
         marker = loc.path(MARKER)
         if not loc.fs.exists(marker):
             if not create:
                 raise NotFoundError(f"no medprobe store at {url} (no {MARKER}); create one by ingesting data")
             body = {"format_version": FORMAT_VERSION, "created_at": utcnow().isoformat()}
-            create_exclusive(loc, marker, json.dumps(body, indent=1).encode())
+            with _naming_the_store(url, "creating the store"):
+                create_exclusive(loc, marker, json.dumps(body, indent=1).encode())
         return cls(loc)
 
     def _check_format(self) -> dict[str, Any]:
@@ -142,6 +160,11 @@ class FeatureStore:
     def url(self) -> str:
         return self.loc.url
 
+    @property
+    def unreadable_fragments(self) -> dict[str, str]:
+        """Fragments left out of every table because their Parquet does not read: path -> why."""
+        return dict(self.catalog.unreadable)
+
     def close(self) -> None:
         self.catalog.close()
 
@@ -151,7 +174,8 @@ class FeatureStore:
         data = to_arrow(table, rows if isinstance(rows, pa.Table) else list(rows))
         if data.num_rows == 0:
             return
-        append_fragment(self.loc, table, data)
+        with _naming_the_store(self.url, f"appending {data.num_rows} {table} row(s)"):
+            append_fragment(self.loc, table, data)
         self.catalog.refresh([table])
 
     def refresh(self) -> None:
@@ -253,7 +277,8 @@ class FeatureStore:
             if dtype == "float16":
                 _check_fits_float16(layer, np.asarray(arr))
         segment_id = new_id("seg")
-        write_segment(self.loc, segment_id, feature_set_id, hashes, arrays, dtype=dtype)
+        with _naming_the_store(self.url, f"writing segment {segment_id}"):
+            write_segment(self.loc, segment_id, feature_set_id, hashes, arrays, dtype=dtype)
         n = len(hashes)
         layers = sorted(arrays)
         hash_array = pa.array(hashes, pa.string())
@@ -267,8 +292,22 @@ class FeatureStore:
             },
             schema=TABLES["activations"].schema,
         )
-        append_fragment(self.loc, "activations", manifest, name=segment_id)
+        self._check_segment_whole(segment_id, layers)
+        with _naming_the_store(self.url, f"committing segment {segment_id}"):
+            append_fragment(self.loc, "activations", manifest, name=segment_id)
         return segment_id
+
+    def _check_segment_whole(self, segment_id: str, layers: Sequence[int]) -> None:
+        """Refuse to commit a manifest whose segment is no longer whole on storage (e.g. removed by a gc)."""
+        try:
+            problems = [f"layer {x}: {p}" for x in layers for p in self.segments.check_chunk_files(segment_id, x)]
+        except (FileNotFoundError, KeyError, ValueError) as e:
+            problems = [f"{type(e).__name__}: {e}"]
+        if problems:
+            raise CorruptDataError(
+                f"segment {segment_id} was written but is not whole any more ({problems[0]}); its rows are not "
+                "committed: rerun the command (was `medprobe store gc` run on this store meanwhile?)"
+            )
 
     # ------------------------------------------------------------------ activations: read
     def existing(self, feature_set_id: str, layers: Sequence[int] | None = None) -> pa.Table:

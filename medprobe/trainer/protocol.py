@@ -58,17 +58,24 @@ def cv_strata(strata: np.ndarray, kind: ProbeKind, n_splits: int) -> np.ndarray:
 
 
 def cv_splits(
-    strata: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int
+    strata: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int, *, strict: bool = False
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
     """Seeded stratified K-fold (grouped when ``groups`` is given) over positions ``0..len(strata)-1``.
 
-    Uses ``min(n_splits, smallest stratum, number of groups)`` folds; returns the splits and a label
-    such as ``"cv:5:grouped"``.
+    Uses ``min(n_splits, smallest stratum, number of groups)`` folds (``strict``: refuses fewer than asked instead);
+    returns the splits and a label such as ``"cv:5:grouped"`` naming the folds used.
     """
     _, counts = np.unique(strata, return_counts=True)
     k = min(n_splits, int(counts.min()))
-    if groups is not None:
-        k = min(k, len(np.unique(groups)))
+    n_groups = len(np.unique(groups)) if groups is not None else None
+    if n_groups is not None:
+        k = min(k, n_groups)
+    if strict and 2 <= k < n_splits:
+        groups_note = f" and {n_groups} patient groups" if n_groups is not None else ""
+        raise InvalidInputError(
+            f"--cv {n_splits}: the training rows allow at most {k} folds (the smallest class has "
+            f"{int(counts.min())} rows{groups_note}); use --cv {k} or fewer"
+        )
     if k < 2:
         raise InvalidInputError(
             f"cross-validation needs at least 2 rows (and groups) of every class; the smallest class has "
@@ -190,7 +197,10 @@ def _folds(
     """(train rows, validation rows) of each fold of one setting's ``rows``, and the selection's label."""
     if selection == "cv":
         g = None if groups is None else np.asarray(groups)[rows]
-        splits, label = cv_splits(cv_strata(strata[rows], kind, n_splits), g, n_splits, seed)
+        # the full training pool must allow the folds asked for; a small subsample may use fewer (its label says so)
+        splits, label = cv_splits(
+            cv_strata(strata[rows], kind, n_splits), g, n_splits, seed, strict=len(rows) == len(strata)
+        )
         return [(rows[tr], rows[va]) for tr, va in splits], label
     if selection == "val":
         if is_val is None or not np.any(is_val[rows]) or np.all(is_val[rows]):

@@ -29,6 +29,7 @@ PRINTS_RESULTS = {
     "store info",
     "store verify",
     "store gc",
+    "store quarantine",
 }
 # Commands that write files instead of printing results: -o/--out names what they write.
 WRITES_FILES = {"export", "report", "demo"}

@@ -156,8 +156,10 @@ def test_info_and_gc_commands(two_segments, capsys):
     store, _, _ = two_segments
     code, out, _ = run_cli(capsys, "store", "info", "--store", store.url)
     assert code == 0 and "activations" in out and "fs-test" in out
-    code, out, _ = run_cli(capsys, "store", "gc", "--store", store.url, "--grace", "0s", "--dry-run")
+    code, out, _ = run_cli(capsys, "store", "gc", "--store", store.url, "--grace", "1h", "--dry-run")
     assert code == 0 and "would remove 0 uncommitted segment(s)" in out and "kept 2 committed" in out
+    code, _, err = run_cli(capsys, "store", "gc", "--store", store.url, "--grace", "0s")
+    assert code != 0 and "shorter than the minimum 15m" in err
     code, _, err = run_cli(capsys, "store", "gc", "--store", store.url, "--grace", "soon")
     assert code != 0 and "cannot read duration 'soon'" in err
     code, _, err = run_cli(capsys, "store", "verify", "--store", store.url + "-absent")
