@@ -32,7 +32,7 @@ from medprobe.cli.options import (
 from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.errors import InvalidInputError
 from medprobe.layerspec import resolve_layer, resolve_layers
-from medprobe.schemas.vocab import ClassWeight, Selection, SolverName
+from medprobe.schemas.vocab import ClassWeight, SelectBy, Selection, SolverName
 from medprobe.trainer.defaults import DEFAULT_C_GRID, N_BOOT
 
 if TYPE_CHECKING:
@@ -73,6 +73,15 @@ class ProtocolOptions:
     selection: Annotated[
         Selection, typer.Option("--selection", help="Choose C by grouped stratified K-fold CV or on the val split.")
     ] = Selection.cv
+    select_by: Annotated[
+        SelectBy | None,
+        typer.Option(
+            "--select-by",
+            help="The validation metric that chooses C (default: the task's primary metric); ties between C values "
+            "are broken by held-out log loss.",
+            show_default=False,
+        ),
+    ] = None
     cv: Annotated[int, typer.Option("--cv", min=2, help="Folds for --selection cv.")] = 5
     test_split: Annotated[
         TestSplit,
@@ -136,6 +145,7 @@ def _spec(
         solver=protocol.solver.value,
         c_grid=protocol.grid(),
         selection=protocol.selection.value,
+        select_by=None if protocol.select_by is None else protocol.select_by.value,
         n_splits=protocol.cv,
         test_split=protocol.test_split.value,
         fractions=_fractions(sampling),
@@ -186,6 +196,7 @@ def _params(spec: ExperimentSpec) -> dict[str, Any]:
         "solver": spec.solver,
         "c_grid": list(spec.c_grid),
         "selection": spec.selection,
+        "select_by": spec.select_by or spec.task.primary_metric,
         "cv": spec.n_splits,
         "test_split": spec.test_split,
         "train_fraction": list(spec.fractions),
@@ -211,6 +222,8 @@ def _probe_row(o: ProbeOutcome) -> dict[str, Any]:
         "C": o.C,
         "selection": o.selection,
         "cv_mean": o.cv_mean,
+        "selected_by": o.select_by,
+        "c_tied": o.tied,
         "n_train": o.n_train,
         "n_test": len(o.y_test),
         "converged": o.probe.converged,
@@ -225,7 +238,8 @@ def _probe_row(o: ProbeOutcome) -> dict[str, Any]:
 
 
 def _probe_json(o: ProbeOutcome) -> dict[str, Any]:
-    keys = ("probe_id", "layer", "train_fraction", "seed", "C", "selection", "cv_mean", "n_train", "n_test")
+    keys = ("probe_id", "layer", "train_fraction", "seed", "C", "selection", "selected_by", "c_tied", "cv_mean",
+            "n_train", "n_test")  # fmt: skip
     row = _probe_row(o)
     return {**{k: row[k] for k in keys}, "converged": o.probe.converged, "n_iter": o.probe.n_iter,
             "test": _test_json(o.metrics)}  # fmt: skip
@@ -321,7 +335,10 @@ def _run_probes(
 
     def show() -> None:
         _print_outcomes(run.run_id, outcomes, f"{kind}: {spec.task.dataset}/{spec.task.task}")
-        console.print(f"best layer by {spec.selection} (training rows only): {best.layer}; run id: {run.run_id}")
+        console.print(
+            f"C and the best layer chosen by {best.select_by} ({spec.selection}, training rows only): layer "
+            f"{best.layer}; run id: {run.run_id}"
+        )
 
     rows = [{"run_id": run.run_id, "feature_set_id": spec.feature_set_id, **_probe_row(o)} for o in outcomes]
     emit(fmt, out, rows=rows, document=document, show=show)

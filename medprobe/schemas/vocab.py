@@ -92,6 +92,15 @@ class NeoplasticShare(StrEnum):
     area = "area"
     cells = "count"
 
+
+class SelectBy(StrEnum):
+    """The validation metric that chooses C (``log_loss``: the lowest wins)."""
+
+    macro_auc = "macro_auc"
+    macro_f1 = "macro_f1"
+    balanced_accuracy = "balanced_accuracy"
+    log_loss = "log_loss"
+
 SPLITS: tuple[str, ...] = tuple(s.value for s in Split)
 STORAGE_DTYPES: tuple[str, ...] = tuple(d.value for d in StorageDType)
 COMPUTE_DTYPES: tuple[str, ...] = tuple(d.value for d in ComputeDType)

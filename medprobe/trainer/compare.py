@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from medprobe.schemas.tables import ProbeComparisonRow, TaskRow
 from medprobe.trainer.bootstrap import N_BOOT, paired_comparison
 from medprobe.trainer.experiment import ProbeOutcome
+from medprobe.trainer.protocol import LOWER_IS_BETTER
 
 
 def best_layer(outcomes: Sequence[ProbeOutcome]) -> ProbeOutcome:
@@ -15,7 +16,8 @@ def best_layer(outcomes: Sequence[ProbeOutcome]) -> ProbeOutcome:
     scored = [o for o in full if o.cv_mean is not None]
     if not scored:
         return full[0]
-    return max(scored, key=lambda o: (o.cv_mean, -o.layer))
+    sign = -1.0 if scored[0].select_by in LOWER_IS_BETTER else 1.0
+    return max(scored, key=lambda o: (sign * (o.cv_mean or 0.0), -o.layer))
 
 
 def compare_probes(

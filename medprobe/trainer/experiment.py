@@ -44,6 +44,7 @@ class ExperimentSpec:
     n_boot: int = N_BOOT
     seed: int = 0
     device: str | None = None
+    select_by: str | None = None  # the metric that chooses C (None: the task's primary metric)
     solver_options: dict = field(default_factory=dict)
 
     @property
@@ -80,6 +81,9 @@ class ProbeOutcome:
     proba: np.ndarray
     n_train: int
     weights_uri: str | None = None
+    select_by: str = "macro_auc"  # the metric that chose C
+    cv_log_loss: float | None = None  # mean held-out log loss of the chosen C
+    tied: int = 1  # C values tied on the selection metric (the tie broken by log loss)
 
 
 def _weights_bytes(probe: FittedProbe, meta: dict[str, str]) -> bytes:
@@ -148,7 +152,7 @@ def run_experiment(
         options["device"] = spec.device
     solver = get_solver(spec.solver, **options)
     settings = spec.settings()
-    metric = spec.task.primary_metric
+    metric = spec.select_by or spec.task.primary_metric
     timing = ProtocolTiming()
     n_cols = len(settings) * ((spec.n_splits if spec.selection == "cv" else 1) * len(spec.c_grid) + 1)
     outcomes: list[ProbeOutcome] = []
@@ -194,6 +198,9 @@ def run_experiment(
                     data.y[test],
                     proba,
                     r.n_train,
+                    select_by=r.select_by,
+                    cv_log_loss=float(np.mean(r.cv_log_loss[repr(r.C)])) if r.cv_log_loss else None,
+                    tied=r.tied,
                 )
             )
         bar.update(task_bar, completed=len(spec.layers) * n_cols)
@@ -227,6 +234,10 @@ def write_outcomes(
         o.weights_uri = store.put_bytes(f"probes/{run_id}/{o.probe_id}.safetensors", _weights_bytes(o.probe, meta))
         metrics = dict(o.metrics)
         metrics["cv_mean"] = o.cv_mean
+        metrics["selected_by"] = o.select_by
+        metrics["cv_log_loss"] = o.cv_log_loss
+        metrics["c_tied"] = o.tied
+        metrics["n_boot"] = spec.n_boot
         metrics["timing"] = {
             "select_seconds": timing.select_seconds,
             "refit_seconds": timing.refit_seconds,

@@ -125,6 +125,9 @@ class ProtocolResult:
     selection: str
     n_train: int
     train_rows: np.ndarray  # positions in the training pool
+    select_by: str = "macro_auc"  # the metric that chose C
+    cv_log_loss: dict[str, list[float]] = field(default_factory=dict)  # {C: held-out log loss per fold}
+    tied: int = 1  # C values that tied on the selection metric (broken by log loss)
 
 
 @dataclass
@@ -151,17 +154,33 @@ def _check_classes(y_rows: np.ndarray, kind: ProbeKind, class_names: Sequence[st
         )
 
 
+LOWER_IS_BETTER = frozenset({"log_loss"})
+TIE_TOLERANCE = 1e-9  # mean selection scores this close are a tie, broken by held-out log loss
+
+
+def log_loss(y: np.ndarray, proba: np.ndarray, kind: ProbeKind) -> float:
+    """Mean negative log-likelihood of the labels (multilabel: mean over rows and findings), probabilities clipped."""
+    p = np.clip(np.asarray(proba, dtype=np.float64), 1e-15, 1 - 1e-15)
+    y = np.asarray(y)
+    if kind == "multilabel":
+        t = y.astype(np.float64)
+        return float(-np.mean(t * np.log(p) + (1 - t) * np.log(1 - p)))
+    return float(-np.mean(np.log(p[np.arange(len(y)), y.astype(int)])))
+
+
 def score_probes(
     X: np.ndarray, y: np.ndarray, probes: Sequence[FittedProbe], kind: ProbeKind, n_classes: int, metric: str
-) -> list[float | None]:
-    """Selection metric of each probe on rows ``X``; the probes must share one training row set."""
-    out: list[float | None] = []
+) -> list[tuple[float | None, float]]:
+    """(selection metric, log loss) of each probe on rows ``X``; the probes must share one training row set."""
+    out: list[tuple[float | None, float]] = []
     W = np.ones((1, len(y)))
     Z = ((np.asarray(X, dtype=np.float64) - probes[0].mean) / probes[0].scale).astype(np.float32)
     for p in probes:
         logits = Z @ p.coef.T.astype(np.float32) + p.intercept.astype(np.float32)
-        value = replicate_metrics(y, logits_to_proba(logits, kind), kind, n_classes, W)[metric][0]
-        out.append(float(value) if np.isfinite(value) else None)
+        proba = logits_to_proba(logits, kind)
+        loss = log_loss(y, proba, kind)
+        value = loss if metric == "log_loss" else replicate_metrics(y, proba, kind, n_classes, W)[metric][0]
+        out.append((float(value) if np.isfinite(value) else None, loss))
     return out
 
 
@@ -243,6 +262,35 @@ def _plan_selection(
     return plan
 
 
+@dataclass
+class Choice:
+    """The C chosen for one (layer, setting) and the evidence: every C's fold scores and fold log losses."""
+
+    C: float
+    scores: dict[str, list[float | None]]  # {repr(C): selection metric per fold}
+    log_losses: dict[str, list[float]]  # {repr(C): held-out log loss per fold}
+    tied: int  # how many C values tied on the selection metric (1: no tie)
+
+
+def pick_C(
+    c_grid: Sequence[float], scores: Sequence[Sequence[float | None]], losses: Sequence[Sequence[float]], metric: str
+) -> tuple[int, int]:
+    """Index of the best C by mean fold score (``log_loss``: lowest), ties broken by the lowest mean held-out log
+    loss, then the smallest C; and how many C values tied on the score."""
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    means = np.array([np.mean([v for v in s if v is not None] or [np.nan]) for s in scores]) * sign
+    if np.all(np.isnan(means)):
+        raise InvalidInputError(
+            f"the selection metric {metric} is undefined on every validation fold (each holds one class): use "
+            "--selection cv with more rows, or --select-by log_loss"
+        )
+    best = np.nanmax(means)
+    tied = [i for i, m in enumerate(means) if np.isfinite(m) and m >= best - TIE_TOLERANCE * max(1.0, abs(best))]
+    loss = {i: float(np.mean(losses[i])) for i in tied}
+    chosen = min(tied, key=lambda i: (loss[i], c_grid[i]))
+    return chosen, len(tied)
+
+
 def _choose_C(
     layers: Sequence[np.ndarray],
     y: np.ndarray,
@@ -252,34 +300,32 @@ def _choose_C(
     kind: ProbeKind,
     n_classes: int,
     metric: str,
-) -> tuple[np.ndarray, dict[tuple[int, int], dict[str, list[float | None]]]]:
-    """The C with the best mean validation score per (layer, setting), and every C's fold scores (the evidence).
-
-    Ties go to the smallest C (the strongest regularisation).
-    """
+) -> dict[tuple[int, int], Choice]:
+    """The chosen C and its evidence per (layer, setting); see :func:`pick_C`."""
     n_settings = len(plan.train_rows_of)
-    best_C = np.zeros((len(layers), n_settings))
-    evidence: dict[tuple[int, int], dict[str, list[float | None]]] = {}
+    choices: dict[tuple[int, int], Choice] = {}
     folds = sorted({(si, fi) for si, fi, _ in plan.cols})
     for g, X in enumerate(layers):
         scores: dict[int, dict[int, list[float | None]]] = {}
+        losses: dict[int, dict[int, list[float]]] = {}
         for si, fi in folds:
             idx = [m for m, (s2, f2, _) in enumerate(plan.cols) if (s2, f2) == (si, fi)]
             va = plan.val_rows[si][fi]
             vals = score_probes(np.asarray(X)[va], y[va], [fitted[g][m] for m in idx], kind, n_classes, metric)
-            for m, v in zip(idx, vals, strict=True):
+            for m, (v, loss) in zip(idx, vals, strict=True):
                 scores.setdefault(si, {}).setdefault(plan.cols[m][2], []).append(v)
+                losses.setdefault(si, {}).setdefault(plan.cols[m][2], []).append(loss)
         for si in range(n_settings):
-            per_c = scores[si]
-            means = [np.mean([v for v in per_c[ci] if v is not None] or [np.nan]) for ci in range(len(c_grid))]
-            if np.all(np.isnan(means)):
-                raise InvalidInputError(
-                    f"the selection metric {metric} is undefined on every validation fold (each holds one "
-                    "class): use --selection cv with more rows or another metric"
-                )
-            best_C[g, si] = c_grid[int(np.nanargmax(means))]
-            evidence[(g, si)] = {repr(c_grid[ci]): per_c[ci] for ci in range(len(c_grid))}
-    return best_C, evidence
+            per_c = [scores[si][ci] for ci in range(len(c_grid))]
+            loss_c = [losses[si][ci] for ci in range(len(c_grid))]
+            best, tied = pick_C(c_grid, per_c, loss_c, metric)
+            choices[(g, si)] = Choice(
+                float(c_grid[best]),
+                {repr(c_grid[ci]): per_c[ci] for ci in range(len(c_grid))},
+                {repr(c_grid[ci]): loss_c[ci] for ci in range(len(c_grid))},
+                tied,
+            )
+    return choices
 
 
 def fit_protocol(
@@ -316,7 +362,8 @@ def fit_protocol(
     fitted = solver.fit_many(
         layers, y, kind, K, plan.batch(c_grid, len(layers)), class_weight=class_weight, on_iteration=on_iteration
     )
-    best_C, evidence = _choose_C(layers, y, fitted, plan, c_grid, kind, K, metric)
+    choices = _choose_C(layers, y, fitted, plan, c_grid, kind, K, metric)
+    best_C = np.array([[choices[(g, si)].C for si in range(len(settings))] for g in range(len(layers))])
     t1 = time.perf_counter()
     refit_batch = ProbeBatch(plan.train_rows_of, np.arange(len(settings)), best_C)
     refit = solver.fit_many(layers, y, kind, K, refit_batch, class_weight=class_weight, on_iteration=on_iteration)
@@ -327,8 +374,9 @@ def fit_protocol(
         timing.n_probes += len(layers) * (len(plan.cols) + len(settings))
     return [
         ProtocolResult(
-            st, g, refit[g][si], float(best_C[g, si]), evidence[(g, si)], plan.labels[si],
-            len(plan.train_rows_of[si]), plan.train_rows_of[si],
+            st, g, refit[g][si], choices[(g, si)].C, choices[(g, si)].scores, plan.labels[si],
+            len(plan.train_rows_of[si]), plan.train_rows_of[si], metric, choices[(g, si)].log_losses,
+            choices[(g, si)].tied,
         )
         for si, st in enumerate(settings)
         for g in range(len(layers))

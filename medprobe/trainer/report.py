@@ -39,8 +39,13 @@ def _load(store: FeatureStore, run_ids: list[str]) -> tuple[list[dict], list[dic
     for fs in {r["feature_set_id"] for r in results}:
         row = store.feature_set(fs)
         names[fs] = f"{row.model_id.split('/')[-1]} ({row.pooling})"
+    params = {
+        row["run_id"]: json.loads(row["params"] or "{}")
+        for row in store.sql("SELECT run_id, params FROM runs WHERE list_contains(?, run_id)", [run_ids]).to_pylist()
+    }
     for r in results:
         r["m"] = json.loads(r["metrics"])
+        r["n_boot"] = r["m"].get("n_boot") or params.get(r["run_id"], {}).get("n_boot")
     return results, comps, names
 
 
@@ -52,7 +57,10 @@ def _val(entry: dict | None, key: str = "value") -> float:
 def _best(rows: list[dict]) -> dict:
     full = [r for r in rows if r["train_fraction"] == 1.0] or rows
     scored = [r for r in full if r["m"].get("cv_mean") is not None]
-    return max(scored, key=lambda r: (r["m"]["cv_mean"], -r["layer"])) if scored else full[0]
+    if not scored:
+        return full[0]
+    sign = -1.0 if scored[0]["m"].get("selected_by") == "log_loss" else 1.0
+    return max(scored, key=lambda r: (sign * r["m"]["cv_mean"], -r["layer"]))
 
 
 def _short(run_id: str) -> str:
@@ -234,23 +242,29 @@ def write_summary(
     results: list[dict[str, Any]], comps: list[dict[str, Any]], names: dict[str, str], images: list[Path], out: Path
 ) -> Path:
     """summary.md: every probe's test metrics with CIs, the comparisons, and links to the plots."""
+    boots = sorted({int(r["n_boot"]) for r in results if r.get("n_boot")})
+    replicates = " or ".join(f"{b:,}" for b in boots) or "an unrecorded number of"
     lines = [
         "# medprobe report",
         "",
-        "Test-split metrics with 95% bootstrap CIs (1,000 replicates unless stated). "
-        "C and the best layer were chosen on training rows only.",
+        f"Test-split metrics with 95% bootstrap CIs ({replicates} replicates). "
+        "C and the best layer were chosen on training rows only, by the metric in the 'C chosen by' column "
+        "(ties between C values broken by held-out log loss).",
         "",
     ]
     head = (
-        "| run | feature set | task | layer | fraction | seed | C | n train | n test "
+        "| run | feature set | task | layer | fraction | seed | C | C chosen by | n train | n test "
         "| macro AUC | bal. acc | macro F1 |"
     )
-    lines += [head, "|" + "---|" * 12]
+    lines += [head, "|" + "---|" * 13]
     for r in results:
         m = r["m"]
+        chosen_by = m.get("selected_by") or "primary metric"
+        if (m.get("c_tied") or 1) > 1:
+            chosen_by += f" ({m['c_tied']} C tied; log loss)"
         lines.append(
             f"| {r['run_id']} | {names[r['feature_set_id']]} | {r['task']} | {r['layer']} | {r['train_fraction']:g} "
-            f"| {r['seed']} | {r['c']:g} | {r['n_train']} | {r['n_test']} | {_cell(m['macro_auc'])} "
+            f"| {r['seed']} | {r['c']:g} | {chosen_by} | {r['n_train']} | {r['n_test']} | {_cell(m['macro_auc'])} "
             f"| {_cell(m['balanced_accuracy'])} | {_cell(m['macro_f1'])} |"
         )
     if comps:

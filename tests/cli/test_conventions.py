@@ -37,6 +37,7 @@ WRITES_FILES = {"export", "report", "demo"}
 CHOICES = {
     "--solver",
     "--selection",
+    "--select-by",
     "--class-weight",
     "--test-split",
     "--dtype",
