@@ -71,7 +71,10 @@ def to_uint8_pixels(pixels: np.ndarray) -> np.ndarray:
     if arr.dtype in (np.uint8, np.uint16):
         return np.ascontiguousarray(arr)
     if np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer):
-        return np.clip(np.rint(arr.astype(np.float32)), 0, 255).astype(np.uint8)
+        values = arr.astype(np.float64)
+        if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 255:
+            raise ValueError(f"pixel values outside 0..255 (dtype {arr.dtype}); scale them before ingesting")
+        return np.rint(values).astype(np.uint8)
     raise ValueError(f"pixel array of dtype {arr.dtype} cannot be an image")
 
 

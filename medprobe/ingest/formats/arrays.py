@@ -16,6 +16,7 @@ from medprobe.errors import InvalidInputError
 from medprobe.ingest.records import (
     FormatOptions,
     ParsedSource,
+    Problem,
     SourceRecord,
     infer_type,
 )
@@ -52,31 +53,76 @@ def parse_medmnist(source: Path, options: FormatOptions) -> ParsedSource:
                 raise InvalidInputError(
                     f"{source}: {s}_images {images.shape} and {s}_labels {labels.shape} do not match"
                 )
-            arrays[s] = (images, labels)
+            arrays[s] = (as_image_array(images, f"{source}:{s}_images"), labels)
     width = {a[1].shape[1] for a in arrays.values()}
     if len(width) != 1:
         raise InvalidInputError(f"{source}: label arrays have different widths {sorted(width)}")
     multilabel = width.pop() > 1
-    n_classes = (
-        arrays[splits[0]][1].shape[1] if multilabel else int(max(int(a[1].max(initial=0)) for a in arrays.values())) + 1
-    )
+    valid = {s: _valid_labels(labels, multilabel) for s, (_, labels) in arrays.items()}
+    if multilabel:
+        n_classes = arrays[splits[0]][1].shape[1]
+    else:
+        n_classes = max((int(a[1][valid[s], 0].astype(np.int64).max(initial=-1)) for s, a in arrays.items()), default=-1) + 1
     names = list(options.class_names) or [str(i) for i in range(n_classes)]
-    if len(names) < n_classes:
+    if options.class_names and not multilabel:
+        n_classes = len(names)  # declared classes: a label past them is a bad row, not a new class
+    elif len(names) < n_classes:
         raise InvalidInputError(f"{source}: {n_classes} classes but --class-names gives {len(names)}")
 
-    records = []
+    records, problems = [], []
     for s in splits:
         images, labels = arrays[s]
         for i in range(len(images)):
+            where = f"{source}:{s}_labels[{i}]"
+            if not valid[s][i]:
+                problems.append(Problem(where, "bad_row", f"label {labels[i].tolist()} is not a class index "
+                                        "(a non-negative integer; multilabel: 0/1 flags)"))  # fmt: skip
+                continue
             if multilabel:
                 value: object = [names[k] for k in np.flatnonzero(labels[i])]
+            elif int(labels[i, 0]) >= n_classes:
+                problems.append(Problem(where, "bad_row", f"label {int(labels[i, 0])} is past the {n_classes} "
+                                        f"declared classes {names}"))  # fmt: skip
+                continue
             else:
                 value = names[int(labels[i, 0])]
             records.append(SourceRecord(source_path=f"{s}/{i:06d}", labels={task: value}, split=s, pixels=images[i]))
     spec = (
         options.task_for(task, "multilabel", names) if multilabel else options.task_for(task, infer_type(names), names)
     )
-    return ParsedSource(records=records, tasks=[spec], stratify_task=task)
+    return ParsedSource(records=records, tasks=[spec], stratify_task=task, problems=problems)
+
+
+def _valid_labels(labels: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Per row: every label is a finite non-negative integer (multilabel: 0 or 1)."""
+    values = np.asarray(labels, dtype=np.float64)
+    ok = np.isfinite(values) & (values >= 0) & (values == np.round(values))
+    if multilabel:
+        ok &= values <= 1
+    return ok.all(axis=1)
+
+
+def as_image_array(images: np.ndarray, where: str) -> np.ndarray:
+    """Pixel arrays as uint8 (uint16 kept), decided once for the whole array so every image scales alike.
+
+    Floats in [0, 1] are scaled by 255 (MedMNIST-style normalised images); floats in [0, 255] are rounded;
+    integers must lie in 0..255 (uint16: 0..65535). Anything else is refused naming the array and its range.
+    """
+    arr = np.asarray(images)
+    if arr.dtype in (np.uint8, np.uint16):
+        return arr
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise InvalidInputError(f"{where}: pixel arrays of dtype {arr.dtype} cannot be images")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise InvalidInputError(f"{where}: pixel values include NaN or infinity")
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if np.issubdtype(arr.dtype, np.floating) and lo >= 0 and hi <= 1:
+        return np.rint(arr.astype(np.float64) * 255).astype(np.uint8)
+    if lo >= 0 and hi <= 255:
+        return np.rint(arr).astype(np.uint8)
+    raise InvalidInputError(
+        f"{where}: pixel values span [{lo:g}, {hi:g}]; expected uint8/uint16, or floats in [0, 1] or [0, 255]"
+    )
 
 
 # --------------------------------------------------------------------------- PanNuke
