@@ -83,6 +83,7 @@ class ImageInfo:
     mode: str  # PIL mode of the stored pixels (L, I;16, RGB, P, ...) or the DICOM equivalent
     bit_depth: int  # bits per sample as stored (DICOM: BitsStored)
     format: str  # PNG, JPEG, TIFF, DICOM, ...
+    frames: int = 1  # pages / frames in the file; only the first is used
 
 
 _MODE_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
@@ -140,6 +141,8 @@ def read_file_bytes(uri: str) -> bytes:
         raise ImageReadError("unreadable", uri, "is a directory, not a file") from e
     except OSError as e:
         raise ImageReadError("unreadable", uri, f"{type(e).__name__}: {e}") from e
+    except (ValueError, ImportError) as e:  # an unknown URL scheme, or one whose filesystem is not installed
+        raise ImageReadError("unreadable", uri, f"cannot open this URL: {type(e).__name__}: {e}") from e
     if not data:
         raise ImageReadError("empty", uri, "the file is zero bytes long")
     return data
@@ -230,6 +233,7 @@ def inspect_image(
         mode=img.mode,
         bit_depth=bit_depth_of_mode(img.mode),
         format=img.format or "UNKNOWN",
+        frames=int(getattr(img, "n_frames", 1) or 1),
     )
     if verify == "structure":
         _verify_structure(img, data, source)

@@ -41,6 +41,7 @@ def _summary_tables(summary: IngestSummary) -> None:
         ("failures", summary.failures),
     ]
     rows += [(f"  excluded: {k}", v) for k, v in summary.excluded.items()]
+    rows += [(f"  note: {k}", v) for k, v in summary.notes.items()]
     for what, n in rows:
         images.add_row(what, f"{n:,}")
     images.caption = (

@@ -70,6 +70,7 @@ class IngestSummary:
     failures_new: int = 0
     failures_by_reason: dict[str, int] = field(default_factory=dict)
     excluded: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)  # kept, but worth knowing (e.g. multi-page files)
     dropped_findings: dict[str, list[str]] = field(default_factory=dict)
     label_counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # split -> task -> class -> n
     split_counts: dict[str, int] = field(default_factory=dict)
@@ -252,6 +253,9 @@ def _first_of_each_image(parsed: ParsedSource, probes: Sequence[Probe], summary:
             continue
         first_labels[h] = record.labels
         kept.append(_Member(record, probe))
+        if probe.info is not None and probe.info.frames > 1:
+            note = "multi-page/multi-frame images (the first page is used)"
+            summary.notes[note] = summary.notes.get(note, 0) + 1
     return kept, failures
 
 

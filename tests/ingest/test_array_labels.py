@@ -61,3 +61,24 @@ def test_image_arrays_scale_as_a_whole(array: np.ndarray, expected_max: int) -> 
 def test_image_arrays_out_of_range_are_refused(array: np.ndarray) -> None:
     with pytest.raises(InvalidInputError, match="a:"):
         as_image_array(array, "a")
+
+
+def test_urls_loose_files_and_multi_page_images_are_reported(tmp_path, store: FeatureStore) -> None:
+    """A URL row is that row's failure (not the whole ingest's); loose files and extra pages are counted."""
+    from medprobe.ingest.records import FormatOptions as Opts
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((8, 8), 9, np.uint8)).save(tmp_path / "b.png")
+    (tmp_path / "m.csv").write_text("path,label\na.png,x\nb.png,y\nfoo://e.png,x\nhttp://example.invalid/c.png,y\n")
+    summary = ingest(store, tmp_path / "m.csv", "csv", "u", Opts(label_columns=("label",)), QUIET)
+    assert summary.memberships_new == 2 and summary.failures_by_reason == {"unreadable": 2}
+    folder = tmp_path / "tf"
+    for name in ("cat", "dog"):
+        (folder / name).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8), 3 if name == "cat" else 90, np.uint8)).save(folder / name / "x.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "loose.png")
+    pages = [Image.fromarray(np.full((8, 8), 40 * i, np.uint8)) for i in range(3)]
+    pages[0].save(folder / "dog" / "multi.tif", save_all=True, append_images=pages[1:])
+    summary = ingest(store, folder, "imagefolder", "tf", Opts(), QUIET)
+    assert summary.excluded == {"image files outside a class folder (no label)": 1}
+    assert summary.notes == {"multi-page/multi-frame images (the first page is used)": 1}

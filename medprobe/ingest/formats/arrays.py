@@ -62,7 +62,8 @@ def parse_medmnist(source: Path, options: FormatOptions) -> ParsedSource:
     if multilabel:
         n_classes = arrays[splits[0]][1].shape[1]
     else:
-        n_classes = max((int(a[1][valid[s], 0].astype(np.int64).max(initial=-1)) for s, a in arrays.items()), default=-1) + 1
+        tops = [int(a[1][valid[s], 0].astype(np.int64).max(initial=-1)) for s, a in arrays.items()]
+        n_classes = max(tops, default=-1) + 1
     names = list(options.class_names) or [str(i) for i in range(n_classes)]
     if options.class_names and not multilabel:
         n_classes = len(names)  # declared classes: a label past them is a bad row, not a new class

@@ -53,15 +53,22 @@ def parse(source: Path, options: FormatOptions) -> ParsedSource:
         raise InvalidInputError(f"{root}: no class folders inside")
     if all(is_split_name(d.name) for d in top):
         records = []
+        loose = len(list_images(root))
         for d in top:
             records += class_folder_records(root, d, task, normalise_split(d.name, where=str(d)))
+            loose += len(list_images(d))
     else:
         records = class_folder_records(root, root, task, None)
+        loose = len(list_images(root))
     if not records:
         raise InvalidInputError(f"{root}: no image files found in its class folders")
     classes = list(options.class_names) or sorted_classes(r.labels[task] for r in records)
+    excluded = {"image files outside a class folder (no label)": loose} if loose else {}
     return ParsedSource(
-        records=records, tasks=[options.task_for(task, infer_type(classes), classes)], stratify_task=task
+        records=records,
+        tasks=[options.task_for(task, infer_type(classes), classes)],
+        stratify_task=task,
+        excluded=excluded,
     )
 
 
