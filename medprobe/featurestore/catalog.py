@@ -58,6 +58,12 @@ class Catalog:
         self.lock = threading.RLock()
         if not loc.is_local:
             self.con.register_filesystem(loc.fs)
+        # user SQL reads the store and nothing else: no read_text('/etc/passwd'), read_csv, glob or ATTACH of
+        # paths outside it (a shared store's users must not read each other's files through it)
+        root = loc.full_url(loc.path()).rstrip("/") + "/"
+        self.con.execute(f"SET allowed_directories = [{_quote(root)}]")
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
         self._files: dict[str, tuple[str, ...] | None] = dict.fromkeys(TABLES)
         self._footers_ok: set[str] = set()  # fragments are immutable: a footer read once stays valid
         self.unreadable: dict[str, str] = {}  # fragment path -> why it is left out of every view
@@ -173,6 +179,10 @@ class Catalog:
         with self.lock:
             try:
                 return self._run(sql, params)
+            except duckdb.PermissionException as e:
+                raise InvalidInputError(
+                    f"medprobe sql reads only the store's tables, not files elsewhere ({str(e).splitlines()[0]})"
+                ) from e
             except duckdb.Error as e:
                 raise InvalidInputError(f"SQL error: {e}") from e
 

@@ -117,3 +117,24 @@ def test_cli_sql_errors_exit_non_zero(sql_store, capsys):
     assert code != 0 and "Parser Error" in err and "Traceback" not in err
     code, _, err = run_cli(capsys, "sql", "DROP VIEW images", "--store", sql_store.url)
     assert code != 0 and "read-only" in err
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT * FROM read_text('/etc/passwd')",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM glob('/etc/*')",
+        "SELECT * FROM read_parquet('{outside}')",
+        "SELECT * FROM read_blob('{outside}')",
+    ],
+)
+def test_sql_reads_nothing_outside_the_store(sql_store, query, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    outside = tmp_path / "secret.parquet"
+    pq.write_table(pa.table({"secret": [1]}), outside)
+    with pytest.raises(InvalidInputError, match=r"reads only the store"):
+        sql_store.sql(query.format(outside=outside))
+    assert sql_store.sql("SELECT count(*) FROM activations")[0][0].as_py() > 0  # the store itself still reads
