@@ -65,6 +65,14 @@ def _summary_tables(summary: IngestSummary) -> None:
         console.print(
             f"{task}: dropped {len(dropped)} finding(s) with too few training positives: {', '.join(dropped)}"
         )
+    if summary.groups_across_splits:
+        first = next(iter(summary.groups_across_splits.items()))
+        console.print(
+            f"[yellow]warning:[/] {len(summary.groups_across_splits)} patient group(s) are in more than one split "
+            f"(e.g. {first[0]}: {', '.join(first[1])}): the shipped split leaks patients; `train` refuses such a "
+            "train/test overlap unless --allow-group-overlap",
+            highlight=False,
+        )
     if summary.failures:
         by = ", ".join(f"{k} {v}" for k, v in summary.failures_by_reason.items())
         console.print(
@@ -170,6 +178,10 @@ def register(app: typer.Typer) -> None:
         emit(output, out, rows=[document], document=document, show=lambda: _summary_tables(summary))
         if strict and summary.failures:
             raise IngestFailuresError(f"{summary.failures} file(s) or row(s) could not be ingested (--strict)")
+        if strict and summary.groups_across_splits:
+            raise IngestFailuresError(
+                f"{len(summary.groups_across_splits)} patient group(s) are in more than one split (--strict)"
+            )
 
     @app.command("datasets")
     def datasets_cmd(

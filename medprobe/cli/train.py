@@ -97,6 +97,12 @@ class ProtocolOptions:
     allow_missing: Annotated[
         bool, typer.Option("--allow-missing", help="Train on the images that have labels and features.")
     ] = False
+    allow_group_overlap: Annotated[
+        bool,
+        typer.Option(
+            "--allow-group-overlap", help="Train even when a patient group has rows in both training and test splits."
+        ),
+    ] = False
     n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CIs.")] = N_BOOT
     boot_seed: Annotated[int, typer.Option("--boot-seed", help="Seed of the bootstrap replicates.")] = 0
     device: DeviceOpt = None
@@ -152,6 +158,7 @@ def _spec(
         seeds=_seeds(sampling),
         class_weight=None if protocol.class_weight is ClassWeight.none else protocol.class_weight.value,
         allow_missing=protocol.allow_missing,
+        allow_group_overlap=protocol.allow_group_overlap,
         n_boot=protocol.n_boot,
         seed=protocol.boot_seed,
         device=protocol.device,

@@ -6,6 +6,7 @@ creates a file only if it does not exist yet (atomic on local folders, check-the
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 from dataclasses import dataclass
 
@@ -38,6 +39,11 @@ class FileArea:
     def create_exclusive(self, relpath: str, data: bytes) -> bool:
         """Create a file unless it exists; True when this call created it."""
         return create_exclusive(self.loc, self._path(relpath), data)
+
+    def remove(self, relpath: str) -> None:
+        """Remove a file if it exists."""
+        with contextlib.suppress(FileNotFoundError):
+            self.loc.fs.rm(self._path(relpath))
 
     def entries(self, relpath: str = "") -> list[tuple[str, str]]:
         """``(name, type)`` of what lies directly under ``relpath`` (type: file or directory); [] if absent."""

@@ -25,6 +25,7 @@ from medprobe.featurestore import canonical_json, new_id, start_run
 from medprobe.imaging import DEFAULT_MAX_PIXELS, Verify, set_pixel_limit
 from medprobe.ingest.formats import parse_source
 from medprobe.ingest.hashing import BlobSink, Probe, parallel_map, probe_record
+from medprobe.ingest.lock import dataset_lock
 from medprobe.ingest.records import FormatOptions, ParsedSource, SourceRecord, TaskSpec, natural_key
 from medprobe.ingest.splits import SplitPlan, assign_splits, rarest_label_strata
 from medprobe.schemas import DatasetImageRow, DatasetRow, FailureRow, ImageRow, TaskRow
@@ -71,6 +72,7 @@ class IngestSummary:
     failures_by_reason: dict[str, int] = field(default_factory=dict)
     excluded: dict[str, int] = field(default_factory=dict)
     notes: dict[str, int] = field(default_factory=dict)  # kept, but worth knowing (e.g. multi-page files)
+    groups_across_splits: dict[str, list[str]] = field(default_factory=dict)  # group -> its splits (a leak)
     dropped_findings: dict[str, list[str]] = field(default_factory=dict)
     label_counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # split -> task -> class -> n
     split_counts: dict[str, int] = field(default_factory=dict)
@@ -186,6 +188,21 @@ def ingest(
     parsed = parse_source(fmt, source, format_options)
     if not parsed.records and not parsed.problems:
         raise InvalidInputError(f"{source}: no images found for format {fmt!r}")
+    with dataset_lock(store, dataset):  # what is stored is read and extended by this ingest alone
+        return _ingest_locked(store, source, fmt, dataset, format_options, options, parsed, started)
+
+
+def _ingest_locked(
+    store: FeatureStore,
+    source: str | Path,
+    fmt: str,
+    dataset: str,
+    format_options: FormatOptions,
+    options: IngestOptions,
+    parsed: ParsedSource,
+    started: float,
+) -> IngestSummary:
+    store.refresh()
     stored = _read_stored(store, dataset)
     summary = IngestSummary(dataset=dataset, format=fmt, source=str(source), records=len(parsed.records))
     summary.excluded = dict(parsed.excluded)
@@ -305,6 +322,13 @@ def _assign_member_splits(
     for m, split in zip(kept, splits, strict=True):
         m.split = stored.splits.get(m.image_hash, split)
     summary.split_policy = policy
+    spans: dict[str, set[str]] = defaultdict(set)
+    for m in kept:
+        if m.record.group_id is not None:
+            spans[m.record.group_id].add(m.split)
+    summary.groups_across_splits = {
+        g: sorted(s, key=lambda x: _SPLIT_ORDER.get(x, 9)) for g, s in sorted(spans.items()) if len(s) > 1
+    }
     return policy
 
 

@@ -41,6 +41,7 @@ class ExperimentSpec:
     seeds: Sequence[int] = (0,)
     class_weight: str | None = None
     allow_missing: bool = False
+    allow_group_overlap: bool = False  # train anyway when a patient group is in both the training and test rows
     n_boot: int = N_BOOT
     seed: int = 0
     device: str | None = None
@@ -105,6 +106,21 @@ def load_weights(store: FeatureStore, uri: str) -> dict[str, np.ndarray]:
     return load(store.read_bytes(uri))
 
 
+def _check_group_overlap(data: TaskData, spec: ExperimentSpec) -> None:
+    """Refuse (unless allowed) a patient group with rows both in the training pool and in the test split."""
+    if data.groups is None:
+        return
+    train = set(data.groups[data.rows(spec.pool_splits)].tolist())
+    test = set(data.groups[data.rows(spec.test_split)].tolist())
+    shared = sorted(str(g) for g in train & test if g is not None)
+    if shared and not spec.allow_group_overlap:
+        raise InvalidInputError(
+            f"dataset {spec.task.dataset!r}: {len(shared)} patient group(s) have rows both in "
+            f"{'/'.join(spec.pool_splits)} and in the {spec.test_split} split (e.g. {', '.join(shared[:3])}), so test "
+            "scores would be optimistic; re-ingest with a grouped split, or pass --allow-group-overlap"
+        )
+
+
 def prepare(store: FeatureStore, spec: ExperimentSpec, only_hashes: set[str] | None = None) -> TaskData:
     """Labels and splits of the experiment's images (optionally restricted to ``only_hashes``)."""
     data = load_task_data(store, spec.task, spec.feature_set_id, spec.layers, allow_missing=spec.allow_missing)
@@ -127,6 +143,7 @@ def prepare(store: FeatureStore, spec: ExperimentSpec, only_hashes: set[str] | N
             f"dataset {spec.task.dataset!r} has no {spec.test_split!r} rows to test on; its splits: "
             f"{', '.join(present)}{hint}, or re-ingest it with a test split"
         )
+    _check_group_overlap(data, spec)
     if not len(data.rows(spec.pool_splits)):
         raise InvalidInputError(
             f"dataset {spec.task.dataset!r} has no {'/'.join(spec.pool_splits)} rows to fit probes on"

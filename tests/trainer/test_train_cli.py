@@ -202,7 +202,10 @@ def test_class_absent_from_training_is_refused(tmp_path, capsys):
     fresh = store.sql("SELECT split, labels FROM dataset_images").to_pylist()
     if any(json.loads(r["labels"])["grade"] == "severe" and r["split"] != "test" for r in fresh):
         pytest.skip("the store keeps the first row per key; cannot move rows between splits here")
-    code, _, err = run_cli(capsys, "train", "--task", "grade", "--feature-set", "fs-synth", "--store", store.url, *FAST)
+    args = ["train", "--task", "grade", "--feature-set", "fs-synth", "--store", store.url, *FAST]
+    code, _, err = run_cli(capsys, *args)
+    assert code != 0 and "patient group(s) have rows both in train/val and in the test split" in err
+    code, _, err = run_cli(capsys, *args, "--allow-group-overlap")
     assert code != 0 and "severe" in err and "class" in err
 
 
