@@ -38,6 +38,7 @@ REASONS = (
     "unsupported",  # a recognised image this build cannot decode (e.g. DICOM without pydicom)
     "hash_mismatch",  # the bytes differ from the sha256 the source manifest declares
     "bad_row",  # a manifest row that names no usable file or label
+    "conflict",  # a row naming an image already seen in the same source with other labels or another split
 )
 
 

@@ -37,6 +37,9 @@ def _summary_tables(summary: IngestSummary) -> None:
         ("images already in the store", summary.images_reused),
         ("duplicates in source (kept once)", summary.duplicates),
         ("already in this dataset", summary.already_in_dataset),
+        ("labels corrected (the new ones now count)", summary.labels_changed),
+        ("members retired (their file changed)", summary.retired),
+        ("conflicting duplicate rows (first kept)", summary.conflicts),
         ("new dataset memberships", summary.memberships_new),
         ("failures", summary.failures),
     ]

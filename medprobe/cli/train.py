@@ -502,8 +502,11 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
     ) -> None:
         """PNG plots (layer curves, ROC, label efficiency, comparisons) and a Markdown summary of runs."""
-        from medprobe.trainer.report import write_report
+        from medprobe.trainer.report import incomplete_runs, write_report
 
-        paths = write_report(open_store(store), run_ids, out)
+        st = open_store(store)
+        for warning in incomplete_runs(st, run_ids):
+            err_console.print(f"[yellow]warning:[/] {warning} (flagged in summary.md)", highlight=False)
+        paths = write_report(st, run_ids, out)
         for p in paths:
             console.print(str(p))

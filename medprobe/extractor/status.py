@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from medprobe.extractor.jobs import JobQueue
+from medprobe.featurestore import effective_status
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
@@ -50,7 +51,8 @@ def job_rows(store: FeatureStore, *, stale_s: float = 120.0) -> list[dict[str, A
 def recent_runs(store: FeatureStore, limit: int = 10) -> list[dict[str, Any]]:
     """The latest extraction runs from the ``runs`` table."""
     t = store.sql(
-        "SELECT run_id, status, started_at, summary FROM runs WHERE kind = 'extract' ORDER BY started_at DESC LIMIT ?",
+        "SELECT run_id, status, host, pid, started_at, summary FROM runs WHERE kind = 'extract' "
+        "ORDER BY started_at DESC LIMIT ?",
         [limit],
     )
     out = []
@@ -59,7 +61,7 @@ def recent_runs(store: FeatureStore, limit: int = 10) -> list[dict[str, Any]]:
         out.append(
             {
                 "run": row["run_id"],
-                "status": row["status"],
+                "status": effective_status(row),
                 "started": row["started_at"].strftime("%Y-%m-%d %H:%M:%S"),
                 "images": summary.get("images_committed", ""),
                 "rate": summary.get("images_per_s", ""),

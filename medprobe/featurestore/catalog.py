@@ -29,11 +29,27 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+_DUCK_TYPES = {pa.bool_(): "BOOLEAN", pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+               pa.float64(): "DOUBLE"}  # fmt: skip
+
+
+def _duck_type(t: pa.DataType) -> str:
+    """The DuckDB type of an Arrow type a newer schema may add (NULL-filled in older fragments)."""
+    if t in _DUCK_TYPES:
+        return _DUCK_TYPES[t]
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP WITH TIME ZONE" if t.tz else "TIMESTAMP"
+    if pa.types.is_list(t):
+        return f"{_duck_type(t.value_type)}[]"
+    raise TypeError(f"no DuckDB type for {t}")
+
+
 def _dedup_view_sql(spec: TableSpec) -> str:
     """SELECT exactly one row per key, chosen by ``spec.order`` and then every other column."""
     raw = _ident(f"raw_{spec.name}")
     if not spec.key:
         return f"SELECT * FROM {raw}"
+    visible = f" AND ({spec.visible})" if spec.visible else ""
     ordered = [o if " " in o else f"{_ident(o)} ASC" for o in spec.order]
     used = {o.split()[0] for o in spec.order} | set(spec.key)
     tiebreak = [f"{_ident(f.name)} ASC" for f in spec.schema if f.name not in used and not pa.types.is_list(f.type)]
@@ -42,7 +58,7 @@ def _dedup_view_sql(spec: TableSpec) -> str:
     return (
         f"SELECT * EXCLUDE (_medprobe_rank) FROM (SELECT *, row_number() OVER "
         f"(PARTITION BY {partition} ORDER BY {order_by}) AS _medprobe_rank FROM {raw}) "
-        f"WHERE _medprobe_rank = 1"
+        f"WHERE _medprobe_rank = 1{visible}"
     )
 
 
@@ -65,7 +81,7 @@ class Catalog:
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")
         self._files: dict[str, tuple[str, ...] | None] = dict.fromkeys(TABLES)
-        self._footers_ok: set[str] = set()  # fragments are immutable: a footer read once stays valid
+        self._columns: dict[str, frozenset[str]] = {}  # fragment -> its columns (fragments are immutable)
         self.unreadable: dict[str, str] = {}  # fragment path -> why it is left out of every view
         for spec in TABLES.values():
             self.con.register(f"_empty_{spec.name}", spec.schema.empty_table())
@@ -87,7 +103,15 @@ class Catalog:
                 raw = _ident(f"raw_{name}")
                 if files:
                     urls = ", ".join(_quote(self.loc.full_url(f)) for f in files)
-                    source = f"read_parquet([{urls}], union_by_name = true)"
+                    present = set().union(*(self._columns[f] for f in files))
+                    # a column newer than every fragment (schema evolution) reads as NULL: every view has the schema
+                    cols = ", ".join(
+                        _ident(c.name)
+                        if c.name in present
+                        else f"CAST(NULL AS {_duck_type(c.type)}) AS {_ident(c.name)}"
+                        for c in spec.schema
+                    )
+                    source = f"(SELECT {cols} FROM read_parquet([{urls}], union_by_name = true))"
                 else:
                     source = _ident(f"_empty_{name}")
                 self.con.execute(f"CREATE OR REPLACE VIEW {raw} AS SELECT * FROM {source}")
@@ -99,16 +123,16 @@ class Catalog:
         (``medprobe store verify`` names them, ``medprobe store quarantine`` moves them aside)."""
         out = []
         for path in paths:
-            if path not in self._footers_ok:
+            if path not in self._columns:
                 try:
                     with self.loc.fs.open(path, "rb") as f:
-                        pq.read_metadata(f)
+                        columns = frozenset(pq.read_metadata(f).schema.to_arrow_schema().names)
                 except FileNotFoundError:
                     continue  # moved aside since it was listed
                 except (OSError, ValueError) as e:
                     self.unreadable[path] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
                     continue
-                self._footers_ok.add(path)
+                self._columns[path] = columns
                 self.unreadable.pop(path, None)
             out.append(path)
         return tuple(out)

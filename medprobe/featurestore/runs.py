@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import platform
 import socket
 import sys
@@ -79,6 +80,7 @@ class Run:
             versions=self._versions,
             params=canonical_json(self.params),
             summary=canonical_json(self.summary),
+            pid=os.getpid(),
         )
 
     def __enter__(self) -> Run:
@@ -102,3 +104,23 @@ class Run:
 def start_run(store: FeatureStore, kind: str, params: dict[str, Any] | None = None, command: str | None = None) -> Run:
     """``with start_run(store, "extract", {...}) as run:`` records the run at start and at the end."""
     return Run(store, kind, params or {}, command)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def effective_status(row: dict[str, Any]) -> str:
+    """A run's status as a reader should see it: ``running`` becomes ``abandoned`` when its process is gone (on this
+    host: the pid is not alive). A run on another host stays ``running``; only its host can tell."""
+    status = str(row.get("status"))
+    pid = row.get("pid")
+    if status == "running" and pid is not None and row.get("host") == socket.gethostname() and not _alive(int(pid)):
+        return "abandoned"
+    return status

@@ -156,6 +156,22 @@ class FeatureStore:
             )
         return info
 
+    def _migrate_for_writing(self) -> None:
+        """Before the first write into an older-format store, mark it current (the migration).
+
+        Every format change so far reads older fragments as they are (``schemas.version.CHANGES``), so migrating is
+        rewriting the marker; it must happen before a write that an older reader would misread.
+        """
+        version = int(self.info["format_version"])
+        if version >= FORMAT_VERSION:
+            return
+        info = dict(self.info)
+        info["format_version"] = FORMAT_VERSION
+        info.setdefault("migrations", []).append({"from": version, "to": FORMAT_VERSION, "at": utcnow().isoformat()})
+        with _naming_the_store(self.url, "migrating the store's format marker"):
+            write_atomic(self.loc, self.loc.path(MARKER), json.dumps(info, indent=1).encode())
+        self.info = info
+
     @property
     def url(self) -> str:
         return self.loc.url
@@ -174,6 +190,7 @@ class FeatureStore:
         data = to_arrow(table, rows if isinstance(rows, pa.Table) else list(rows))
         if data.num_rows == 0:
             return
+        self._migrate_for_writing()
         with _naming_the_store(self.url, f"appending {data.num_rows} {table} row(s)"):
             append_fragment(self.loc, table, data)
         self.catalog.refresh([table])
@@ -277,6 +294,7 @@ class FeatureStore:
             if dtype == "float16":
                 _check_fits_float16(layer, np.asarray(arr))
         segment_id = new_id("seg")
+        self._migrate_for_writing()
         with _naming_the_store(self.url, f"writing segment {segment_id}"):
             write_segment(self.loc, segment_id, feature_set_id, hashes, arrays, dtype=dtype)
         n = len(hashes)

@@ -28,7 +28,7 @@ from medprobe.ingest.hashing import BlobSink, Probe, parallel_map, probe_record
 from medprobe.ingest.lock import dataset_lock
 from medprobe.ingest.records import FormatOptions, ParsedSource, SourceRecord, TaskSpec, natural_key
 from medprobe.ingest.splits import SplitPlan, assign_splits, rarest_label_strata
-from medprobe.schemas import DatasetImageRow, DatasetRow, FailureRow, ImageRow, TaskRow
+from medprobe.schemas import DatasetImageRow, DatasetRow, FailureRow, ImageRow, TaskRow, utcnow
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
@@ -65,6 +65,9 @@ class IngestSummary:
     duplicate_label_conflicts: int = 0
     duplicates_by_split: dict[str, int] = field(default_factory=dict)  # by the duplicate's shipped split
     already_in_dataset: int = 0
+    labels_changed: int = 0  # members whose labels this source corrects (the new labels win; history kept)
+    retired: int = 0  # members whose file now holds other bytes (the old image leaves the dataset)
+    conflicts: int = 0  # rows naming an image already seen in this source with other labels or split
     memberships_new: int = 0
     tasks_new: int = 0
     failures: int = 0
@@ -110,6 +113,9 @@ class _Stored:
     pinned: dict[str, str]  # split unit (group id or img:<hash>) -> split
     tasks: dict[str, TaskSpec]
     failures: set[tuple[str | None, str]]
+    has_dataset_row: bool = False  # a ``datasets`` row exists (a killed ingest may have left members without it)
+    members: dict[str, dict[str, Any]] = field(default_factory=dict)  # image_hash -> its dataset_images row
+    by_path: dict[str, str] = field(default_factory=dict)  # source_path -> image_hash of the current member
 
 
 def _column(table: pa.Table, name: str) -> list[Any]:
@@ -118,11 +124,14 @@ def _column(table: pa.Table, name: str) -> list[Any]:
 
 def _read_stored(store: FeatureStore, dataset: str) -> _Stored:
     images = set(_column(store.sql("SELECT image_hash FROM images"), "image_hash"))
-    rows = store.sql("SELECT image_hash, split, group_id FROM dataset_images WHERE dataset = ?", [dataset])
-    splits, pinned = {}, {}
-    for h, s, g in zip(_column(rows, "image_hash"), _column(rows, "split"), _column(rows, "group_id"), strict=True):
-        splits[h] = s
-        pinned[g if g is not None else f"img:{h}"] = s
+    rows = store.sql("SELECT * FROM dataset_images WHERE dataset = ?", [dataset]).to_pylist()
+    splits, pinned, members, by_path = {}, {}, {}, {}
+    for row in rows:
+        h, g = row["image_hash"], row["group_id"]
+        splits[h] = row["split"]
+        pinned[g if g is not None else f"img:{h}"] = row["split"]
+        members[h] = row
+        by_path[row["source_path"]] = h
     tasks = {}
     for row in store.sql("SELECT * FROM tasks WHERE dataset = ?", [dataset]).to_pylist():
         tasks[row["task"]] = TaskSpec(
@@ -134,7 +143,8 @@ def _read_stored(store: FeatureStore, dataset: str) -> _Stored:
         )
     f = store.sql("SELECT path, reason FROM failures WHERE dataset = ? AND stage = 'ingest'", [dataset])
     failures = set(zip(_column(f, "path"), _column(f, "reason"), strict=True))
-    return _Stored(images, splits, pinned, tasks, failures)
+    has_row = bool(store.sql("SELECT count(*) FROM datasets WHERE dataset = ?", [dataset]).column(0)[0].as_py())
+    return _Stored(images, splits, pinned, tasks, failures, has_row, members, by_path)
 
 
 def _check_task(parsed: TaskSpec, stored: TaskSpec | None) -> TaskSpec:
@@ -256,19 +266,29 @@ def _first_of_each_image(parsed: ParsedSource, probes: Sequence[Probe], summary:
     """Readable records, the first per image hash (later duplicates are counted), and the unreadable ones."""
     failures: list[_Failure] = [(p.path, p.reason, p.error, None) for p in parsed.problems]
     kept: list[_Member] = []
-    first_labels: dict[str, dict[str, Any]] = {}
+    first: dict[str, SourceRecord] = {}
     for record, probe in zip(parsed.records, probes, strict=True):
         if not probe.ok:
             failures.append((record.uri or record.source_path, probe.reason or "", probe.error or "", probe.image_hash))
             continue
         h = probe.image_hash or ""
-        if h in first_labels:
+        if h in first:
             summary.duplicates += 1
             where = record.split or "unassigned"
             summary.duplicates_by_split[where] = summary.duplicates_by_split.get(where, 0) + 1
-            summary.duplicate_label_conflicts += first_labels[h] != record.labels
+            earlier = first[h]
+            differs = [
+                f"labels {earlier.labels} vs {record.labels}" if earlier.labels != record.labels else "",
+                f"split {earlier.split} vs {record.split}" if earlier.split != record.split else "",
+            ]
+            if any(differs):
+                summary.duplicate_label_conflicts += earlier.labels != record.labels
+                summary.conflicts += 1
+                why = "; ".join(d for d in differs if d)
+                error = f"the same image as {earlier.source_path} with other {why}; the first row is kept"
+                failures.append((record.uri or record.source_path, "conflict", error, h))
             continue
-        first_labels[h] = record.labels
+        first[h] = record
         kept.append(_Member(record, probe))
         if probe.info is not None and probe.info.frames > 1:
             note = "multi-page/multi-frame images (the first page is used)"
@@ -393,11 +413,11 @@ def _append_members(
             image_rows.clear()
         if member_rows and (force or len(member_rows) >= APPEND_CHUNK):
             store.append("dataset_images", member_rows)
-            summary.memberships_new += len(member_rows)
             member_rows.clear()
 
     counts: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
     written_images: set[str] = set()
+    kept_hashes = {m.image_hash for m in kept}
     for m in kept:
         h = m.image_hash
         labels = labels_of(m.record)
@@ -409,9 +429,24 @@ def _append_members(
         elif h not in written_images:
             written_images.add(h)
             image_rows.append(_image_row(m))
+        old_hash = stored.by_path.get(m.record.source_path)
+        if old_hash is not None and old_hash != h and old_hash not in kept_hashes:
+            # the file at this path now holds other bytes: one path, one member; the old image leaves the dataset
+            member_rows.append(
+                DatasetImageRow(**{**stored.members[old_hash], "retired": True, "ingested_at": utcnow()})
+            )
+            summary.retired += 1
         if h in stored.splits:
-            summary.already_in_dataset += 1
+            if canonical_json(labels) == stored.members[h]["labels"]:
+                summary.already_in_dataset += 1
+                continue
+            summary.labels_changed += 1  # a corrected label: the new row wins, the old one stays in raw_
+            member_rows.append(
+                DatasetImageRow(**{**stored.members[h], "labels": canonical_json(labels), "ingested_at": utcnow()})
+            )
+            flush()
             continue
+        summary.memberships_new += 1
         member_rows.append(
             DatasetImageRow(
                 dataset=dataset,
@@ -482,7 +517,8 @@ def _write(
         store.append("tasks", task_rows)
     counts = _append_members(store, dataset, kept, final_tasks, stored, summary)
     failure_rows, reasons = _failure_rows(failures, stored, dataset, run_id)
-    if summary.memberships_new or task_rows:
+    changed = summary.memberships_new or task_rows or summary.labels_changed or summary.retired
+    if changed or (kept and not stored.has_dataset_row):  # a rerun completes an ingest killed before this row
         options_json = json.dumps(params, sort_keys=True, default=str)
         store.append(
             "datasets",

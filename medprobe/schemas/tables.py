@@ -125,6 +125,7 @@ class DatasetImageRow(Row):
     source_path: str  # the path (or key) of the image inside the source collection
     labels: str  # JSON object {task: value}; value is a class name, or a list of findings
     ingested_at: dt.datetime = Field(default_factory=utcnow)
+    retired: bool = False  # format 2: the member left the dataset (its file's bytes changed); history kept
 
 
 DATASET_IMAGES = pa.schema(
@@ -136,6 +137,7 @@ DATASET_IMAGES = pa.schema(
         ("source_path", pa.string()),
         ("labels", pa.string()),
         ("ingested_at", TS),
+        ("retired", pa.bool_()),  # absent from format-1 fragments: read as false
     ]
 )
 
@@ -246,6 +248,7 @@ class RunRow(Row):
     versions: str  # JSON {package: version}
     params: str = "{}"  # JSON of the run's options
     summary: str = "{}"  # JSON of the run's outcome (counts, rates)
+    pid: int | None = None  # format 2: the process, so a run whose process died shows as abandoned
 
 
 RUNS = pa.schema(
@@ -262,6 +265,7 @@ RUNS = pa.schema(
         ("versions", pa.string()),
         ("params", pa.string()),
         ("summary", pa.string()),
+        ("pid", pa.int64()),  # absent from format-1 fragments: NULL
     ]
 )
 
@@ -402,6 +406,7 @@ class TableSpec:
     model: type[Row]
     key: tuple[str, ...] = ()  # empty: an append-only log, every row is visible
     order: tuple[str, ...] = ()  # which duplicate wins: the first by these columns (ASC/DESC allowed)
+    visible: str | None = None  # SQL condition on the winning row: a row that fails it hides its key
 
 
 TABLES: dict[str, TableSpec] = {
@@ -415,7 +420,8 @@ TABLES: dict[str, TableSpec] = {
             DATASET_IMAGES,
             DatasetImageRow,
             ("dataset", "image_hash"),
-            ("ingested_at", "source_path"),
+            ("ingested_at DESC", "source_path"),  # format 2: the latest row wins (label corrections, retirements)
+            "NOT coalesce(retired, false)",
         ),
         TableSpec("feature_sets", FEATURE_SETS, FeatureSetRow, ("feature_set_id",), ("created_at",)),
         TableSpec(

@@ -5,4 +5,10 @@ layout changes in a way an older reader would misread. A reader refuses a store
 whose version is newer than its own.
 """
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+# What each version added, and what opening an older store for writing does about it (``FeatureStore``
+# migrates by rewriting the marker: every change so far reads older fragments as they are).
+#   2: dataset_images gains ``retired`` (absent -> false) and its latest row per (dataset, image) wins, so a
+#      re-ingest can correct a label or retire a member whose file changed; a format-1 reader would show both.
+CHANGES = {2: "dataset_images.retired; latest membership row wins; runs.pid"}

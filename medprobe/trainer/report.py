@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -239,7 +240,13 @@ def _cell(entry: dict | None) -> str:
 
 
 def write_summary(
-    results: list[dict[str, Any]], comps: list[dict[str, Any]], names: dict[str, str], images: list[Path], out: Path
+    results: list[dict[str, Any]],
+    comps: list[dict[str, Any]],
+    names: dict[str, str],
+    images: list[Path],
+    out: Path,
+    *,
+    warnings: Sequence[str] = (),
 ) -> Path:
     """summary.md: every probe's test metrics with CIs, the comparisons, and links to the plots."""
     boots = sorted({int(r["n_boot"]) for r in results if r.get("n_boot")})
@@ -251,6 +258,8 @@ def write_summary(
         "C and the best layer were chosen on training rows only, by the metric in the 'C chosen by' column "
         "(ties between C values broken by held-out log loss).",
         "",
+        *(f"> **Warning:** {w}" for w in warnings),
+        *([""] if warnings else []),
     ]
     head = (
         "| run | feature set | task | layer | fraction | seed | C | C chosen by | n train | n test "
@@ -292,11 +301,35 @@ def write_summary(
     return path
 
 
+def incomplete_runs(store: FeatureStore, run_ids: list[str]) -> list[str]:
+    """Why each of ``run_ids`` may be incomplete: a run that did not finish (running, abandoned, failed, interrupted),
+    or probes without their predictions (a process killed between the two writes)."""
+    from medprobe.featurestore import effective_status
+
+    out = []
+    rows = store.sql("SELECT run_id, status, host, pid FROM runs WHERE list_contains(?, run_id)", [run_ids]).to_pylist()
+    for row in rows:
+        status = effective_status(row)
+        if status != "finished":
+            out.append(f"run {row['run_id']} is {status}: its results may be incomplete")
+    bare = store.sql(
+        "SELECT r.run_id, count(*) AS n FROM probe_results r ANTI JOIN predictions p USING (run_id, probe_id) "
+        "WHERE list_contains(?, r.run_id) GROUP BY 1",
+        [run_ids],
+    ).to_pylist()
+    out += [f"run {r['run_id']}: {r['n']} probe(s) have no stored predictions (ROC curves omit them)" for r in bare]
+    return out
+
+
 def write_report(store: FeatureStore, run_ids: list[str], out_dir: str) -> list[Path]:
-    """Write every applicable plot and summary.md for ``run_ids`` into ``out_dir``; returns the paths."""
+    """Write every applicable plot and summary.md for ``run_ids`` into ``out_dir``; returns the paths.
+
+    Runs that may be incomplete are reported anyway, flagged at the top of summary.md (and by the CLI on stderr).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, comps, names = _load(store, list(run_ids))
+    warnings = incomplete_runs(store, list(run_ids))
     images = [
         p
         for p in (
@@ -307,4 +340,4 @@ def write_report(store: FeatureStore, run_ids: list[str], out_dir: str) -> list[
         if p is not None
     ]
     images += plot_roc(store, results, names, out)
-    return [*images, write_summary(results, comps, names, images, out)]
+    return [*images, write_summary(results, comps, names, images, out, warnings=warnings)]

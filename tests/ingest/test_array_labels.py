@@ -18,7 +18,8 @@ QUIET = IngestOptions(show_progress=False)
 
 
 def _npz(path, images: np.ndarray, labels: np.ndarray) -> None:
-    np.savez(path, train_images=images, train_labels=labels, test_images=images[:2], test_labels=labels[:2])
+    test_images = images[:2][:, ::-1] + 0 if images.dtype.kind == "f" else 255 - images[:2]  # other pixels
+    np.savez(path, train_images=images, train_labels=labels, test_images=test_images, test_labels=labels[:2])
 
 
 def test_bad_labels_become_failures_and_float_images_are_scaled(tmp_path, store: FeatureStore) -> None:
@@ -38,7 +39,7 @@ def test_bad_labels_become_failures_and_float_images_are_scaled(tmp_path, store:
 
 
 def test_a_label_past_the_declared_classes_is_a_bad_row(tmp_path, store: FeatureStore) -> None:
-    images = np.zeros((3, 4, 4), np.uint8)
+    images = np.arange(3 * 16, dtype=np.uint8).reshape(3, 4, 4)
     _npz(tmp_path / "y.npz", images, np.array([[0], [1], [2]]))
     summary = ingest(store, tmp_path / "y.npz", "medmnist", "y", FormatOptions(class_names=("a", "b")), QUIET)
     assert summary.failures_by_reason == {"bad_row": 1}

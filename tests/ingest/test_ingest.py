@@ -91,14 +91,20 @@ def test_bad_files_become_failures_and_nothing_stored_changes(tmp_path, store) -
         "truncated": 1,
     }
     assert summary.memberships_new == 1 and summary.images_new == 1
+    assert summary.labels_changed == 10  # the same files relabelled: corrections, the new labels win
     failures = store.sql("SELECT path, reason, error, stage, dataset FROM failures ORDER BY reason").to_pylist()
     assert [Path(f["path"]).name for f in failures] == ["bomb.png", "zero.png", "gone.png", "notes.png", "cut.png"]
     assert all(f["stage"] == "ingest" and f["dataset"] == "a" and f["error"] for f in failures)
-    # rows stored by the first ingest are exactly as they were
+    # images stored by the first ingest are exactly as they were; members keep their split and group (a split
+    # never moves), their labels are the corrected ones, and the first rows stay in raw_dataset_images
     after = {r["image_hash"]: r for r in store.table("images").to_pylist()}
     assert all(after[r["image_hash"]] == r for r in images_before)
     members_after = {r["image_hash"]: r for r in store.table("dataset_images").to_pylist()}
-    assert all(members_after[r["image_hash"]] == r for r in members_before)
+    keep = ("split", "group_id", "source_path")
+    assert all({k: members_after[r["image_hash"]][k] for k in keep} == {k: r[k] for k in keep} for r in members_before)
+    assert all(members_after[r["image_hash"]]["labels"] != r["labels"] for r in members_before)
+    raw = store.sql("SELECT count(*) FROM raw_dataset_images WHERE dataset = 'a'").column(0)[0].as_py()
+    assert raw == 2 * len(members_before) + 1
     assert hashlib.sha256(good).hexdigest() in members_after
     # the same failures are not recorded twice
     before = _raw_counts(store)

@@ -74,9 +74,10 @@ def test_full_shared_data_ingests_with_the_expected_counts(shared_data, store) -
     assert knee.split_counts == {"train": 600, "val": 400} and knee.failures == 0 and knee.duplicates == 0
     opts = FormatOptions(class_names=("normal", "pneumonia"))
     pneu = ingest(store, shared_data / "pneumoniamnist.npz", "medmnist", "pneumoniamnist", opts, QUIET)
-    assert pneu.records == 3882 + 524 + 624 and pneu.failures == 0
     # 28 images are pixel-identical copies of another (17 within train, 8 train->val, 3 within test): one
-    # image hash is one dataset member, so the copies are counted as duplicates, never put on two sides
+    # image hash is one dataset member, so the copies are counted as duplicates, never put on two sides; the 8
+    # copies shipped in another split than their original are `conflict` failures (the first row is kept)
+    assert pneu.records == 3882 + 524 + 624 and pneu.failures_by_reason == {"conflict": 8}
     recorded = {s: pneu.split_counts.get(s, 0) + pneu.duplicates_by_split.get(s, 0) for s in ("train", "val", "test")}
     assert recorded == {"train": 3882, "val": 524, "test": 624}
     assert pneu.duplicates == 28 and pneu.duplicate_label_conflicts == 0
