@@ -8,6 +8,7 @@ its batch goes on.
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,11 @@ class ImageRefs(Dataset):
             data = self._read(uri)
         except ImageReadError as e:
             return Decoded(image_hash, uri, None, Failure(image_hash, uri, e.reason, str(e)), 0.0, 0.0)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != image_hash:  # the file changed since ingest: these are not the bytes the hash names
+            failure = Failure(image_hash, uri, "hash_mismatch", f"{uri}: its bytes now hash to {digest}, not to "
+                              f"the ingested {image_hash}; re-ingest the dataset to pick up the new file")  # fmt: skip
+            return Decoded(image_hash, uri, None, failure, time.perf_counter() - t0, 0.0)
         t1 = time.perf_counter()
         try:
             image = decode_image(data, source=uri, study_preprocessing=self.study_preprocessing)
