@@ -418,12 +418,13 @@ def _compare(
     params = {"feature_sets": feature_sets, "layers": [s.layers for s in specs], **_params(specs[0])}
     with start_run(st, "compare", params) as run:
         chosen_probes = []
-        for s in specs:
-            outs = run_experiment(st, s, run.run_id, only_hashes=common, show_progress=wants_progress(fmt, out))
-            chosen_probes.append((s.feature_set_id, best_layer(outs)))
-        rows = compare_probes(run.run_id, specs[0].task, chosen_probes, n_boot=protocol.n_boot,
-                              seed=protocol.boot_seed)  # fmt: skip
-        st.append("probe_comparisons", rows)
+        with st.transaction():  # the compared probes and their comparison rows appear together, or not at all
+            for s in specs:
+                outs = run_experiment(st, s, run.run_id, only_hashes=common, show_progress=wants_progress(fmt, out))
+                chosen_probes.append((s.feature_set_id, best_layer(outs)))
+            rows = compare_probes(run.run_id, specs[0].task, chosen_probes, n_boot=protocol.n_boot,
+                                  seed=protocol.boot_seed)  # fmt: skip
+            st.append("probe_comparisons", rows)
         run.summary.update({"n_comparisons": len(rows), "n_test": len(chosen_probes[0][1].test_hashes)})
     document = {
         "run_id": run.run_id,

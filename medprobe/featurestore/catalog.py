@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medprobe.errors import InvalidInputError, ReadOnlySQLError
-from medprobe.featurestore.fragments import list_fragments
+from medprobe.featurestore.fragments import list_fragments, txn_marker, txn_of
 from medprobe.featurestore.fsio import Location
 from medprobe.schemas import TABLES, TableSpec
 
@@ -83,6 +83,7 @@ class Catalog:
         self._files: dict[str, tuple[str, ...] | None] = dict.fromkeys(TABLES)
         self._columns: dict[str, frozenset[str]] = {}  # fragment -> its columns (fragments are immutable)
         self.unreadable: dict[str, str] = {}  # fragment path -> why it is left out of every view
+        self._committed: set[str] = set()  # transactions seen committed (a commit is never undone)
         for spec in TABLES.values():
             self.con.register(f"_empty_{spec.name}", spec.schema.empty_table())
         self.refresh()
@@ -123,6 +124,11 @@ class Catalog:
         (``medprobe store verify`` names them, ``medprobe store quarantine`` moves them aside)."""
         out = []
         for path in paths:
+            txid = txn_of(path)
+            if txid is not None and txid not in self._committed:
+                if not self.loc.fs.exists(txn_marker(self.loc, txid)):
+                    continue  # written by a transaction that has not committed (or never will): invisible
+                self._committed.add(txid)
             if path not in self._columns:
                 try:
                     with self.loc.fs.open(path, "rb") as f:

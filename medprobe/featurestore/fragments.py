@@ -14,6 +14,8 @@ from medprobe.featurestore.ids import new_id
 from medprobe.schemas import TABLES, Row, rows_to_table
 
 TABLES_DIR = "tables"
+TXNS_DIR = "txns"  # one commit marker per committed transaction: txns/<txid>.json
+TXN_PREFIX = "tx-"  # fragments written inside a transaction: tx-<txid>--<id>.parquet, visible once it commits
 # rows per Parquet row group: DuckDB scans a file's row groups in parallel and skips those whose statistics miss
 # the filter (a segment's manifest rows are stored layer by layer); 32k rows scans 100,000 rows in 10 ms, not 25
 ROW_GROUP_ROWS = 32 * 1024
@@ -48,6 +50,19 @@ def append_fragment(loc: Location, table: str, data: pa.Table, name: str | None 
     path = posixpath.join(table_dir(loc, table), f"{name or new_id()}.parquet")
     write_atomic(loc, path, buf.getvalue())
     return path
+
+
+def txn_of(name: str) -> str | None:
+    """The transaction a fragment was written in, or None for a fragment visible on its own."""
+    base = posixpath.basename(name)
+    if not base.startswith(TXN_PREFIX) or "--" not in base:
+        return None
+    return base[len(TXN_PREFIX) :].split("--", 1)[0]
+
+
+def txn_marker(loc: Location, txid: str) -> str:
+    """The path of a transaction's commit marker."""
+    return loc.path(TXNS_DIR, f"{txid}.json")
 
 
 def is_fragment(name: str) -> bool:

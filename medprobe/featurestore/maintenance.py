@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from medprobe.errors import CorruptDataError, InvalidInputError
-from medprobe.featurestore.fragments import list_fragments, table_dir
+from medprobe.featurestore.fragments import list_fragments, table_dir, txn_marker, txn_of
 from medprobe.featurestore.fsio import list_files
 from medprobe.featurestore.ids import id_time
 from medprobe.featurestore.segments import SEGMENTS_DIR, layer_array_name, list_segment_dirs, segment_path
@@ -220,6 +220,13 @@ def gc_store(
     for name in TABLES:
         for entry in list_files(store.loc, table_dir(store.loc, name)):
             base = posixpath.basename(entry["name"])
+            txid = txn_of(base)
+            if txid is not None and not store.loc.fs.exists(txn_marker(store.loc, txid)):
+                if _age(store, entry["name"], txid, now) >= grace:  # a transaction that never committed
+                    report.removed_temp_files.append(entry["name"])
+                    if not dry_run:
+                        store.loc.fs.rm(entry["name"])
+                continue
             if base.startswith(".") and base.endswith(".tmp") and _age(store, entry["name"], "", now) >= grace:
                 report.removed_temp_files.append(entry["name"])
                 if not dry_run:

@@ -17,7 +17,7 @@ import pyarrow as pa
 from medprobe.errors import CorruptDataError, InvalidInputError, NotFoundError, StoreFormatError, StoreWriteError
 from medprobe.featurestore.catalog import Catalog
 from medprobe.featurestore.files import STORE_URI, FileArea
-from medprobe.featurestore.fragments import append_fragment, to_arrow
+from medprobe.featurestore.fragments import TXN_PREFIX, append_fragment, to_arrow, txn_marker
 from medprobe.featurestore.fsio import Location, create_exclusive, resolve, write_atomic
 from medprobe.featurestore.ids import new_id
 from medprobe.featurestore.rowindex import (
@@ -122,6 +122,7 @@ class FeatureStore:
         self.catalog = Catalog(loc)
         self.segments = SegmentReader(loc)
         self._known_feature_sets: dict[str, FeatureSetRow] = {}
+        self._txn: str | None = None  # the open transaction's id (see :meth:`transaction`)
         # (feature set, layer) -> (activations fragment list, stored rows in image_hash order)
         self._manifest_cache: OrderedDict[tuple[str, int], tuple[tuple[str, ...], LayerRows]] = OrderedDict()
 
@@ -191,9 +192,32 @@ class FeatureStore:
         if data.num_rows == 0:
             return
         self._migrate_for_writing()
+        name = f"{TXN_PREFIX}{self._txn}--{new_id()}" if self._txn is not None else None
         with _naming_the_store(self.url, f"appending {data.num_rows} {table} row(s)"):
-            append_fragment(self.loc, table, data)
-        self.catalog.refresh([table])
+            append_fragment(self.loc, table, data, name=name)
+        if self._txn is None:  # inside a transaction nothing new is visible until it commits
+            self.catalog.refresh([table])
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Appends inside the block become visible together when it ends, or never (an exception, a kill).
+
+        Fragments are written as usual but named after the transaction; readers skip them until its commit marker
+        (``txns/<txid>.json``, one atomic write) exists. A nested block joins the outer one. Segments committed inside
+        are visible at once (each commit is atomic on its own).
+        """
+        if self._txn is not None:
+            yield
+            return
+        self._txn = new_id("txn")
+        try:
+            yield
+            body = json.dumps({"committed_at": utcnow().isoformat(), "pid": os.getpid()}).encode()
+            with _naming_the_store(self.url, "committing a transaction"):
+                write_atomic(self.loc, txn_marker(self.loc, self._txn), body)
+        finally:
+            self._txn = None
+            self.catalog.refresh()
 
     def refresh(self) -> None:
         """See fragments committed by other processes since the last look."""

@@ -226,7 +226,8 @@ def _ingest_locked(
     with start_run(store, "ingest", params) as run:
         summary.run_id = run.run_id
         probes = _probe_all(store, parsed, options, stored, summary)
-        _write(store, dataset, fmt, str(source), parsed, probes, stored, options, params, summary, run.run_id)
+        with store.transaction():  # every row of this ingest becomes visible at once, or none (a kill, an error)
+            _write(store, dataset, fmt, str(source), parsed, probes, stored, options, params, summary, run.run_id)
         summary.seconds = time.perf_counter() - started
         run.summary = summary.to_json()
     return summary

@@ -235,6 +235,14 @@ def write_outcomes(
     timing: ProtocolTiming,
 ) -> None:
     """Append probe_results and predictions rows and store each probe's weights as safetensors."""
+    with store.transaction():  # results and their predictions become visible together, or not at all
+        _write_outcomes(store, spec, run_id, outcomes, per_probe, timing)
+
+
+def _write_outcomes(
+    store: FeatureStore, spec: ExperimentSpec, run_id: str, outcomes: list[ProbeOutcome], per_probe: float,
+    timing: ProtocolTiming,
+) -> None:  # fmt: skip
     versions = json.dumps(package_versions(), sort_keys=True)
     results, preds = [], []
     for o in outcomes:
