@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from medprobe.cli.main import main
 from medprobe.featurestore import FeatureStore
 from medprobe.schemas.tables import DatasetImageRow, DatasetRow, FeatureSetRow, TaskRow
+from tests.helpers.cli import run_cli
 
 # ~400 images through EfficientNet-Lite0 on CPU: about 20-40 s on 2 cores, so it runs in the default suite
 N_IMAGES = 400
@@ -119,24 +119,10 @@ def knee_store(shared_dir, tmp_path_factory):
 
 
 def test_effnet_probe_beats_floor_and_raw_pixels(knee_store, capsys):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "compare",
-                "--task",
-                "kl_ge2",
-                "--feature-set",
-                "knee-pixels,knee-effnet",
-                "-f",
-                "json",
-                "--store",
-                knee_store.url,
-            ]
-        )
-    out = capsys.readouterr()
-    assert exit_info.value.code == 0, out.err
-    doc = json.loads(out.out)
+    args = ["compare", "--task", "kl_ge2", "--feature-set", "knee-pixels,knee-effnet", "-f", "json"]
+    code, out, err = run_cli(capsys, *args, "--store", knee_store.url)
+    assert code == 0, err
+    doc = json.loads(out)
     auc = {fs["feature_set_id"]: fs["test"]["macro_auc"]["value"] for fs in doc["feature_sets"]}
     print("knee KL>=2 test AUC:", auc)
     assert auc["knee-effnet"] >= AUC_FLOOR
