@@ -11,7 +11,7 @@ from medprobe.featurestore.export import export_npz
 from medprobe.featurestore.files import STORE_URI, FileArea, StoreBlobs
 from medprobe.featurestore.ids import canonical_json, config_json, new_id, stable_hash
 from medprobe.featurestore.maintenance import gc_store, quarantine, store_info, verify_store
-from medprobe.featurestore.runs import effective_status, package_versions, start_run
+from medprobe.featurestore.runs import effective_status, package_versions, process_gone, start_run
 from medprobe.featurestore.store import FeatureStore, default_store_url
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "gc_store",
     "new_id",
     "package_versions",
+    "process_gone",
     "quarantine",
     "stable_hash",
     "start_run",

@@ -106,14 +106,17 @@ def start_run(store: FeatureStore, kind: str, params: dict[str, Any] | None = No
     return Run(store, kind, params or {}, command)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def process_gone(host: str | None, pid: int | None) -> bool:
+    """True when ``pid`` on ``host`` has certainly exited: it ran on this host and no such process lives now."""
+    if pid is None or host != socket.gethostname():
         return False
-    except PermissionError:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
         return True
-    return True
+    except PermissionError:
+        return False
+    return False
 
 
 def effective_status(row: dict[str, Any]) -> str:
@@ -121,6 +124,6 @@ def effective_status(row: dict[str, Any]) -> str:
     host: the pid is not alive). A run on another host stays ``running``; only its host can tell."""
     status = str(row.get("status"))
     pid = row.get("pid")
-    if status == "running" and pid is not None and row.get("host") == socket.gethostname() and not _alive(int(pid)):
+    if status == "running" and process_gone(row.get("host"), pid):
         return "abandoned"
     return status

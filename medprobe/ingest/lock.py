@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from medprobe.errors import MedprobeError
+from medprobe.featurestore import process_gone
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
@@ -29,22 +30,12 @@ class DatasetBusyError(MedprobeError):
     """Another process is changing the dataset."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _abandoned(holder: dict[str, Any]) -> bool:
     """True when the lock's holder is certainly gone: its pid is dead on this host, or the lock is very old."""
     since = dt.datetime.fromisoformat(holder.get("since", "1970-01-01T00:00:00+00:00"))
     if dt.datetime.now(dt.UTC) - since > STALE_AFTER:
         return True
-    return holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1)))
+    return process_gone(holder.get("host"), holder.get("pid"))
 
 
 @contextmanager
