@@ -8,6 +8,7 @@ column name gets a suffix instead of silently overwriting its twin.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import io
 import json
@@ -143,14 +144,25 @@ def _renamed(table: pa.Table) -> pa.Table:
     return table
 
 
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
 def table_text(table: pa.Table, fmt: OutFormat) -> str:
     """CSV or JSON (an array of row objects) text of an Arrow table."""
     if fmt is OutFormat.csv:
-        import pyarrow.csv as pacsv
-
-        buf = io.BytesIO()
-        pacsv.write_csv(flatten_for_csv(table), buf)
-        return buf.getvalue().decode()
+        # quote only the cells that need it (commas, quotes, newlines): ids and numbers stay shell-friendly
+        flat = flatten_for_csv(table)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(flat.column_names)
+        for row in zip(*(col.to_pylist() for col in flat.columns), strict=True):
+            writer.writerow(["" if v is None else _csv_cell(v) for v in row])
+        return buf.getvalue()
     table = _renamed(table)
     return dumps(table.to_pylist(), indent=1) + "\n"
 

@@ -77,7 +77,7 @@ def test_json_is_strict_and_repeated_names_survive(synth_store: FeatureStore, ca
     assert doc == [{"a": 1, "a_2": 2, "x": None, "y": None, "l": [1.5, None]}]
     assert "a_2" in err
     code, out, _ = run_cli(capsys, "sql", q, "-f", "csv", "-s", synth_store.url)
-    assert out.splitlines()[0] == '"a","a","x","y","l"'
+    assert out.splitlines()[0] == "a,a,x,y,l"
     code, out, _ = run_cli(capsys, "sql", "SELECT 'first' AS a, 'second' AS a", "-s", synth_store.url)
     assert code == 0 and "first" in out and "second" in out  # the table shows both columns
 
@@ -140,3 +140,11 @@ def test_flatten_for_csv_turns_nested_cells_into_json() -> None:
     assert flat.column("s").to_pylist() == ['{"x": 1}', '{"x": null}']
     assert flat.column("b").to_pylist() == ["01", None]
     assert flat.column("n").to_pylist() == [1, 2]
+
+
+def test_csv_quotes_only_what_needs_it(synth_store: FeatureStore, capsys) -> None:
+    q = "SELECT 'sweep-1' AS run_id, 'a,b' AS pair, 'say \"hi\"' AS quoted, NULL AS missing, 1.5 AS x"
+    code, out, _ = run_cli(capsys, "sql", q, "-f", "csv", "-s", synth_store.url)
+    assert code == 0
+    assert out.splitlines() == ["run_id,pair,quoted,missing,x", 'sweep-1,"a,b","say ""hi""",,1.5']
+    assert next(csv.DictReader(io.StringIO(out)))["pair"] == "a,b"

@@ -94,7 +94,7 @@ def test_join_activations_with_dataset_images(sql_store):
 def test_cli_sql_formats(sql_store, tmp_path, capsys):
     q = "SELECT image_hash, split FROM dataset_images ORDER BY source_path"
     code, out, _ = run_cli(capsys, "sql", q, "--store", sql_store.url, "--format", "csv")
-    assert code == 0 and out.splitlines()[0] == '"image_hash","split"' and len(out.splitlines()) == 13
+    assert code == 0 and out.splitlines()[0] == "image_hash,split" and len(out.splitlines()) == 13
     for fmt in ("csv", "json", "parquet"):
         path = tmp_path / f"out.{fmt}"
         code, _, err = run_cli(capsys, "sql", q, "--store", sql_store.url, "--format", fmt, "--out", str(path))
