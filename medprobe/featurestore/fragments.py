@@ -29,8 +29,19 @@ def to_arrow(table: str, rows: list[Row] | pa.Table) -> pa.Table:
     """Rows (pydantic models or an Arrow table) as an Arrow table of the table's schema."""
     if table not in TABLES:
         raise NotFoundError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
-    schema = TABLES[table].schema
+    spec = TABLES[table]
+    schema = spec.schema
     if isinstance(rows, pa.Table):
+        fields = spec.model.model_fields
+        # a column the row model gives a plain default (added by a newer format, e.g. retired=False) may be left out
+        defaults = {
+            name: fields[name].default
+            for name in schema.names
+            if name not in rows.column_names and name in fields and fields[name].default_factory is None
+            and not fields[name].is_required()
+        }  # fmt: skip
+        for name, value in defaults.items():
+            rows = rows.append_column(name, pa.array([value] * rows.num_rows, schema.field(name).type))
         missing = [f.name for f in schema if f.name not in rows.column_names]
         extra = [c for c in rows.column_names if schema.get_field_index(c) < 0]
         if missing or extra:

@@ -101,3 +101,12 @@ def test_a_format_1_store_reads_and_is_migrated_by_its_first_write(tmp_path) -> 
     ingest(store, tmp_path / "src" / "m.csv", "csv", "d2", OPTS, QUIET)
     marker = json.loads((tmp_path / "old" / "medprobe.json").read_text())
     assert marker["format_version"] == FORMAT_VERSION and marker["migrations"][0]["from"] == 1
+
+
+def test_an_arrow_table_without_the_format_2_columns_still_appends(store: FeatureStore) -> None:
+    rows = pa.table({
+        "dataset": ["d"], "image_hash": ["b" * 64], "split": ["train"], "group_id": [None], "source_path": ["y.png"],
+        "labels": ['{"label": "a"}'], "ingested_at": pa.array([0], pa.timestamp("us", tz="UTC")),
+    })  # fmt: skip
+    store.append("dataset_images", rows)
+    assert store.sql("SELECT retired FROM raw_dataset_images").column(0).to_pylist() == [False]
