@@ -42,11 +42,10 @@ _SUFFIXES = {".csv": OutFormat.csv, ".json": OutFormat.json, ".parquet": OutForm
 
 def resolve_format(fmt: OutFormat | str | None, out: str | None) -> OutFormat:
     """The output format: ``--format`` if given, else from ``--out``'s suffix, else ``table``."""
-    if out is not None and out.strip().lower() in (*FORMATS, "text"):
-        raise InvalidInputError(
-            f"-o/--out names the file to write, not a format; for {out!r} output use -f/--format {out.strip().lower()}"
-            .replace("format text", "format table")
-        )
+    named = None if out is None else out.strip().lower()
+    if named in (*FORMATS, "text"):  # the old `-o json` / `--output text`
+        suggest = "table" if named == "text" else named
+        raise InvalidInputError(f"-o/--out names the file to write, not a format; use -f/--format {suggest}")
     if fmt is not None:
         try:
             return OutFormat(str(fmt).lower())
@@ -193,7 +192,7 @@ def emit(
     """
     chosen = resolve_format(fmt, out)
     if chosen is OutFormat.table:
-        if out is not None:  # pragma: no cover - resolve_format never gives table with an --out
+        if out is not None:  # -f table -o FILE
             raise InvalidInputError("--format table prints to the terminal; choose csv, json or parquet for --out")
         if show is not None:
             show()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -32,20 +31,13 @@ from medprobe.cli.options import (
 from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.errors import InvalidInputError
 from medprobe.layerspec import resolve_layer, resolve_layers
-from medprobe.schemas.vocab import ClassWeight, SelectBy, Selection, SolverName
+from medprobe.schemas.vocab import ClassWeight, SelectBy, Selection, SolverName, TestSplit
 from medprobe.trainer.defaults import DEFAULT_C_GRID, N_BOOT
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
     from medprobe.trainer.experiment import ExperimentSpec, ProbeOutcome
     from medprobe.trainer.protocol import Setting
-
-
-class TestSplit(StrEnum):
-    """The split scored once as the test set."""
-
-    test = "test"
-    val = "val"
 
 
 @dataclass

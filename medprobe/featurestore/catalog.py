@@ -123,10 +123,12 @@ class Catalog:
         """The fragments whose Parquet footer reads; the others go to ``unreadable`` and stay out of the views
         (``medprobe store verify`` names them, ``medprobe store quarantine`` moves them aside)."""
         out = []
+        pending: set[str] = set()  # transactions found uncommitted in this pass: one marker check each
         for path in paths:
             txid = txn_of(path)
             if txid is not None and txid not in self._committed:
-                if not self.loc.fs.exists(txn_marker(self.loc, txid)):
+                if txid in pending or not self.loc.fs.exists(txn_marker(self.loc, txid)):
+                    pending.add(txid)
                     continue  # written by a transaction that has not committed (or never will): invisible
                 self._committed.add(txid)
             if path not in self._columns:

@@ -56,9 +56,9 @@ class FileArea:
 class StoreBlobs:
     """Reads ``store:<relpath>`` URIs of one store by URL, without opening its catalog (cheap in worker processes)."""
 
-    def __init__(self, store_url: str) -> None:
+    def __init__(self, store_url: str, loc: Location | None = None) -> None:
         self.store_url = store_url
-        self._loc: Location | None = None
+        self._loc = loc  # resolved on first use when not given (a DataLoader worker resolves its own)
 
     def read(self, uri: str) -> bytes:
         """The bytes of a ``store:`` URI; FileNotFoundError when absent."""

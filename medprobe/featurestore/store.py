@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from medprobe.errors import CorruptDataError, InvalidInputError, NotFoundError, StoreFormatError, StoreWriteError
 from medprobe.featurestore.catalog import Catalog
-from medprobe.featurestore.files import STORE_URI, FileArea
+from medprobe.featurestore.files import STORE_URI, FileArea, StoreBlobs
 from medprobe.featurestore.fragments import TXN_PREFIX, append_fragment, to_arrow, txn_marker
 from medprobe.featurestore.fsio import Location, create_exclusive, resolve, write_atomic
 from medprobe.featurestore.ids import new_id
@@ -650,6 +650,6 @@ class FeatureStore:
     def read_bytes(self, uri: str) -> bytes:
         """Bytes of ``store:<relpath>``, a local path or any fsspec URL."""
         if uri.startswith(STORE_URI):
-            return self.loc.fs.cat_file(self.loc.path(uri[len(STORE_URI) :]))
+            return StoreBlobs(self.url, self.loc).read(uri)
         with fsspec.open(uri, "rb") as f:
             return f.read()

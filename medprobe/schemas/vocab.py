@@ -101,6 +101,13 @@ class SelectBy(StrEnum):
     balanced_accuracy = "balanced_accuracy"
     log_loss = "log_loss"
 
+
+class TestSplit(StrEnum):
+    """The split scored once as the test set (``val`` for datasets that ship only train/val)."""
+
+    test = "test"
+    val = "val"
+
 SPLITS: tuple[str, ...] = tuple(s.value for s in Split)
 STORAGE_DTYPES: tuple[str, ...] = tuple(d.value for d in StorageDType)
 COMPUTE_DTYPES: tuple[str, ...] = tuple(d.value for d in ComputeDType)

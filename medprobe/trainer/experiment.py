@@ -14,6 +14,7 @@ from medprobe.featurestore import new_id, package_versions
 from medprobe.progress import progress_bar
 from medprobe.schemas import SPLITS
 from medprobe.schemas.tables import PredictionRow, ProbeResultRow, TaskRow
+from medprobe.schemas.vocab import TestSplit
 from medprobe.trainer.bootstrap import N_BOOT, metrics_with_ci
 from medprobe.trainer.data import TaskData, load_task_data, read_features
 from medprobe.trainer.defaults import DEFAULT_C_GRID
@@ -132,7 +133,7 @@ def prepare(store: FeatureStore, spec: ExperimentSpec, only_hashes: set[str] | N
     unknown = sorted(set(data.split.tolist()) - set(SPLITS))
     if unknown:
         raise InvalidInputError(f"dataset {spec.task.dataset!r} has rows in unknown splits {unknown}")
-    if spec.test_split not in ("test", "val"):
+    if spec.test_split not in {s.value for s in TestSplit}:
         raise InvalidInputError(f"--test-split must be test or val, got {spec.test_split!r}")
     if spec.test_split == "val" and spec.selection == "val":
         raise InvalidInputError("--selection val cannot pick C on the split held out as the test set; use cv")
