@@ -7,7 +7,8 @@ same adapter classes as real checkpoints, and ``save_pretrained`` of the model a
 gives a directory that ``load_adapter`` reads like any local checkpoint.
 
 Tokenizers are byte-level BPE models with no merges (every byte is a token) plus the special
-tokens each processor needs; image processors are the ``*ImageProcessorPil`` classes.
+tokens each processor needs; image processors are the classes ``AutoImageProcessor`` loads back (the
+torchvision backend).
 """
 
 from __future__ import annotations
@@ -104,8 +105,7 @@ def _instantiate(model_cls: Any, config: object, device: str | None = None, dtyp
 
 # ----------------------------------------------------------------------------- vision towers
 def _clip(full: bool, device: str | None, dtype: str) -> Built:
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     if full:  # ViT-B/32
         config = CLIPVisionConfig(
@@ -120,13 +120,12 @@ def _clip(full: bool, device: str | None, dtype: str) -> Built:
     else:
         config = CLIPVisionConfig(**_VISION)
         size = 32
-    processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     return Built(_instantiate(CLIPVisionModel, config, device, dtype), processor)
 
 
 def _siglip(full: bool, device: str | None, dtype: str) -> Built:
-    from transformers import SiglipVisionConfig, SiglipVisionModel
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
     if full:  # SigLIP base patch16 224
         config = SiglipVisionConfig(
@@ -140,19 +139,25 @@ def _siglip(full: bool, device: str | None, dtype: str) -> Built:
     else:
         config = SiglipVisionConfig(**_VISION)
     size: Any = config.image_size
-    processor = SiglipImageProcessorPil(size={"height": size, "width": size})
+    processor = SiglipImageProcessor(size={"height": size, "width": size})
     return Built(_instantiate(SiglipVisionModel, config, device, dtype), processor)
 
 
 # ----------------------------------------------------------------------------- decoder VLMs
 def _llava(full: bool, device: str | None, dtype: str) -> Built:
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     tokenizer = byte_level_tokenizer(["<image>"], {"image_token": "<image>"})
     size = _VISION["image_size"]
     processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}),
+        image_processor=CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}),
         tokenizer=tokenizer,
         patch_size=_VISION["patch_size"],
         vision_feature_select_strategy="default",
@@ -176,14 +181,14 @@ def _llava_next(full: bool, device: str | None, dtype: str) -> Built:
         LlamaConfig,
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
         LlavaNextProcessor,
     )
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
     tokenizer = byte_level_tokenizer(["<image>"], {"image_token": "<image>"})
     size = _VISION["image_size"]
     pinpoints = [[size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
-    image_processor = LlavaNextImageProcessorPil(
+    image_processor = LlavaNextImageProcessor(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_grid_pinpoints=pinpoints
     )
     processor = LlavaNextProcessor(
@@ -220,10 +225,10 @@ QWEN_CHAT_TEMPLATE = (
 
 
 def _qwen_image_processor() -> Any:
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers import Qwen2VLImageProcessor
 
     # 4 px patches merged 2x2: a 32x32 image -> 8x8 patches -> 16 image tokens
-    return Qwen2VLImageProcessorPil(
+    return Qwen2VLImageProcessor(
         patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=16 * 16, max_pixels=48 * 48
     )
 
@@ -306,14 +311,14 @@ def _paligemma(full: bool, device: str | None, dtype: str) -> Built:
         PaliGemmaConfig,
         PaliGemmaForConditionalGeneration,
         PaliGemmaProcessor,
+        SiglipImageProcessor,
         SiglipVisionConfig,
     )
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     tokenizer = byte_level_tokenizer(["<image>"], {"image_token": "<image>"})
     size = _VISION["image_size"]
     n_image = (size // _VISION["patch_size"]) ** 2
-    image_processor = SiglipImageProcessorPil(size={"height": size, "width": size})
+    image_processor = SiglipImageProcessor(size={"height": size, "width": size})
     image_processor.image_seq_length = n_image  # type: ignore[attr-defined]  # read by PaliGemmaProcessor
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)  # adds loc/seg tokens
     vision = SiglipVisionConfig(**{**_VISION, "projection_dim": _TEXT["hidden_size"]}).to_dict()
@@ -333,8 +338,7 @@ _IDEFICS_SPECIAL = ["<fake_token_around_image>", "<image>", "<end_of_utterance>"
 
 
 def _idefics(full: bool, device: str | None, dtype: str) -> Built:
-    from transformers import IdeficsConfig, IdeficsForVisionText2Text, IdeficsProcessor
-    from transformers.models.idefics.image_processing_pil_idefics import IdeficsImageProcessorPil
+    from transformers import IdeficsConfig, IdeficsForVisionText2Text, IdeficsImageProcessor, IdeficsProcessor
 
     tokenizer = byte_level_tokenizer(_IDEFICS_SPECIAL, {"image_token": "<image>"})
     if full:  # Idefics-9B: LLaMA-7B text model, ViT-H/14 vision tower, perceiver resampler, xattn every 4
@@ -395,21 +399,26 @@ def _idefics(full: bool, device: str | None, dtype: str) -> Built:
                 "resampler_head_dim": 8,
             },
         )
-    image_processor = IdeficsImageProcessorPil(image_size=size)
+    image_processor = IdeficsImageProcessor(image_size=size)
     processor = IdeficsProcessor(image_processor=image_processor, tokenizer=tokenizer, image_size=size)
     return Built(_instantiate(IdeficsForVisionText2Text, config, device, dtype), processor)
 
 
 def _idefics2(full: bool, device: str | None, dtype: str) -> Built:
-    from transformers import Idefics2Config, Idefics2ForConditionalGeneration, Idefics2Processor, MistralConfig
-    from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
+    from transformers import (
+        Idefics2Config,
+        Idefics2ForConditionalGeneration,
+        Idefics2ImageProcessor,
+        Idefics2Processor,
+        MistralConfig,
+    )
 
     tokenizer = byte_level_tokenizer(
         _IDEFICS_SPECIAL, {"image_token": "<image>", "image_boundary_token": "<fake_token_around_image>"}
     )
     n_latents = 4
     size = _VISION["image_size"]
-    image_processor = Idefics2ImageProcessorPil(
+    image_processor = Idefics2ImageProcessor(
         do_image_splitting=False, size={"shortest_edge": size, "longest_edge": size}
     )
     processor = Idefics2Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=n_latents)
@@ -430,13 +439,18 @@ def _idefics2(full: bool, device: str | None, dtype: str) -> Built:
 
 
 def _idefics3(full: bool, device: str | None, dtype: str) -> Built:
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, LlamaConfig
-    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+        LlamaConfig,
+    )
 
     tokenizer = byte_level_tokenizer([*_IDEFICS_SPECIAL, "<global-img>"], {"image_token": "<image>"})
     size = _VISION["image_size"]
     # 16 patches of 8 px, pixel-shuffled by 2 -> 4 tokens per (sub-)image; images up to 64 px split in 32 px tiles
-    image_processor = Idefics3ImageProcessorPil(
+    image_processor = Idefics3ImageProcessor(
         do_image_splitting=True, size={"longest_edge": 2 * size}, max_image_size={"longest_edge": size}
     )
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4)
@@ -459,14 +473,13 @@ SMOLVLM_CHAT_TEMPLATE = (
 
 
 def _smolvlm(full: bool, device: str | None, dtype: str) -> Built:
-    from transformers import LlamaConfig, SmolVLMConfig, SmolVLMForConditionalGeneration
-    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+    from transformers import LlamaConfig, SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessor
 
     from medprobe.extractor.models.idefics2 import SmolVLMImageOnlyProcessor
 
     tokenizer = byte_level_tokenizer([*_IDEFICS_SPECIAL, "<global-img>", "<|im_start|>"], {"image_token": "<image>"})
     size = _VISION["image_size"]
-    image_processor = SmolVLMImageProcessorPil(
+    image_processor = SmolVLMImageProcessor(
         do_image_splitting=True, size={"longest_edge": 2 * size}, max_image_size={"longest_edge": size}
     )
     processor = SmolVLMImageOnlyProcessor(

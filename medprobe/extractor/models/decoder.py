@@ -87,6 +87,8 @@ class VLMPreprocessor(Preprocessor):
         return {
             "processor": type(processor).__name__,
             "image_processor": image_processor.to_dict() if image_processor is not None else None,
+            # the class too: the PIL and torchvision backends of one processor give different pixels
+            "image_processor_class": type(image_processor).__name__ if image_processor is not None else None,
             "tokenizer": type(tokenizer).__name__ if tokenizer is not None else None,
             "vocab_size": len(tokenizer) if tokenizer is not None else None,
             "chat_template": getattr(processor, "chat_template", None) if self.use_chat_template else None,

@@ -75,7 +75,9 @@ class VisionTowerAdapter(Adapter):
             model_id=model_id,
             model_revision=revision,
             adapter=family,
-            preprocessing=config_json({"image_processor": image_processor.to_dict()}),
+            preprocessing=config_json(
+                {"image_processor": image_processor.to_dict(), "image_processor_class": type(image_processor).__name__}
+            ),
             layer_semantics=LAYER_SEMANTICS,
             n_layers=n_layers,
             hidden_sizes=(int(config.hidden_size),) * n_layers,

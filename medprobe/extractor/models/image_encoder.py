@@ -1,0 +1,167 @@
+"""Image encoders from timm and open_clip: hooks on the blocks, one more layer for the model's own embedding.
+
+Layer ``i < n_blocks`` is the output of block ``i`` (a ViT block's residual stream, or a CNN stage's
+feature map), captured by a forward hook; layer ``n_blocks`` is the embedding the library itself returns
+for the image (timm: ``forward_head(forward_features(x), pre_logits=True)``; open_clip: ``encode_image``),
+so ``-l -1`` is what a user of the library calls "the features".
+
+Poolings: token outputs ``(batch, tokens, hidden)`` give ``cls`` (the class token), ``image_mean`` (mean
+of the patch tokens: class and register tokens excluded) and ``mean`` (all tokens); feature maps give
+``spatial_mean``. The embedding layer is already one vector per image: every pooling returns it.
+
+Preprocessing is the library's own eval transform (a torchvision ``Compose``) applied to each RGB image.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from medprobe.errors import InvalidInputError
+from medprobe.extractor.adapter import Adapter, ModelIdentity, Preprocessor
+from medprobe.extractor.models.base import compute_dtype
+from medprobe.extractor.models.capture import PooledCapture
+from medprobe.extractor.models.vision_tower import to_rgb
+
+TOKEN_POOLINGS = ("cls", "image_mean", "mean")
+SPATIAL_POOLINGS = ("spatial_mean",)
+
+
+class TransformPreprocessor(Preprocessor):
+    """A per-image eval transform (PIL -> CHW float tensor), stacked into ``pixel_values``; picklable."""
+
+    def __init__(self, transform: Callable[[Image.Image], torch.Tensor], name: str) -> None:
+        self.transform = transform
+        self.name = name
+
+    def __call__(self, images: Sequence[Image.Image], prompt: str | None = None) -> dict[str, torch.Tensor]:
+        if prompt is not None:
+            raise InvalidInputError(f"{self.name} is an image encoder and takes no prompt: leave out --prompt")
+        if not images:
+            raise InvalidInputError("preprocess got an empty batch of images")
+        return {"pixel_values": torch.stack([self.transform(image) for image in to_rgb(images)])}
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """How a block's output is laid out: tokens (with ``n_prefix`` class/register tokens) or a feature map."""
+
+    tokens: bool
+    n_prefix: int = 0  # class + register tokens before the patch tokens
+    has_cls: bool = False  # the first prefix token is a class token
+    seq_first: bool = False  # tokens come as (tokens, batch, hidden) (open_clip with batch_first=False)
+    channels_last: bool = False  # feature maps come as NHWC (e.g. timm's Swin)
+
+    @property
+    def poolings(self) -> tuple[str, ...]:
+        """The poolings this layout can serve."""
+        if not self.tokens:
+            return SPATIAL_POOLINGS
+        return TOKEN_POOLINGS if self.has_cls else TOKEN_POOLINGS[1:]
+
+
+def pool_block(name: str, hidden: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+    """Pool one block output to ``(batch, hidden)`` float32; a 2-D input (an embedding) is returned as is."""
+    if hidden.ndim == 2:
+        return hidden.float()
+    if layout.tokens and hidden.ndim == 3:
+        tokens = hidden.transpose(0, 1) if layout.seq_first else hidden
+        if name == "cls":
+            return tokens[:, 0].float()
+        if name == "image_mean":
+            return tokens[:, layout.n_prefix :].float().mean(dim=1)
+        if name == "mean":
+            return tokens.float().mean(dim=1)
+    if not layout.tokens and hidden.ndim == 4 and name == "spatial_mean":
+        return hidden.float().mean(dim=(1, 2) if layout.channels_last else (2, 3))
+    raise InvalidInputError(f"cannot apply pooling {name!r} to a block output of shape {tuple(hidden.shape)}")
+
+
+def block_output(output: object) -> torch.Tensor:
+    """The tensor a block returns (some blocks return a tuple whose first item is the hidden state)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"cannot find the hidden states in a block output of type {type(output).__name__}")
+
+
+class BlockEncoderAdapter(Adapter):
+    """An image encoder with a block list and a final embedding; subclasses say how to run each."""
+
+    blocks: Sequence[nn.Module]
+    layout: BlockLayout
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        blocks: Sequence[nn.Module],
+        layout: BlockLayout,
+        preprocessor: Preprocessor,
+        identity: ModelIdentity,
+    ) -> None:
+        self.model = model.eval()
+        self.blocks = blocks
+        self.layout = layout
+        self.preprocessor = preprocessor
+        self.identity = identity
+        self.device = next(model.parameters()).device
+        self.dtype = compute_dtype(model)
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of hooked blocks; layer ``n_blocks`` is the embedding."""
+        return len(self.blocks)
+
+    @abstractmethod
+    def run_blocks(self, pixel_values: torch.Tensor) -> object:
+        """Run the encoder at least through its last block (the hooks stop it early)."""
+
+    @abstractmethod
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The library's own embedding of the images (the last layer)."""
+
+    def forward_pooled(
+        self, batch: Mapping[str, torch.Tensor], layers: Sequence[int], poolings: Sequence[str]
+    ) -> dict[tuple[str, int], torch.Tensor]:
+        self.check_request(layers, poolings)
+        x = batch["pixel_values"].to(device=self.device, dtype=self.dtype, non_blocking=True)
+        wanted = sorted({int(i) for i in layers})
+        block_layers = [i for i in wanted if i < self.n_blocks]
+        want_embedding = self.n_blocks in wanted
+        results: dict[tuple[str, int], torch.Tensor] = {}
+        with torch.no_grad():
+            if block_layers:
+                capture = PooledCapture(
+                    self.blocks,
+                    block_layers,
+                    poolings,
+                    lambda name, h: pool_block(name, h, self.layout),
+                    stop_early=not want_embedding,
+                    extract=block_output,
+                )
+                if want_embedding:
+                    embedding: list[torch.Tensor] = []
+                    results.update(capture.run(lambda: embedding.append(self.embed(x))))
+                    final = embedding[0]
+                else:
+                    results.update(capture.run(lambda: self.run_blocks(x)))
+            else:
+                final = self.embed(x)
+            if want_embedding:
+                for name in dict.fromkeys(poolings):
+                    results[(name, self.n_blocks)] = pool_block(name, final, self.layout)
+        return results
+
+
+def describe_transform(transform: Any) -> list[str]:
+    """The steps of a torchvision ``Compose`` (or any transform) as text: sizes, interpolation, mean/std."""
+    steps = getattr(transform, "transforms", [transform])
+    return [repr(step) for step in steps]
