@@ -6,13 +6,21 @@ A spec is one of:
   group: ``tiny-random/<name>`` / ``random-full/<name>`` are random-weight models built in code
   (``medprobe.synthetic.models``, for tests and smoke runs);
 * a plugin name registered under the ``medprobe.models`` entry-point group (``efficientnet-lite0``);
-* a local checkpoint directory or a Hugging Face model id, loaded with the ``Auto*`` classes and
-  dispatched on ``AutoConfig``'s ``model_type`` (see ``medprobe.extractor.models.FAMILIES``).
+* ``timm/<name>`` (timm's registry) or ``open_clip:<arch>/<pretrained>`` (open_clip's);
+* ``hf-hub:<org>/<name>`` or a local directory, dispatched on the files it holds:
+  ``open_clip_config.json`` -> open_clip; a ``config.json`` naming an ``architecture`` -> timm; a
+  ``config.json`` naming a ``model_type`` -> transformers;
+* a Hugging Face model id, loaded with the ``Auto*`` classes and dispatched on ``AutoConfig``'s
+  ``model_type`` (see ``medprobe.extractor.models.FAMILIES``).
+
+Weights load from safetensors; a pickle checkpoint only with ``allow_pickle`` (``medprobe.extractor.weights``);
+a repository's own code runs only with ``trust_remote_code``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -24,7 +32,11 @@ from medprobe.errors import InvalidInputError, NotFoundError
 from medprobe.extractor.adapter import Adapter
 from medprobe.extractor.models import FAMILIES, GENERIC, Family, resolve
 from medprobe.extractor.models.base import model_revision
+from medprobe.extractor.weights import PICKLE_HINT, local_weights
 from medprobe.schemas.vocab import QUANTIZATIONS
+
+# what transformers' from_pretrained looks for, safetensors first (shards: any *.safetensors, then any pickle)
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 PLUGIN_GROUP = "medprobe.models"
 FAMILY_GROUP = "medprobe.model_families"  # spec prefixes: "<family>/<name>" -> loader(spec, device=, dtype=)
@@ -67,34 +79,104 @@ def load_adapter(
     trust_remote_code: bool = False,
     quantization: str | None = None,
     device_map: str | None = None,
+    allow_pickle: bool = False,
 ) -> Adapter:
     """Load the model named by ``model_spec`` and wrap it in its adapter (eval mode, on ``device``).
 
     ``device_map`` (e.g. ``"auto"``) spreads a large model over the visible GPUs through accelerate
     and takes precedence over ``device``; ``quantization`` (``"8bit"``/``"4bit"``) needs bitsandbytes.
+    ``allow_pickle`` lets a ``.bin``/``.pth`` checkpoint load when a repo has no safetensors.
     """
     torch_dtype(dtype)  # validate early
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise InvalidInputError(f"unknown quantization {quantization!r}; choose from {', '.join(QUANTIZATIONS)}")
-    families = {ep.name: ep for ep in entry_points(group=FAMILY_GROUP)}
-    family = families.get(model_spec.split("/", 1)[0]) if "/" in model_spec else None
-    plugins = {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
-    if (family is not None or model_spec in plugins) and (quantization or device_map):
+    backend = model_backend(model_spec)
+    if backend != "transformers" and (quantization or device_map):
         raise InvalidInputError(f"quantization and device_map apply to Hugging Face checkpoints, not to {model_spec!r}")
-    if family is not None:
-        load_family: Callable[..., Adapter] = family.load()
+    if backend == "family":
+        families = {ep.name: ep for ep in entry_points(group=FAMILY_GROUP)}
+        load_family: Callable[..., Adapter] = families[model_spec.split("/", 1)[0]].load()
         return load_family(model_spec, device=device, dtype=dtype)
-    if model_spec in plugins:
+    if backend == "plugin":
+        plugins = {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
         build: Callable[..., Adapter] = plugins[model_spec].load()
         return build(device=device, dtype=dtype)
+    if backend in ("timm", "open_clip"):
+        return _load_encoder(backend, model_spec, device=device, dtype=torch_dtype(dtype), allow_pickle=allow_pickle)
     return _load_hf(
-        model_spec,
+        _hub_repo(model_spec),
         device=device,
         dtype=dtype,
         trust_remote_code=trust_remote_code,
         quantization=quantization,
         device_map=device_map,
+        allow_pickle=allow_pickle,
     )
+
+
+BACKENDS = ("transformers", "timm", "open_clip", "plugin", "family")
+HF_HUB = "hf-hub:"
+
+
+def model_backend(spec: str) -> str:
+    """Which loader serves ``spec``: ``family``, ``plugin``, ``timm``, ``open_clip`` or ``transformers``.
+
+    A local directory and an ``hf-hub:`` repo are told apart by the config file they hold (see the module doc).
+    """
+    from medprobe.extractor.models import open_clip_encoder, timm_encoder
+
+    if "/" in spec and spec.split("/", 1)[0] in {ep.name for ep in entry_points(group=FAMILY_GROUP)}:
+        return "family"
+    if spec in {ep.name for ep in entry_points(group=PLUGIN_GROUP)}:
+        return "plugin"
+    if spec.startswith(timm_encoder.SPEC_PREFIX):
+        return "timm"
+    if spec.startswith(open_clip_encoder.SPEC_PREFIX):
+        return "open_clip"
+    if spec.startswith(HF_HUB):
+        repo = _hub_repo(spec)
+        if open_clip_encoder.hub_is_open_clip(repo):
+            return "open_clip"
+        return "timm" if timm_encoder.hub_is_timm(repo) else "transformers"
+    if _looks_like_path(spec):
+        directory = Path(spec).expanduser()
+        if not directory.is_dir():
+            raise NotFoundError(f"model directory {spec!r} does not exist")
+        if (directory / open_clip_encoder.CONFIG_FILE).is_file():
+            return "open_clip"
+        config = directory / "config.json"
+        if not config.is_file():
+            raise NotFoundError(
+                f"model directory {spec!r} has no config.json (transformers, timm) or "
+                f"{open_clip_encoder.CONFIG_FILE} (open_clip)"
+            )
+        try:
+            parsed = json.loads(config.read_text())
+        except (OSError, ValueError) as e:
+            raise InvalidInputError(f"cannot read {config}: {e}; it must be the model's JSON config") from e
+        return "timm" if isinstance(parsed, dict) and timm_encoder.is_timm_config(parsed) else "transformers"
+    return "transformers"
+
+
+def _hub_repo(spec: str) -> str:
+    repo = spec.removeprefix(HF_HUB)
+    if spec.startswith(HF_HUB) and repo.count("/") != 1:
+        raise InvalidInputError(f"{spec!r} is not hf-hub:<org>/<name>")
+    return repo
+
+
+def _load_encoder(backend: str, spec: str, *, device: str, dtype: torch.dtype, allow_pickle: bool) -> Adapter:
+    from medprobe.extractor.models import open_clip_encoder, timm_encoder
+
+    if spec.startswith(timm_encoder.SPEC_PREFIX):
+        return timm_encoder.load_timm_name(spec, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    if spec.startswith(open_clip_encoder.SPEC_PREFIX):
+        return open_clip_encoder.load_open_clip_name(spec, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    if spec.startswith(HF_HUB):
+        load_hub = timm_encoder.load_timm_hub if backend == "timm" else open_clip_encoder.load_open_clip_hub
+        return load_hub(_hub_repo(spec), device=device, dtype=dtype, allow_pickle=allow_pickle)
+    load_dir = timm_encoder.load_timm_dir if backend == "timm" else open_clip_encoder.load_open_clip_dir
+    return load_dir(Path(spec).expanduser(), model_id=spec, device=device, dtype=dtype, allow_pickle=allow_pickle)
 
 
 def adapter_from_model(
@@ -189,12 +271,18 @@ def _load_hf(
     trust_remote_code: bool,
     quantization: str | None,
     device_map: str | None,
+    allow_pickle: bool = False,
 ) -> Adapter:
     import transformers
 
     config = _load_config(spec, trust_remote_code)
     family = _family(config, spec)
+    directory = Path(spec).expanduser()
+    if directory.is_dir():  # name the missing or pickle-only weights before transformers does
+        local_weights(directory, HF_WEIGHT_FILES, allow_pickle=allow_pickle, config="config.json")
     kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
     quant = _quantization_config(quantization, dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
@@ -209,7 +297,12 @@ def _load_hf(
     else:
         model_cls = getattr(transformers, family.model_class)
         kwargs.pop("trust_remote_code")
-    model = model_cls.from_pretrained(spec, **kwargs)
+    try:
+        model = model_cls.from_pretrained(spec, **kwargs)
+    except OSError as e:
+        if not allow_pickle and "safetensors" in str(e):
+            raise InvalidInputError(f"model {spec!r} has no safetensors weights; " + PICKLE_HINT) from e
+        raise
     if "device_map" not in kwargs:
         model = model.to(device)
     processor = _load_processor(family, spec, trust_remote_code)

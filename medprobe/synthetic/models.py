@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -525,9 +526,38 @@ def random_from_config(name: str, *, full_size: bool = False, device: str | None
     return _seeded(lambda: builder(full_size, device, dtype))
 
 
+def random_encoder(name: str, *, full_size: bool = False, device: str | None = None, dtype: str = "fp32") -> Any:
+    """Build the random timm / open_clip encoder ``name`` (seeded): an ``encoders.EncoderBuild``."""
+    from medprobe.extractor.loading import torch_dtype
+    from medprobe.synthetic.encoders import FULL_ENCODERS, TINY_ENCODERS, build_encoder
+
+    table = FULL_ENCODERS if full_size else TINY_ENCODERS
+    if name not in table:
+        kind = "full-size" if full_size else "tiny"
+        raise NotFoundError(f"no {kind} random encoder {name!r}; choose from {', '.join(sorted(table))}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        return build_encoder(name, full_size=full_size, device=device or "cpu", dtype=torch_dtype(dtype))
+
+
 def spec_names() -> list[str]:
     """Every model spec this module can build (``tiny-random/*`` and ``random-full/*``)."""
-    return [TINY_PREFIX + n for n in TINY_BUILDERS] + [FULL_PREFIX + n for n in FULL_SIZE]
+    from medprobe.synthetic.encoders import FULL_ENCODERS, TINY_ENCODERS
+
+    tiny = [*TINY_BUILDERS, *TINY_ENCODERS]
+    full = [*FULL_SIZE, *FULL_ENCODERS]
+    return [TINY_PREFIX + n for n in tiny] + [FULL_PREFIX + n for n in full]
+
+
+def _split_spec(spec: str) -> tuple[str, bool]:
+    full = spec.startswith(FULL_PREFIX)
+    return spec.removeprefix(FULL_PREFIX if full else TINY_PREFIX), full
+
+
+def _is_encoder(name: str) -> bool:
+    from medprobe.synthetic.encoders import FULL_ENCODERS, TINY_ENCODERS
+
+    return name in TINY_ENCODERS or name in FULL_ENCODERS
 
 
 def load_random(spec: str, *, device: str = "cpu", dtype: str = "fp32") -> Adapter:
@@ -536,10 +566,31 @@ def load_random(spec: str, *, device: str = "cpu", dtype: str = "fp32") -> Adapt
     Registered under the ``medprobe.model_families`` entry-point group, so ``load_adapter`` finds it by prefix.
     """
     from medprobe.extractor.loading import adapter_from_model
+    from medprobe.extractor.models.base import sha256_of_state
 
-    full = spec.startswith(FULL_PREFIX)
-    name = spec.removeprefix(FULL_PREFIX if full else TINY_PREFIX)
-    built = random_from_config(name, full_size=full, device=device, dtype=dtype)
+    name, full = _split_spec(spec)
     # a full-size model is too large to hash: its revision names the recipe instead
-    revision = f"random-init:{name}:seed={SEED}:torch={torch.__version__}" if full else None
-    return adapter_from_model(built.model, built.processor, model_id=spec, revision=revision)
+    recipe = f"random-init:{name}:seed={SEED}:torch={torch.__version__}" if full else None
+    if _is_encoder(name):
+        encoder = random_encoder(name, full_size=full, device=device, dtype=dtype)
+        return encoder.adapter(spec, recipe or "sha256:" + sha256_of_state(encoder.model))
+    built = random_from_config(name, full_size=full, device=device, dtype=dtype)
+    return adapter_from_model(built.model, built.processor, model_id=spec, revision=recipe)
+
+
+def save_random(spec: str, directory: str | Path) -> Path:
+    """Write the random model ``spec`` to ``directory`` in its hub layout (what a download leaves).
+
+    Transformers models: ``save_pretrained`` of model and processor; timm: ``config.json`` +
+    ``model.safetensors``; open_clip: ``open_clip_config.json`` + ``open_clip_model.safetensors``.
+    """
+    name, full = _split_spec(spec)
+    path = Path(directory)
+    if _is_encoder(name):
+        return random_encoder(name, full_size=full).save(path)
+    built = random_from_config(name, full_size=full)
+    model: Any = built.model
+    processor: Any = built.processor
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -86,7 +86,7 @@ def sha256_of_state(module: nn.Module) -> str:
             raise InvalidInputError("cannot hash the weights of a model on the meta device")
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 

@@ -14,9 +14,11 @@ Preprocessing is the library's own eval transform (a torchvision ``Compose``) ap
 
 from __future__ import annotations
 
+import inspect
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import torch
@@ -161,7 +163,35 @@ class BlockEncoderAdapter(Adapter):
         return results
 
 
-def describe_transform(transform: Any) -> list[str]:
-    """The steps of a torchvision ``Compose`` (or any transform) as text: sizes, interpolation, mean/std."""
+def describe_transform(transform: Any) -> list[dict[str, Any]]:
+    """The steps of a torchvision ``Compose`` as plain data (op name, sizes, interpolation, mean/std...).
+
+    Canonical: a tuple and a list of the same numbers, or two copies of one function, describe alike,
+    so the feature-set id follows what the transform does, not how its config was spelled.
+    """
     steps = getattr(transform, "transforms", [transform])
-    return [repr(step) for step in steps]
+    described = []
+    for step in steps:
+        if inspect.isfunction(step) or inspect.isbuiltin(step):
+            described.append({"op": getattr(step, "__qualname__", type(step).__name__)})
+            continue
+        fields = {k: _plain(v) for k, v in vars(step).items() if not k.startswith("_") and k != "training"}
+        described.append({"op": type(step).__name__, **fields})
+    return described
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able, canonical form of a transform attribute."""
+    if isinstance(value, Enum):
+        return _plain(value.value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if callable(value):
+        return getattr(value, "__qualname__", type(value).__name__)
+    return repr(value)
