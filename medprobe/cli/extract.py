@@ -16,6 +16,7 @@ from rich.table import Table
 
 from medprobe.cli.common import console, err_console, open_store
 from medprobe.cli.options import (
+    AllowPickleOpt,
     DatasetOpt,
     DeviceOpt,
     FormatOpt,
@@ -24,6 +25,7 @@ from medprobe.cli.options import (
     OutOpt,
     SplitOpt,
     StoreOpt,
+    TrustRemoteCodeOpt,
     layers_option,
     retired,
     split_list,
@@ -76,9 +78,8 @@ class ExtractSettings:
     storage_dtype: Annotated[StorageDType, typer.Option("--storage-dtype", help="How activations are stored.")] = (
         StorageDType.float16
     )
-    trust_remote_code: Annotated[
-        bool, typer.Option("--trust-remote-code", help="Allow model repositories' own code.")
-    ] = False
+    trust_remote_code: TrustRemoteCodeOpt = False
+    allow_pickle: AllowPickleOpt = False
     quantization: Annotated[
         Quantization | None, typer.Option("--quantization", help="Weights quantization (needs bitsandbytes).")
     ] = None
@@ -109,6 +110,7 @@ class ExtractSettings:
                 splits=split_names(self.split) or None,
                 storage_dtype=self.storage_dtype.value,
                 trust_remote_code=self.trust_remote_code,
+                allow_pickle=self.allow_pickle,
                 quantization=None if self.quantization is None else self.quantization.value,
                 device_map=self.device_map,
                 commit_every=self.commit_every,

@@ -93,7 +93,20 @@ TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Task name (see `medp
 ModelOpt = Annotated[
     str,
     typer.Option(
-        "--model", "-m", help="Hugging Face id, local directory, plugin (efficientnet-lite0) or tiny-random/*."
+        "--model",
+        "-m",
+        help="Model spec: Hugging Face id, hf-hub:org/name, timm/<name>, open_clip:<arch>/<tag>, local directory, "
+        "plugin (efficientnet-lite0) or tiny-random/* (see `medprobe models`).",
+    ),
+]
+TrustRemoteCodeOpt = Annotated[
+    bool, typer.Option("--trust-remote-code", help="Allow a model repository's own Python code to run.")
+]
+AllowPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle",
+        help="Allow .bin/.pth (pickle) weights when a checkpoint has no safetensors; a pickle can run code.",
     ),
 ]
 DeviceOpt = Annotated[
@@ -249,6 +262,7 @@ def retired(**renamed: str) -> Callable[[F], F]:
 __all__ = [
     "FORMATS",
     "SHORT_FLAGS",
+    "AllowPickleOpt",
     "DatasetOpt",
     "DeviceOpt",
     "FormatOpt",
@@ -260,6 +274,7 @@ __all__ = [
     "SplitOpt",
     "StoreOpt",
     "TaskOpt",
+    "TrustRemoteCodeOpt",
     "choice",
     "float_list",
     "int_list",

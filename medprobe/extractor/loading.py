@@ -30,7 +30,7 @@ import torch
 
 from medprobe.errors import InvalidInputError, NotFoundError
 from medprobe.extractor.adapter import Adapter
-from medprobe.extractor.models import FAMILIES, GENERIC, Family, resolve
+from medprobe.extractor.models import FAMILIES, GENERIC, VISION_ADAPTER, Family, resolve
 from medprobe.extractor.models.base import model_revision
 from medprobe.extractor.weights import PICKLE_HINT, local_weights
 from medprobe.schemas.vocab import QUANTIZATIONS
@@ -191,7 +191,7 @@ def adapter_from_model(
     family = _family(model.config, model_id)
     adapter_cls = resolve(family.adapter)
     revision = revision or model_revision(model, source)
-    if family.model_class in ("CLIPVisionModel", "SiglipVisionModel"):
+    if family.adapter == VISION_ADAPTER:
         return adapter_cls(model, processor, family=family.name, model_id=model_id, revision=revision)
     return adapter_cls(model, processor, model_id=model_id, revision=revision)
 

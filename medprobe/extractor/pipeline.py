@@ -51,6 +51,7 @@ class ExtractOptions(BaseModel):
     splits: list[str] | None = None
     storage_dtype: str = "float16"
     trust_remote_code: bool = False
+    allow_pickle: bool = False  # .bin/.pth weights when a checkpoint has no safetensors
     quantization: str | None = None
     device_map: str | None = None
     commit_every: int = Field(256, ge=1)
@@ -123,6 +124,7 @@ def load_model(options: ExtractOptions) -> Adapter:
         trust_remote_code=options.trust_remote_code,
         quantization=options.quantization,
         device_map=options.device_map,
+        allow_pickle=options.allow_pickle,
     )
 
 

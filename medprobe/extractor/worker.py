@@ -54,6 +54,7 @@ class _AdapterCache:
             options.resolved_device(),
             options.resolved_dtype(),
             options.trust_remote_code,
+            options.allow_pickle,
             options.quantization,
             options.device_map,
         )

@@ -144,6 +144,44 @@ def _siglip(full: bool, device: str | None, dtype: str) -> Built:
     return Built(_instantiate(SiglipVisionModel, config, device, dtype), processor)
 
 
+def _vit(full: bool, device: str | None, dtype: str) -> Built:
+    """ViTModel (Phikon's architecture); full size is ViT-B/16 at 224 px."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    config = ViTConfig(image_size=224, patch_size=16) if full else ViTConfig(**_VISION)
+    size: Any = config.image_size
+    processor = ViTImageProcessor(size={"height": size, "width": size})
+    return Built(_instantiate(ViTModel, config, device, dtype), processor)
+
+
+def _dinov2(full: bool, device: str | None, dtype: str) -> Built:
+    """Dinov2Model (RAD-DINO's architecture): BiT-style resize + centre crop; full size is ViT-B/14 at 518 px."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    if full:
+        config = Dinov2Config(image_size=518, patch_size=14)
+        size = 518
+    else:
+        config = Dinov2Config(**_VISION)
+        size = 32
+    processor = BitImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, do_center_crop=True
+    )
+    return Built(_instantiate(Dinov2Model, config, device, dtype), processor)
+
+
+def _dinov2_registers(full: bool, device: str | None, dtype: str) -> Built:
+    """Dinov2WithRegistersModel: CLS + 4 register tokens before the patches."""
+    from transformers import BitImageProcessor, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    config = Dinov2WithRegistersConfig(**_VISION, num_register_tokens=4)
+    size = _VISION["image_size"]
+    processor = BitImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, do_center_crop=True
+    )
+    return Built(_instantiate(Dinov2WithRegistersModel, config, device, dtype), processor)
+
+
 # ----------------------------------------------------------------------------- decoder VLMs
 def _llava(full: bool, device: str | None, dtype: str) -> Built:
     from transformers import (
@@ -498,6 +536,9 @@ def _smolvlm(full: bool, device: str | None, dtype: str) -> Built:
 TINY_BUILDERS: dict[str, Callable[[bool, str | None, str], Built]] = {
     "clip": _clip,
     "siglip": _siglip,
+    "vit": _vit,
+    "dinov2": _dinov2,
+    "dinov2-registers": _dinov2_registers,
     "llava": _llava,
     "llava-next": _llava_next,
     "qwen2-vl": _qwen2_vl,
@@ -508,7 +549,13 @@ TINY_BUILDERS: dict[str, Callable[[bool, str | None, str], Built]] = {
     "idefics3": _idefics3,
     "smolvlm": _smolvlm,
 }
-FULL_SIZE = {"clip": "CLIP ViT-B/32 vision tower", "siglip": "SigLIP-B/16 vision tower", "idefics": "Idefics-9B"}
+FULL_SIZE = {
+    "clip": "CLIP ViT-B/32 vision tower",
+    "siglip": "SigLIP-B/16 vision tower",
+    "vit": "ViT-B/16 (Phikon's shape)",
+    "dinov2": "DINOv2 ViT-B/14 at 518 px (RAD-DINO's shape)",
+    "idefics": "Idefics-9B",
+}
 
 
 def random_from_config(name: str, *, full_size: bool = False, device: str | None = None, dtype: str = "fp32") -> Built:

@@ -15,7 +15,9 @@ from medprobe.extractor.adapter import POOLINGS
 from medprobe.extractor.loading import load_adapter
 from medprobe.extractor.models.base import text_config
 
-VISION = ["clip", "siglip"]
+VISION = ["clip", "siglip", "vit", "dinov2", "dinov2-registers"]
+# non-patch tokens first: CLS (CLIP, ViT, DINOv2), plus 4 registers in the tiny DINOv2-with-registers
+PREFIX = {"clip": 1, "siglip": 0, "vit": 1, "dinov2": 1, "dinov2-registers": 5}
 DECODERS = ["llava", "qwen2-vl", "qwen2.5-vl", "paligemma", "idefics", "idefics2", "idefics3", "smolvlm", "llava-next"]
 ADAPTER_NAME = {"llava-next": "image-text-to-text"}  # no dedicated adapter: the generic decoder path
 PROMPT = "Describe the knee."
@@ -98,7 +100,7 @@ def test_vision_pooling_matches_hidden_states(name: str) -> None:
     out = run_all(adapter, batch)
     hidden = adapter.hidden_states(batch)
     assert len(hidden) == adapter.identity.n_layers + 1
-    prefix = 1 if name == "clip" else 0
+    prefix = PREFIX[name]
     for i in range(adapter.identity.n_layers):
         h = hidden[i + 1]  # every layer, the last included: vision towers do not tie the post-layernorm
         torch.testing.assert_close(out[("image_mean", i)], h[:, prefix:].mean(1), atol=ATOL, rtol=RTOL)

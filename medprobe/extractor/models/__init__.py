@@ -10,7 +10,7 @@ What layer ``i`` means (recorded in every feature set's ``layer_semantics``):
   final norm, so it equals ``output_hidden_states[i + 1]`` for ``i < n_layers - 1``; the last layer
   is the pre-norm state, whereas ``output_hidden_states[-1]`` is after the norm. Idefics v1's block
   ``i`` includes the gated cross-attention block that precedes it.
-* CLIP / SigLIP towers: the output of encoder block ``i`` before ``post_layernorm``
+* CLIP / SigLIP / ViT / DINOv2 towers: the output of encoder block ``i`` before the final norm
   (``output_hidden_states[i + 1]`` for every ``i``).
 
 Capture: forward hooks on the requested blocks only; each pools on the device (float32) as its
@@ -32,7 +32,7 @@ class Family:
     processor: str = "auto"  # "auto", "image" (AutoImageProcessor) or "module:Class"
 
 
-_VISION = "medprobe.extractor.models.vision_tower:VisionTowerAdapter"
+VISION_ADAPTER = _VISION = "medprobe.extractor.models.vision_tower:VisionTowerAdapter"
 _QWEN = "medprobe.extractor.models.qwen2_vl"
 
 FAMILIES: dict[str, Family] = {
@@ -40,6 +40,9 @@ FAMILIES: dict[str, Family] = {
     "clip_vision_model": Family("clip", _VISION, "CLIPVisionModel", "image"),
     "siglip": Family("siglip", _VISION, "SiglipVisionModel", "image"),
     "siglip_vision_model": Family("siglip", _VISION, "SiglipVisionModel", "image"),
+    "vit": Family("vit", _VISION, "ViTModel", "image"),  # Phikon
+    "dinov2": Family("dinov2", _VISION, "Dinov2Model", "image"),  # RAD-DINO, DINOv2
+    "dinov2_with_registers": Family("dinov2-registers", _VISION, "Dinov2WithRegistersModel", "image"),
     "llava": Family("llava", "medprobe.extractor.models.llava:LlavaAdapter", "auto"),
     "qwen2_vl": Family("qwen2-vl", f"{_QWEN}:Qwen2VLAdapter", "auto", f"{_QWEN}:Qwen2VLImageOnlyProcessor"),
     "qwen2_5_vl": Family("qwen2.5-vl", f"{_QWEN}:Qwen2_5_VLAdapter", "auto", f"{_QWEN}:Qwen2_5_VLImageOnlyProcessor"),

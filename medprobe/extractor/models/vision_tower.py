@@ -1,7 +1,9 @@
-"""CLIP and SigLIP vision towers: per-layer CLS and mean-of-patches activations.
+"""Transformers ViT-style vision encoders (CLIP and SigLIP towers, ViT, DINOv2 with or without registers).
 
-Layer ``i`` is the output of vision-encoder block ``i`` (the residual stream, before CLIP's or
-SigLIP's ``post_layernorm``); it equals ``output_hidden_states[i + 1]`` for every ``i``.
+Layer ``i`` is the output of encoder block ``i`` (the residual stream, before the final
+``post_layernorm`` / ``layernorm``); it equals ``output_hidden_states[i + 1]`` for every ``i``.
+Prefix tokens: CLIP, ViT and DINOv2 put a CLS token first; DINOv2 with registers adds its register
+tokens after it; SigLIP has none. ``image_mean`` averages the patch tokens only.
 """
 
 from __future__ import annotations
@@ -24,6 +26,19 @@ LAYER_SEMANTICS = (
     "output_hidden_states[i+1]; cls = the CLS token, image_mean = mean over patch tokens, "
     "mean = mean over all tokens"
 )
+# the same definition, worded for every family (the CLIP/SigLIP wording stays: it is part of their feature-set ids)
+LAYER_SEMANTICS_ENCODERS = (
+    "layer i = output of vision encoder block i (residual stream before the final layernorm) = "
+    "output_hidden_states[i+1]; cls = the CLS token, image_mean = mean over patch tokens (CLS and register "
+    "tokens excluded), mean = mean over all tokens"
+)
+
+
+def prefix_tokens(family: str, config: Any) -> int:
+    """How many non-patch tokens come first: CLS (CLIP, ViT, DINOv2) plus DINOv2's register tokens."""
+    if family == "siglip":
+        return 0
+    return 1 + int(getattr(config, "num_register_tokens", 0) or 0)
 
 
 def to_rgb(images: Sequence[Image.Image]) -> list[Image.Image]:
@@ -50,15 +65,16 @@ class ImageOnlyPreprocessor(Preprocessor):
 
 
 def find_encoder_layers(model: nn.Module, n_layers: int) -> nn.ModuleList:
-    """The vision encoder's block list (``...encoder.layers`` with ``n_layers`` blocks)."""
+    """The vision encoder's block list: the ``ModuleList`` named ``layers`` (or ``layer``) with ``n_layers`` blocks."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and name.endswith("encoder.layers") and len(module) == n_layers:
+        is_blocks = name.rsplit(".", 1)[-1] in ("layers", "layer")
+        if isinstance(module, nn.ModuleList) and is_blocks and len(module) == n_layers:
             return module
     raise InvalidInputError(f"cannot find the encoder layers of {type(model).__name__}")
 
 
 class VisionTowerAdapter(Adapter):
-    """A ViT-style image encoder (CLIPVisionModel, SiglipVisionModel) with hooks on its blocks."""
+    """A ViT-style image encoder (CLIP/SigLIP vision models, ViTModel, Dinov2Model) with hooks on its blocks."""
 
     def __init__(self, model: nn.Module, image_processor: Any, *, family: str, model_id: str, revision: str) -> None:
         self.model = model.eval()
@@ -66,7 +82,7 @@ class VisionTowerAdapter(Adapter):
         config: Any = model.config
         n_layers = int(config.num_hidden_layers)
         self.layer_modules = find_encoder_layers(model, n_layers)
-        self.n_prefix = 1 if family == "clip" else 0  # CLIP prepends a CLS token; SigLIP has none
+        self.n_prefix = prefix_tokens(family, config)
         self.preprocessor = ImageOnlyPreprocessor(image_processor)
         self.device = next(model.parameters()).device
         self.dtype = compute_dtype(model)
@@ -78,7 +94,7 @@ class VisionTowerAdapter(Adapter):
             preprocessing=config_json(
                 {"image_processor": image_processor.to_dict(), "image_processor_class": type(image_processor).__name__}
             ),
-            layer_semantics=LAYER_SEMANTICS,
+            layer_semantics=LAYER_SEMANTICS if family in ("clip", "siglip") else LAYER_SEMANTICS_ENCODERS,
             n_layers=n_layers,
             hidden_sizes=(int(config.hidden_size),) * n_layers,
             supported_poolings=poolings,
