@@ -533,6 +533,191 @@ def _smolvlm(full: bool, device: str | None, dtype: str) -> Built:
     return Built(_instantiate(SmolVLMForConditionalGeneration, config, device, dtype), processor)
 
 
+# the layout of Gemma 3's own template (turns, then <start_of_image> where the image goes)
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<start_of_turn>{{ message['role'] }}\n"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
+    "{% else %}{{ item['text'] }}{% endif %}{% endfor %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def _gemma3(full: bool, device: str | None, dtype: str) -> Built:
+    """Gemma 3 (MedGemma's architecture): SigLIP tower, 4 soft tokens per image, Gemma 3 text model."""
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessor,
+        Gemma3Processor,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
+
+    special = ["<start_of_image>", "<end_of_image>", "<image_soft_token>", "<start_of_turn>", "<end_of_turn>"]
+    tokenizer = byte_level_tokenizer(
+        special, {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"}
+    )
+    size = _VISION["image_size"]
+    processor = Gemma3Processor(
+        image_processor=Gemma3ImageProcessor(size={"height": size, "width": size}),
+        tokenizer=tokenizer,
+        image_seq_length=4,
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+    )
+    # local (sliding) blocks then a global one, as in Gemma 3 (5:1 there); the window is 8 tokens
+    layer_types = ["sliding_attention", "sliding_attention", "full_attention"]
+    text = Gemma3TextConfig(
+        vocab_size=len(tokenizer), head_dim=8, sliding_window=8, layer_types=layer_types, **_TEXT
+    ).to_dict()
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=SiglipVisionConfig(**_VISION).to_dict(),
+        mm_tokens_per_image=4,  # 4 x 4 patches pooled to 2 x 2
+        boi_token_index=token_id(tokenizer, "<start_of_image>"),
+        eoi_token_index=token_id(tokenizer, "<end_of_image>"),
+        image_token_index=token_id(tokenizer, "<image_soft_token>"),
+    )
+    model = _instantiate(Gemma3ForConditionalGeneration, config, device, dtype)
+    with torch.no_grad():  # the projection starts at 0: give it weights so the image reaches the text
+        projector: Any = model.model.multi_modal_projector
+        projector.mm_input_projection_weight.normal_(std=0.5)
+    return Built(model, processor)
+
+
+def _mllama(full: bool, device: str | None, dtype: str) -> Built:
+    """Mllama (Llama 3.2 Vision): tiled vision encoder, cross-attention block 1 of 3 in the text model."""
+    from transformers import (
+        MllamaConfig,
+        MllamaForConditionalGeneration,
+        MllamaImageProcessor,
+        MllamaProcessor,
+        MllamaTextConfig,
+        MllamaVisionConfig,
+    )
+
+    tokenizer = byte_level_tokenizer(["<|image|>", "<|python_tag|>"], {"image_token": "<|image|>"})
+    size = _VISION["image_size"]
+    processor = MllamaProcessor(
+        image_processor=MllamaImageProcessor(size={"height": size, "width": size}, max_image_tiles=2),
+        tokenizer=tokenizer,
+    )
+    vision = MllamaVisionConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_global_layers=1,
+        attention_heads=4,
+        intermediate_size=64,
+        vision_output_dim=64,  # hidden x (1 intermediate layer + the last)
+        image_size=size,
+        patch_size=8,
+        max_num_tiles=2,
+        intermediate_layers_indices=[0],
+        supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]],
+    )
+    text = MllamaTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        cross_attention_layers=[1],
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = MllamaConfig(
+        vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=token_id(tokenizer, "<|image|>")
+    )
+    model = _instantiate(MllamaForConditionalGeneration, config, device, dtype)
+    with torch.no_grad():  # the cross-attention gates start at 0: open them so the image reaches the text
+        for name, param in model.named_parameters():
+            if "cross_attn" in name and name.endswith("_gate"):
+                param.fill_(1.0)
+    return Built(model, processor)
+
+
+def _llava_onevision(full: bool, device: str | None, dtype: str) -> Built:
+    """LLaVA-OneVision: SigLIP tower, any-resolution tiles, Qwen2 text model (the generic decoder path)."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    tokenizer = byte_level_tokenizer(["<image>", "<video>"], {"image_token": "<image>", "video_token": "<video>"})
+    size = _VISION["image_size"]
+    pinpoints = [[size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(
+            size={"height": size, "width": size}, image_grid_pinpoints=pinpoints
+        ),
+        tokenizer=tokenizer,
+        video_processor=LlavaOnevisionVideoProcessor(),
+        num_image_tokens=(size // _VISION["patch_size"]) ** 2,
+        vision_feature_select_strategy="full",
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(**_VISION).to_dict(),
+        text_config=Qwen2Config(vocab_size=len(tokenizer), **_TEXT).to_dict(),
+        image_token_index=token_id(tokenizer, "<image>"),
+        video_token_index=token_id(tokenizer, "<video>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+    )
+    return Built(_instantiate(LlavaOnevisionForConditionalGeneration, config, device, dtype), processor)
+
+
+def _internvl(full: bool, device: str | None, dtype: str) -> Built:
+    """InternVL 3: InternViT tower, up to 3 tiles of 4 tokens (pixel shuffle 0.5), Qwen2 text model."""
+    from transformers import (
+        GotOcr2ImageProcessor,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+        InternVLVisionConfig,
+        Qwen2Config,
+    )
+
+    tokenizer = byte_level_tokenizer(
+        ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"],
+        {
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+    )
+    size = _VISION["image_size"]
+    image_processor = GotOcr2ImageProcessor(
+        size={"height": size, "width": size}, crop_to_patches=True, min_patches=1, max_patches=3
+    )
+    processor = InternVLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=InternVLVideoProcessor(),
+        image_seq_length=4,
+    )
+    vision = InternVLVisionConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=size, patch_size=8
+    )
+    config = InternVLConfig(
+        vision_config=vision.to_dict(),
+        text_config=Qwen2Config(vocab_size=len(tokenizer), **_TEXT).to_dict(),
+        image_token_id=token_id(tokenizer, "<IMG_CONTEXT>"),
+        image_seq_length=4,
+        downsample_ratio=0.5,
+    )
+    return Built(_instantiate(InternVLForConditionalGeneration, config, device, dtype), processor)
+
+
 TINY_BUILDERS: dict[str, Callable[[bool, str | None, str], Built]] = {
     "clip": _clip,
     "siglip": _siglip,
@@ -548,6 +733,10 @@ TINY_BUILDERS: dict[str, Callable[[bool, str | None, str], Built]] = {
     "idefics2": _idefics2,
     "idefics3": _idefics3,
     "smolvlm": _smolvlm,
+    "gemma3": _gemma3,
+    "mllama": _mllama,
+    "llava-onevision": _llava_onevision,
+    "internvl": _internvl,
 }
 FULL_SIZE = {
     "clip": "CLIP ViT-B/32 vision tower",

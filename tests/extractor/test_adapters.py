@@ -18,8 +18,31 @@ from medprobe.extractor.models.base import text_config
 VISION = ["clip", "siglip", "vit", "dinov2", "dinov2-registers"]
 # non-patch tokens first: CLS (CLIP, ViT, DINOv2), plus 4 registers in the tiny DINOv2-with-registers
 PREFIX = {"clip": 1, "siglip": 0, "vit": 1, "dinov2": 1, "dinov2-registers": 5}
-DECODERS = ["llava", "qwen2-vl", "qwen2.5-vl", "paligemma", "idefics", "idefics2", "idefics3", "smolvlm", "llava-next"]
-ADAPTER_NAME = {"llava-next": "image-text-to-text"}  # no dedicated adapter: the generic decoder path
+DECODERS = [
+    "llava",
+    "qwen2-vl",
+    "qwen2.5-vl",
+    "paligemma",
+    "idefics",
+    "idefics2",
+    "idefics3",
+    "smolvlm",
+    "llava-next",
+    "gemma3",
+    "mllama",
+    "llava-onevision",
+    "internvl",
+]
+# no dedicated adapter: the generic decoder path
+ADAPTER_NAME = {
+    "llava-next": "image-text-to-text",
+    "llava-onevision": "image-text-to-text",
+    "internvl": "image-text-to-text",
+}
+# the image placeholder each tiny model's text holds
+IMAGE_TOKEN = {"gemma3": "<image_soft_token>", "mllama": "<|image|>", "internvl": "<IMG_CONTEXT>"}
+# fewest image tokens per row where the count varies with the image (any-resolution tiles)
+MIN_IMAGE_TOKENS = {"llava-next": 16, "llava-onevision": 16, "internvl": 4}
 PROMPT = "Describe the knee."
 ATOL, RTOL = 2e-5, 1e-4
 
@@ -58,8 +81,12 @@ def expected_image_tokens(name: str, adapter, batch) -> torch.Tensor:
         return torch.ones(b, dtype=torch.long)  # the single <image> placeholder
     if name == "idefics2":
         return torch.full((b,), 4)  # perceiver latents
-    if name == "llava-next":  # base tile + crops: 16 patches each, unpadded, plus one newline token per row
+    if name in MIN_IMAGE_TOKENS:  # base tile + crops, unpadded (+ newline tokens): checked against a minimum
         return None
+    if name == "gemma3":
+        return torch.full((b,), 4)  # mm_tokens_per_image
+    if name == "mllama":
+        return torch.ones(b, dtype=torch.long)  # one <|image|>; the image enters by cross-attention
     if name in ("idefics3", "smolvlm"):
         real = batch["pixel_attention_mask"].flatten(2).any(-1)  # (b, sub-images) that are not padding
         return real.sum(1) * 4  # 16 patches / scale_factor^2 per tile
@@ -70,7 +97,7 @@ def expected_image_tokens(name: str, adapter, batch) -> torch.Tensor:
 def reference_mask(name: str, adapter, batch) -> torch.Tensor:
     if name.startswith("qwen"):
         return batch["mm_token_type_ids"] == 1
-    token = adapter.preprocessor.processor.tokenizer.convert_tokens_to_ids("<image>")
+    token = adapter.preprocessor.processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN.get(name, "<image>"))
     return batch["input_ids"] == token
 
 
@@ -149,7 +176,7 @@ def test_image_token_masks(name: str) -> None:
     assert torch.equal(masks.image, reference_mask(name, adapter, batch) & batch["attention_mask"].bool())
     expected = expected_image_tokens(name, adapter, batch)
     if expected is None:
-        assert (masks.image.sum(1) >= 16).all()  # at least the base tile's 16 patches
+        assert (masks.image.sum(1) >= MIN_IMAGE_TOKENS[name]).all()  # at least the base tile's tokens
     else:
         assert torch.equal(masks.image.sum(1), expected)
     if name == "paligemma":  # image tokens come first

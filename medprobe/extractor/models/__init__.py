@@ -47,6 +47,8 @@ FAMILIES: dict[str, Family] = {
     "qwen2_vl": Family("qwen2-vl", f"{_QWEN}:Qwen2VLAdapter", "auto", f"{_QWEN}:Qwen2VLImageOnlyProcessor"),
     "qwen2_5_vl": Family("qwen2.5-vl", f"{_QWEN}:Qwen2_5_VLAdapter", "auto", f"{_QWEN}:Qwen2_5_VLImageOnlyProcessor"),
     "paligemma": Family("paligemma", "medprobe.extractor.models.paligemma:PaliGemmaAdapter", "auto"),
+    "gemma3": Family("gemma3", "medprobe.extractor.models.gemma3:Gemma3Adapter", "auto"),  # MedGemma
+    "mllama": Family("mllama", "medprobe.extractor.models.mllama:MllamaAdapter", "auto"),  # Llama 3.2 Vision
     "idefics": Family("idefics", "medprobe.extractor.models.idefics:IdeficsAdapter", "IdeficsForVisionText2Text"),
     "idefics2": Family("idefics2", "medprobe.extractor.models.idefics2:Idefics2Adapter", "auto"),
     "idefics3": Family("idefics3", "medprobe.extractor.models.idefics2:Idefics3Adapter", "auto"),
