@@ -579,7 +579,7 @@ def _gemma3(full: bool, device: str | None, dtype: str) -> Built:
     )
     model = _instantiate(Gemma3ForConditionalGeneration, config, device, dtype)
     with torch.no_grad():  # the projection starts at 0: give it weights so the image reaches the text
-        projector: Any = model.model.multi_modal_projector
+        projector: Any = model.get_submodule("model.multi_modal_projector")
         projector.mm_input_projection_weight.normal_(std=0.5)
     return Built(model, processor)
 
