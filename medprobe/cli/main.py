@@ -15,6 +15,7 @@ from medprobe.errors import MedprobeError
 _AREAS = (
     "medprobe.cli.demo",
     "medprobe.cli.ingest",
+    "medprobe.cli.models",
     "medprobe.cli.extract",
     "medprobe.cli.train",
     "medprobe.cli.store_cmds",

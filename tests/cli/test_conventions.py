@@ -18,6 +18,7 @@ from tests.helpers.cli import run_cli
 PRINTS_RESULTS = {
     "ingest",
     "datasets",
+    "models",
     "extract",
     "submit",
     "worker",

@@ -29,6 +29,7 @@ from medprobe.extractor.models.image_encoder import (
     TransformPreprocessor,
     describe_transform,
 )
+from medprobe.extractor.models.timm_recipes import create_kwargs
 from medprobe.extractor.weights import PICKLE_HINT, hub_file, hub_weights, local_weights, weights_revision
 from medprobe.featurestore import config_json
 
@@ -130,11 +131,11 @@ class TimmAdapter(BlockEncoderAdapter):
 
 
 # ----------------------------------------------------------------------------- loading
-def _create(name: str, *, device: str, dtype: torch.dtype) -> nn.Module:
+def _create(name: str, *, device: str, dtype: torch.dtype, **kwargs: Any) -> nn.Module:
     import timm
 
     try:
-        model = timm.create_model(name, pretrained=True)
+        model = timm.create_model(name, pretrained=True, **kwargs)
     except RuntimeError as e:
         if "Unknown model" in str(e):
             raise NotFoundError(
@@ -160,7 +161,8 @@ def load_timm_dir(
 def load_timm_hub(repo_id: str, *, device: str, dtype: torch.dtype, allow_pickle: bool) -> TimmAdapter:
     """``hf-hub:<org>/<name>``: a hub repo in timm's layout."""
     weights = hub_weights(repo_id, WEIGHT_FILES[0], WEIGHT_FILES[1:], allow_pickle=allow_pickle)
-    model = _create(f"hf-hub:{repo_id}", device=device, dtype=dtype)
+    # a few model cards add create_model arguments their config.json lacks (timm_recipes)
+    model = _create(f"hf-hub:{repo_id}", device=device, dtype=dtype, **create_kwargs(repo_id))
     return TimmAdapter(model, model_id=f"hf-hub:{repo_id}", revision=weights_revision(weights))
 
 
