@@ -58,17 +58,17 @@ def hub_file(repo_id: str, filename: str) -> Path | None:
 
     try:
         return Path(hf_hub_download(repo_id=repo_id, filename=filename))
-    except EntryNotFoundError:
-        return None
-    except RepositoryNotFoundError as e:
-        raise NotFoundError(
-            f"Hugging Face repo {repo_id!r} does not exist or is private (log in with `hf auth login`)"
-        ) from e
-    except LocalEntryNotFoundError as e:
+    except LocalEntryNotFoundError as e:  # offline, not cached (a subclass of EntryNotFoundError: first)
         raise NotFoundError(
             f"cannot fetch {filename} of {repo_id!r}: the hub is unreachable and the file is not in the local cache; "
             "download the repo on a machine with network access and pass its local directory"
         ) from e
+    except RepositoryNotFoundError as e:
+        raise NotFoundError(
+            f"Hugging Face repo {repo_id!r} does not exist or is private (log in with `hf auth login`)"
+        ) from e
+    except EntryNotFoundError:  # the repo is there and lacks the file
+        return None
 
 
 def hub_weights(repo_id: str, safetensors: str, pickles: Sequence[str], *, allow_pickle: bool) -> Path:
