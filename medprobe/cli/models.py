@@ -51,7 +51,9 @@ def register(app: typer.Typer) -> None:
         if model is None:
             if save is not None:
                 raise InvalidInputError("--save needs -m tiny-random/<name> or -m random-full/<name>")
-            rows = catalog.supported()
+            from medprobe.synthetic.models import spec_names
+
+            rows = catalog.supported(spec_names())
             emit(fmt, out, rows=rows, document=rows, show=lambda: console.print(_supported_table(rows)))
             return
         from medprobe.extractor.loading import load_adapter, model_backend

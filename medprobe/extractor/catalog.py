@@ -40,11 +40,10 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def supported() -> list[dict[str, Any]]:
-    """One row per backend, and one per transformers model type and random model: what can be loaded."""
+def supported(random_specs: list[str]) -> list[dict[str, Any]]:
+    """One row per backend, transformers model type, plugin and random spec (``random_specs``): what loads."""
     from medprobe.extractor.loading import plugin_names, supported_model_types
     from medprobe.extractor.models import FAMILIES
-    from medprobe.synthetic.models import spec_names
 
     rows: list[dict[str, Any]] = [
         {"backend": name, "kind": "backend", "name": name, "spec": forms, "examples": examples, "layers": layers}
@@ -74,7 +73,7 @@ def supported() -> list[dict[str, Any]]:
     )
     for name in plugin_names():
         rows.append({"backend": "plugin", "kind": "plugin", "name": name, "spec": name, "examples": "", "layers": ""})
-    for spec in spec_names():
+    for spec in random_specs:
         rows.append({"backend": "random", "kind": "random", "name": spec, "spec": spec, "examples": "", "layers": ""})
     return rows
 

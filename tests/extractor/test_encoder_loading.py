@@ -159,3 +159,15 @@ def test_extract_from_a_local_encoder_directory_on_the_shared_knee_images(spec, 
             stored = store.read(fs_id, layer, hashes[:3]).astype(np.float32)
             expected = reference[(pooling, layer)].numpy()
             np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=2e-3)  # stored as float16
+
+
+def test_models_lists_backends_model_types_and_random_models(capsys) -> None:
+    code, out, err = run_cli(capsys, "models", "-f", "json")
+    assert code == 0, err
+    rows = json.loads(out)
+    names = {row["name"] for row in rows}
+    assert {"transformers", "timm", "open_clip", "plugin", "random"} <= {r["backend"] for r in rows}
+    assert {"gemma3", "mllama", "dinov2", "dinov2_with_registers", "vit", "clip", "siglip"} <= names
+    assert {"tiny-random/timm-vit", "tiny-random/open_clip-timm", "random-full/timm-vit", "efficientnet-lite0"} <= names
+    code, _, err = run_cli(capsys, "models", "--save", "x")
+    assert code != 0 and "--save needs -m" in err
