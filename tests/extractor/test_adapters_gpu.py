@@ -20,7 +20,9 @@ def images(n: int = 4) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (32 + 8 * i, 40, 3), dtype=np.uint8)) for i in range(n)]
 
 
-@pytest.mark.parametrize("name", ["clip", "llava", "qwen2-vl", "idefics", "idefics3"])
+@pytest.mark.parametrize(
+    "name", ["clip", "llava", "qwen2-vl", "idefics", "idefics3", "gemma3", "dinov2", "timm-vit", "open_clip-timm"]
+)
 def test_bf16_cuda_matches_fp32_cpu(name: str) -> None:
     cpu = load_adapter(f"tiny-random/{name}")
     gpu = load_adapter(f"tiny-random/{name}", device="cuda", dtype="bf16")
@@ -35,13 +37,14 @@ def test_bf16_cuda_matches_fp32_cpu(name: str) -> None:
         assert (cos > 0.99).all(), (key, cos)
 
 
-@pytest.mark.parametrize("name", ["clip", "idefics"])
+@pytest.mark.parametrize("name", ["clip", "idefics", "timm-vit", "open_clip-vit"])
 def test_full_size_random_models_run(name: str) -> None:
     adapter = load_adapter(f"random-full/{name}", device="cuda", dtype="bf16")
     prompt = "Describe." if adapter.identity.takes_prompt else None
     batch = adapter.preprocess(images(8), prompt)
-    out = adapter.forward_pooled(batch, [0, adapter.identity.n_layers - 1], [adapter.identity.default_pooling])
-    for value in out.values():
-        assert value.shape == (8, adapter.identity.hidden_sizes[0]) and torch.isfinite(value).all()
+    layers = [0, adapter.identity.n_layers - 1]
+    out = adapter.forward_pooled(batch, layers, [adapter.identity.default_pooling])
+    for (_, layer), value in out.items():
+        assert value.shape == (8, adapter.identity.hidden_sizes[layer]) and torch.isfinite(value).all()
     del adapter
     torch.cuda.empty_cache()
