@@ -30,6 +30,7 @@ from medprobe.extractor.adapter import Adapter, ModelIdentity, Preprocessor
 from medprobe.extractor.models.base import compute_dtype
 from medprobe.extractor.models.capture import PooledCapture
 from medprobe.extractor.models.vision_tower import to_rgb
+from medprobe.featurestore import config_json
 
 TOKEN_POOLINGS = ("cls", "image_mean", "mean")
 SPATIAL_POOLINGS = ("spatial_mean",)
@@ -107,13 +108,32 @@ class BlockEncoderAdapter(Adapter):
         blocks: Sequence[nn.Module],
         layout: BlockLayout,
         preprocessor: Preprocessor,
-        identity: ModelIdentity,
+        model_id: str,
+        revision: str,
+        adapter: str,
+        preprocessing: Mapping[str, Any],
+        layer_semantics: str,
+        hidden_sizes: Sequence[int],
+        extra: Mapping[str, Any],
     ) -> None:
+        """``hidden_sizes``: one width per block, then the embedding's."""
         self.model = model.eval()
         self.blocks = blocks
         self.layout = layout
         self.preprocessor = preprocessor
-        self.identity = identity
+        self.identity = ModelIdentity(
+            model_id=model_id,
+            model_revision=revision,
+            adapter=adapter,
+            preprocessing=config_json(dict(preprocessing)),
+            layer_semantics=layer_semantics,
+            n_layers=len(blocks) + 1,
+            hidden_sizes=tuple(int(width) for width in hidden_sizes),
+            supported_poolings=layout.poolings,
+            default_pooling=layout.poolings[0],
+            takes_prompt=False,
+            extra=dict(extra),
+        )
         self.device = next(model.parameters()).device
         self.dtype = compute_dtype(model)
 

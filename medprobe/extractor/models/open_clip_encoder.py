@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from medprobe.errors import InvalidInputError, NotFoundError
-from medprobe.extractor.adapter import ModelIdentity
 from medprobe.extractor.models.base import sha256_of_state
 from medprobe.extractor.models.image_encoder import (
     BlockEncoderAdapter,
@@ -40,7 +39,6 @@ from medprobe.extractor.weights import (
     local_weights,
     weights_revision,
 )
-from medprobe.featurestore import config_json
 
 ADAPTER = "open_clip"
 SPEC_PREFIX = "open_clip:"
@@ -117,21 +115,18 @@ class OpenClipAdapter(BlockEncoderAdapter):
             "transform": describe_transform(preprocess),
             "preprocess_cfg": dict(getattr(visual, "preprocess_cfg", {}) or {}),
         }
-        identity = ModelIdentity(
-            model_id=model_id,
-            model_revision=revision,
-            adapter=ADAPTER,
-            preprocessing=config_json(preprocessing),
-            layer_semantics=LAYER_SEMANTICS,
-            n_layers=len(blocks) + 1,
-            hidden_sizes=(*widths, embedding_width(visual)),
-            supported_poolings=layout.poolings,
-            default_pooling=layout.poolings[0],
-            takes_prompt=False,
-            extra={"model_class": type(model).__name__, "tower": type(visual).__name__, "arch": arch, "blocks": names},
-        )
         super().__init__(
-            model, blocks=blocks, layout=layout, preprocessor=TransformPreprocessor(preprocess, arch), identity=identity
+            model,
+            blocks=blocks,
+            layout=layout,
+            preprocessor=TransformPreprocessor(preprocess, arch),
+            model_id=model_id,
+            revision=revision,
+            adapter=ADAPTER,
+            preprocessing=preprocessing,
+            layer_semantics=LAYER_SEMANTICS,
+            hidden_sizes=[*widths, embedding_width(visual)],
+            extra={"model_class": type(model).__name__, "tower": type(visual).__name__, "arch": arch, "blocks": names},
         )
         self.tokenizer = tokenizer
 

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from medprobe.errors import InvalidInputError, NotFoundError
-from medprobe.extractor.adapter import ModelIdentity
 from medprobe.extractor.models.base import sha256_of_state
 from medprobe.extractor.models.image_encoder import (
     BlockEncoderAdapter,
@@ -31,7 +30,6 @@ from medprobe.extractor.models.image_encoder import (
 )
 from medprobe.extractor.models.timm_recipes import create_kwargs
 from medprobe.extractor.weights import PICKLE_HINT, hub_file, hub_weights, local_weights, weights_revision
-from medprobe.featurestore import config_json
 
 ADAPTER = "timm"
 SPEC_PREFIX = "timm/"
@@ -101,17 +99,17 @@ class TimmAdapter(BlockEncoderAdapter):
         preprocessor, preprocessing = timm_preprocessor(model)
         info: Any = model.feature_info
         width = int(getattr(model, "head_hidden_size", None) or getattr(model, "num_features"))  # noqa: B009
-        identity = ModelIdentity(
+        super().__init__(
+            model,
+            blocks=modules,
+            layout=layout,
+            preprocessor=preprocessor,
             model_id=model_id,
-            model_revision=revision,
+            revision=revision,
             adapter=ADAPTER,
-            preprocessing=config_json(preprocessing),
+            preprocessing=preprocessing,
             layer_semantics=LAYER_SEMANTICS,
-            n_layers=len(modules) + 1,
-            hidden_sizes=(*(int(entry["num_chs"]) for entry in info), width),
-            supported_poolings=layout.poolings,
-            default_pooling=layout.poolings[0],
-            takes_prompt=False,
+            hidden_sizes=[*(int(entry["num_chs"]) for entry in info), width],
             extra={
                 "model_class": type(model).__name__,
                 "architecture": str(getattr(model, "pretrained_cfg", {}).get("architecture", "")),
@@ -119,7 +117,6 @@ class TimmAdapter(BlockEncoderAdapter):
                 "n_prefix_tokens": layout.n_prefix,
             },
         )
-        super().__init__(model, blocks=modules, layout=layout, preprocessor=preprocessor, identity=identity)
 
     def run_blocks(self, pixel_values: torch.Tensor) -> object:
         model: Any = self.model
