@@ -228,7 +228,8 @@ def _load_config(spec: str, trust_remote_code: bool) -> Any:
             raise InvalidInputError(f"cannot read the checkpoint in directory {spec!r}: {e}") from e
         raise NotFoundError(
             f"model {spec!r} not found: it is neither a local checkpoint directory nor a Hugging Face model id "
-            f"that can be downloaded or found in the local cache ({e})".replace("\n", " ")
+            f"that can be downloaded or found in the local cache ({e}); a timm or open_clip repo needs the "
+            f"hf-hub: prefix (hf-hub:{spec})".replace("\n", " ")
         ) from e
     except ValueError as e:
         if "trust_remote_code" in str(e):
