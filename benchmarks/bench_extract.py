@@ -87,9 +87,15 @@ def reference(store, adapter, paths: list[Path], prompt: str | None, dtype: str)
     row = feature_set_row(ident, prompt=prompt, pooling="reference_mean", compute_dtype=dtype, storage_dtype="float16")
     store.register_feature_set(row)
     model = adapter.model
+    from medprobe.extractor.models.image_encoder import BlockEncoderAdapter, block_output
+
     hooked: list[torch.Tensor] = []
     handles = []
-    if not hasattr(model, "config"):  # a plain torch encoder (EfficientNet-Lite0): keep every block's full map
+    encoder = isinstance(adapter, BlockEncoderAdapter)  # timm / open_clip: every block's full output, then the head
+    if encoder:
+        for module in adapter.blocks:
+            handles.append(module.register_forward_hook(lambda _m, _i, o: hooked.append(block_output(o))))
+    elif not hasattr(model, "config"):  # a plain torch encoder (EfficientNet-Lite0): keep every block's full map
         for module in [*model._blocks, model._bn1]:
             handles.append(module.register_forward_hook(lambda _m, _i, o: hooked.append(o)))
     buf_h, buf = [], {i: [] for i in range(ident.n_layers)}
@@ -108,7 +114,13 @@ def reference(store, adapter, paths: list[Path], prompt: str | None, dtype: str)
             adapter.preprocess([load_image(str(p))], prompt)  # the study processed every image twice
             inputs = adapter.preprocess([load_image(str(p))], prompt)
             inputs = {k: v.to(adapter.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-            if hooked is not None and handles:
+            if encoder:
+                hooked.clear()
+                embedding = adapter.embed(inputs["pixel_values"].to(adapter.dtype))
+                states = [h.float().cpu() for h in [*hooked, embedding]]  # every layer, full output, to host
+                means = {2: (), 3: (1,), 4: (1, 2) if adapter.layout.channels_last else (2, 3)}  # tokens / NCHW maps
+                pooled = [(s.mean(dim=means[s.ndim]) if s.ndim > 2 else s)[0].numpy() for s in states]
+            elif hooked is not None and handles:
                 hooked.clear()
                 model(inputs["pixel_values"].to(next(model.parameters()).dtype))
                 states = [h.float().cpu() for h in hooked]  # every layer, full map, to host
@@ -168,6 +180,7 @@ def main() -> None:
     ap.add_argument("--batch-size", default="auto")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--reference-images", type=int, default=None, help="cap the slow batch-1 method")
+    ap.add_argument("--json", help="also write one row per model to this JSON file (gpu_check.sh)")
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -188,6 +201,7 @@ def main() -> None:
     table = Table(title=f"extraction, JPEG files -> committed store rows; {machine}, torch {torch.__version__}")
     for col in ("model", "images", "reference img/s", "medprobe img/s", "ratio", "ref peak RSS MB", "medprobe RSS MB"):
         table.add_column(col, justify="left" if col == "model" else "right")
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
         work = Path(tmp)
         write_images(work / "images", n)
@@ -201,6 +215,8 @@ def main() -> None:
                     raise SystemExit(f"{model} {method} failed:\n{out.stderr[-3000:]}")
                 res[method] = json.loads(out.stdout.strip().splitlines()[-1])
             ref, med = res["reference"], res["medprobe"]
+            rows.append({"bench": "extract", "device": machine, "model": model, "reference": ref, "medprobe": med,
+                         "ratio": med["images_per_s"] / ref["images_per_s"]})  # fmt: skip
             table.add_row(
                 model,
                 f"{ref['images']:,} / {med['images']:,}",
@@ -211,6 +227,8 @@ def main() -> None:
                 f"{med['peak_rss_mb']:,.0f}",
             )
     Console(width=150).print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ Usage: ``python benchmarks/bench_trainer.py --rows 20000 --dim 4096 --layers 32 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -101,6 +103,7 @@ def main() -> None:
     ap.add_argument("--sklearn-tol", type=float, default=1e-4, help="sklearn's tol (its default 1e-4 stops early)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats of each method (median reported)")
     ap.add_argument("--sklearn-repeats", type=int, default=None, help="timed repeats of sklearn [--repeats]")
+    ap.add_argument("--json", help="also write the medprobe and sklearn rows to this JSON file (gpu_check.sh)")
     args = ap.parse_args()
     console = Console(width=160)
     console.print(f"device {args.device}, torch threads {torch.get_num_threads()}; building data ...")
@@ -209,6 +212,22 @@ def main() -> None:
         f"{max(v for (g, _), v in auc_ours.items() if g == 0):.4f}",
     )
     console.print(table)
+    if args.json:
+        summary = {
+            "bench": "trainer",
+            "device": (
+                torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+            ),
+            "shape": f"{args.layers} layers x {args.cs} C, {args.rows} x {args.dim}",
+            "medprobe_probes": n_ours,
+            "medprobe_wall_s": t_ours,
+            "sklearn_probes": len(pairs),
+            "sklearn_wall_s_per_probe": per_sk,
+            "speedup_per_probe": per_sk / per_ours,
+            "max_auc_diff_vs_sklearn": delta,
+            "not_converged": not_conv,
+        }
+        Path(args.json).write_text(json.dumps(summary, indent=1))
     console.print(
         f"medprobe: {not_conv} of {n_ours} probes not converged; study row's last column: its AUC vs "
         f"sklearn's at C={Cs[mid]:g}"
