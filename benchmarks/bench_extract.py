@@ -187,7 +187,9 @@ def main() -> None:
     import torch
 
     cuda = torch.cuda.is_available()
-    workers = args.workers if args.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
+    from medprobe.extractor.pipeline import default_workers
+
+    workers = args.workers if args.workers is not None else default_workers(os.cpu_count() or 1)
     if args.child:
         print(json.dumps(child(*args.child, args.images, Path(args.workdir), args.batch_size, workers)))
         return

@@ -71,7 +71,7 @@ class ExtractSettings:
     decode_workers: Annotated[
         int | None,
         typer.Option(
-            "--decode-workers", min=0, help="DataLoader processes decoding images (default: cores - 1, at most 8)."
+            "--decode-workers", min=0, help="Decoding processes (default: 0 on 1-2 cores, else cores - 1, at most 8)."
         ),
     ] = None
     split: SplitOpt = None

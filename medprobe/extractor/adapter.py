@@ -62,6 +62,9 @@ class Adapter(ABC):
     identity: ModelIdentity
     device: torch.device
     preprocessor: Preprocessor
+    #: ``--batch-size auto``'s start on a CPU (None: the pipeline's default). Convolutional nets run fastest on
+    #: CPUs at small batches, whose activations stay in cache.
+    cpu_batch_size: int | None = None
 
     def preprocess(self, images: Sequence[Image.Image], prompt: str | None) -> dict[str, torch.Tensor]:
         """Turn a batch of decoded RGB images (and the prompt) into CPU tensors.

@@ -90,14 +90,20 @@ def load_model() -> torch.nn.Module:
 
 
 class EfficientNetLiteAdapter(Adapter):
-    """Per-block spatial means of EfficientNet-Lite0 (blocks then the conv head)."""
+    """Per-block spatial means of EfficientNet-Lite0 (blocks then the conv head).
+
+    Runs in channels-last memory format (depthwise convolutions are about 1.5x faster that way on CPU) at small
+    CPU batches; the numbers are the same computation.
+    """
+
+    cpu_batch_size = 4
 
     def __init__(self, model: Any, *, revision: str, device: str = "cpu", dtype: torch.dtype) -> None:
         if len(model._blocks) != N_BLOCKS:
             raise InvalidInputError(f"expected {N_BLOCKS} MBConv blocks, found {len(model._blocks)}")
         self.device = torch.device(device)
         self.dtype = dtype
-        self.model = model.to(device=self.device, dtype=dtype).eval()
+        self.model = model.to(device=self.device, dtype=dtype, memory_format=torch.channels_last).eval()
         self.preprocessor = ImageNetPreprocessor()
         sizes = [block._bn2.num_features for block in model._blocks] + [model._bn1.num_features]
         self.identity = ModelIdentity(
@@ -123,6 +129,7 @@ class EfficientNetLiteAdapter(Adapter):
         m: Any = self.model
         out: dict[tuple[str, int], torch.Tensor] = {}
         x = batch["pixel_values"].to(device=self.device, dtype=self.dtype, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             x = m._swish(m._bn0(m._conv_stem(x)))
             for idx, block in enumerate(m._blocks):
