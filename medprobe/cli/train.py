@@ -31,7 +31,7 @@ from medprobe.cli.options import (
 from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.errors import InvalidInputError
 from medprobe.layerspec import resolve_layer, resolve_layers
-from medprobe.schemas.vocab import ClassWeight, SelectBy, Selection, SolverName, TestSplit
+from medprobe.schemas.vocab import CGrid, ClassWeight, SelectBy, Selection, SolverName, TestSplit
 from medprobe.trainer.defaults import DEFAULT_C_GRID, N_BOOT
 
 if TYPE_CHECKING:
@@ -65,6 +65,14 @@ class ProtocolOptions:
     selection: Annotated[
         Selection, typer.Option("--selection", help="Choose C by grouped stratified K-fold CV or on the val split.")
     ] = Selection.cv
+    c_path: Annotated[
+        CGrid,
+        typer.Option(
+            "--grid",
+            help="adaptive: fit C from the smallest up and stop once the validation score has clearly turned (large C "
+            "costs the most and is rarely chosen); full: fit every C of --c-grid.",
+        ),
+    ] = CGrid.adaptive
     select_by: Annotated[
         SelectBy | None,
         typer.Option(
@@ -143,6 +151,7 @@ def _spec(
         solver=protocol.solver.value,
         c_grid=protocol.grid(),
         selection=protocol.selection.value,
+        grid=protocol.c_path.value,
         select_by=None if protocol.select_by is None else protocol.select_by.value,
         n_splits=protocol.cv,
         test_split=protocol.test_split.value,
@@ -195,6 +204,7 @@ def _params(spec: ExperimentSpec) -> dict[str, Any]:
         "solver": spec.solver,
         "c_grid": list(spec.c_grid),
         "selection": spec.selection,
+        "grid": spec.grid,
         "select_by": spec.select_by or spec.task.primary_metric,
         "cv": spec.n_splits,
         "test_split": spec.test_split,

@@ -46,6 +46,14 @@ class Selection(StrEnum):
     val = "val"
 
 
+class CGrid(StrEnum):
+    """How much of the C grid selection fits: ``adaptive`` climbs from the smallest C and stops once the CV score
+    has clearly turned; ``full`` fits every C."""
+
+    adaptive = "adaptive"
+    full = "full"
+
+
 class ClassWeight(StrEnum):
     """Class weights of the probe loss, as scikit-learn's ``class_weight`` (``none``: unweighted)."""
 

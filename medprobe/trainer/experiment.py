@@ -36,6 +36,7 @@ class ExperimentSpec:
     solver: str = "torch"
     c_grid: Sequence[float] = DEFAULT_C_GRID
     selection: str = "cv"
+    grid: str = "adaptive"  # adaptive: climb C and stop once the CV score has turned; full: every C
     n_splits: int = 5
     test_split: str = "test"  # held out and scored once; the other splits form the training pool
     fractions: Sequence[float] = (1.0,)
@@ -192,6 +193,7 @@ def run_experiment(
             settings=settings,
             class_weight=spec.class_weight,
             timing=timing,
+            grid=spec.grid,
             on_iteration=lambda done, stalled: bar.advance(task_bar, done + stalled),
         )
         for r in results:
@@ -264,6 +266,7 @@ def _write_outcomes(
         metrics["cv_log_loss"] = o.cv_log_loss
         metrics["c_tied"] = o.tied
         metrics["n_boot"] = spec.n_boot
+        metrics["grid"] = spec.grid  # adaptive: cv_scores hold only the C values fitted
         metrics["timing"] = {
             "select_seconds": timing.select_seconds,
             "refit_seconds": timing.refit_seconds,

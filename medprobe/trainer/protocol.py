@@ -4,8 +4,9 @@ Rows given to :func:`fit_protocol` are the experiment's *training pool* (train a
 never enter. C is chosen on a log grid either by stratified K-fold cross-validation, grouped by patient
 when group ids exist (``StratifiedGroupKFold``), or on the pool's validation rows; the chosen C is then
 refitted on every training row of the setting. Label efficiency adds settings: stratified subsamples of
-the training rows at several fractions x seeds. Every fold x C x setting x layer is one column of a
-single batched solve, and all refits are a second one.
+the training rows at several fractions x seeds. With ``grid='full'`` every fold x C x setting x layer is one
+column of a single batched solve; the default ``adaptive`` grid solves one C at a time from the smallest (every
+fold x setting x layer batched) and stops once the CV score has clearly turned. All refits are one more solve.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from medprobe.errors import InvalidInputError
-from medprobe.schemas.vocab import Selection
+from medprobe.schemas.vocab import CGrid, Selection
 from medprobe.trainer.bootstrap import replicate_metrics
 from medprobe.trainer.defaults import DEFAULT_C_GRID
 from medprobe.trainer.solvers import Solver
@@ -156,6 +157,10 @@ def _check_classes(y_rows: np.ndarray, kind: ProbeKind, class_names: Sequence[st
 
 LOWER_IS_BETTER = frozenset({"log_loss"})
 TIE_TOLERANCE = 1e-9  # mean selection scores this close are a tie, broken by held-out log loss
+# the adaptive grid stops climbing C once this many C values in a row score clearly below the best so far
+DROP_PATIENCE = 2
+DROP_MARGIN = 0.01  # "clearly": by more than this (x max(1, |best|)) in mean fold score
+LOSS_MARGIN = 0.05  # ... or not better while the held-out log loss is this much (relative) above its minimum
 
 
 def log_loss(y: np.ndarray, proba: np.ndarray, kind: ProbeKind) -> float:
@@ -291,6 +296,46 @@ def pick_C(
     return chosen, len(tied)
 
 
+def _score_layer(
+    X: np.ndarray,
+    y: np.ndarray,
+    fitted_row: Sequence[FittedProbe],
+    cols: Sequence[tuple[int, int, int]],
+    plan: _SelectionPlan,
+    kind: ProbeKind,
+    n_classes: int,
+    metric: str,
+    scores: dict[int, dict[int, list[float | None]]],
+    losses: dict[int, dict[int, list[float]]],
+) -> None:
+    """Score one layer's fold probes (``fitted_row[m]`` fitted for ``cols[m]``) on their validation rows."""
+    for si, fi in sorted({(si, fi) for si, fi, _ in cols}):
+        idx = [m for m, (s2, f2, _) in enumerate(cols) if (s2, f2) == (si, fi)]
+        va = plan.val_rows[si][fi]
+        vals = score_probes(np.asarray(X)[va], y[va], [fitted_row[m] for m in idx], kind, n_classes, metric)
+        for m, (v, loss) in zip(idx, vals, strict=True):
+            scores.setdefault(si, {}).setdefault(cols[m][2], []).append(v)
+            losses.setdefault(si, {}).setdefault(cols[m][2], []).append(loss)
+
+
+def _choice(
+    c_grid: Sequence[float],
+    evaluated: Sequence[int],
+    scores: dict[int, list[float | None]],
+    losses: dict[int, list[float]],
+    metric: str,
+) -> Choice:
+    """Pick among the evaluated C indices (see :func:`pick_C`)."""
+    grid = [c_grid[ci] for ci in evaluated]
+    best, tied = pick_C(grid, [scores[ci] for ci in evaluated], [losses[ci] for ci in evaluated], metric)
+    return Choice(
+        float(grid[best]),
+        {repr(c_grid[ci]): scores[ci] for ci in evaluated},
+        {repr(c_grid[ci]): losses[ci] for ci in evaluated},
+        tied,
+    )
+
+
 def _choose_C(
     layers: Sequence[np.ndarray],
     y: np.ndarray,
@@ -301,31 +346,93 @@ def _choose_C(
     n_classes: int,
     metric: str,
 ) -> dict[tuple[int, int], Choice]:
-    """The chosen C and its evidence per (layer, setting); see :func:`pick_C`."""
-    n_settings = len(plan.train_rows_of)
+    """The chosen C and its evidence per (layer, setting) on the full grid; see :func:`pick_C`."""
     choices: dict[tuple[int, int], Choice] = {}
-    folds = sorted({(si, fi) for si, fi, _ in plan.cols})
     for g, X in enumerate(layers):
         scores: dict[int, dict[int, list[float | None]]] = {}
         losses: dict[int, dict[int, list[float]]] = {}
-        for si, fi in folds:
-            idx = [m for m, (s2, f2, _) in enumerate(plan.cols) if (s2, f2) == (si, fi)]
-            va = plan.val_rows[si][fi]
-            vals = score_probes(np.asarray(X)[va], y[va], [fitted[g][m] for m in idx], kind, n_classes, metric)
-            for m, (v, loss) in zip(idx, vals, strict=True):
-                scores.setdefault(si, {}).setdefault(plan.cols[m][2], []).append(v)
-                losses.setdefault(si, {}).setdefault(plan.cols[m][2], []).append(loss)
-        for si in range(n_settings):
-            per_c = [scores[si][ci] for ci in range(len(c_grid))]
-            loss_c = [losses[si][ci] for ci in range(len(c_grid))]
-            best, tied = pick_C(c_grid, per_c, loss_c, metric)
-            choices[(g, si)] = Choice(
-                float(c_grid[best]),
-                {repr(c_grid[ci]): per_c[ci] for ci in range(len(c_grid))},
-                {repr(c_grid[ci]): loss_c[ci] for ci in range(len(c_grid))},
-                tied,
-            )
+        _score_layer(X, y, fitted[g], plan.cols, plan, kind, n_classes, metric, scores, losses)
+        for si in range(len(plan.train_rows_of)):
+            choices[(g, si)] = _choice(c_grid, range(len(c_grid)), scores[si], losses[si], metric)
     return choices
+
+
+def clearly_past_the_best(means: Sequence[float], mean_losses: Sequence[float], metric: str) -> bool:
+    """Whether climbing C further is pointless: over the last ``DROP_PATIENCE`` C values (in climbing order) the
+    selection score either fell clearly below the best so far, or did not improve on it while the held-out log loss
+    rose clearly above its minimum (the probe overfits, the score only wobbles)."""
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    values = [sign * m for m in means]
+    if len(values) <= DROP_PATIENCE or not all(np.isfinite(values)):
+        return False
+    best = max(values)
+    last = values[-DROP_PATIENCE:]
+    margin = DROP_MARGIN * max(1.0, abs(best))
+    if all(v < best - margin for v in last):
+        return True
+    floor = min(mean_losses)
+    not_better = all(v < best - TIE_TOLERANCE * max(1.0, abs(best)) for v in last)
+    overfitting = all(loss > floor * (1.0 + LOSS_MARGIN) for loss in mean_losses[-DROP_PATIENCE:])
+    return not_better and overfitting
+
+
+def _choose_C_adaptive(
+    layers: Sequence[np.ndarray],
+    y: np.ndarray,
+    plan: _SelectionPlan,
+    c_grid: Sequence[float],
+    kind: ProbeKind,
+    n_classes: int,
+    metric: str,
+    solver: Solver,
+    *,
+    class_weight: str | None,
+    on_iteration: Callable[[int, int], None] | None,
+) -> tuple[dict[tuple[int, int], Choice], int]:
+    """Climb the grid from the smallest C, one batched solve per C, and stop each (layer, setting) once its CV score
+    has clearly turned (:func:`clearly_past_the_best`). Large C values cost the most iterations and are rarely chosen.
+
+    Returns the choices and the number of probes fitted.
+    """
+    n_settings = len(plan.train_rows_of)
+    order = sorted(range(len(c_grid)), key=lambda ci: c_grid[ci])
+    scores: dict[int, dict[int, dict[int, list[float | None]]]] = {g: {} for g in range(len(layers))}
+    losses: dict[int, dict[int, dict[int, list[float]]]] = {g: {} for g in range(len(layers))}
+    evaluated: dict[tuple[int, int], list[int]] = {(g, si): [] for g in range(len(layers)) for si in range(n_settings)}
+    active = set(evaluated)
+    n_probes = 0
+    # the smallest C values converge fast and are always needed: the first round solves DROP_PATIENCE + 1 together
+    first = DROP_PATIENCE + 1
+    rounds = [order[:first]] + [[ci] for ci in order[first:]]
+    for round_c in rounds:
+        if not active:
+            break
+        gs = sorted({g for g, _ in active})
+        sis = sorted({si for _, si in active})
+        cols = [c for c in plan.cols if c[2] in round_c and c[0] in sis]
+        sub = _SelectionPlan(plan.train_rows_of, plan.labels, plan.val_rows, plan.row_sets, cols)
+        fitted = solver.fit_many(
+            [layers[g] for g in gs], y, kind, n_classes, sub.batch(c_grid, len(gs)),
+            class_weight=class_weight, on_iteration=on_iteration,
+        )  # fmt: skip
+        n_probes += len(gs) * len(cols)
+        for pos, g in enumerate(gs):
+            _score_layer(layers[g], y, fitted[pos], cols, plan, kind, n_classes, metric, scores[g], losses[g])
+        for key in sorted(active):
+            g, si = key
+            if si not in sis:
+                continue
+            evaluated[key].extend(round_c)
+            per_c = scores[g][si]
+            means = [float(np.mean([v for v in per_c[c] if v is not None] or [np.nan])) for c in evaluated[key]]
+            mean_losses = [float(np.mean(losses[g][si][c])) for c in evaluated[key]]
+            if clearly_past_the_best(means, mean_losses, metric):
+                active.discard(key)
+    choices = {
+        (g, si): _choice(c_grid, evaluated[(g, si)], scores[g][si], losses[g][si], metric)
+        for g, si in evaluated
+    }
+    return choices, n_probes
 
 
 def fit_protocol(
@@ -345,11 +452,13 @@ def fit_protocol(
     class_weight: str | None = None,
     on_iteration: Callable[[int, int], None] | None = None,
     timing: ProtocolTiming | None = None,
+    grid: CGrid | str = CGrid.adaptive,
 ) -> list[ProtocolResult]:
     """Select C and refit for every layer x setting on the training pool; see the module docstring.
 
     ``layers``: one (pool rows, features) array per layer; ``is_val`` marks the pool's validation rows
-    (needed for ``selection='val'``). Returns results ordered by setting, then layer.
+    (needed for ``selection='val'``). ``grid``: ``adaptive`` climbs C from the smallest and stops once the CV score
+    has clearly turned; ``full`` fits every C. Returns results ordered by setting, then layer.
     """
     y = np.asarray(y)
     K = len(class_names)
@@ -359,10 +468,18 @@ def fit_protocol(
         selection=selection, groups=groups, is_val=is_val, n_splits=n_splits,
     )  # fmt: skip
     t0 = time.perf_counter()
-    fitted = solver.fit_many(
-        layers, y, kind, K, plan.batch(c_grid, len(layers)), class_weight=class_weight, on_iteration=on_iteration
-    )
-    choices = _choose_C(layers, y, fitted, plan, c_grid, kind, K, metric)
+    if grid == CGrid.full:
+        fitted = solver.fit_many(
+            layers, y, kind, K, plan.batch(c_grid, len(layers)), class_weight=class_weight, on_iteration=on_iteration
+        )
+        choices = _choose_C(layers, y, fitted, plan, c_grid, kind, K, metric)
+        n_selection = len(layers) * len(plan.cols)
+    elif grid == CGrid.adaptive:
+        choices, n_selection = _choose_C_adaptive(
+            layers, y, plan, c_grid, kind, K, metric, solver, class_weight=class_weight, on_iteration=on_iteration
+        )
+    else:
+        raise InvalidInputError(f"unknown --grid {grid!r}: choose adaptive or full")
     best_C = np.array([[choices[(g, si)].C for si in range(len(settings))] for g in range(len(layers))])
     t1 = time.perf_counter()
     refit_batch = ProbeBatch(plan.train_rows_of, np.arange(len(settings)), best_C)
@@ -371,7 +488,7 @@ def fit_protocol(
     if timing is not None:
         timing.select_seconds += t1 - t0
         timing.refit_seconds += t2 - t1
-        timing.n_probes += len(layers) * (len(plan.cols) + len(settings))
+        timing.n_probes += n_selection + len(layers) * len(settings)
     return [
         ProtocolResult(
             st, g, refit[g][si], choices[(g, si)].C, choices[(g, si)].scores, plan.labels[si],

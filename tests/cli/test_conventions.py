@@ -38,6 +38,7 @@ WRITES_FILES = {"export", "report", "demo"}
 CHOICES = {
     "--solver",
     "--selection",
+    "--grid",
     "--select-by",
     "--class-weight",
     "--test-split",
