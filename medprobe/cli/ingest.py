@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from medprobe.cli.common import console, open_store
-from medprobe.cli.options import DatasetOpt, FormatOpt, OutOpt, StoreOpt, pairs, retired, split_list
+from medprobe.cli.options import DatasetOpt, FormatOpt, NoProgressOpt, OutOpt, StoreOpt, pairs, retired, split_list
 from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.errors import InvalidInputError, MedprobeError
 from medprobe.schemas.vocab import Layout, NeoplasticShare, Verify
@@ -139,6 +139,7 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option("--threads", min=1, help="Hashing threads (default: CPU count)")
         ] = None,
         strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when any file fails")] = False,
+        no_progress: NoProgressOpt = False,
         fmt: FormatOpt = None,
         out: OutOpt = None,
         store: StoreOpt = None,
@@ -173,7 +174,7 @@ def register(app: typer.Typer) -> None:
             workers=threads,
             split_plan=SplitPlan(test_fraction=test_fraction, val_fraction=val_fraction, seed=split_seed),
             min_positives=min_positives,
-            show_progress=wants_progress(output, out),
+            show_progress=not no_progress and wants_progress(output, out),
         )
         s = open_store(store, create=True)
         summary = ingest(s, source, layout.value, dataset, format_options, options)

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from medprobe.cli.common import console, open_store
-from medprobe.cli.options import FormatOpt, OptionalDatasetOpt, OutOpt, StoreOpt, layers_option
+from medprobe.cli.options import FormatOpt, NoProgressOpt, OptionalDatasetOpt, OutOpt, StoreOpt, layers_option
 from medprobe.cli.output import emit, wants_progress
 from medprobe.cli.tables import arrow_to_rich
 from medprobe.errors import CorruptDataError, InvalidInputError
@@ -67,6 +67,7 @@ def register(app: typer.Typer) -> None:
     @store_app.command("verify")
     def verify(
         quick: Annotated[bool, typer.Option(help="Check structure only, do not read every chunk.")] = False,
+        no_progress: NoProgressOpt = False,
         fmt: FormatOpt = None,
         out: OutOpt = None,
         store: StoreOpt = None,
@@ -76,7 +77,7 @@ def register(app: typer.Typer) -> None:
         from medprobe.progress import progress_bar
 
         s = open_store(store)
-        with progress_bar("segments", transient=True, disable=not wants_progress(fmt, out)) as bar:
+        with progress_bar("segments", transient=True, disable=no_progress or not wants_progress(fmt, out)) as bar:
             task = bar.add_task("verify", total=None)
 
             def advance(done: int, total: int) -> None:

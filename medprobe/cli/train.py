@@ -17,6 +17,7 @@ from medprobe.cli.common import console, err_console, open_store
 from medprobe.cli.options import (
     DeviceOpt,
     FormatOpt,
+    NoProgressOpt,
     OptionalDatasetOpt,
     OutOpt,
     StoreOpt,
@@ -73,6 +74,7 @@ class ProtocolOptions:
             "costs the most and is rarely chosen); full: fit every C of --c-grid.",
         ),
     ] = CGrid.adaptive
+    no_progress: NoProgressOpt = False
     select_by: Annotated[
         SelectBy | None,
         typer.Option(
@@ -318,7 +320,9 @@ def _run_probes(
     spec = _spec(store, task=task, feature_set_id=fs.feature_set_id, layers=chosen, protocol=protocol,
                  sampling=sampling)  # fmt: skip
     with start_run(store, kind, _params(spec)) as run:
-        outcomes = run_experiment(store, spec, run.run_id, show_progress=wants_progress(fmt, out))
+        outcomes = run_experiment(
+            store, spec, run.run_id, show_progress=not protocol.no_progress and wants_progress(fmt, out)
+        )
         best = best_layer(outcomes)
         run.summary.update(
             {
@@ -422,7 +426,8 @@ def _compare(
         chosen_probes = []
         with st.transaction():  # the compared probes and their comparison rows appear together, or not at all
             for s in specs:
-                outs = run_experiment(st, s, run.run_id, only_hashes=common, show_progress=wants_progress(fmt, out))
+                bar = not protocol.no_progress and wants_progress(fmt, out)
+                outs = run_experiment(st, s, run.run_id, only_hashes=common, show_progress=bar)
                 chosen_probes.append((s.feature_set_id, best_layer(outs)))
             rows = compare_probes(run.run_id, specs[0].task, chosen_probes, n_boot=protocol.n_boot,
                                   seed=protocol.boot_seed)  # fmt: skip

@@ -109,6 +109,17 @@ def test_result_commands_take_format_and_out(name: str) -> None:
     assert shown == list(FORMATS), name
 
 
+# Commands that can show a progress bar: each takes --no-progress (the bar also hides itself when output is not a
+# terminal table).
+SHOWS_PROGRESS = {"ingest", "extract", "worker", "train", "sweep", "compare", "store verify"}
+
+
+@pytest.mark.parametrize("name", sorted(SHOWS_PROGRESS))
+def test_progress_commands_take_no_progress(name: str) -> None:
+    opts = {o for p in _visible_options(COMMANDS[name]) for o in p.opts}
+    assert "--no-progress" in opts, name
+
+
 @pytest.mark.parametrize("name", sorted(WRITES_FILES))
 def test_file_writing_commands_take_out(name: str) -> None:
     opts = {o for p in _visible_options(COMMANDS[name]) for o in p.opts}
