@@ -70,10 +70,10 @@ class ProtocolOptions:
         CGrid,
         typer.Option(
             "--grid",
-            help="adaptive: fit C from the smallest up and stop once the validation score has clearly turned (large C "
-            "costs the most and is rarely chosen); full: fit every C of --c-grid.",
+            help="full: fit every C of --c-grid; adaptive: fit C from the smallest up and stop once the validation "
+            "score has clearly turned (large C costs the most; faster, but may choose another C than full).",
         ),
-    ] = CGrid.adaptive
+    ] = CGrid.full
     no_progress: NoProgressOpt = False
     select_by: Annotated[
         SelectBy | None,

@@ -47,11 +47,11 @@ class Selection(StrEnum):
 
 
 class CGrid(StrEnum):
-    """How much of the C grid selection fits: ``adaptive`` climbs from the smallest C and stops once the CV score
-    has clearly turned; ``full`` fits every C."""
+    """How much of the C grid selection fits: ``full`` fits every C (the default); ``adaptive`` climbs from the
+    smallest C and stops once the CV score has clearly turned."""
 
-    adaptive = "adaptive"
     full = "full"
+    adaptive = "adaptive"
 
 
 class ClassWeight(StrEnum):

@@ -36,7 +36,7 @@ class ExperimentSpec:
     solver: str = "torch"
     c_grid: Sequence[float] = DEFAULT_C_GRID
     selection: str = "cv"
-    grid: str = "adaptive"  # adaptive: climb C and stop once the CV score has turned; full: every C
+    grid: str = "full"  # full: every C; adaptive: climb C and stop once the CV score has turned
     n_splits: int = 5
     test_split: str = "test"  # held out and scored once; the other splits form the training pool
     fractions: Sequence[float] = (1.0,)

@@ -5,7 +5,7 @@ never enter. C is chosen on a log grid either by stratified K-fold cross-validat
 when group ids exist (``StratifiedGroupKFold``), or on the pool's validation rows; the chosen C is then
 refitted on every training row of the setting. Label efficiency adds settings: stratified subsamples of
 the training rows at several fractions x seeds. With ``grid='full'`` every fold x C x setting x layer is one
-column of a single batched solve; the default ``adaptive`` grid solves one C at a time from the smallest (every
+column of a single batched solve (the default); ``grid='adaptive'`` solves one C at a time from the smallest (every
 fold x setting x layer batched) and stops once the CV score has clearly turned. All refits are one more solve.
 """
 
@@ -452,7 +452,7 @@ def fit_protocol(
     class_weight: str | None = None,
     on_iteration: Callable[[int, int], None] | None = None,
     timing: ProtocolTiming | None = None,
-    grid: CGrid | str = CGrid.adaptive,
+    grid: CGrid | str = CGrid.full,
 ) -> list[ProtocolResult]:
     """Select C and refit for every layer x setting on the training pool; see the module docstring.
 

@@ -35,7 +35,7 @@ def test_the_turn_rule() -> None:
 @given(st.lists(st.floats(0, 1), min_size=1, max_size=8), st.lists(st.floats(0.1, 5), min_size=8, max_size=8))
 @settings(max_examples=200, deadline=None)
 def test_never_stops_while_the_last_c_is_the_best(scores, losses) -> None:
-    """Whatever the curve, a C value that is (one of) the best so far is never left behind."""
+    """Whatever the curve, no stop right after the best C so far."""
     scores = [*scores[:-1], max(scores)]
     assert not clearly_past_the_best(scores, losses[: len(scores)], "macro_auc")
 
@@ -92,7 +92,7 @@ def test_adaptive_fits_only_training_fold_rows_and_climbs_c() -> None:
     rec = _Recorder()
     results = fit_protocol([X[pool], X[pool][:, :20]], y[pool], "multiclass", ["a", "b", "c"], rec,
                            groups=groups[pool], c_grid=GRID, metric="macro_auc",
-                           settings=[Setting(1.0, 0), Setting(0.5, 1)])  # fmt: skip
+                           settings=[Setting(1.0, 0), Setting(0.5, 1)], grid="adaptive")  # fmt: skip
     selection_fits = rec.fits[:-1]  # the last solve is the refit
     assert len(selection_fits) >= 2  # a first round of the smallest C values, then one C at a time
     largest = 0.0
@@ -104,3 +104,24 @@ def test_adaptive_fits_only_training_fold_rows_and_climbs_c() -> None:
             assert len(rows) < 0.9 * len(pool)  # a fold's training part: its validation rows are left out
     for r in results:
         assert len(r.cv_scores) >= DROP_PATIENCE + 1
+
+
+def test_the_cli_records_which_grid_chose_c(synth_store, capsys) -> None:
+    import json
+
+    from tests.helpers.cli import run_cli
+
+    url = synth_store.url
+    args = ["train", "-t", "grade", "--feature-set", "fs-synth", "-l", "3", "-f", "json", "-s", url,
+            "--c-grid", "0.0001,0.001,0.01,0.1,1,10", "--n-boot", "100", "--cv", "3"]  # fmt: skip
+    for grid in ("full", "adaptive"):
+        code, out, err = run_cli(capsys, *args, "--grid", grid)
+        assert code == 0, err
+        run_id = json.loads(out)["run_id"]
+        synth_store.refresh()
+        (row,) = synth_store.sql(f"SELECT metrics, cv_scores FROM probe_results WHERE run_id = '{run_id}'").to_pylist()
+        assert json.loads(row["metrics"])["grid"] == grid
+        n_scored = len(json.loads(row["cv_scores"]))
+        assert n_scored == 6 if grid == "full" else 3 <= n_scored <= 6
+    code, _, err = run_cli(capsys, *args, "--grid", "sometimes")
+    assert code != 0 and "sometimes" in err
