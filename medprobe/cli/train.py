@@ -239,6 +239,7 @@ def _probe_row(o: ProbeOutcome) -> dict[str, Any]:
         "n_test": len(o.y_test),
         "converged": o.probe.converged,
         "n_iter": o.probe.n_iter,
+        "cv_not_converged": sum(o.cv_not_converged.values()),
     }
     for key in ("macro_auc", "balanced_accuracy", "macro_f1", "accuracy"):
         entry = o.metrics.get(key) or {}
@@ -253,7 +254,7 @@ def _probe_json(o: ProbeOutcome) -> dict[str, Any]:
             "n_train", "n_test")  # fmt: skip
     row = _probe_row(o)
     return {**{k: row[k] for k in keys}, "converged": o.probe.converged, "n_iter": o.probe.n_iter,
-            "test": _test_json(o.metrics)}  # fmt: skip
+            "cv_not_converged": o.cv_not_converged, "test": _test_json(o.metrics)}  # fmt: skip
 
 
 def _fmt(entry: dict[str, Any]) -> str:
@@ -288,6 +289,33 @@ def _print_outcomes(run_id: str, outcomes: list[ProbeOutcome], title: str) -> No
     for o in outcomes[:1]:
         for key, why in o.metrics.get("undefined", {}).items():
             err_console.print(f"[yellow]warning:[/] {key}: {why}")
+    for line in not_converged_warnings(outcomes):
+        err_console.print(f"[yellow]warning:[/] {line}", highlight=False)
+
+
+def not_converged_warnings(outcomes: list[ProbeOutcome]) -> list[str]:
+    """One line per probe whose chosen C, or whose refit, rests on probes that stopped at the iteration cap."""
+    lines = []
+    for o in outcomes:
+        at_c = o.cv_not_converged.get(repr(o.C), 0)
+        if at_c or not o.probe.converged:
+            what = []
+            if at_c:
+                what.append(f"{at_c} fold probe(s) at the chosen C={o.C:g}")
+            if not o.probe.converged:
+                what.append("the refit")
+            lines.append(
+                f"layer {o.layer}: {' and '.join(what)} stopped at the iteration cap before converging, so the "
+                "scores are approximate; narrow --c-grid to smaller C or pass --solver sklearn to compare"
+            )
+    unchosen = [o for o in outcomes if o.cv_not_converged and not o.cv_not_converged.get(repr(o.C), 0)]
+    if unchosen:
+        cs = ", ".join(f"{c:g}" for c in sorted({float(c) for o in unchosen for c in o.cv_not_converged}))
+        lines.append(
+            f"{len(unchosen)} probe(s): fold probes at C={cs} stopped at the iteration cap; "
+            "those C values were not chosen, but their validation scores are approximate (cv_not_converged in metrics)"
+        )
+    return lines
 
 
 def _run_probes(

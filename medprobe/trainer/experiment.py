@@ -87,6 +87,7 @@ class ProbeOutcome:
     select_by: str = "macro_auc"  # the metric that chose C
     cv_log_loss: float | None = None  # mean held-out log loss of the chosen C
     tied: int = 1  # C values tied on the selection metric (the tie broken by log loss)
+    cv_not_converged: dict[str, int] = field(default_factory=dict)  # {C: fold probes stopped at the iteration cap}
 
 
 def _weights_bytes(probe: FittedProbe, meta: dict[str, str]) -> bytes:
@@ -221,6 +222,7 @@ def run_experiment(
                     select_by=r.select_by,
                     cv_log_loss=float(np.mean(r.cv_log_loss[repr(r.C)])) if r.cv_log_loss else None,
                     tied=r.tied,
+                    cv_not_converged=r.cv_not_converged,
                 )
             )
         bar.update(task_bar, completed=len(spec.layers) * n_cols)
@@ -265,6 +267,8 @@ def _write_outcomes(
         metrics["selected_by"] = o.select_by
         metrics["cv_log_loss"] = o.cv_log_loss
         metrics["c_tied"] = o.tied
+        # fold probes that stopped at the iteration cap, by C: their validation scores are approximate
+        metrics["cv_not_converged"] = o.cv_not_converged
         metrics["n_boot"] = spec.n_boot
         metrics["grid"] = spec.grid  # adaptive: cv_scores hold only the C values fitted
         metrics["timing"] = {

@@ -129,6 +129,7 @@ class ProtocolResult:
     select_by: str = "macro_auc"  # the metric that chose C
     cv_log_loss: dict[str, list[float]] = field(default_factory=dict)  # {C: held-out log loss per fold}
     tied: int = 1  # C values that tied on the selection metric (broken by log loss)
+    cv_not_converged: dict[str, int] = field(default_factory=dict)  # {C: fold probes not converged}
 
 
 @dataclass
@@ -275,6 +276,7 @@ class Choice:
     scores: dict[str, list[float | None]]  # {repr(C): selection metric per fold}
     log_losses: dict[str, list[float]]  # {repr(C): held-out log loss per fold}
     tied: int  # how many C values tied on the selection metric (1: no tie)
+    not_converged: dict[str, int] = field(default_factory=dict)  # {repr(C): fold probes that hit the iteration cap}
 
 
 def pick_C(
@@ -307,8 +309,13 @@ def _score_layer(
     metric: str,
     scores: dict[int, dict[int, list[float | None]]],
     losses: dict[int, dict[int, list[float]]],
+    unconverged: dict[int, dict[int, int]],
 ) -> None:
-    """Score one layer's fold probes (``fitted_row[m]`` fitted for ``cols[m]``) on their validation rows."""
+    """Score one layer's fold probes (``fitted_row[m]`` fitted for ``cols[m]``) on their validation rows; count
+    per (setting, C) the probes that stopped at the iteration cap."""
+    for m, (si, _, ci) in enumerate(cols):
+        counts = unconverged.setdefault(si, {})
+        counts[ci] = counts.get(ci, 0) + (0 if fitted_row[m].converged else 1)
     for si, fi in sorted({(si, fi) for si, fi, _ in cols}):
         idx = [m for m, (s2, f2, _) in enumerate(cols) if (s2, f2) == (si, fi)]
         va = plan.val_rows[si][fi]
@@ -324,6 +331,7 @@ def _choice(
     scores: dict[int, list[float | None]],
     losses: dict[int, list[float]],
     metric: str,
+    unconverged: dict[int, int],
 ) -> Choice:
     """Pick among the evaluated C indices (see :func:`pick_C`)."""
     grid = [c_grid[ci] for ci in evaluated]
@@ -333,6 +341,7 @@ def _choice(
         {repr(c_grid[ci]): scores[ci] for ci in evaluated},
         {repr(c_grid[ci]): losses[ci] for ci in evaluated},
         tied,
+        {repr(c_grid[ci]): unconverged.get(ci, 0) for ci in evaluated if unconverged.get(ci, 0)},
     )
 
 
@@ -351,9 +360,10 @@ def _choose_C(
     for g, X in enumerate(layers):
         scores: dict[int, dict[int, list[float | None]]] = {}
         losses: dict[int, dict[int, list[float]]] = {}
-        _score_layer(X, y, fitted[g], plan.cols, plan, kind, n_classes, metric, scores, losses)
+        unconverged: dict[int, dict[int, int]] = {}
+        _score_layer(X, y, fitted[g], plan.cols, plan, kind, n_classes, metric, scores, losses, unconverged)
         for si in range(len(plan.train_rows_of)):
-            choices[(g, si)] = _choice(c_grid, range(len(c_grid)), scores[si], losses[si], metric)
+            choices[(g, si)] = _choice(c_grid, range(len(c_grid)), scores[si], losses[si], metric, unconverged[si])
     return choices
 
 
@@ -398,6 +408,7 @@ def _choose_C_adaptive(
     order = sorted(range(len(c_grid)), key=lambda ci: c_grid[ci])
     scores: dict[int, dict[int, dict[int, list[float | None]]]] = {g: {} for g in range(len(layers))}
     losses: dict[int, dict[int, dict[int, list[float]]]] = {g: {} for g in range(len(layers))}
+    unconverged: dict[int, dict[int, dict[int, int]]] = {g: {} for g in range(len(layers))}
     evaluated: dict[tuple[int, int], list[int]] = {(g, si): [] for g in range(len(layers)) for si in range(n_settings)}
     active = set(evaluated)
     n_probes = 0
@@ -417,7 +428,9 @@ def _choose_C_adaptive(
         )  # fmt: skip
         n_probes += len(gs) * len(cols)
         for pos, g in enumerate(gs):
-            _score_layer(layers[g], y, fitted[pos], cols, plan, kind, n_classes, metric, scores[g], losses[g])
+            _score_layer(
+                layers[g], y, fitted[pos], cols, plan, kind, n_classes, metric, scores[g], losses[g], unconverged[g]
+            )
         for key in sorted(active):
             g, si = key
             if si not in sis:
@@ -429,7 +442,7 @@ def _choose_C_adaptive(
             if clearly_past_the_best(means, mean_losses, metric):
                 active.discard(key)
     choices = {
-        (g, si): _choice(c_grid, evaluated[(g, si)], scores[g][si], losses[g][si], metric)
+        (g, si): _choice(c_grid, evaluated[(g, si)], scores[g][si], losses[g][si], metric, unconverged[g].get(si, {}))
         for g, si in evaluated
     }
     return choices, n_probes
@@ -493,7 +506,7 @@ def fit_protocol(
         ProtocolResult(
             st, g, refit[g][si], choices[(g, si)].C, choices[(g, si)].scores, plan.labels[si],
             len(plan.train_rows_of[si]), plan.train_rows_of[si], metric, choices[(g, si)].log_losses,
-            choices[(g, si)].tied,
+            choices[(g, si)].tied, choices[(g, si)].not_converged,
         )
         for si, st in enumerate(settings)
         for g in range(len(layers))

@@ -125,3 +125,28 @@ def test_the_cli_records_which_grid_chose_c(synth_store, capsys) -> None:
         assert n_scored == 6 if grid == "full" else 3 <= n_scored <= 6
     code, _, err = run_cli(capsys, *args, "--grid", "sometimes")
     assert code != 0 and "sometimes" in err
+
+
+def test_fold_probes_stopped_at_the_iteration_cap_are_counted_and_warned() -> None:
+    from medprobe.cli.train import not_converged_warnings
+
+    X, y, groups = _problem(seed=2)
+    pool = np.arange(500)
+    capped = get_solver("torch", device="cpu", max_iter=5)  # too few iterations for any C to converge
+    (r,) = fit_protocol([X[pool]], y[pool], "multiclass", ["a", "b", "c"], capped, groups=groups[pool],
+                        c_grid=[0.01, 100.0], metric="macro_auc")  # fmt: skip
+    assert r.cv_not_converged == {"0.01": 5, "100.0": 5}  # every fold probe of both C values
+    (done,) = fit_protocol([X[pool]], y[pool], "multiclass", ["a", "b", "c"], get_solver("torch", device="cpu"),
+                           groups=groups[pool], c_grid=[0.01], metric="macro_auc")  # fmt: skip
+    assert done.cv_not_converged == {}
+
+    class _Outcome:  # the fields the warning reads
+        def __init__(self, C, cv_not_converged, converged):
+            self.C, self.cv_not_converged, self.layer = C, cv_not_converged, 3
+            self.probe = type("P", (), {"converged": converged})()
+
+    lines = not_converged_warnings([_Outcome(100.0, {"100.0": 2}, True)])
+    assert len(lines) == 1 and "2 fold probe(s) at the chosen C=100" in lines[0]
+    lines = not_converged_warnings([_Outcome(0.01, {"100.0": 5}, True), _Outcome(0.1, {}, True)])
+    assert len(lines) == 1 and "C=100" in lines[0] and "not chosen" in lines[0]
+    assert not_converged_warnings([_Outcome(0.1, {}, True)]) == []
