@@ -14,5 +14,5 @@ python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
     zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 duckdb==2.0.0 \
     typer==0.29.2 annotated-doc==0.0.7 transformers==5.23.0 tokenizers==0.23.3 timm==1.0.31 \
-    open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 efficientnet-lite-pytorch==0.1.0
+    open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 efficientnet-lite-pytorch==0.1.0 regex==2026.11.19
 du -sh .whl
