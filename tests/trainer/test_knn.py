@@ -49,7 +49,7 @@ def test_chunking_does_not_change_the_answer(k: int, budget: int) -> None:
     train, query = rng.normal(size=(60, 8)), rng.normal(size=(17, 8))
     whole = knn_proba(train, np.eye(3)[y], query, k, device="cpu")
     chunked = knn_proba(train, np.eye(3)[y], query, k, device="cpu", budget_bytes=budget)
-    np.testing.assert_allclose(chunked, whole, atol=1e-5)  # float32 similarities: block shapes round differently
+    np.testing.assert_allclose(chunked, whole, atol=1e-12)
 
 
 def test_bad_input() -> None:
@@ -58,3 +58,39 @@ def test_bad_input() -> None:
         knn_proba(train, y, train, 6, device="cpu")
     with pytest.raises(InvalidInputError, match="NaN"):
         knn_proba(np.full((5, 3), np.nan), y, train, 2, device="cpu")
+
+
+def test_k_is_chosen_on_training_folds_only_and_matches_a_brute_force_cv() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from medprobe.trainer import knn
+    from medprobe.trainer.protocol import cv_splits, cv_strata, stratify_key
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 3, 400)
+    X = rng.normal(size=(400, 10)) + 0.4 * y[:, None]
+    groups = np.arange(400) // 2
+    train = np.arange(300)  # rows 300.. are the test rows: never passed in
+    seen: list[int] = []
+    real = knn.knn_proba
+
+    def spy(train_x, targets, query, k, **kw):
+        seen.append(len(train_x) + len(query))
+        return real(train_x, targets, query, k, **kw)
+
+    knn.knn_proba = spy
+    try:
+        k, scores = knn.choose_k(X[train], y[train], np.eye(3)[y[train]], "multiclass", 3, groups=groups[train],
+                                 k_grid=(5, 25, 125), seed=0)  # fmt: skip
+    finally:
+        knn.knn_proba = real
+    assert set(seen) == {300}  # every call splits the 300 training rows, nothing more
+    splits, _ = cv_splits(cv_strata(stratify_key(y[train], "multiclass"), "multiclass", 5), groups[train], 5, 0)
+    brute = {}
+    for kk in (5, 25, 125):
+        aucs = [roc_auc_score(y[train][va], real(X[train][tr], np.eye(3)[y[train][tr]], X[train][va], kk, device="cpu"),
+                          multi_class="ovr")
+                for tr, va in splits]  # fmt: skip
+        brute[kk] = np.mean(aucs)
+        np.testing.assert_allclose(scores[str(kk)], aucs, atol=1e-9)  # sklearn's AUC on our kNN probabilities
+    assert k == max(brute, key=lambda kk: (brute[kk], -kk))
