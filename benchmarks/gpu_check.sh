@@ -25,7 +25,7 @@ done
 
 start=$SECONDS
 PY="${PYTHON:-python3}"
-if compgen -G ".whl/*.whl" > /dev/null; then  # a bare GPU machine: install what its image lacks, offline
+if [[ $DRY == 0 ]] && compgen -G ".whl/*.whl" > /dev/null; then  # a bare GPU machine: install what it lacks
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || { echo "gpu_check: installing .whl/ failed" >&2; exit 1; }
     "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target /tmp/site . \
