@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from medprobe.errors import InvalidInputError
+from medprobe.trainer.bootstrap import replicate_metrics
+from medprobe.trainer.protocol import LOWER_IS_BETTER, cv_splits, cv_strata, log_loss, stratify_key
 from medprobe.trainer.solvers.base import ProbeKind
 
 DINOV2_TEMPERATURE = 0.07
@@ -92,9 +94,6 @@ def choose_k(
     row can reach the choice. Ties go to the smaller k; k values above a fold's training rows are skipped. Returns k
     and the fold scores per k.
     """
-    from medprobe.trainer.bootstrap import replicate_metrics
-    from medprobe.trainer.protocol import LOWER_IS_BETTER, cv_splits, cv_strata, log_loss, stratify_key
-
     splits, _ = cv_splits(cv_strata(stratify_key(y, kind), kind, n_splits), groups, n_splits, seed)
     scores: dict[str, list[float | None]] = {}
     for k in k_grid:

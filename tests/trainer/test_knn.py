@@ -60,7 +60,7 @@ def test_bad_input() -> None:
         knn_proba(np.full((5, 3), np.nan), y, train, 2, device="cpu")
 
 
-def test_k_is_chosen_on_training_folds_only_and_matches_a_brute_force_cv() -> None:
+def test_k_is_chosen_on_training_folds_only_and_matches_a_brute_force_cv(monkeypatch) -> None:
     from sklearn.metrics import roc_auc_score
 
     from medprobe.trainer import knn
@@ -78,12 +78,10 @@ def test_k_is_chosen_on_training_folds_only_and_matches_a_brute_force_cv() -> No
         seen.append(len(train_x) + len(query))
         return real(train_x, targets, query, k, **kw)
 
-    knn.knn_proba = spy
-    try:
-        k, scores = knn.choose_k(X[train], y[train], np.eye(3)[y[train]], "multiclass", 3, groups=groups[train],
-                                 k_grid=(5, 25, 125), seed=0)  # fmt: skip
-    finally:
-        knn.knn_proba = real
+    monkeypatch.setattr(knn, "knn_proba", spy)
+    k, scores = knn.choose_k(X[train], y[train], np.eye(3)[y[train]], "multiclass", 3, groups=groups[train],
+                             k_grid=(5, 25, 125), seed=0)  # fmt: skip
+    monkeypatch.undo()  # the brute-force reference below uses the real function
     assert set(seen) == {300}  # every call splits the 300 training rows, nothing more
     splits, _ = cv_splits(cv_strata(stratify_key(y[train], "multiclass"), "multiclass", 5), groups[train], 5, 0)
     brute = {}

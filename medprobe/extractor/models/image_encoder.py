@@ -162,29 +162,25 @@ class BlockEncoderAdapter(Adapter):
             x = x.contiguous(memory_format=torch.channels_last)
         wanted = sorted({int(i) for i in layers})
         block_layers = [i for i in wanted if i < self.n_blocks]
-        want_embedding = self.n_blocks in wanted
-        results: dict[tuple[str, int], torch.Tensor] = {}
+
+        def pool(name: str, hidden: torch.Tensor) -> torch.Tensor:
+            return pool_block(name, hidden, self.layout)
+
         with torch.no_grad():
+            if self.n_blocks not in wanted:  # blocks only: the deepest hook stops the forward pass
+                capture = PooledCapture(self.blocks, block_layers, poolings, pool, extract=block_output)
+                return capture.run(lambda: self.run_blocks(x))
+            embedding: list[torch.Tensor] = []  # the embedding run also passes every block: one forward pass
+            results: dict[tuple[str, int], torch.Tensor] = {}
             if block_layers:
                 capture = PooledCapture(
-                    self.blocks,
-                    block_layers,
-                    poolings,
-                    lambda name, h: pool_block(name, h, self.layout),
-                    stop_early=not want_embedding,
-                    extract=block_output,
+                    self.blocks, block_layers, poolings, pool, stop_early=False, extract=block_output
                 )
-                if want_embedding:
-                    embedding: list[torch.Tensor] = []
-                    results.update(capture.run(lambda: embedding.append(self.embed(x))))
-                    final = embedding[0]
-                else:
-                    results.update(capture.run(lambda: self.run_blocks(x)))
+                results = capture.run(lambda: embedding.append(self.embed(x)))
             else:
-                final = self.embed(x)
-            if want_embedding:
-                for name in dict.fromkeys(poolings):
-                    results[(name, self.n_blocks)] = pool_block(name, final, self.layout)
+                embedding.append(self.embed(x))
+            for name in dict.fromkeys(poolings):
+                results[(name, self.n_blocks)] = pool(name, embedding[0])
         return results
 
 

@@ -92,15 +92,14 @@ def embedding_width(visual: nn.Module) -> int:
     out = getattr(visual, "output_dim", None)
     if isinstance(out, int):
         return out
-    linears = [m for m in visual.modules() if isinstance(m, nn.Linear)]
-    head: Any = getattr(visual, "head", None)
+    head: Any = getattr(visual, "head", None)  # TimmModel: its projection, when it has one
     head_linears = [m for m in head.modules() if isinstance(m, nn.Linear)] if head is not None else []
     if head_linears:
         return int(head_linears[-1].out_features)
     trunk: Any = getattr(visual, "trunk", None)
     if trunk is not None:
         return int(getattr(trunk, "head_hidden_size", None) or trunk.num_features)
-    return int(linears[-1].out_features)
+    raise InvalidInputError(f"cannot tell the embedding width of open_clip tower {type(visual).__name__}")
 
 
 class OpenClipAdapter(BlockEncoderAdapter):

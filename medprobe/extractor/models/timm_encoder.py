@@ -97,8 +97,8 @@ class TimmAdapter(BlockEncoderAdapter):
         names, modules = timm_blocks(model)
         layout = timm_layout(model)
         preprocessor, preprocessing = timm_preprocessor(model)
-        info: Any = model.feature_info
-        width = int(getattr(model, "head_hidden_size", None) or getattr(model, "num_features"))  # noqa: B009
+        timm_model: Any = model
+        width = int(getattr(timm_model, "head_hidden_size", None) or timm_model.num_features)  # pre-logits width
         super().__init__(
             model,
             blocks=modules,
@@ -109,7 +109,7 @@ class TimmAdapter(BlockEncoderAdapter):
             adapter=ADAPTER,
             preprocessing=preprocessing,
             layer_semantics=LAYER_SEMANTICS,
-            hidden_sizes=[*(int(entry["num_chs"]) for entry in info), width],
+            hidden_sizes=[*(int(entry["num_chs"]) for entry in timm_model.feature_info), width],
             extra={
                 "model_class": type(model).__name__,
                 "architecture": str(getattr(model, "pretrained_cfg", {}).get("architecture", "")),
