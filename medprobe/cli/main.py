@@ -18,6 +18,7 @@ _AREAS = (
     "medprobe.cli.models",
     "medprobe.cli.extract",
     "medprobe.cli.train",
+    "medprobe.cli.search",
     "medprobe.cli.store_cmds",
 )
 

@@ -32,7 +32,7 @@ from medprobe.cli.options import (
 from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.errors import InvalidInputError
 from medprobe.layerspec import resolve_layer, resolve_layers
-from medprobe.schemas.vocab import CGrid, ClassWeight, SelectBy, Selection, SolverName, TestSplit
+from medprobe.schemas.vocab import CGrid, ClassWeight, Method, SelectBy, Selection, SolverName, TestSplit
 from medprobe.trainer.defaults import DEFAULT_C_GRID, N_BOOT
 
 if TYPE_CHECKING:
@@ -58,6 +58,21 @@ class ProtocolOptions:
     """How probes are fitted, selected and scored (train, sweep and compare)."""
 
     dataset: OptionalDatasetOpt = None
+    method: Annotated[
+        Method,
+        typer.Option(
+            "--method",
+            help="probe: L2 logistic regression, C chosen by --selection; knn: cosine kNN with exp(sim/0.07) votes "
+            "(DINOv2), k chosen from --k by the same --selection on training rows.",
+        ),
+    ] = Method.probe
+    k: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--k", help="--method knn: neighbours to choose from (default: 10,20,50,100,200); one value: that k.",
+            show_default=False,
+        ),
+    ] = None
     solver: Annotated[SolverName, typer.Option("--solver", help="Probe solver.")] = SolverName.torch
     c_grid: Annotated[
         list[str] | None,
@@ -108,6 +123,20 @@ class ProtocolOptions:
     n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CIs.")] = N_BOOT
     boot_seed: Annotated[int, typer.Option("--boot-seed", help="Seed of the bootstrap replicates.")] = 0
     device: DeviceOpt = None
+
+    def k_grid(self) -> list[int]:
+        """The k values of --method knn (positive integers), or the default grid."""
+        from medprobe.trainer.knn import DEFAULT_K_GRID
+
+        if self.k is None:
+            return list(DEFAULT_K_GRID)
+        if self.method is not Method.knn:
+            raise InvalidInputError("--k is for --method knn; drop it or add --method knn")
+        values = int_list(self.k, "--k")
+        bad = [v for v in values if v < 1]
+        if not values or bad:
+            raise InvalidInputError(f"--k takes positive integers, e.g. --k 10,20,50; got {','.join(self.k)!r}")
+        return sorted(set(values))
 
     def grid(self) -> list[float]:
         """The C grid: given values (positive, finite, at least one) or the default log grid."""
@@ -165,6 +194,8 @@ def _spec(
         n_boot=protocol.n_boot,
         seed=protocol.boot_seed,
         device=protocol.device,
+        method=protocol.method.value,
+        k_grid=protocol.k_grid(),
     )  # fmt: skip
 
 
@@ -200,6 +231,8 @@ def stored_layers(store: FeatureStore, feature_set_id: str) -> list[int]:
 def _params(spec: ExperimentSpec) -> dict[str, Any]:
     return {
         "feature_set_id": spec.feature_set_id,
+        "method": spec.method,
+        **({"k": list(spec.k_grid)} if spec.method == "knn" else {}),
         "dataset": spec.task.dataset,
         "task": spec.task.task,
         "layers": spec.layers,
@@ -219,7 +252,8 @@ def _params(spec: ExperimentSpec) -> dict[str, Any]:
 
 
 def _test_json(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "auc_per_class", "undefined")
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "auc_per_class", "label_precision_at_k",
+            "undefined")  # fmt: skip
     return {k: metrics[k] for k in keys if k in metrics}
 
 
@@ -237,8 +271,10 @@ def _probe_row(o: ProbeOutcome) -> dict[str, Any]:
         "c_tied": o.tied,
         "n_train": o.n_train,
         "n_test": len(o.y_test),
-        "converged": o.probe.converged,
-        "n_iter": o.probe.n_iter,
+        "method": o.method,
+        "k": o.k,
+        "converged": o.converged,
+        "n_iter": o.n_iter,
         "cv_not_converged": sum(o.cv_not_converged.values()),
     }
     for key in ("macro_auc", "balanced_accuracy", "macro_f1", "accuracy"):
@@ -250,10 +286,10 @@ def _probe_row(o: ProbeOutcome) -> dict[str, Any]:
 
 
 def _probe_json(o: ProbeOutcome) -> dict[str, Any]:
-    keys = ("probe_id", "layer", "train_fraction", "seed", "C", "selection", "selected_by", "c_tied", "cv_mean",
-            "n_train", "n_test")  # fmt: skip
+    keys = ("probe_id", "method", "layer", "train_fraction", "seed", "C", "k", "selection", "selected_by", "c_tied",
+            "cv_mean", "n_train", "n_test")  # fmt: skip
     row = _probe_row(o)
-    return {**{k: row[k] for k in keys}, "converged": o.probe.converged, "n_iter": o.probe.n_iter,
+    return {**{k: row[k] for k in keys}, "converged": o.converged, "n_iter": o.n_iter,
             "cv_not_converged": o.cv_not_converged, "test": _test_json(o.metrics)}  # fmt: skip
 
 
@@ -271,14 +307,14 @@ def _setting_label(s: Setting) -> tuple[str, str]:
 
 def _print_outcomes(run_id: str, outcomes: list[ProbeOutcome], title: str) -> None:
     table = Table(title=f"{title}  run {run_id}")
-    for col in ("layer", "fraction", "seed", "C", "cv", "macro AUC [95% CI]", "bal. acc", "macro F1", "acc"):
+    for col in ("layer", "fraction", "seed", "chosen", "cv", "macro AUC [95% CI]", "bal. acc", "macro F1", "acc"):
         table.add_column(col)
     for o in outcomes:
         m = o.metrics
         table.add_row(
             str(o.layer),
             *_setting_label(o.setting),
-            f"{o.C:g}",
+            o.hyperparameter,
             "-" if o.cv_mean is None else f"{o.cv_mean:.3f}",
             _fmt(m["macro_auc"]),
             _fmt(m["balanced_accuracy"]),
@@ -298,11 +334,11 @@ def not_converged_warnings(outcomes: list[ProbeOutcome]) -> list[str]:
     lines = []
     for o in outcomes:
         at_c = o.cv_not_converged.get(repr(o.C), 0)
-        if at_c or not o.probe.converged:
+        if at_c or not o.converged:
             what = []
             if at_c:
                 what.append(f"{at_c} fold probe(s) at the chosen C={o.C:g}")
-            if not o.probe.converged:
+            if not o.converged:
                 what.append("the refit")
             lines.append(
                 f"layer {o.layer}: {' and '.join(what)} stopped at the iteration cap before converging, so the "
@@ -369,7 +405,9 @@ def _run_probes(
         "class_names": list(spec.task.class_names),
         "layer": best.layer,
         "probe_id": best.probe_id,
+        "method": best.method,
         "C": best.C,
+        "k": best.k,
         "test": _test_json(best.metrics),
         "probes": [_probe_json(o) for o in outcomes],
     }
@@ -377,7 +415,8 @@ def _run_probes(
     def show() -> None:
         _print_outcomes(run.run_id, outcomes, f"{kind}: {spec.task.dataset}/{spec.task.task}")
         console.print(
-            f"C and the best layer chosen by {best.select_by} ({spec.selection}, training rows only): layer "
+            f"{'k' if spec.method == 'knn' else 'C'} and the best layer chosen by {best.select_by} ({spec.selection}, "
+            "training rows only): layer "
             f"{best.layer}; run id: {run.run_id}"
         )
 

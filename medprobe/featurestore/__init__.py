@@ -10,6 +10,7 @@ and ``export_npz`` (the store commands).
 from medprobe.featurestore.export import export_npz
 from medprobe.featurestore.files import STORE_URI, FileArea, StoreBlobs
 from medprobe.featurestore.ids import canonical_json, config_json, new_id, stable_hash
+from medprobe.featurestore.index import NeighbourIndex, build_index, stored_index
 from medprobe.featurestore.maintenance import gc_store, quarantine, store_info, verify_store
 from medprobe.featurestore.runs import effective_status, package_versions, process_gone, start_run
 from medprobe.featurestore.store import FeatureStore, default_store_url
@@ -18,7 +19,9 @@ __all__ = [
     "STORE_URI",
     "FeatureStore",
     "FileArea",
+    "NeighbourIndex",
     "StoreBlobs",
+    "build_index",
     "canonical_json",
     "config_json",
     "default_store_url",
@@ -32,5 +35,6 @@ __all__ = [
     "stable_hash",
     "start_run",
     "store_info",
+    "stored_index",
     "verify_store",
 ]

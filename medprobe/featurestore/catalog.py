@@ -44,6 +44,20 @@ def _duck_type(t: pa.DataType) -> str:
     raise TypeError(f"no DuckDB type for {t}")
 
 
+def _absent_value(spec: TableSpec, column: pa.Field) -> str:
+    """What a column newer than every fragment reads as: the row model's plain default (e.g. method = 'probe'),
+    else NULL."""
+    field = spec.model.model_fields.get(column.name)
+    default = None if field is None or field.default_factory is not None else field.default
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, (int, float)):
+        return f"CAST({default!r} AS {_duck_type(column.type)})"
+    if isinstance(default, str):
+        return _quote(default)
+    return f"CAST(NULL AS {_duck_type(column.type)})"
+
+
 def _dedup_view_sql(spec: TableSpec) -> str:
     """SELECT exactly one row per key, chosen by ``spec.order`` and then every other column."""
     raw = _ident(f"raw_{spec.name}")
@@ -107,9 +121,7 @@ class Catalog:
                     present = set().union(*(self._columns[f] for f in files))
                     # a column newer than every fragment (schema evolution) reads as NULL: every view has the schema
                     cols = ", ".join(
-                        _ident(c.name)
-                        if c.name in present
-                        else f"CAST(NULL AS {_duck_type(c.type)}) AS {_ident(c.name)}"
+                        _ident(c.name) if c.name in present else f"{_absent_value(spec, c)} AS {_ident(c.name)}"
                         for c in spec.schema
                     )
                     source = f"(SELECT {cols} FROM read_parquet([{urls}], union_by_name = true))"

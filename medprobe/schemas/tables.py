@@ -280,8 +280,8 @@ class ProbeResultRow(Row):
     layer: int
     dataset: str
     task: str
-    solver: str  # torch | sklearn | cuml
-    c: float  # chosen inverse regularisation strength
+    solver: str  # torch | sklearn | cuml (method probe); knn; the scoring rule of zeroshot (softmax | sigmoid)
+    c: float | None  # chosen inverse regularisation strength (None: knn and zeroshot rows)
     c_grid: list[float]
     selection: str  # "cv:5:grouped" or "val"
     cv_scores: str  # JSON {C: [fold scores]}
@@ -295,6 +295,8 @@ class ProbeResultRow(Row):
     weights_uri: str | None = None
     versions: str = "{}"
     created_at: dt.datetime = Field(default_factory=utcnow)
+    method: str = "probe"  # format 3: probe | knn | zeroshot (absent from older fragments: probe)
+    k: int | None = None  # format 3: the neighbours of a knn row, chosen by CV on training rows
 
 
 PROBE_RESULTS = pa.schema(
@@ -320,6 +322,8 @@ PROBE_RESULTS = pa.schema(
         ("weights_uri", pa.string()),
         ("versions", pa.string()),
         ("created_at", TS),
+        ("method", pa.string()),  # absent from format-2 fragments: 'probe'
+        ("k", pa.int64()),
     ]
 )
 
@@ -396,6 +400,31 @@ PROBE_COMPARISONS = pa.schema(
 )
 
 
+class TextEmbeddingRow(Row):
+    """A text-tower embedding of one prompt (zero-shot class prompts), with the model's logit scale and bias."""
+
+    model_key: str  # which model's text tower: sha256 of (model id, revision, text preprocessing)
+    model_id: str
+    text: str
+    embedding: list[float]  # unnormalised, as the library's encode_text / get_text_features returns it
+    logit_scale: float  # the model's exp(logit_scale)
+    logit_bias: float | None = None  # SigLIP: the bias of its sigmoid; None for softmax (CLIP) models
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+TEXT_EMBEDDINGS = pa.schema(
+    [
+        ("model_key", pa.string()),
+        ("model_id", pa.string()),
+        ("text", pa.string()),
+        ("embedding", pa.list_(pa.float32())),
+        ("logit_scale", pa.float64()),
+        ("logit_bias", pa.float64()),
+        ("created_at", TS),
+    ]
+)
+
+
 # --------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class TableSpec:
@@ -442,6 +471,7 @@ TABLES: dict[str, TableSpec] = {
             ("run_id", "probe_a", "probe_b", "metric"),
             ("created_at",),
         ),
+        TableSpec("text_embeddings", TEXT_EMBEDDINGS, TextEmbeddingRow, ("model_key", "text"), ("created_at",)),
     )
 }
 

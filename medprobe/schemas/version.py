@@ -5,10 +5,15 @@ layout changes in a way an older reader would misread. A reader refuses a store
 whose version is newer than its own.
 """
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 # What each version added, and what opening an older store for writing does about it (``FeatureStore``
 # migrates by rewriting the marker: every change so far reads older fragments as they are).
 #   2: dataset_images gains ``retired`` (absent -> false) and its latest row per (dataset, image) wins, so a
 #      re-ingest can correct a label or retire a member whose file changed; a format-1 reader would show both.
-CHANGES = {2: "dataset_images.retired; latest membership row wins; runs.pid"}
+#   3: probe_results gains ``method`` (absent -> 'probe') and ``k``, and ``c`` may be NULL (knn and zeroshot rows);
+#      the ``text_embeddings`` table. A format-2 reader would take knn/zeroshot rows for probes.
+CHANGES = {
+    2: "dataset_images.retired; latest membership row wins; runs.pid",
+    3: "probe_results.method and .k (knn, zeroshot rows); text_embeddings table",
+}

@@ -54,6 +54,13 @@ class CGrid(StrEnum):
     adaptive = "adaptive"
 
 
+class Method(StrEnum):
+    """How ``train``/``sweep``/``compare`` classify from features: a logistic-regression probe or weighted kNN."""
+
+    probe = "probe"
+    knn = "knn"
+
+
 class ClassWeight(StrEnum):
     """Class weights of the probe loss, as scikit-learn's ``class_weight`` (``none``: unweighted)."""
 

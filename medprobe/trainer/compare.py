@@ -34,7 +34,7 @@ def compare_probes(
         if other.test_hashes != ref.test_hashes:
             raise ValueError("paired comparison needs the same test images in the same order")
         result = paired_comparison(
-            other.y_test, other.proba, ref.proba, ref.probe.kind, list(task.class_names), n_boot=n_boot, seed=seed
+            other.y_test, other.proba, ref.proba, ref.kind, list(task.class_names), n_boot=n_boot, seed=seed
         )
         for metric, r in result.items():
             rows.append(

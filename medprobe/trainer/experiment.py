@@ -18,9 +18,11 @@ from medprobe.schemas.vocab import TestSplit
 from medprobe.trainer.bootstrap import N_BOOT, metrics_with_ci
 from medprobe.trainer.data import TaskData, load_task_data, read_features
 from medprobe.trainer.defaults import DEFAULT_C_GRID
+from medprobe.trainer.knn import DEFAULT_K_GRID
+from medprobe.trainer.knn_protocol import fit_knn_protocol
 from medprobe.trainer.protocol import ProtocolTiming, Setting, fit_protocol
 from medprobe.trainer.solvers import get_solver
-from medprobe.trainer.solvers.base import FittedProbe
+from medprobe.trainer.solvers.base import FittedProbe, ProbeKind
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
@@ -49,6 +51,8 @@ class ExperimentSpec:
     device: str | None = None
     select_by: str | None = None  # the metric that chooses C (None: the task's primary metric)
     solver_options: dict = field(default_factory=dict)
+    method: str = "probe"  # probe: logistic regression; knn: weighted k-nearest neighbours (DINOv2)
+    k_grid: Sequence[int] = DEFAULT_K_GRID  # knn: the k values chosen from (one value: that k, no selection)
 
     @property
     def pool_splits(self) -> tuple[str, ...]:
@@ -68,17 +72,17 @@ class ExperimentSpec:
 
 @dataclass
 class ProbeOutcome:
-    """A fitted, tested probe and where its rows went."""
+    """A tested classifier (a fitted probe, a kNN with its k, or a zero-shot head) and where its rows went."""
 
     probe_id: str
     layer: int
     setting: Setting
-    C: float
+    C: float | None  # None: knn and zeroshot
     selection: str
     cv_scores: dict
-    cv_mean: float | None  # mean selection score of the chosen C (training rows only)
+    cv_mean: float | None  # mean selection score of the chosen C or k (training rows only)
     metrics: dict
-    probe: FittedProbe
+    probe: FittedProbe | None  # None: knn and zeroshot (nothing to store)
     test_hashes: list[str]
     y_test: np.ndarray
     proba: np.ndarray
@@ -88,6 +92,27 @@ class ProbeOutcome:
     cv_log_loss: float | None = None  # mean held-out log loss of the chosen C
     tied: int = 1  # C values tied on the selection metric (the tie broken by log loss)
     cv_not_converged: dict[str, int] = field(default_factory=dict)  # {C: fold probes stopped at the iteration cap}
+    kind: ProbeKind = "multiclass"
+    method: str = "probe"  # probe | knn | zeroshot
+    k: int | None = None  # knn: the neighbours used
+    solver: str | None = None  # the solver column when it is not the spec's (knn; zeroshot: softmax | sigmoid)
+    extra: dict = field(default_factory=dict)  # method-specific entries of the metrics JSON
+
+    @property
+    def converged(self) -> bool:
+        """The refit reached its tolerance (always true for methods without an iterative fit)."""
+        return self.probe is None or self.probe.converged
+
+    @property
+    def n_iter(self) -> int:
+        return 0 if self.probe is None else self.probe.n_iter
+
+    @property
+    def hyperparameter(self) -> str:
+        """What was chosen, for tables: ``C=0.1``, ``k=20`` or ``-``."""
+        if self.C is not None:
+            return f"C={self.C:g}"
+        return f"k={self.k}" if self.k is not None else "-"
 
 
 def _weights_bytes(probe: FittedProbe, meta: dict[str, str]) -> bytes:
@@ -167,6 +192,12 @@ def run_experiment(
     pool, test = data.rows(spec.pool_splits), data.rows(spec.test_split)
     hashes = data.image_hashes
     feats = read_features(store, spec.feature_set_id, spec.layers, hashes)
+    if spec.method == "knn":
+        knn = _run_knn(spec, data, feats, pool, test, show_progress)
+        write_outcomes(store, spec, run_id, knn, 0.0, ProtocolTiming())
+        return knn
+    if spec.method != "probe":
+        raise InvalidInputError(f"--method {spec.method!r}: choose probe or knn (zero-shot: medprobe zeroshot)")
     options = dict(spec.solver_options)
     if spec.solver == "torch" and spec.device:
         options["device"] = spec.device
@@ -223,12 +254,71 @@ def run_experiment(
                     cv_log_loss=float(np.mean(r.cv_log_loss[repr(r.C)])) if r.cv_log_loss else None,
                     tied=r.tied,
                     cv_not_converged=r.cv_not_converged,
+                    kind=r.probe.kind,
                 )
             )
         bar.update(task_bar, completed=len(spec.layers) * n_cols)
     per_probe = (timing.select_seconds + timing.refit_seconds) / max(1, len(outcomes))
     write_outcomes(store, spec, run_id, outcomes, per_probe, timing)
     return outcomes
+
+
+def _run_knn(
+    spec: ExperimentSpec, data: TaskData, feats: dict[int, np.ndarray], pool: np.ndarray, test: np.ndarray,
+    show_progress: bool,
+) -> list[ProbeOutcome]:  # fmt: skip
+    """k by the probes' selection on training rows, then every layer x setting scored once on the test rows."""
+    settings = spec.settings()
+    metric = spec.select_by or spec.task.primary_metric
+    layers = list(spec.layers)
+    with progress_bar("kNN", disable=not show_progress) as bar:
+        task_bar = bar.add_task(f"kNN {spec.task.task}", total=len(layers) * len(settings))
+        results = fit_knn_protocol(
+            [feats[x][pool] for x in layers],
+            data.y[pool],
+            [feats[x][test] for x in layers],
+            data.y[test],
+            data.kind,
+            data.class_names,
+            groups=None if data.groups is None else data.groups[pool],
+            is_val=data.split[pool] == "val",
+            selection=spec.selection,
+            k_grid=spec.k_grid,
+            n_splits=spec.n_splits,
+            metric=metric,
+            settings=settings,
+            device=spec.device,
+            on_step=lambda: bar.advance(task_bar, 1),
+        )
+    outcomes = []
+    hashes = data.image_hashes
+    for r in results:
+        metrics = metrics_with_ci(data.y[test], r.proba, data.kind, data.class_names, n_boot=spec.n_boot,
+                                  seed=spec.seed)  # fmt: skip
+        metrics["label_precision_at_k"] = precision_entry(r.precision_at_k, r.k, spec.n_boot, spec.seed)
+        scores = [v for v in r.cv_scores.get(str(r.k), []) if v is not None]
+        outcomes.append(
+            ProbeOutcome(
+                new_id("knn"), layers[r.layer_pos], r.setting, None, r.selection, r.cv_scores,
+                float(np.mean(scores)) if scores else None, metrics, None, [hashes[i] for i in test], data.y[test],
+                r.proba, r.n_train, select_by=metric, kind=data.kind, method="knn", k=r.k, solver="knn",
+                extra={"k_grid": sorted({int(k) for k in spec.k_grid}), "temperature": 0.07, "similarity": "cosine"},
+            )
+        )  # fmt: skip
+    return outcomes
+
+
+def precision_entry(per_query: np.ndarray, k: int, n_boot: int, seed: int) -> dict:
+    """Mean label precision@k over the test queries, with a percentile bootstrap CI over queries."""
+    from medprobe.trainer.bootstrap import multiplicities
+
+    v = np.asarray(per_query, dtype=np.float64)
+    if not len(v):
+        return {"value": None, "ci_low": None, "ci_high": None, "k": k}
+    W = multiplicities(len(v), n_boot, seed)
+    reps = (W @ v) / len(v)
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return {"value": float(v.mean()), "ci_low": float(lo), "ci_high": float(hi), "k": k}
 
 
 def write_outcomes(
@@ -257,12 +347,15 @@ def _write_outcomes(
             "feature_set_id": spec.feature_set_id,
             "layer": str(o.layer),
             "task": spec.task.task,
-            "kind": o.probe.kind,
             "C": repr(o.C),
             "class_names": json.dumps(spec.task.class_names),
         }
-        o.weights_uri = store.put_bytes(f"probes/{run_id}/{o.probe_id}.safetensors", _weights_bytes(o.probe, meta))
-        metrics = dict(o.metrics)
+        if o.probe is not None:
+            meta["kind"] = o.probe.kind
+            o.weights_uri = store.put_bytes(
+                f"probes/{run_id}/{o.probe_id}.safetensors", _weights_bytes(o.probe, meta)
+            )
+        metrics = {**o.metrics, **o.extra}
         metrics["cv_mean"] = o.cv_mean
         metrics["selected_by"] = o.select_by
         metrics["cv_log_loss"] = o.cv_log_loss
@@ -275,8 +368,8 @@ def _write_outcomes(
             "select_seconds": timing.select_seconds,
             "refit_seconds": timing.refit_seconds,
             "n_probes_fitted": timing.n_probes,
-            "n_iter": o.probe.n_iter,
-            "converged": o.probe.converged,
+            "n_iter": o.n_iter,
+            "converged": o.converged,
         }
         results.append(
             ProbeResultRow(
@@ -286,9 +379,9 @@ def _write_outcomes(
                 layer=o.layer,
                 dataset=spec.task.dataset,
                 task=spec.task.task,
-                solver=spec.solver,
+                solver=o.solver or spec.solver,
                 c=o.C,
-                c_grid=[float(c) for c in spec.c_grid],
+                c_grid=[float(c) for c in spec.c_grid] if o.method == "probe" else [],
                 selection=o.selection if spec.test_split == "test" else f"{o.selection};test={spec.test_split}",
                 cv_scores=json.dumps(o.cv_scores),
                 train_fraction=o.setting.fraction,
@@ -300,6 +393,8 @@ def _write_outcomes(
                 fit_seconds=per_probe,
                 weights_uri=o.weights_uri,
                 versions=versions,
+                method=o.method,
+                k=o.k,
             )
         )
         for h, yt, p in zip(o.test_hashes, o.y_test, o.proba, strict=True):

@@ -7,12 +7,12 @@ similarity block stays under a memory budget, on the GPU when one is given (floa
 the neighbour order equals scikit-learn's), so 100,000 x 4,096 training features need no more than the budget beyond
 the features themselves.
 
-This is the building block of the kNN baseline (issue 11); choosing k by grouped CV and the CLI come on top.
+``choose_k`` picks k by the probes' grouped CV on training rows; ``medprobe train --method knn`` runs it per layer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +33,42 @@ def _normalised(x: np.ndarray | torch.Tensor, device: torch.device, dtype: torch
     return torch.nn.functional.normalize(t, dim=1)
 
 
+def _device(device: str | torch.device | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def nearest(
+    train: np.ndarray | torch.Tensor,
+    query: np.ndarray | torch.Tensor,
+    k: int,
+    *,
+    device: str | torch.device | None = None,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(first query row, similarities, indices)`` of each chunk's ``k`` most cosine-similar training rows.
+
+    Exact (brute force): float64 on the CPU, so ties and order equal scikit-learn's; float32 on a GPU.
+    """
+    n = len(train)
+    if not 1 <= k <= n:
+        raise InvalidInputError(f"--k {k}: choose 1 to {n} (the number of training rows)")
+    dev = _device(device)
+    dtype = torch.float64 if dev.type == "cpu" else torch.float32  # CPU: exact neighbour order; GPU: fast
+    T = _normalised(train, dev, dtype)
+    Q = _normalised(query, dev, dtype)
+    chunk = max(1, budget_bytes // (T.element_size() * n))
+    for start in range(0, len(Q), chunk):
+        top, idx = (Q[start : start + chunk] @ T.T).topk(k, dim=1)  # (chunk, k)
+        yield start, top, idx
+
+
+def knn_targets(y: np.ndarray, kind: ProbeKind, n_classes: int) -> np.ndarray:
+    """The votes of each training row: one-hot class rows (binary: two columns, like ``predict_proba``), or the
+    multilabel indicators themselves."""
+    y = np.asarray(y)
+    return y.astype(np.float64) if kind == "multilabel" else np.eye(n_classes)[y.astype(int)]
+
+
 def knn_proba(
     train: np.ndarray | torch.Tensor,
     targets: np.ndarray,
@@ -48,26 +84,39 @@ def knn_proba(
     ``targets``: ``(train rows, outputs)`` one-hot rows (binary / multiclass) or 0/1 indicators (multilabel).
     """
     n = len(train)
-    if not 1 <= k <= n:
-        raise InvalidInputError(f"--k {k}: choose 1 to {n} (the number of training rows)")
     if temperature <= 0:
         raise InvalidInputError(f"the kNN temperature must be positive, got {temperature}")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.float64 if dev.type == "cpu" else torch.float32  # CPU: exact neighbour order; GPU: fast
-    T = _normalised(train, dev, dtype)
+    dev = _device(device)
     Y = torch.as_tensor(np.asarray(targets, dtype=np.float64), device=dev)
     if Y.ndim != 2 or Y.shape[0] != n:
         raise InvalidInputError(f"kNN targets must be (train rows, outputs) = ({n}, K), got {tuple(Y.shape)}")
-    Q = _normalised(query, dev, dtype)
-    chunk = max(1, budget_bytes // (T.element_size() * n))
-    out = torch.empty((len(Q), Y.shape[1]), dtype=torch.float64, device=dev)
-    for start in range(0, len(Q), chunk):
-        sims = Q[start : start + chunk] @ T.T  # (chunk, n)
-        top, idx = sims.topk(k, dim=1)
+    out = torch.empty((len(query), Y.shape[1]), dtype=torch.float64, device=dev)
+    for start, top, idx in nearest(train, query, k, device=dev, budget_bytes=budget_bytes):
         weights = torch.exp((top.double() - top.double().amax(dim=1, keepdim=True)) / temperature)  # stable
         votes = torch.einsum("qk,qkc->qc", weights, Y[idx].double())
-        out[start : start + chunk] = votes / weights.sum(dim=1, keepdim=True)
+        out[start : start + len(top)] = votes / weights.sum(dim=1, keepdim=True)
     return out.cpu().numpy()
+
+
+def label_precision_at_k(
+    train: np.ndarray,
+    y_train: np.ndarray,
+    query: np.ndarray,
+    y_query: np.ndarray,
+    k: int,
+    *,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """Per query: the share of its ``k`` nearest training rows whose label equals the query's (multilabel: whose
+    finding set is the same) -- the retrieval metric of image search."""
+    yt, yq = np.asarray(y_train), np.asarray(y_query)
+    out = np.empty(len(query))
+    for start, _, idx in nearest(train, query, k, device=device):
+        neighbours = yt[idx.cpu().numpy()]  # (chunk, k) or (chunk, k, findings)
+        mine = yq[start : start + len(idx)]
+        same = (neighbours == mine[:, None]) if yt.ndim == 1 else (neighbours == mine[:, None, :]).all(axis=2)
+        out[start : start + len(idx)] = same.mean(axis=1)
+    return out
 
 
 DEFAULT_K_GRID: tuple[int, ...] = (10, 20, 50, 100, 200)  # DINOv2 reports 10, 20, 100, 200
@@ -87,14 +136,16 @@ def choose_k(
     metric: str = "macro_auc",
     temperature: float = DINOV2_TEMPERATURE,
     device: str | torch.device | None = None,
+    splits: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[int, dict[str, list[float | None]]]:
     """The k with the best mean validation ``metric`` over stratified (grouped) folds of the *training* rows only.
 
     ``X``, ``y``, ``targets`` (one-hot; multilabel: indicators) and ``groups`` hold training rows alone, so no test
     row can reach the choice. Ties go to the smaller k; k values above a fold's training rows are skipped. Returns k
-    and the fold scores per k.
+    and the fold scores per k. ``splits`` (positions into ``X``) replaces the folds, e.g. train -> val.
     """
-    splits, _ = cv_splits(cv_strata(stratify_key(y, kind), kind, n_splits), groups, n_splits, seed)
+    if splits is None:
+        splits, _ = cv_splits(cv_strata(stratify_key(y, kind), kind, n_splits), groups, n_splits, seed)
     scores: dict[str, list[float | None]] = {}
     for k in k_grid:
         if k > min(len(tr) for tr, _ in splits):

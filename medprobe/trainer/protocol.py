@@ -208,7 +208,7 @@ class _SelectionPlan:
         return ProbeBatch(self.row_sets, np.array(row_set_of), C)
 
 
-def _folds(
+def selection_folds(
     rows: np.ndarray,
     strata: np.ndarray,
     kind: ProbeKind,
@@ -255,7 +255,7 @@ def _plan_selection(
     for si, st in enumerate(settings):
         rows = stratified_subsample(strata, st.fraction, st.seed)
         _check_classes(y[rows], kind, class_names, f"the training rows (fraction {st.fraction}, seed {st.seed})")
-        folds, label = _folds(
+        folds, label = selection_folds(
             rows, strata, kind, selection=selection, groups=groups, is_val=is_val, n_splits=n_splits, seed=st.seed
         )
         plan.train_rows_of.append(rows)

@@ -69,33 +69,56 @@ def _short(run_id: str) -> str:
     return f"{run_id.split('-')[0]} ..{run_id[-4:]}"
 
 
-def _groups(results: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
-    out: dict[tuple[str, str, str], list[dict]] = {}
+Group = tuple[str, str, str, str]  # run, feature set, task, method
+
+
+def _groups(results: list[dict]) -> dict[Group, list[dict]]:
+    out: dict[Group, list[dict]] = {}
     for r in results:
-        out.setdefault((r["run_id"], r["feature_set_id"], r["task"]), []).append(r)
+        out.setdefault((r["run_id"], r["feature_set_id"], r["task"], r.get("method") or "probe"), []).append(r)
     return out
 
 
+def _label(names: dict[str, str], fs: str, method: str) -> str:
+    """``model (pooling)``, with the method when it is not a probe."""
+    return names[fs] if method == "probe" else f"{names[fs]} · {method}"
+
+
+def chosen(r: dict) -> str:
+    """What a result row chose: ``C=0.1``, ``k=20`` or ``-`` (zero-shot)."""
+    if r.get("c") is not None:
+        return f"C={r['c']:g}"
+    return f"k={r['k']}" if r.get("k") is not None else "-"
+
+
 def plot_layer_curves(results: list[dict[str, Any]], names: dict[str, str], out: Path) -> Path | None:
-    """Macro AUC (and balanced accuracy) per layer with 95% bootstrap CI bands, one line per feature set."""
-    curves = [
+    """Macro AUC (and balanced accuracy) per layer with 95% bootstrap CI bands, one line per feature set and
+    method; single-layer kNN and zero-shot results are drawn as dashed levels beside the curves."""
+    groups = [
         (k, sorted([r for r in rows if r["train_fraction"] == 1.0], key=lambda r: r["layer"]))
         for k, rows in _groups(results).items()
     ]
-    curves = [(k, rows) for k, rows in curves if len(rows) > 1]
+    curves = [(k, rows) for k, rows in groups if len(rows) > 1]
+    levels = [(k, rows[0]) for k, rows in groups if len(rows) == 1 and k[3] != "probe"]
     if not curves:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
-    for (run_id, fs, task), rows in curves:
+    for (run_id, fs, task, method), rows in curves:
         layers = [r["layer"] for r in rows]
         for ax, metric in zip(axes, ("macro_auc", "balanced_accuracy"), strict=True):
             v = [_val(r["m"][metric]) for r in rows]
             lo = [_val(r["m"][metric], "ci_low") for r in rows]
             hi = [_val(r["m"][metric], "ci_high") for r in rows]
-            (line,) = ax.plot(layers, v, marker="o", ms=3, label=f"{names[fs]} · {task} · {_short(run_id)}")
+            label = f"{_label(names, fs, method)} · {task} · {_short(run_id)}"
+            (line,) = ax.plot(layers, v, marker="o", ms=3, label=label)
             ax.fill_between(layers, lo, hi, alpha=0.2, color=line.get_color())
             best = _best(rows)
             ax.scatter([best["layer"]], [_val(best["m"][metric])], s=80, facecolors="none", edgecolors="k", zorder=3)
+    for (run_id, fs, task, method), r in levels:
+        for ax, metric in zip(axes, ("macro_auc", "balanced_accuracy"), strict=True):
+            label = f"{_label(names, fs, method)} (layer {r['layer']}) · {task} · {_short(run_id)}"
+            ax.axhline(_val(r["m"][metric]), ls="--", lw=1.2, color="k" if method == "zeroshot" else "grey",
+                       label=label)  # fmt: skip
     for ax, title in zip(axes, ("Macro AUC (one-vs-rest)", "Balanced accuracy"), strict=True):
         ax.set_xlabel("layer")
         ax.set_ylabel(title)
@@ -103,7 +126,8 @@ def plot_layer_curves(results: list[dict[str, Any]], names: dict[str, str], out:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=8, loc="lower right")
-    fig.text(0.5, -0.02, "circle: layer chosen by cross-validation on training rows", ha="center", fontsize=8)
+    fig.text(0.5, -0.02, "circle: layer chosen by cross-validation on training rows; dashed: single-layer baselines",
+             ha="center", fontsize=8)  # fmt: skip
     fig.tight_layout()
     path = out / "layer_curve.png"
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -114,7 +138,7 @@ def plot_layer_curves(results: list[dict[str, Any]], names: dict[str, str], out:
 def plot_roc(store: FeatureStore, results: list[dict[str, Any]], names: dict[str, str], out: Path) -> list[Path]:
     """ROC curves per class of each run's best full-data probe."""
     paths = []
-    for (run_id, fs, task), rows in _groups(results).items():
+    for (run_id, fs, task, method), rows in _groups(results).items():
         best = _best(rows)
         pred = store.sql(
             "SELECT y_true, probabilities FROM predictions WHERE probe_id = ? ORDER BY image_hash", [best["probe_id"]]
@@ -142,12 +166,13 @@ def plot_roc(store: FeatureStore, results: list[dict[str, Any]], names: dict[str
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
         ax.set_title(
-            f"ROC, {task}: {names[fs]}, layer {best['layer']}\n(one-vs-rest, n_test={best['n_test']})", fontsize=10
+            f"ROC, {task}: {_label(names, fs, method)}, layer {best['layer']}\n(one-vs-rest, n_test={best['n_test']})",
+            fontsize=10,
         )
         ax.legend(fontsize=7, loc="lower right")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        path = out / f"roc_{run_id}_{fs[:12]}.png"
+        path = out / f"roc_{run_id}_{fs[:12]}{'' if method == 'probe' else '_' + method}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         paths.append(path)
@@ -160,7 +185,7 @@ def plot_label_efficiency(results: list[dict[str, Any]], names: dict[str, str], 
     if not groups:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (run_id, fs, task), rows in groups.items():
+    for (run_id, fs, task, method), rows in groups.items():
         layer = _best(rows)["layer"]
         rows = [r for r in rows if r["layer"] == layer]
         fracs = sorted({r["train_fraction"] for r in rows})
@@ -170,7 +195,8 @@ def plot_label_efficiency(results: list[dict[str, Any]], names: dict[str, str], 
             mean.append(np.nanmean(vals))
             lo.append(np.nanmin(vals))
             hi.append(np.nanmax(vals))
-        (line,) = ax.plot(fracs, mean, marker="o", label=f"{names[fs]} · {task} (layer {layer}) · {_short(run_id)}")
+        label = f"{_label(names, fs, method)} · {task} (layer {layer}) · {_short(run_id)}"
+        (line,) = ax.plot(fracs, mean, marker="o", label=label)
         ax.fill_between(fracs, lo, hi, alpha=0.2, color=line.get_color())
         for r in rows:
             ax.scatter(r["train_fraction"], _val(r["m"]["macro_auc"]), s=10, color=line.get_color(), alpha=0.6)
@@ -197,7 +223,7 @@ def plot_comparison(
     best = [(k, _best(rows)) for k, rows in _groups(results).items()]
     if len(best) < 2:
         return None
-    labels = [f"{names[fs]}\nlayer {b['layer']} · {_short(run)}" for (run, fs, _), b in best]
+    labels = [f"{_label(names, fs, m)}\nlayer {b['layer']} · {_short(run)}" for (run, fs, _, m), b in best]
     x = np.arange(len(best))
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(best)), 4.5))
     for i, metric in enumerate(("macro_auc", "balanced_accuracy")):
@@ -255,26 +281,28 @@ def write_summary(
         "# medprobe report",
         "",
         f"Test-split metrics with 95% bootstrap CIs ({replicates} replicates). "
-        "C and the best layer were chosen on training rows only, by the metric in the 'C chosen by' column "
-        "(ties between C values broken by held-out log loss).",
+        "C (probes), k (kNN) and the best layer were chosen on training rows only, by the metric in the "
+        "'chosen by' column (ties between C values broken by held-out log loss); zero-shot rows fit nothing.",
         "",
         *(f"> **Warning:** {w}" for w in warnings),
         *([""] if warnings else []),
     ]
+    lines += _methods_table(results, names)
     head = (
-        "| run | feature set | task | layer | fraction | seed | C | C chosen by | n train | n test "
+        "| run | feature set | method | task | layer | fraction | seed | chosen | chosen by | n train | n test "
         "| macro AUC | bal. acc | macro F1 |"
     )
-    lines += [head, "|" + "---|" * 13]
+    lines += [head, "|" + "---|" * 14]
     for r in results:
         m = r["m"]
-        chosen_by = m.get("selected_by") or "primary metric"
+        method = r.get("method") or "probe"
+        chosen_by = "-" if method == "zeroshot" else (m.get("selected_by") or "primary metric")
         if (m.get("c_tied") or 1) > 1:
             chosen_by += f" ({m['c_tied']} C tied; log loss)"
         lines.append(
-            f"| {r['run_id']} | {names[r['feature_set_id']]} | {r['task']} | {r['layer']} | {r['train_fraction']:g} "
-            f"| {r['seed']} | {r['c']:g} | {chosen_by} | {r['n_train']} | {r['n_test']} | {_cell(m['macro_auc'])} "
-            f"| {_cell(m['balanced_accuracy'])} | {_cell(m['macro_f1'])} |"
+            f"| {r['run_id']} | {names[r['feature_set_id']]} | {method} | {r['task']} | {r['layer']} "
+            f"| {r['train_fraction']:g} | {r['seed']} | {chosen(r)} | {chosen_by} | {r['n_train']} | {r['n_test']} "
+            f"| {_cell(m['macro_auc'])} | {_cell(m['balanced_accuracy'])} | {_cell(m['macro_f1'])} |"
         )
     if comps:
         lines += [
@@ -299,6 +327,33 @@ def write_summary(
     path = out / "summary.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _methods_table(results: list[dict[str, Any]], names: dict[str, str]) -> list[str]:
+    """When more than one method is reported: each (feature set, task, method)'s best full-data result side by
+    side (the layer chosen on training rows), before the per-layer table."""
+    best: dict[tuple[str, str, str], dict] = {}
+    for (_, fs, task, method), rows in _groups(results).items():
+        b = _best(rows)
+        key = (fs, task, method)
+        if key not in best or (b["m"].get("cv_mean") or -np.inf) > (best[key]["m"].get("cv_mean") or -np.inf):
+            best[key] = b
+    if len({k[2] for k in best}) < 2:
+        return []
+    lines = [
+        "## Methods side by side",
+        "",
+        "| feature set | task | method | layer | chosen | n test | macro AUC | bal. acc | macro F1 |",
+        "|" + "---|" * 9,
+    ]
+    order = {"probe": 0, "knn": 1, "zeroshot": 2}
+    for (fs, task, method), r in sorted(best.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 3))):
+        m = r["m"]
+        lines.append(
+            f"| {names[fs]} | {task} | {method} | {r['layer']} | {chosen(r)} | {r['n_test']} | {_cell(m['macro_auc'])} "
+            f"| {_cell(m['balanced_accuracy'])} | {_cell(m['macro_f1'])} |"
+        )
+    return [*lines, "", "## Every result", ""]
 
 
 def incomplete_runs(store: FeatureStore, run_ids: list[str]) -> list[str]:

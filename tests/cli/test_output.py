@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from medprobe.cli.output import dumps, flatten_for_csv, jsonable, unique_names
 from medprobe.featurestore import FeatureStore
 from medprobe.schemas import TABLES, FailureRow, ImageRow
+from medprobe.schemas.tables import TextEmbeddingRow
 from tests.helpers.cli import run_cli
 from tests.helpers.features import fill_store, image_hash
 
@@ -41,6 +42,10 @@ def full_store(synth_store: FeatureStore, capsys: pytest.CaptureFixture[str]) ->
         ],
     )  # fmt: skip
     synth_store.append("failures", [FailureRow(failure_id="f1", stage="ingest", reason="empty", error="0 bytes")])
+    synth_store.append(
+        "text_embeddings",
+        [TextEmbeddingRow(model_key="m", model_id="x", text="a photo", embedding=[0.5, -1.0], logit_scale=100.0)],
+    )
     synth_store.refresh()
     return synth_store
 

@@ -143,7 +143,7 @@ def test_fold_probes_stopped_at_the_iteration_cap_are_counted_and_warned() -> No
     class _Outcome:  # the fields the warning reads
         def __init__(self, C, cv_not_converged, converged):
             self.C, self.cv_not_converged, self.layer = C, cv_not_converged, 3
-            self.probe = type("P", (), {"converged": converged})()
+            self.converged = converged
 
     lines = not_converged_warnings([_Outcome(100.0, {"100.0": 2}, True)])
     assert len(lines) == 1 and "2 fold probe(s) at the chosen C=100" in lines[0]

@@ -1,0 +1,82 @@
+"""``medprobe search``: exact neighbours, the stored index reused until rows are added, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medprobe.featurestore import FeatureStore, build_index, stored_index
+from tests.helpers.cli import run_cli
+from tests.helpers.features import fill_store
+
+
+def _search(capsys, store: FeatureStore, *args: str) -> dict:
+    code, out, err = run_cli(capsys, "search", "--feature-set", "fs-synth", "-f", "json", "--store", store.url, *args)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def _brute_force(store: FeatureStore, layer: int, query_hash: str, k: int) -> list[str]:
+    hashes = store.sql("SELECT image_hash FROM activations WHERE feature_set_id = 'fs-synth' AND layer = ?",
+                       [layer]).column(0).to_pylist()  # fmt: skip
+    X = store.read("fs-synth", layer, hashes).astype(np.float64)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    q = X[hashes.index(query_hash)]
+    sims = X @ q
+    order = [hashes[i] for i in np.argsort(-sims, kind="stable") if hashes[i] != query_hash]
+    return order[:k]
+
+
+def test_search_returns_exact_neighbours_and_reuses_the_stored_index(synth_store, capsys):
+    store = synth_store
+    query = store.sql("SELECT image_hash FROM dataset_images ORDER BY image_hash LIMIT 1").column(0)[0].as_py()
+    first = _search(capsys, store, "--hash", query, "-l", "2", "--k", "7")
+    ids = list(dict.fromkeys(n["image_hash"] for n in first["neighbours"]))
+    assert ids == _brute_force(store, 2, query, 7)
+    sims = [n["similarity"] for n in first["neighbours"]]
+    assert sims == sorted(sims, reverse=True) and query not in ids
+    assert first["index"]["kind"] == "exact" and first["index"]["built"] is True
+    assert {"dataset", "split", "labels", "distance"} <= set(first["neighbours"][0])
+    assert sum(first["label_mix"]["grade"].values()) == 7
+    again = _search(capsys, store, "--hash", query, "-l", "2", "--k", "7")
+    assert again["index"]["built"] is False and again["neighbours"] == first["neighbours"]
+    # the store's index and a fresh one give the same top-k
+    kept, fresh = stored_index(store, "fs-synth", 2), build_index(store, "fs-synth", 2)
+    X = store.read("fs-synth", 2, [query])
+    assert kept.built is False
+    np.testing.assert_array_equal(kept.search(X, 10)[1], fresh.search(X, 10)[1])
+    # new rows -> a new index (the old one removed); no new rows -> none built
+    fill_store(store, n=260, fs_id="fs-synth", seed=0)
+    store.refresh()
+    after = _search(capsys, store, "--hash", query, "-l", "2", "--k", "7")
+    assert after["index"]["built"] is True and after["index"]["state"] != first["index"]["state"]
+    assert [n["image_hash"] for n in after["neighbours"]][:7] == _brute_force(store, 2, query, 7)
+    folder = store.loc.path("indexes", "fs-synth", "2")
+    assert len(store.loc.fs.ls(folder)) == 2  # one index and its row list
+
+
+def test_search_bad_queries(synth_store, capsys, tmp_path):
+    url = synth_store.url
+    junk = tmp_path / "scan.png"
+    junk.write_bytes(b"not an image at all")
+    cases = [
+        (["--image", str(junk)], "scan.png"),
+        (["--image", str(tmp_path / "missing.png")], "missing.png"),
+        (["--hash", "0" * 64], "has no features in feature set fs-synth"),
+        ([], "--image PATH or --hash"),
+        (["--hash", "0" * 64, "--image", str(junk)], "one of them"),
+    ]
+    query = synth_store.sql("SELECT image_hash FROM dataset_images LIMIT 1").column(0)[0].as_py()
+    cases.append((["--hash", query, "--k", "100000"], "choose k from 1 to"))
+    for args, message in cases:
+        code, _, err = run_cli(capsys, "search", "--feature-set", "fs-synth", "--store", url, *args)
+        assert code != 0 and message in err, (args, err)
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_index_of_few_rows(store: FeatureStore, n: int) -> None:
+    fill_store(store, n=max(n, 12))
+    ix = build_index(store, "fs-synth", 0)
+    assert len(ix.hashes) == max(n, 12) and ix.index.ntotal == len(ix.hashes)
