@@ -19,6 +19,7 @@ _AREAS = (
     "medprobe.cli.extract",
     "medprobe.cli.train",
     "medprobe.cli.search",
+    "medprobe.cli.zeroshot",
     "medprobe.cli.store_cmds",
 )
 

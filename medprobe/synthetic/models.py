@@ -144,6 +144,27 @@ def _siglip(full: bool, device: str | None, dtype: str) -> Built:
     return Built(_instantiate(SiglipVisionModel, config, device, dtype), processor)
 
 
+def _contrastive(family: str, device: str | None, dtype: str) -> Built:
+    """A tiny CLIPModel / SiglipModel (image and text towers) with a byte-level tokenizer; processor: both halves."""
+    import transformers
+
+    tokenizer = byte_level_tokenizer([])
+    text = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "max_position_embeddings": 64, "pad_token_id": 0, "bos_token_id": 1,
+            "eos_token_id": 2}  # fmt: skip
+    if family == "clip":
+        config: Any = transformers.CLIPConfig(text_config=text, vision_config=dict(_VISION), projection_dim=16)
+        image_processor: Any = transformers.CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        )
+        model = _instantiate(transformers.CLIPModel, config, device, dtype)
+    else:
+        config = transformers.SiglipConfig(text_config={**text, "projection_size": 32}, vision_config=dict(_VISION))
+        image_processor = transformers.SiglipImageProcessor(size={"height": 32, "width": 32})
+        model = _instantiate(transformers.SiglipModel, config, device, dtype)
+    return Built(model, (image_processor, tokenizer))
+
+
 def _vit(full: bool, device: str | None, dtype: str) -> Built:
     """ViTModel (Phikon's architecture); full size is ViT-B/16 at 224 px."""
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
@@ -776,11 +797,22 @@ def random_encoder(name: str, *, full_size: bool = False, device: str | None = N
         return build_encoder(name, full_size=full_size, device=device or "cpu", dtype=torch_dtype(dtype))
 
 
+# image-text models for zero-shot: saved with both processor halves (image processor and tokenizer)
+CONTRASTIVE = ("clip-contrastive", "siglip-contrastive")
+
+
+def random_contrastive(name: str, *, device: str | None = None, dtype: str = "fp32") -> Built:
+    """Build ``clip-contrastive`` or ``siglip-contrastive`` (seeded): processor = (image processor, tokenizer)."""
+    if name not in CONTRASTIVE:
+        raise NotFoundError(f"no random image-text model {name!r}; choose from {', '.join(CONTRASTIVE)}")
+    return _seeded(lambda: _contrastive(name.split("-")[0], device, dtype))
+
+
 def spec_names() -> list[str]:
     """Every model spec this module can build (``tiny-random/*`` and ``random-full/*``)."""
     from medprobe.synthetic.encoders import FULL_ENCODERS, TINY_ENCODERS
 
-    tiny = [*TINY_BUILDERS, *TINY_ENCODERS]
+    tiny = [*TINY_BUILDERS, *TINY_ENCODERS, *CONTRASTIVE]
     full = [*FULL_SIZE, *FULL_ENCODERS]
     return [TINY_PREFIX + n for n in tiny] + [FULL_PREFIX + n for n in full]
 
@@ -810,6 +842,13 @@ def load_random(spec: str, *, device: str = "cpu", dtype: str = "fp32") -> Adapt
     if _is_encoder(name):
         encoder = random_encoder(name, full_size=full, device=device, dtype=dtype)
         return encoder.adapter(spec, recipe or "sha256:" + sha256_of_state(encoder.model))
+    if name in CONTRASTIVE and not full:  # the image side; zero-shot loads the saved directory (text tower too)
+        from medprobe.extractor.contrastive import HFContrastiveAdapter
+
+        pair = random_contrastive(name, device=device, dtype=dtype)
+        image_processor: Any = pair.processor[0]  # type: ignore[index]
+        return HFContrastiveAdapter(pair.model, image_processor, family=name.split("-")[0], model_id=spec,
+                                    revision="sha256:" + sha256_of_state(pair.model))  # fmt: skip
     built = random_from_config(name, full_size=full, device=device, dtype=dtype)
     return adapter_from_model(built.model, built.processor, model_id=spec, revision=recipe)
 
@@ -824,9 +863,10 @@ def save_random(spec: str, directory: str | Path) -> Path:
     path = Path(directory)
     if _is_encoder(name):
         return random_encoder(name, full_size=full).save(path)
-    built = random_from_config(name, full_size=full)
+    built = random_contrastive(name) if name in CONTRASTIVE else random_from_config(name, full_size=full)
     model: Any = built.model
-    processor: Any = built.processor
     model.save_pretrained(path)
-    processor.save_pretrained(path)
+    parts: Any = built.processor if isinstance(built.processor, tuple) else (built.processor,)
+    for part in parts:
+        part.save_pretrained(path)
     return path

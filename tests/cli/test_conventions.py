@@ -20,6 +20,7 @@ PRINTS_RESULTS = {
     "datasets",
     "models",
     "search",
+    "zeroshot",
     "extract",
     "submit",
     "worker",
@@ -113,7 +114,7 @@ def test_result_commands_take_format_and_out(name: str) -> None:
 
 # Commands that can show a progress bar: each takes --no-progress (the bar also hides itself when output is not a
 # terminal table).
-SHOWS_PROGRESS = {"ingest", "extract", "worker", "train", "sweep", "compare", "store verify"}
+SHOWS_PROGRESS = {"ingest", "extract", "worker", "train", "sweep", "compare", "zeroshot", "store verify"}
 
 
 @pytest.mark.parametrize("name", sorted(SHOWS_PROGRESS))
