@@ -80,3 +80,43 @@ def test_index_of_few_rows(store: FeatureStore, n: int) -> None:
     fill_store(store, n=max(n, 12))
     ix = build_index(store, "fs-synth", 0)
     assert len(ix.hashes) == max(n, 12) and ix.index.ntotal == len(ix.hashes)
+
+
+def test_search_with_a_new_image_runs_the_feature_sets_model(store, tmp_path, capsys):
+    from PIL import Image
+
+    from medprobe.extractor.pipeline import ExtractOptions, extract
+    from tests.helpers.datasets import make_dataset
+
+    make_dataset(store, "toy", tmp_path / "img", 12)
+    options = ExtractOptions.model_validate({"dataset": "toy", "model": "tiny-random/clip", "workers": 0,
+                                             "storage_dtype": "float32"})  # fmt: skip
+    extract(store, options, show_progress=False)
+    fs = store.table("feature_sets").column("feature_set_id")[0].as_py()
+    stored = store.sql("SELECT image_hash FROM dataset_images ORDER BY image_hash").column(0).to_pylist()
+    # a stored file given by path uses its stored row: the same neighbours as --hash
+    path = next(p for p in sorted((tmp_path / "img").iterdir()))
+    by_path = json.loads(run_cli(capsys, "search", "--feature-set", fs, "--image", str(path), "-f", "json",
+                                 "--store", store.url)[1])  # fmt: skip
+    assert by_path["query"]["features_from"] == "store"
+    # a new file: decoded and run through tiny-random/clip; its vector equals what extract would have stored
+    new = tmp_path / "new.png"
+    Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(new)
+    code, out, err = run_cli(capsys, "search", "--feature-set", fs, "--image", str(new), "--k", "3", "-f", "json",
+                             "--store", store.url)  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["query"]["features_from"] == "model" and len(doc["neighbours"]) == 3
+    assert {n["image_hash"] for n in doc["neighbours"]} <= set(stored)
+    from medprobe.extractor.single import embed_file
+
+    layer = doc["layer"]
+    from tests.helpers.datasets import add_image_files
+
+    add_image_files(store, "one", [(new, "test")])
+    extract(store, ExtractOptions.model_validate({"dataset": "one", "model": "tiny-random/clip", "workers": 0,
+                                                  "storage_dtype": "float32"}), show_progress=False)  # fmt: skip
+    store.refresh()
+    h = store.sql("SELECT image_hash FROM dataset_images WHERE dataset = 'one'").column(0)[0].as_py()
+    np.testing.assert_allclose(embed_file(store.feature_set(fs), layer, str(new)), store.read(fs, layer, [h])[0],
+                               atol=1e-5)  # fmt: skip
