@@ -93,3 +93,17 @@ def test_knn_bad_k(synth_store, capsys, args, message):
     code, _, err = run_cli(capsys, "train", "--task", "grade", "--feature-set", "fs-synth", "--store",
                            synth_store.url, *args, *FAST)  # fmt: skip
     assert code != 0 and message in err
+
+
+def test_compare_with_knn_pairs_two_feature_sets(synth_store, capsys):
+    from tests.helpers.features import fill_store
+
+    fill_store(synth_store, fs_id="fs-noise", model_id="synthetic/noise", seed=7)
+    args = ["-t", "grade", "--feature-set", "fs-synth,fs-noise", "-l", "-1,-1", "--method", "knn", "--k", "10"]
+    code, out, err = run_cli(capsys, "compare", *args, "-f", "json", "--store", synth_store.url, *FAST)
+    assert code == 0, err
+    doc = json.loads(out)
+    auc = next(c for c in doc["comparisons"] if c["metric"] == "macro_auc")
+    assert auc["diff"] == pytest.approx(auc["value_a"] - auc["value_b"]) and auc["ci_low"] <= auc["diff"]
+    methods = synth_store.sql("SELECT DISTINCT method, k FROM probe_results").to_pylist()
+    assert methods == [{"method": "knn", "k": 10}]
