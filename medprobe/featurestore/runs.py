@@ -57,9 +57,12 @@ def _user() -> str:
 class Run:
     """A run in progress. ``summary`` is saved with the final row."""
 
-    def __init__(self, store: FeatureStore, kind: str, params: dict[str, Any], command: str | None = None) -> None:
+    def __init__(
+        self, store: FeatureStore, kind: str, params: dict[str, Any], command: str | None = None,
+        run_id: str | None = None,
+    ) -> None:  # fmt: skip
         self.store = store
-        self.run_id = new_id(kind)
+        self.run_id = run_id or new_id(kind)  # a given id: a resumed run (its latest runs row wins)
         self.kind = kind
         self.params = params
         self.command = command if command is not None else " ".join(["medprobe", *sys.argv[1:]])
@@ -101,9 +104,14 @@ class Run:
         self.store.append("runs", [self._row(status)])
 
 
-def start_run(store: FeatureStore, kind: str, params: dict[str, Any] | None = None, command: str | None = None) -> Run:
-    """``with start_run(store, "extract", {...}) as run:`` records the run at start and at the end."""
-    return Run(store, kind, params or {}, command)
+def start_run(
+    store: FeatureStore, kind: str, params: dict[str, Any] | None = None, command: str | None = None,
+    run_id: str | None = None,
+) -> Run:  # fmt: skip
+    """``with start_run(store, "extract", {...}) as run:`` records the run at start and at the end.
+
+    ``run_id`` resumes a run under its own id (its newest ``runs`` row is the one readers see)."""
+    return Run(store, kind, params or {}, command, run_id)
 
 
 def process_gone(host: str | None, pid: int | None) -> bool:

@@ -425,6 +425,81 @@ TEXT_EMBEDDINGS = pa.schema(
 )
 
 
+# --------------------------------------------------------------------------- VQA benchmark
+class VqaItemRow(Row):
+    """One multiple-choice question about one or more images (format 3)."""
+
+    item_set: str  # the name given at `medprobe vqa ingest`
+    item_id: str
+    image_hashes: list[str]  # sha256 of each image file, in the order the question shows them
+    question: str
+    context: str | None = None  # a clinical vignette or hint shown before the question
+    options: str  # JSON object {"A": "text", "B": ...} in the source's order
+    answer: str  # the gold letter
+    group_id: str | None = None  # patient or image: few-shot exemplars never share it with the question
+    category: str | None = None
+    split: str  # train | val | test
+    source_path: str | None = None
+    ingested_at: dt.datetime = Field(default_factory=utcnow)
+
+
+VQA_ITEMS = pa.schema(
+    [
+        ("item_set", pa.string()),
+        ("item_id", pa.string()),
+        ("image_hashes", pa.list_(pa.string())),
+        ("question", pa.string()),
+        ("context", pa.string()),
+        ("options", pa.string()),
+        ("answer", pa.string()),
+        ("group_id", pa.string()),
+        ("category", pa.string()),
+        ("split", pa.string()),
+        ("source_path", pa.string()),
+        ("ingested_at", TS),
+    ]
+)
+
+
+class VqaPredictionRow(Row):
+    """What a model answered to one item under one rotation of its options (format 3)."""
+
+    run_id: str  # deterministic per configuration, so a rerun resumes the same run
+    item_set: str
+    item_id: str
+    rotation: int  # options shifted by this many places (0: as in the source)
+    option_order: list[str]  # the source letters in the order shown as A, B, ...
+    loglik_sum: list[float] | None = None  # mode loglik, per shown option: sum of token log-probabilities
+    loglik_mean: list[float] | None = None  # ... per-token mean
+    n_tokens: list[int] | None = None  # ... tokens of the option text
+    letter_probs: list[float] | None = None  # mode letter: softmax over the shown option letters
+    generation: str | None = None  # mode generate: the decoded new tokens
+    predicted: str | None = None  # the chosen source letter (None: unparsed)
+    parser_step: str | None = None  # loglik | letter | bare_letter | answer_is | option_text | unparsed
+    correct: bool
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+VQA_PREDICTIONS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("item_set", pa.string()),
+        ("item_id", pa.string()),
+        ("rotation", pa.int32()),
+        ("option_order", pa.list_(pa.string())),
+        ("loglik_sum", pa.list_(pa.float64())),
+        ("loglik_mean", pa.list_(pa.float64())),
+        ("n_tokens", pa.list_(pa.int64())),
+        ("letter_probs", pa.list_(pa.float64())),
+        ("generation", pa.string()),
+        ("predicted", pa.string()),
+        ("parser_step", pa.string()),
+        ("correct", pa.bool_()),
+        ("created_at", TS),
+    ]
+)
+
+
 # --------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class TableSpec:
@@ -472,6 +547,10 @@ TABLES: dict[str, TableSpec] = {
             ("created_at",),
         ),
         TableSpec("text_embeddings", TEXT_EMBEDDINGS, TextEmbeddingRow, ("model_key", "text"), ("created_at",)),
+        TableSpec("vqa_items", VQA_ITEMS, VqaItemRow, ("item_set", "item_id"), ("ingested_at DESC",)),
+        TableSpec(
+            "vqa_predictions", VQA_PREDICTIONS, VqaPredictionRow, ("run_id", "item_id", "rotation"), ("created_at",)
+        ),
     )
 }
 

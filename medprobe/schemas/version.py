@@ -12,8 +12,9 @@ FORMAT_VERSION = 3
 #   2: dataset_images gains ``retired`` (absent -> false) and its latest row per (dataset, image) wins, so a
 #      re-ingest can correct a label or retire a member whose file changed; a format-1 reader would show both.
 #   3: probe_results gains ``method`` (absent -> 'probe') and ``k``, and ``c`` may be NULL (knn and zeroshot rows);
-#      the ``text_embeddings`` table. A format-2 reader would take knn/zeroshot rows for probes.
+#      the ``text_embeddings``, ``vqa_items`` and ``vqa_predictions`` tables. A format-2 reader would take
+#      knn/zeroshot rows for probes.
 CHANGES = {
     2: "dataset_images.retired; latest membership row wins; runs.pid",
-    3: "probe_results.method and .k (knn, zeroshot rows); text_embeddings table",
+    3: "probe_results.method and .k (knn, zeroshot rows); text_embeddings, vqa_items, vqa_predictions tables",
 }

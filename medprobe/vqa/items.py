@@ -1,0 +1,277 @@
+"""Multiple-choice items from their sources: a JSONL/CSV/TSV file, VQA-RAD as published, or the NEJM case layout.
+
+Every reader yields :class:`SourceItem` (image files still as paths); ``medprobe.vqa.ingest`` hashes the images and
+writes ``vqa_items``. Layouts:
+
+* ``table`` (``.jsonl``/``.json``/``.csv``/``.tsv``): columns ``id`` (or ``index``), ``image`` (a path relative to the
+  file, or a JSON list of paths), ``question``, optional ``context`` (or ``hint``), the options as ``options`` (a JSON
+  object ``{"A": ...}``) or as columns ``A``..``J`` (the common evaluation TSVs), ``answer`` (a letter, or the text of
+  one option), optional ``group_id``, ``category``, ``split`` (default test).
+* ``vqa-rad``: the folder holding ``VQA_RAD Dataset Public.json`` and ``VQA_RAD Image Folder/``. Closed questions
+  become two-option items: yes/no (A yes, B no), or the two alternatives an "X or Y" question names, in the
+  question's order. Closed questions with more alternatives, or whose answer is neither alternative, are skipped and
+  counted. ``phrase_type`` ``test_*`` is the test split; the image is the group (it recurs across questions).
+* ``nejm``: one folder per case holding one image and one ``.txt``: a vignette, a ``Question:`` line, option lines
+  ``A. ...`` (or ``A)``, ``(A)``), and an ``Answer: X`` line; the case folder's name is the item id and the group.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medprobe.errors import InvalidInputError
+
+LETTERS = "ABCDEFGHIJ"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".webp", ".gif"}
+VQA_RAD_JSON = "VQA_RAD Dataset Public.json"
+VQA_RAD_IMAGES = "VQA_RAD Image Folder"
+LAYOUTS = ("table", "vqa-rad", "nejm")
+
+
+@dataclass
+class SourceItem:
+    """One question as read from its source."""
+
+    item_id: str
+    images: list[Path]
+    question: str
+    options: dict[str, str]  # letter -> text, in order
+    answer: str  # letter
+    context: str | None = None
+    group_id: str | None = None
+    category: str | None = None
+    split: str = "test"
+    source_path: str | None = None
+
+
+@dataclass
+class ReadReport:
+    """What a reader skipped and why (counts by reason, with a few examples)."""
+
+    skipped: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def skip(self, reason: str, example: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self.examples.setdefault(reason, [])
+        if len(self.examples[reason]) < 3:
+            self.examples[reason].append(example)
+
+
+def detect_layout(source: Path) -> str:
+    """``table`` for a file, ``vqa-rad`` for a folder with its JSON, else ``nejm`` for a folder of case folders."""
+    if source.is_file():
+        return "table"
+    if not source.is_dir():
+        raise InvalidInputError(f"{source}: no such file or folder")
+    if (source / VQA_RAD_JSON).is_file():
+        return "vqa-rad"
+    if any(p.is_dir() for p in source.iterdir()):
+        return "nejm"
+    raise InvalidInputError(
+        f"{source}: cannot tell its layout (a .jsonl/.csv/.tsv file, a VQA-RAD folder with {VQA_RAD_JSON!r}, or a "
+        "folder of NEJM case folders); pass --layout"
+    )
+
+
+def read_items(source: Path, layout: str, report: ReadReport) -> Iterator[SourceItem]:
+    """The items of ``source`` in ``layout``."""
+    if layout == "table":
+        yield from _read_table(source)
+    elif layout == "vqa-rad":
+        yield from _read_vqa_rad(source, report)
+    elif layout == "nejm":
+        yield from _read_nejm(source, report)
+    else:
+        raise InvalidInputError(f"--layout {layout!r}: choose from {', '.join(LAYOUTS)}")
+
+
+def _answer_letter(answer: str, options: dict[str, str], where: str) -> str:
+    a = str(answer).strip()
+    if a.upper() in options:
+        return a.upper()
+    by_text = [k for k, v in options.items() if v.strip().lower() == a.lower()]
+    if len(by_text) == 1:
+        return by_text[0]
+    raise InvalidInputError(f"{where}: answer {answer!r} is neither an option letter ({', '.join(options)}) nor one "
+                            "option's text")  # fmt: skip
+
+
+def _options_of(row: dict, where: str) -> dict[str, str]:
+    raw = row.get("options")
+    if raw not in (None, ""):
+        opts = json.loads(raw) if isinstance(raw, str) else raw
+        if isinstance(opts, list):
+            opts = dict(zip(LETTERS, opts, strict=False))
+        if not isinstance(opts, dict):
+            raise InvalidInputError(f"{where}: options must be a JSON object {{\"A\": ...}} or list")
+    else:
+        opts = {k: row[k] for k in LETTERS if row.get(k) not in (None, "") and str(row.get(k)) != "nan"}
+    opts = {str(k).strip().upper(): str(v) for k, v in opts.items()}
+    if len(opts) < 2:
+        raise InvalidInputError(f"{where}: an item needs at least two options (an options object or columns A, B, ...)")
+    bad = [k for k in opts if k not in LETTERS]
+    if bad:
+        raise InvalidInputError(f"{where}: option keys must be letters A-J, got {bad}")
+    return opts
+
+
+def _images_of(value: object, base: Path) -> list[Path]:
+    if isinstance(value, list):
+        names = [str(v) for v in value]
+    else:
+        text = str(value or "").strip()
+        names = json.loads(text) if text.startswith("[") else [text] if text else []
+    return [(base / n) if not Path(n).is_absolute() else Path(n) for n in names]
+
+
+def _read_table(path: Path) -> Iterator[SourceItem]:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        text = path.read_text()
+        rows = json.loads(text) if suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
+    elif suffix in (".csv", ".tsv"):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+    else:
+        raise InvalidInputError(f"{path}: items come as .jsonl, .json, .csv or .tsv")
+    seen: set[str] = set()
+    for i, row in enumerate(rows, start=1):
+        where = f"{path.name} row {i}"
+        item_id = str(row.get("id", row.get("index", ""))).strip()
+        if not item_id:
+            raise InvalidInputError(f"{where}: no id (column id or index)")
+        if item_id in seen:
+            raise InvalidInputError(f"{where}: id {item_id!r} appears twice; ids must be unique within a file")
+        seen.add(item_id)
+        for col in ("question", "answer"):
+            if not str(row.get(col) or "").strip():
+                raise InvalidInputError(f"{where}: column {col!r} is empty")
+        options = _options_of(row, where)
+        images = _images_of(row.get("image", row.get("image_path")), path.parent)
+        if not images:
+            raise InvalidInputError(f"{where}: column 'image' names no image file")
+        split = str(row.get("split") or "test").strip()
+        if split not in ("train", "val", "test"):
+            raise InvalidInputError(f"{where}: split {split!r} must be train, val or test")
+        context = row.get("context", row.get("hint"))
+        yield SourceItem(
+            item_id=item_id, images=images, question=str(row["question"]).strip(), options=options,
+            answer=_answer_letter(str(row["answer"]), options, where),
+            context=None if context in (None, "") or str(context) == "nan" else str(context),
+            group_id=None if row.get("group_id") in (None, "") else str(row["group_id"]),
+            category=None if row.get("category") in (None, "") else str(row["category"]), split=split,
+            source_path=f"{path.name}:{i}",
+        )  # fmt: skip
+
+
+_ARTICLES = {"a", "an", "the", "just"}
+_NUMBER_WORDS = {"1": "one", "2": "two", "3": "three", "4": "four"}
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower().strip("?.!,"))
+
+
+def _matches(answer: str, alternative: str) -> bool:
+    a, alt = _norm(answer), _norm(alternative)
+    alt = _NUMBER_WORDS.get(alt, alt)
+    return a == alt or a.startswith(alt + " ")
+
+
+def two_alternatives(question: str, answer: str) -> tuple[str, str] | None:
+    """The two alternatives an "X or Y" question names, in its order, when the answer is exactly one of them."""
+    q = question.strip().rstrip("?.").strip()
+    if q.lower().count(" or ") != 1 or "," in q:
+        return None
+    i = q.lower().index(" or ")
+    left, right = q[:i].split(), q[i + 4 :].split()
+    while right and right[0].lower() in _ARTICLES:
+        right = right[1:]
+    for n in (1, 2, 3):
+        if len(left) < n or len(right) < n:
+            break
+        a, b = " ".join(left[-n:]), " ".join(right[:n])
+        hit_a, hit_b = _matches(answer, a), _matches(answer, b)
+        if hit_a != hit_b:
+            return a, b
+    return None
+
+
+def _read_vqa_rad(folder: Path, report: ReadReport) -> Iterator[SourceItem]:
+    records = json.loads((folder / VQA_RAD_JSON).read_text())
+    images = folder / VQA_RAD_IMAGES
+    for r in records:
+        if str(r.get("answer_type", "")).strip().upper() != "CLOSED":
+            report.skip("open question (not multiple choice)", str(r.get("qid")))
+            continue
+        answer = str(r.get("answer", "")).strip()
+        question = str(r.get("question", "")).strip()
+        if answer.lower() in ("yes", "no"):
+            options = {"A": "yes", "B": "no"}
+            gold = "A" if answer.lower() == "yes" else "B"
+        else:
+            pair = two_alternatives(question, answer)
+            if pair is None:
+                report.skip("closed question without exactly two named alternatives matching the answer",
+                            f"{r.get('qid')}: {question!r} -> {answer!r}")  # fmt: skip
+                continue
+            options = {"A": pair[0], "B": pair[1]}
+            gold = "A" if _matches(answer, pair[0]) else "B"
+        phrase = str(r.get("phrase_type", ""))
+        yield SourceItem(
+            item_id=str(r["qid"]), images=[images / str(r["image_name"])], question=question, options=options,
+            answer=gold, group_id=str(r["image_name"]), category=str(r.get("question_type", "")).strip() or None,
+            split="test" if phrase.startswith("test") else "train", source_path=f"{VQA_RAD_JSON}:qid={r['qid']}",
+        )  # fmt: skip
+
+
+_OPTION_LINE = re.compile(r"^\s*\(?([A-J])[\).:]\s+(.+?)\s*$")
+_ANSWER_LINE = re.compile(r"^\s*(?:correct\s+)?answer\s*[:\-]\s*\(?([A-J])\b", re.IGNORECASE)
+_QUESTION_LINE = re.compile(r"^\s*question\s*:\s*(.+)$", re.IGNORECASE)
+
+
+def parse_case_text(text: str, where: str) -> tuple[str | None, str, dict[str, str], str]:
+    """``(context, question, options, answer)`` of one NEJM case text."""
+    context_lines: list[str] = []
+    question = None
+    options: dict[str, str] = {}
+    answer = None
+    for line in text.splitlines():
+        if m := _ANSWER_LINE.match(line):
+            answer = m.group(1).upper()
+        elif m := _QUESTION_LINE.match(line):
+            question = m.group(1).strip()
+        elif m := _OPTION_LINE.match(line):  # "A. text": a vignette line never has a letter then . ) or :
+            options[m.group(1).upper()] = m.group(2)
+        elif line.strip() and not options:
+            context_lines.append(line.strip())
+    if question is None and context_lines and context_lines[-1].endswith("?"):
+        question = context_lines.pop()
+    if question is None or len(options) < 2 or answer is None:
+        missing = [n for n, v in (("Question:", question), ("options A. ...", len(options) >= 2 or None),
+                                  ("Answer: X", answer)) if v is None]  # fmt: skip
+        raise InvalidInputError(f"{where}: missing {', '.join(missing)}; see the NEJM layout in the README")
+    if answer not in options:
+        raise InvalidInputError(f"{where}: answer {answer} is not one of the options {', '.join(options)}")
+    context = " ".join(context_lines) or None
+    return context, question, options, answer
+
+
+def _read_nejm(folder: Path, report: ReadReport) -> Iterator[SourceItem]:
+    for case in sorted(p for p in folder.iterdir() if p.is_dir()):
+        texts = sorted(case.glob("*.txt"))
+        images = sorted(p for p in case.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if len(texts) != 1 or not images:
+            report.skip("case folder without exactly one .txt and at least one image", case.name)
+            continue
+        context, question, options, answer = parse_case_text(texts[0].read_text(), f"{case.name}/{texts[0].name}")
+        yield SourceItem(
+            item_id=case.name, images=images, question=question, options=options, answer=answer, context=context,
+            group_id=case.name, split="test", source_path=f"{case.name}/{texts[0].name}",
+        )  # fmt: skip
