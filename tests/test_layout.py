@@ -14,14 +14,15 @@ ROOT = Path(__file__).resolve().parents[1] / "medprobe"
 
 # area -> areas it must never import (data flows images -> ingest/extractor -> store -> trainer -> store)
 FORBIDDEN = {
-    "schemas": {"featurestore", "ingest", "extractor", "trainer", "cli", "synthetic", "imaging", "layerspec"},
-    "featurestore": {"ingest", "extractor", "trainer", "cli", "synthetic", "imaging", "layerspec"},
-    "imaging": {"featurestore", "ingest", "extractor", "trainer", "cli", "synthetic"},
-    "layerspec": {"featurestore", "ingest", "extractor", "trainer", "cli", "synthetic"},
-    "ingest": {"extractor", "trainer", "cli", "synthetic"},
-    "extractor": {"ingest", "trainer", "cli", "synthetic"},
-    "trainer": {"ingest", "extractor", "cli", "synthetic"},
-    "synthetic": {"ingest", "trainer", "cli"},
+    "schemas": {"featurestore", "ingest", "extractor", "trainer", "cli", "synthetic", "imaging", "layerspec", "vqa"},
+    "featurestore": {"ingest", "extractor", "trainer", "cli", "synthetic", "imaging", "layerspec", "vqa"},
+    "imaging": {"featurestore", "ingest", "extractor", "trainer", "cli", "synthetic", "vqa"},
+    "layerspec": {"featurestore", "ingest", "extractor", "trainer", "cli", "synthetic", "vqa"},
+    "ingest": {"extractor", "trainer", "cli", "synthetic", "vqa"},
+    "extractor": {"ingest", "trainer", "cli", "synthetic", "vqa"},
+    "trainer": {"ingest", "extractor", "cli", "synthetic", "vqa"},
+    "synthetic": {"ingest", "trainer", "cli", "vqa"},
+    "vqa": {"ingest", "trainer", "cli", "synthetic"},
 }
 
 

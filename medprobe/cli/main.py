@@ -20,6 +20,7 @@ _AREAS = (
     "medprobe.cli.train",
     "medprobe.cli.search",
     "medprobe.cli.zeroshot",
+    "medprobe.cli.vqa",
     "medprobe.cli.store_cmds",
 )
 

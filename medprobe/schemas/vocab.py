@@ -94,6 +94,22 @@ class Layout(StrEnum):
     knee = "knee"
 
 
+class VqaLayout(StrEnum):
+    """Where VQA items come from: a JSONL/CSV/TSV table, VQA-RAD as published, or NEJM case folders."""
+
+    table = "table"
+    vqa_rad = "vqa-rad"
+    nejm = "nejm"
+
+
+class VqaMode(StrEnum):
+    """How a VLM's answer is read: option log-likelihoods, letter probabilities, or a parsed generation."""
+
+    loglik = "loglik"
+    letter = "letter"
+    generate = "generate"
+
+
 class Quantization(StrEnum):
     """``--quantization``: bitsandbytes 8-bit or 4-bit weights."""
 

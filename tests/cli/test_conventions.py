@@ -21,6 +21,8 @@ PRINTS_RESULTS = {
     "models",
     "search",
     "zeroshot",
+    "vqa ingest",
+    "vqa run",
     "extract",
     "submit",
     "worker",
@@ -42,6 +44,7 @@ CHOICES = {
     "--selection",
     "--grid",
     "--method",
+    "--mode",
     "--select-by",
     "--class-weight",
     "--test-split",
@@ -114,7 +117,7 @@ def test_result_commands_take_format_and_out(name: str) -> None:
 
 # Commands that can show a progress bar: each takes --no-progress (the bar also hides itself when output is not a
 # terminal table).
-SHOWS_PROGRESS = {"ingest", "extract", "worker", "train", "sweep", "compare", "zeroshot", "store verify"}
+SHOWS_PROGRESS = {"ingest", "extract", "worker", "train", "sweep", "compare", "zeroshot", "vqa run", "store verify"}
 
 
 @pytest.mark.parametrize("name", sorted(SHOWS_PROGRESS))

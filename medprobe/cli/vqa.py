@@ -1,0 +1,132 @@
+"""``medprobe vqa``: multiple-choice medical VQA items (ingest) and what a VLM answers to them (run)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from medprobe.cli.common import console, err_console, open_store
+from medprobe.cli.options import (
+    AllowPickleOpt,
+    DeviceOpt,
+    FormatOpt,
+    ModelOpt,
+    NoProgressOpt,
+    OutOpt,
+    StoreOpt,
+    TrustRemoteCodeOpt,
+    split_list,
+)
+from medprobe.cli.output import emit, resolve_format, wants_progress
+from medprobe.schemas.vocab import ComputeDType, Split, VqaLayout, VqaMode
+
+ItemSetOpt = Annotated[str, typer.Option("--items", help="The item set (its --name at vqa ingest).")]
+
+
+def _fmt(entry: dict | None) -> str:
+    if not entry or entry.get("value") is None:
+        return "-"
+    return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``vqa ingest`` and ``vqa run``."""
+    vqa_app = typer.Typer(help="Multiple-choice VQA: what a VLM says about the images.", no_args_is_help=True)
+    app.add_typer(vqa_app, name="vqa")
+
+    @vqa_app.command("ingest")
+    def ingest(
+        source: Annotated[str, typer.Argument(help="Items file (.jsonl/.csv/.tsv), VQA-RAD folder or NEJM folder.")],
+        name: Annotated[str, typer.Option("--name", help="Name of the item set in the store.")],
+        layout: Annotated[
+            VqaLayout | None, typer.Option("--layout", help="The source's layout (default: detected).")
+        ] = None,
+        fmt: FormatOpt = None,
+        out: OutOpt = None,
+        store: StoreOpt = None,
+    ) -> None:
+        """Items into vqa_items; images content-addressed into images (unreadable ones: failures rows)."""
+        from medprobe.vqa.ingest import ingest_items
+
+        resolve_format(fmt, out)
+        st = open_store(store)
+        summary = ingest_items(st, source, name, None if layout is None else layout.value)
+        document = dict(vars(summary))
+
+        def show() -> None:
+            table = Table(title=f"vqa ingest {name} ({summary.layout})")
+            table.add_column("what")
+            table.add_column("count", justify="right")
+            for what, n in (("items read", summary.items_read), ("items new", summary.items_new),
+                            ("items unchanged", summary.items_unchanged), ("images new", summary.images_new),
+                            ("items left out: unreadable image", summary.failures),
+                            *((f"split {k}", v) for k, v in sorted(summary.by_split.items())),
+                            *((f"skipped: {k}", v) for k, v in summary.skipped.items())):  # fmt: skip
+                table.add_row(what, str(n))
+            console.print(table)
+
+        emit(fmt, out, rows=[{k: v for k, v in document.items() if not isinstance(v, dict)}], document=document,
+             show=show)  # fmt: skip
+
+    @vqa_app.command("run")
+    def run(
+        items: ItemSetOpt,
+        model: ModelOpt,
+        mode: Annotated[VqaMode, typer.Option("--mode", help="How the answer is read.")] = VqaMode.loglik,
+        shots: Annotated[int, typer.Option("--shots", min=0, help="Few-shot exemplars from the train split.")] = 0,
+        fixed_shots: Annotated[
+            list[str] | None, typer.Option("--fixed-shots", help="These item ids as exemplars (the study's setup).")
+        ] = None,
+        circular: Annotated[bool, typer.Option("--circular", help="Score every rotation of the options.")] = False,
+        split: Annotated[Split, typer.Option("--split", help="The items scored.")] = Split.test,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the exemplar draw and the bootstrap.")] = 0,
+        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="generate: token cap.")] = 8,
+        limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N items.")] = None,
+        n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CIs.")] = 1000,
+        device: DeviceOpt = None,
+        dtype: Annotated[ComputeDType | None, typer.Option("--dtype", help="Compute dtype.")] = None,
+        trust_remote_code: TrustRemoteCodeOpt = False,
+        allow_pickle: AllowPickleOpt = False,
+        no_progress: NoProgressOpt = False,
+        fmt: FormatOpt = None,
+        out: OutOpt = None,
+        store: StoreOpt = None,
+    ) -> None:
+        """Ask a VLM every item (resumable: the same command continues a killed run); accuracy with CIs."""
+        from medprobe.vqa.run import VqaRunSpec, run_vqa
+
+        resolve_format(fmt, out)
+        st = open_store(store)
+        spec = VqaRunSpec(
+            item_set=items, model=model, mode=mode.value, shots=shots, fixed_shots=tuple(split_list(fixed_shots)),
+            circular=circular, split=split.value, seed=seed, max_new_tokens=max_new_tokens, n_boot=n_boot,
+            device=device, dtype=None if dtype is None else dtype.value, trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle, limit=limit,
+        )  # fmt: skip
+        doc = run_vqa(st, spec, show_progress=not no_progress and wants_progress(fmt, out))
+
+        def show() -> None:
+            table = Table(title=f"vqa {items} · {model} · {mode.value}  run {doc['run_id']}")
+            for col in ("metric", "value [95% CI, clustered by group]"):
+                table.add_column(col)
+            table.add_row("accuracy", _fmt(doc["accuracy"]))
+            for key in ("circular_accuracy", "mean_over_rotations"):
+                if key in doc:
+                    table.add_row(key.replace("_", " "), _fmt(doc[key]))
+            table.add_row("chance", f"{doc['chance']:.3f}")
+            if "majority" in doc:
+                table.add_row(f"majority (always {doc['majority']['letter']})", f"{doc['majority']['accuracy']:.3f}")
+            table.add_row("parse failures", f"{doc['parse_failure_rate']:.1%}")
+            cal: dict[str, Any] = doc.get("calibration") or {}
+            if cal:
+                table.add_row("Brier / ECE", f"{cal['brier']:.3f} / {cal['ece']:.3f}")
+            table.add_row("letters predicted / gold", f"{doc['letters']['predicted']} / {doc['letters']['gold']}")
+            console.print(table)
+            if doc["already_done"]:
+                err_console.print(f"resumed: {doc['already_done']} predictions were already stored", highlight=False)
+
+        rows = [{"run_id": doc["run_id"], "category": c, **{k: v for k, v in e.items()}}
+                for c, e in doc["per_category"].items()]  # fmt: skip
+        emit(fmt, out, rows=rows, document=doc, show=show)

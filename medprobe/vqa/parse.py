@@ -1,0 +1,50 @@
+"""Reading the chosen option out of a free generation, in layers, never guessing.
+
+1. ``bare_letter``: the answer is a shown letter alone or leads the text ("B", "(B)", "B.", "**B**", "B) yes", or
+   "B no" when "no" is option B's text; "A 45-year-old ..." is not a letter).
+2. ``answer_is``: "the answer is B", "Answer: (B)", "correct option: B", anywhere in the text (the last one wins).
+3. ``option_text``: exactly one option's text appears in the answer (whole words, case-insensitive); when several
+   do, the one that is the whole answer wins, else it is unparsed.
+4. ``unparsed``: none of the above. The item counts as wrong and the parse-failure rate reports it; there is no
+   random fallback.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+_DECORATION = re.compile(r"^[\s*_`'\"]+|[\s*_`'\".]+$")
+_LEADING = re.compile(r"^[(\[]?([A-J])(?:[.:)\],]|$)")  # B / (B) / B. / B: / [B] / B) ...
+_LEADING_SPACE = re.compile(r"^([A-J])\s+(.+)$", re.DOTALL)  # "B no": only when the option's text follows
+_ANSWER_IS = re.compile(
+    r"(?:answer|option|choice)\s*(?:is|would be|:|=)?\s*(?:option\s*)?[\s*(\[]*([A-J])\b(?![\w'])", re.IGNORECASE
+)
+
+
+def parse_answer(text: str, shown: Sequence[tuple[str, str]]) -> tuple[str | None, str]:
+    """``(shown letter or None, parser step)`` for a generation and the options as shown ``(letter, text)``."""
+    letters = {letter for letter, _ in shown}
+    clean = _DECORATION.sub("", text.strip())
+    if (m := _LEADING.match(clean)) and m.group(1) in letters:
+        return m.group(1), "bare_letter"
+    if (m := _LEADING_SPACE.match(clean)) and m.group(1) in letters:
+        text_of = dict(shown)[m.group(1)].strip().lower()
+        if text_of and m.group(2).strip().lower().startswith(text_of):
+            return m.group(1), "bare_letter"
+    hits = [m.group(1).upper() for m in _ANSWER_IS.finditer(text)]
+    hits = [h for h in hits if h in letters]
+    if hits:
+        return hits[-1], "answer_is"
+    lowered = text.lower()
+    found = [
+        letter for letter, option in shown
+        if option.strip() and re.search(rf"(?<!\w){re.escape(option.strip().lower())}(?!\w)", lowered)
+    ]  # fmt: skip
+    if len(found) == 1:
+        return found[0], "option_text"
+    if len(found) > 1:
+        whole = [letter for letter, option in shown if option.strip().lower() == clean.lower()]
+        if len(whole) == 1:
+            return whole[0], "option_text"
+    return None, "unparsed"

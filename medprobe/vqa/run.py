@@ -1,0 +1,180 @@
+"""``medprobe vqa run``: score an item set with a VLM, resumably, and compute its metrics.
+
+A run's id is a digest of everything that changes its answers (item set, model and revision, dtype, mode, shots,
+fixed exemplars, seed, rotations, split, prompt version, decoding length), so running the same command again after
+a kill resumes that run: predictions already committed are not scored again. Predictions are committed in small
+fragments as they are made; each is atomic, so a killed run loses at most the fragment in flight.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from medprobe.errors import InvalidInputError, NotFoundError
+from medprobe.featurestore import stable_hash, start_run
+from medprobe.imaging import load_image
+from medprobe.progress import progress_bar
+from medprobe.schemas.tables import VqaPredictionRow
+from medprobe.vqa.metrics import vqa_metrics
+from medprobe.vqa.parse import parse_answer
+from medprobe.vqa.prompting import (
+    LETTERS,
+    PROMPT_VERSION,
+    Item,
+    choose_exemplars,
+    option_order,
+    question_text,
+    shown_options,
+)
+from medprobe.vqa.scoring import MODES, Scored, VlmScorer, choice_of
+
+if TYPE_CHECKING:
+    from medprobe.featurestore import FeatureStore
+
+COMMIT_EVERY = 16
+
+
+@dataclass
+class VqaRunSpec:
+    """What to score and how."""
+
+    item_set: str
+    model: str
+    mode: str = "loglik"
+    shots: int = 0
+    fixed_shots: tuple[str, ...] = ()
+    circular: bool = False
+    split: str = "test"
+    seed: int = 0
+    max_new_tokens: int = 8
+    n_boot: int = 1000
+    device: str | None = None
+    dtype: str | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    limit: int | None = None
+
+
+def load_items(store: FeatureStore, item_set: str) -> list[Item]:
+    """Every item of ``item_set``; NotFoundError naming the sets that exist."""
+    rows = store.sql("SELECT * FROM vqa_items WHERE item_set = ? ORDER BY item_id", [item_set]).to_pylist()
+    if not rows:
+        sets = store.sql("SELECT DISTINCT item_set FROM vqa_items ORDER BY 1").column(0).to_pylist()
+        raise NotFoundError(f"no VQA item set {item_set!r}; the store has: {', '.join(sets) or 'none'} "
+                            "(medprobe vqa ingest SOURCE --name NAME)")  # fmt: skip
+    return [Item.from_row(r) for r in rows]
+
+
+def _exemplars(spec: VqaRunSpec, items: list[Item], item: Item) -> list[Item]:
+    if spec.fixed_shots:
+        by_id = {i.item_id: i for i in items}
+        missing = [i for i in spec.fixed_shots if i not in by_id]
+        if missing:
+            raise InvalidInputError(f"--fixed-shots: no items {missing} in item set {spec.item_set!r}")
+        return [by_id[i] for i in spec.fixed_shots if i != item.item_id]
+    pool = [i for i in items if i.split == "train"]
+    return choose_exemplars(item, pool, spec.shots, spec.seed)
+
+
+def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True) -> dict[str, Any]:
+    """Score (or resume) the run; returns its document (run id, counts, metrics)."""
+    from medprobe.extractor.loading import load_adapter
+    from medprobe.extractor.pipeline import ExtractOptions
+
+    if spec.mode not in MODES:
+        raise InvalidInputError(f"--mode {spec.mode!r}: choose from {', '.join(MODES)}")
+    if spec.shots and spec.fixed_shots:
+        raise InvalidInputError("give --shots K or --fixed-shots ID,ID, not both")
+    items = load_items(store, spec.item_set)
+    todo_items = [i for i in items if i.split == spec.split][: spec.limit]
+    if not todo_items:
+        splits = sorted({i.split for i in items})
+        raise InvalidInputError(f"item set {spec.item_set!r} has no {spec.split!r} items; its splits: {splits}")
+    store.check_writable()
+    options = ExtractOptions.model_validate({"dataset": spec.item_set, "model": spec.model, "device": spec.device,
+                                             "dtype": spec.dtype})  # fmt: skip
+    adapter = load_adapter(spec.model, device=options.resolved_device(), dtype=options.resolved_dtype(),
+                           trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle)  # fmt: skip
+    scorer = VlmScorer(adapter)
+    ident = adapter.identity
+    config = {
+        "item_set": spec.item_set, "model_id": ident.model_id, "revision": ident.model_revision,
+        "preprocessing": ident.preprocessing, "dtype": options.resolved_dtype(), "mode": spec.mode,
+        "shots": spec.shots, "fixed_shots": list(spec.fixed_shots), "seed": spec.seed, "circular": spec.circular,
+        "split": spec.split, "prompt": PROMPT_VERSION, "max_new_tokens": spec.max_new_tokens if spec.mode ==
+        "generate" else None, "limit": spec.limit,
+    }  # fmt: skip
+    run_id = "vqa-" + stable_hash(config)[:20]
+    done = {
+        (r["item_id"], r["rotation"])
+        for r in store.sql("SELECT item_id, rotation FROM vqa_predictions WHERE run_id = ?", [run_id]).to_pylist()
+    }
+    uris = dict(
+        (r["image_hash"], r["uri"]) for r in store.sql("SELECT image_hash, uri FROM images").to_pylist()
+    )  # fmt: skip
+    work = [(it, rot) for it in todo_items for rot in (range(it.n_options) if spec.circular else [0])
+            if (it.item_id, rot) not in done]  # fmt: skip
+    params = {**config, "preprocessing": None, "run_id": run_id, "resumed_with_done": len(done),
+              "prompt_template": scorer.prompt("{question}")}  # fmt: skip
+    with start_run(store, "vqa", params, run_id=run_id) as run:
+        buffer: list[VqaPredictionRow] = []
+        exemplar_ids: dict[str, list[str]] = {}
+        with progress_bar("items", disable=not show_progress) as bar:
+            task = bar.add_task(f"vqa {spec.item_set} ({spec.mode})", total=len(work))
+            for it, rot in work:
+                exemplars = _exemplars(spec, items, it)
+                exemplar_ids[it.item_id] = [e.item_id for e in exemplars]
+                images = [load_image(_uri(uris, h)) for h in it.image_hashes]
+                text = question_text(it, rot, exemplars)
+                shown = shown_options(it, rot)
+                scored = _score(scorer, spec, images, text, shown)
+                buffer.append(_row(run_id, spec.item_set, it, rot, shown, scored))
+                if len(buffer) >= COMMIT_EVERY:
+                    store.append("vqa_predictions", buffer)
+                    buffer = []
+                bar.advance(task, 1)
+        if buffer:
+            store.append("vqa_predictions", buffer)
+        store.refresh()
+        rows = store.sql("SELECT * FROM vqa_predictions WHERE run_id = ?", [run_id]).to_pylist()
+        by_id = {i.item_id: i for i in items}
+        wanted = {i.item_id for i in todo_items}
+        metrics = vqa_metrics([r for r in rows if r["item_id"] in wanted], by_id, n_boot=spec.n_boot, seed=spec.seed)
+        run.summary.update({"n_items": metrics["n_items"], "accuracy": metrics["accuracy"]["value"],
+                            "scored_now": len(work), "exemplar_ids": json.dumps(exemplar_ids)[:100_000]})  # fmt: skip
+    return {"run_id": run_id, "item_set": spec.item_set, "model": spec.model, "mode": spec.mode, "split": spec.split,
+            "shots": spec.shots, "fixed_shots": list(spec.fixed_shots), "circular": spec.circular,
+            "scored_now": len(work), "already_done": len(done), **metrics}  # fmt: skip
+
+
+def _uri(uris: dict[str, str], image_hash: str) -> str:
+    if image_hash not in uris:
+        raise NotFoundError(f"image {image_hash} of a VQA item is not in the images table; re-run medprobe vqa ingest")
+    uri = uris[image_hash]
+    return uri
+
+
+def _score(scorer: VlmScorer, spec: VqaRunSpec, images: list, text: str, shown: list[tuple[str, str]]) -> Scored:
+    if spec.mode == "loglik":
+        return scorer.loglik(images, text, [t for _, t in shown])
+    if spec.mode == "letter":
+        return scorer.letter(images, text, [letter for letter, _ in shown])
+    return scorer.generate(images, text, spec.max_new_tokens)
+
+
+def _row(run_id: str, item_set: str, it: Item, rot: int, shown: list[tuple[str, str]], s: Scored) -> VqaPredictionRow:
+    order = option_order(it, rot)
+    if s.generation is not None:
+        letter, step = parse_answer(s.generation, shown)
+        predicted = None if letter is None else order[LETTERS.index(letter)]
+    else:
+        idx = choice_of(s)
+        predicted = None if idx is None else order[idx]
+        step = "loglik" if s.loglik_sum is not None else "letter"
+    return VqaPredictionRow(
+        run_id=run_id, item_set=item_set, item_id=it.item_id, rotation=rot, option_order=order,
+        loglik_sum=s.loglik_sum, loglik_mean=s.loglik_mean, n_tokens=s.n_tokens, letter_probs=s.letter_probs,
+        generation=s.generation, predicted=predicted, parser_step=step, correct=predicted == it.answer,
+    )  # fmt: skip

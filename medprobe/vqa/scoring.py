@@ -1,0 +1,160 @@
+"""Scoring one item with a decoder VLM, exactly: option log-likelihoods, letter probabilities, or a generation.
+
+The prompt is the adapter's own: its processor's chat template around one image and the question text, with the
+generation prompt (the assistant turn) appended, run through the processor together with the image, so the prompt
+length is what the model sees (image tokens included).
+
+* ``loglik``: each option's text, tokenised on its own (a leading space unless the prompt ends in whitespace), is
+  appended to the prompt's token ids; its log-probability is the sum over its tokens of ``log_softmax`` of the
+  logits at the position before each. Stored: the sum, the per-token mean and the token count; the choice is the
+  largest sum. All options of an item run as one right-padded batch (padding after a sequence cannot change a
+  causal model's logits before it, so this equals one option at a time).
+* ``letter``: one forward pass of the prompt; the softmax over the shown letters' tokens at the answer position
+  (each letter must be one token, with the same leading-space rule) is the probability vector.
+* ``generate``: greedy decoding of at most ``max_new_tokens`` tokens, parsed by :mod:`medprobe.vqa.parse`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from medprobe.errors import InvalidInputError
+from medprobe.extractor.adapter import Adapter
+from medprobe.extractor.models.base import move_batch
+
+MODES = ("loglik", "letter", "generate")
+
+
+@dataclass
+class Scored:
+    """One item x rotation: per shown option values, or a generation."""
+
+    loglik_sum: list[float] | None = None
+    loglik_mean: list[float] | None = None
+    n_tokens: list[int] | None = None
+    letter_probs: list[float] | None = None
+    generation: str | None = None
+
+
+class VlmScorer:
+    """Wraps a loaded decoder-VLM adapter (the extractor's) for the three scoring modes."""
+
+    def __init__(self, adapter: Adapter) -> None:
+        pre: Any = adapter.preprocessor
+        model: Any = getattr(adapter, "model", None)
+        if not hasattr(pre, "run_processor") or model is None or not hasattr(model, "generate"):
+            raise InvalidInputError(
+                f"model {adapter.identity.model_id} ({adapter.identity.adapter}) is not a vision-language model that "
+                "answers in text; VQA needs an image-text-to-text model (LLaVA, Idefics, Qwen-VL, MedGemma, ...)"
+            )
+        self.adapter = adapter
+        self.pre = pre
+        self.model = model.eval()
+        self.tokenizer = getattr(pre.processor, "tokenizer", None) or pre.processor
+        self.device = adapter.device
+
+    # ------------------------------------------------------------------ inputs
+    def prompt(self, text: str) -> str:
+        """The exact text given to the processor (chat template and generation prompt applied)."""
+        return str(self.pre.format_prompt(text))
+
+    def _inputs(self, images: Sequence[Image.Image], text: str, copies: int) -> dict[str, torch.Tensor]:
+        from medprobe.extractor.models.vision_tower import to_rgb
+
+        if len(images) != 1:
+            raise InvalidInputError(f"this scorer shows one image per question; the item has {len(images)}")
+        out = self.pre.run_processor(to_rgb(list(images)) * copies, self.prompt(text))
+        return {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in self.pre.drop_keys}
+
+    def _prefix(self, text: str) -> str:
+        return "" if self.prompt(text)[-1:].isspace() else " "
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        batch = move_batch(dict(inputs), self.device, getattr(self.adapter, "dtype", torch.float32))
+        with torch.no_grad():
+            return self.model(**batch).logits.float()
+
+    # ------------------------------------------------------------------ modes
+    def loglik(self, images: Sequence[Image.Image], text: str, options: Sequence[str]) -> Scored:
+        """Log-probability of each option's text after the prompt (one batch over the options)."""
+        prefix = self._prefix(text)
+        conts = [self._ids(prefix + o.strip()) for o in options]
+        if any(not c for c in conts):
+            raise InvalidInputError("an option's text is empty; every option needs text to score")
+        base = self._inputs(images, text, len(options))
+        ids, mask = base["input_ids"], base["attention_mask"]
+        n, length = ids.shape
+        if not bool(mask.all()):
+            raise InvalidInputError("the prompt was padded; cannot score options (report this model)")
+        width = max(len(c) for c in conts)
+        pad = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+        extra = torch.full((n, width), pad, dtype=ids.dtype)
+        extra_mask = torch.zeros((n, width), dtype=mask.dtype)
+        for j, c in enumerate(conts):
+            extra[j, : len(c)] = torch.tensor(c, dtype=ids.dtype)
+            extra_mask[j, : len(c)] = 1
+        inputs = dict(base)
+        inputs["input_ids"] = torch.cat([ids, extra], dim=1)
+        inputs["attention_mask"] = torch.cat([mask, extra_mask], dim=1)
+        for key, value in base.items():  # other per-token tensors (token type ids ...) grow with zeros
+            if key not in ("input_ids", "attention_mask") and value.shape[:2] == (n, length):
+                inputs[key] = torch.cat([value, torch.zeros((n, width, *value.shape[2:]), dtype=value.dtype)], 1)
+        logp = torch.log_softmax(self._forward(inputs), dim=-1)
+        sums, means, counts = [], [], []
+        for j, c in enumerate(conts):
+            pos = torch.arange(length - 1, length - 1 + len(c))
+            tok = torch.tensor(c)
+            values = logp[j, pos, tok].double()
+            sums.append(float(values.sum()))
+            means.append(float(values.mean()))
+            counts.append(len(c))
+        return Scored(loglik_sum=sums, loglik_mean=means, n_tokens=counts)
+
+    def letter_ids(self, text: str, letters: Sequence[str]) -> list[int]:
+        """The token of each shown letter as it would follow the prompt."""
+        prefix = self._prefix(text)
+        out = []
+        for letter in letters:
+            ids = self._ids(prefix + letter)
+            if len(ids) != 1:
+                ids = self._ids(letter)
+            if len(ids) != 1:
+                raise InvalidInputError(
+                    f"the letter {letter!r} is not one token for this tokenizer ({ids}); use --mode loglik or generate"
+                )
+            out.append(ids[0])
+        if len(set(out)) != len(out):
+            raise InvalidInputError("two option letters share one token for this tokenizer; use --mode loglik")
+        return out
+
+    def letter(self, images: Sequence[Image.Image], text: str, letters: Sequence[str]) -> Scored:
+        """Softmax over the letters' logits at the answer position (one forward pass)."""
+        token_ids = self.letter_ids(text, letters)
+        logits = self._forward(self._inputs(images, text, 1))[0, -1]
+        probs = torch.softmax(logits[torch.tensor(token_ids)].double(), dim=0)
+        return Scored(letter_probs=[float(p) for p in probs])
+
+    def generate(self, images: Sequence[Image.Image], text: str, max_new_tokens: int = 8) -> Scored:
+        """Greedy decoding of at most ``max_new_tokens`` new tokens."""
+        inputs = move_batch(self._inputs(images, text, 1), self.device, getattr(self.adapter, "dtype", torch.float32))
+        with torch.no_grad():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        new = out[0, inputs["input_ids"].shape[1] :]
+        return Scored(generation=str(self.tokenizer.decode(new, skip_special_tokens=True)))
+
+
+def choice_of(scored: Scored) -> int | None:
+    """The shown option a probability mode chooses (largest log-likelihood sum, or letter probability)."""
+    values = scored.loglik_sum if scored.loglik_sum is not None else scored.letter_probs
+    if values is None:
+        return None
+    return int(np.argmax(np.asarray(values)))
