@@ -96,11 +96,12 @@ class VlmScorer:
         if not bool(mask.all()):
             raise InvalidInputError("the prompt was padded; cannot score options (report this model)")
         width = max(len(c) for c in conts)
-        pad = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
-        extra = torch.full((n, width), pad, dtype=ids.dtype)
+        extra = torch.zeros((n, width), dtype=ids.dtype)
         extra_mask = torch.zeros((n, width), dtype=mask.dtype)
         for j, c in enumerate(conts):
-            extra[j, : len(c)] = torch.tensor(c, dtype=ids.dtype)
+            # padding repeats the option's last token: a pad id may be a special token (Qwen's pad is its image
+            # token), and masked positions after the option cannot change its logits anyway
+            extra[j] = torch.tensor(c + [c[-1]] * (width - len(c)), dtype=ids.dtype)
             extra_mask[j, : len(c)] = 1
         inputs = dict(base)
         inputs["input_ids"] = torch.cat([ids, extra], dim=1)
