@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         from medprobe.vqa.ingest import ingest_items
 
         resolve_format(fmt, out)
-        st = open_store(store)
+        st = open_store(store, create=True)  # adds data, like `medprobe ingest`
         summary = ingest_items(st, source, name, None if layout is None else layout.value)
         document = dict(vars(summary))
 
@@ -130,3 +130,43 @@ def register(app: typer.Typer) -> None:
         rows = [{"run_id": doc["run_id"], "category": c, **{k: v for k, v in e.items()}}
                 for c, e in doc["per_category"].items()]  # fmt: skip
         emit(fmt, out, rows=rows, document=doc, show=show)
+
+    @vqa_app.command("compare")
+    def compare(
+        run_a: Annotated[str, typer.Argument(help="Run id of A.")],
+        run_b: Annotated[str, typer.Argument(help="Run id of B (the reference).")],
+        n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CI.")] = 1000,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+        fmt: FormatOpt = None,
+        out: OutOpt = None,
+        store: StoreOpt = None,
+    ) -> None:
+        """Two runs on the same items: accuracy A - B (paired, group-clustered bootstrap) and McNemar's test."""
+        from medprobe.vqa.compare import compare_runs
+
+        resolve_format(fmt, out)
+        doc = compare_runs(open_store(store), run_a, run_b, n_boot=n_boot, seed=seed)
+
+        def show() -> None:
+            table = Table(title=f"vqa compare {run_a} - {run_b} ({doc['n_items']} items, {doc['n_groups']} groups)")
+            for col in ("A", "B", "A-B [95% CI]", "p bootstrap", "only A right", "only B right", "p McNemar"):
+                table.add_column(col)
+            table.add_row(f"{doc['accuracy_a']:.3f}", f"{doc['accuracy_b']:.3f}",
+                          f"{doc['diff']:+.3f} [{doc['ci_low']:+.3f}, {doc['ci_high']:+.3f}]",
+                          f"{doc['p_bootstrap']:.3g}", str(doc["only_a_right"]), str(doc["only_b_right"]),
+                          f"{doc['p_mcnemar']:.3g}")  # fmt: skip
+            console.print(table)
+
+        emit(fmt, out, rows=[doc], document=doc, show=show)
+
+    @vqa_app.command("report")
+    def report(
+        run_ids: Annotated[list[str], typer.Argument(help="Run ids of vqa runs.")],
+        out: Annotated[str, typer.Option("--out", "-o", help="Folder for the PNGs and summary.md.")] = "vqa-report",
+        store: StoreOpt = None,
+    ) -> None:
+        """PNG plots (accuracy per category, letter distribution, reliability) and a Markdown summary."""
+        from medprobe.vqa.report import write_vqa_report
+
+        for path in write_vqa_report(open_store(store), run_ids, out):
+            console.print(str(path))

@@ -23,6 +23,7 @@ PRINTS_RESULTS = {
     "zeroshot",
     "vqa ingest",
     "vqa run",
+    "vqa compare",
     "extract",
     "submit",
     "worker",
@@ -37,7 +38,7 @@ PRINTS_RESULTS = {
     "store quarantine",
 }
 # Commands that write files instead of printing results: -o/--out names what they write.
-WRITES_FILES = {"export", "report", "demo"}
+WRITES_FILES = {"export", "report", "demo", "vqa report"}
 # Options whose value is one of a closed set: --help must list it.
 CHOICES = {
     "--solver",

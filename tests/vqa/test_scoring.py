@@ -170,3 +170,28 @@ def test_generate_and_letter_modes_with_shots(store: FeatureStore, tmp_path: Pat
             assert set(steps) <= {"bare_letter", "answer_is", "option_text", "unparsed"}
     code, _, err = run_cli(capsys, "vqa", "run", "--items", "nope", "-m", "tiny-random/llava", "--store", store.url)
     assert code != 0 and "no VQA item set 'nope'" in err and "toy" in err
+
+
+def test_compare_and_report_two_runs(store: FeatureStore, tmp_path: Path, capsys) -> None:
+    path = _items_file(tmp_path)
+    assert run_cli(capsys, "vqa", "ingest", str(path), "--name", "toy", "--store", store.url)[0] == 0
+    runs = []
+    for model, mode in (("tiny-random/llava", "loglik"), ("tiny-random/idefics2", "letter")):
+        code, out, err = run_cli(capsys, "vqa", "run", "--items", "toy", "-m", model, "--mode", mode, "-f", "json",
+                                 "--store", store.url, "--n-boot", "50")  # fmt: skip
+        assert code == 0, err
+        runs.append(json.loads(out))
+    code, out, err = run_cli(capsys, "vqa", "compare", runs[0]["run_id"], runs[1]["run_id"], "-f", "json",
+                             "--store", store.url)  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["n_items"] == 6 and doc["diff"] == pytest.approx(runs[0]["accuracy"]["value"] -
+                                                                runs[1]["accuracy"]["value"])  # fmt: skip
+    assert doc["only_a_right"] - doc["only_b_right"] == round(doc["diff"] * 6)
+    assert 0 <= doc["p_mcnemar"] <= 1 and doc["ci_low"] <= doc["diff"] <= doc["ci_high"]
+    code, out, err = run_cli(capsys, "vqa", "report", runs[0]["run_id"], runs[1]["run_id"], "--out",
+                             str(tmp_path / "rep"), "--store", store.url)  # fmt: skip
+    assert code == 0, err
+    for name in ("vqa_categories.png", "vqa_letters.png", "vqa_reliability.png", "summary.md"):
+        assert (tmp_path / "rep" / name).stat().st_size > 0
+    assert runs[0]["run_id"] in (tmp_path / "rep" / "summary.md").read_text()

@@ -1,0 +1,54 @@
+"""Two VQA runs (models or modes) on the same items: paired accuracy difference with a group-clustered bootstrap
+CI, and McNemar's exact test on the discordant items."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy.stats import binomtest
+
+from medprobe.errors import InvalidInputError, NotFoundError
+
+if TYPE_CHECKING:
+    from medprobe.featurestore import FeatureStore
+
+
+def _plain(store: FeatureStore, run_id: str) -> dict[str, dict[str, Any]]:
+    rows = store.sql(
+        "SELECT p.item_id, p.correct, i.group_id, p.item_set FROM vqa_predictions p JOIN vqa_items i "
+        "ON i.item_set = p.item_set AND i.item_id = p.item_id WHERE p.run_id = ? AND p.rotation = 0",
+        [run_id],
+    ).to_pylist()
+    if not rows:
+        recent = store.sql("SELECT DISTINCT run_id FROM vqa_predictions ORDER BY 1 LIMIT 10").column(0).to_pylist()
+        raise NotFoundError(f"no VQA predictions for run {run_id!r}; runs: {', '.join(recent) or 'none'}")
+    return {r["item_id"]: r for r in rows}
+
+
+def compare_runs(store: FeatureStore, run_a: str, run_b: str, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Accuracy of A minus B on the items both answered (source option order)."""
+    a, b = _plain(store, run_a), _plain(store, run_b)
+    if {r["item_set"] for r in a.values()} != {r["item_set"] for r in b.values()}:
+        raise InvalidInputError(f"runs {run_a} and {run_b} scored different item sets; compare runs on one set")
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise InvalidInputError(f"runs {run_a} and {run_b} share no items")
+    ca = np.array([bool(a[i]["correct"]) for i in common], dtype=np.float64)
+    cb = np.array([bool(b[i]["correct"]) for i in common], dtype=np.float64)
+    groups = np.array([a[i]["group_id"] or f"item:{i}" for i in common], dtype=object).astype(str)
+    labels, inverse = np.unique(groups, return_inverse=True)
+    d = np.bincount(inverse, weights=ca - cb, minlength=len(labels))
+    sizes = np.bincount(inverse, minlength=len(labels)).astype(np.float64)
+    draws = np.random.default_rng(seed).integers(0, len(labels), size=(n_boot, len(labels)))
+    reps = d[draws].sum(1) / sizes[draws].sum(1)
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    p_boot = float(min(1.0, 2 * min(np.mean(reps <= 0), np.mean(reps >= 0))))
+    only_a, only_b = int(((ca == 1) & (cb == 0)).sum()), int(((ca == 0) & (cb == 1)).sum())
+    p_mcnemar = float(binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+    return {
+        "run_a": run_a, "run_b": run_b, "n_items": len(common), "n_groups": len(labels),
+        "accuracy_a": float(ca.mean()), "accuracy_b": float(cb.mean()), "diff": float(ca.mean() - cb.mean()),
+        "ci_low": float(lo), "ci_high": float(hi), "p_bootstrap": p_boot, "only_a_right": only_a,
+        "only_b_right": only_b, "p_mcnemar": p_mcnemar, "n_boot": n_boot,
+    }  # fmt: skip
