@@ -84,6 +84,14 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option("--seed", help="Seed of the exemplar draw and the bootstrap.")] = 0,
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="generate: token cap.")] = 8,
         limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N items.")] = None,
+        save_activations: Annotated[
+            bool,
+            typer.Option(
+                "--save-activations",
+                help="Also store every layer's answer-position state of every item (all splits) as a feature set, "
+                "with a dataset vqa-<items> (task: answer) for `medprobe sweep`.",
+            ),
+        ] = False,
         n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CIs.")] = 1000,
         device: DeviceOpt = None,
         dtype: Annotated[ComputeDType | None, typer.Option("--dtype", help="Compute dtype.")] = None,
@@ -103,7 +111,7 @@ def register(app: typer.Typer) -> None:
             item_set=items, model=model, mode=mode.value, shots=shots, fixed_shots=tuple(split_list(fixed_shots)),
             circular=circular, split=split.value, seed=seed, max_new_tokens=max_new_tokens, n_boot=n_boot,
             device=device, dtype=None if dtype is None else dtype.value, trust_remote_code=trust_remote_code,
-            allow_pickle=allow_pickle, limit=limit,
+            allow_pickle=allow_pickle, limit=limit, save_activations=save_activations,
         )  # fmt: skip
         doc = run_vqa(st, spec, show_progress=not no_progress and wants_progress(fmt, out))
 
@@ -124,6 +132,11 @@ def register(app: typer.Typer) -> None:
                 table.add_row("Brier / ECE", f"{cal['brier']:.3f} / {cal['ece']:.3f}")
             table.add_row("letters predicted / gold", f"{doc['letters']['predicted']} / {doc['letters']['gold']}")
             console.print(table)
+            if doc.get("activations"):
+                a = doc["activations"]
+                console.print(f"answer-position states: feature set {a['feature_set_id']}; probe them with "
+                              f"medprobe sweep -d {a['dataset']} -t answer --feature-set {a['feature_set_id']}",
+                              highlight=False)  # fmt: skip
             if doc["already_done"]:
                 err_console.print(f"resumed: {doc['already_done']} predictions were already stored", highlight=False)
 

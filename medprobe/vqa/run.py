@@ -55,6 +55,7 @@ class VqaRunSpec:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     limit: int | None = None
+    save_activations: bool = False  # every layer's answer-position state of every item, as a feature set
 
 
 def load_items(store: FeatureStore, item_set: str) -> list[Item]:
@@ -137,6 +138,20 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
                 bar.advance(task, 1)
         if buffer:
             store.append("vqa_predictions", buffer)
+        saved: dict[str, str] = {}
+        if spec.save_activations:
+            from medprobe.vqa.activations import dataset_name, save_answer_states
+
+            label = f"item set {spec.item_set}, shots {spec.shots}, fixed {list(spec.fixed_shots)}, seed {spec.seed}"
+            saved = {
+                "feature_set_id": save_answer_states(
+                    store, scorer, spec.item_set, items, lambda it: _exemplars(spec, items, it),
+                    lambda it: [load_image(_uri(uris, h)) for h in it.image_hashes], prompt_label=label,
+                    compute_dtype=options.resolved_dtype(),
+                ),
+                "dataset": dataset_name(spec.item_set),
+            }  # fmt: skip
+            run.summary["activations"] = saved
         store.refresh()
         rows = store.sql("SELECT * FROM vqa_predictions WHERE run_id = ?", [run_id]).to_pylist()
         by_id = {i.item_id: i for i in items}
@@ -146,7 +161,8 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
                             "scored_now": len(work), "exemplar_ids": json.dumps(exemplar_ids)[:100_000]})  # fmt: skip
     return {"run_id": run_id, "item_set": spec.item_set, "model": spec.model, "mode": spec.mode, "split": spec.split,
             "shots": spec.shots, "fixed_shots": list(spec.fixed_shots), "circular": spec.circular,
-            "scored_now": len(work), "already_done": len(done), **metrics}  # fmt: skip
+            "scored_now": len(work), "already_done": len(done), **({"activations": saved} if saved else {}),
+            **metrics}  # fmt: skip
 
 
 def _uri(uris: dict[str, str], image_hash: str) -> str:

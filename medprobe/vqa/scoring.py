@@ -64,7 +64,8 @@ class VlmScorer:
         """The exact text given to the processor (chat template and generation prompt applied)."""
         return str(self.pre.format_prompt(text))
 
-    def _inputs(self, images: Sequence[Image.Image], text: str, copies: int) -> dict[str, torch.Tensor]:
+    def inputs(self, images: Sequence[Image.Image], text: str, copies: int) -> dict[str, torch.Tensor]:
+        """Processor tensors of ``copies`` identical (image, prompt) rows, on the CPU."""
         from medprobe.extractor.models.vision_tower import to_rgb
 
         if len(images) != 1:
@@ -90,7 +91,7 @@ class VlmScorer:
         conts = [self._ids(prefix + o.strip()) for o in options]
         if any(not c for c in conts):
             raise InvalidInputError("an option's text is empty; every option needs text to score")
-        base = self._inputs(images, text, len(options))
+        base = self.inputs(images, text, len(options))
         ids, mask = base["input_ids"], base["attention_mask"]
         n, length = ids.shape
         if not bool(mask.all()):
@@ -140,13 +141,13 @@ class VlmScorer:
     def letter(self, images: Sequence[Image.Image], text: str, letters: Sequence[str]) -> Scored:
         """Softmax over the letters' logits at the answer position (one forward pass)."""
         token_ids = self.letter_ids(text, letters)
-        logits = self._forward(self._inputs(images, text, 1))[0, -1]
+        logits = self._forward(self.inputs(images, text, 1))[0, -1]
         probs = torch.softmax(logits[torch.tensor(token_ids)].double(), dim=0)
         return Scored(letter_probs=[float(p) for p in probs])
 
     def generate(self, images: Sequence[Image.Image], text: str, max_new_tokens: int = 8) -> Scored:
         """Greedy decoding of at most ``max_new_tokens`` new tokens."""
-        inputs = move_batch(self._inputs(images, text, 1), self.device, getattr(self.adapter, "dtype", torch.float32))
+        inputs = move_batch(self.inputs(images, text, 1), self.device, getattr(self.adapter, "dtype", torch.float32))
         with torch.no_grad():
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
         new = out[0, inputs["input_ids"].shape[1] :]

@@ -24,7 +24,7 @@ TEXT = "Question: Is there a fracture?\nA. yes\nB. no\nAnswer with the letter of
 
 def _direct_loglik(scorer: VlmScorer, option: str) -> float:
     """One option alone: prompt + option ids through the model, no batching, no padding."""
-    inputs = scorer._inputs([IMAGE], TEXT, 1)
+    inputs = scorer.inputs([IMAGE], TEXT, 1)
     length = inputs["input_ids"].shape[1]
     cont = scorer.tokenizer(scorer._prefix(TEXT) + option, add_special_tokens=False)["input_ids"]
     for key, value in list(inputs.items()):  # per-token tensors (Qwen's mm_token_type_ids) grow with zeros
@@ -47,7 +47,7 @@ def test_loglik_and_letter_equal_a_direct_computation(name: str) -> None:
     assert scored.n_tokens[1] > scored.n_tokens[0]
     np.testing.assert_allclose(scored.loglik_mean, np.array(direct) / np.array(scored.n_tokens), atol=1e-4)
     with torch.no_grad():
-        logits = scorer.model(**scorer._inputs([IMAGE], TEXT, 1)).logits.float()[0, -1]
+        logits = scorer.model(**scorer.inputs([IMAGE], TEXT, 1)).logits.float()[0, -1]
     ids = scorer.letter_ids(TEXT, ["A", "B"])
     expected = torch.softmax(logits[ids].double(), 0).numpy()
     np.testing.assert_allclose(scorer.letter([IMAGE], TEXT, ["A", "B"]).letter_probs, expected, atol=1e-6)
@@ -195,3 +195,40 @@ def test_compare_and_report_two_runs(store: FeatureStore, tmp_path: Path, capsys
     for name in ("vqa_categories.png", "vqa_letters.png", "vqa_reliability.png", "summary.md"):
         assert (tmp_path / "rep" / name).stat().st_size > 0
     assert runs[0]["run_id"] in (tmp_path / "rep" / "summary.md").read_text()
+
+
+def test_save_activations_feeds_a_probe_sweep(store: FeatureStore, tmp_path: Path, capsys) -> None:
+    rows = []
+    for i in range(24):
+        path = tmp_path / "img" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((32, 32, 3), 40 + 8 * i, dtype=np.uint8)).save(path)
+        rows.append({"id": f"q{i:02d}", "image": f"img/{i}.png", "question": "Is it bright?",
+                     "options": {"A": "yes", "B": "no"}, "answer": "A" if i >= 12 else "B", "group_id": f"p{i}",
+                     "split": "test" if i % 3 == 0 else "train"})  # fmt: skip
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    source = str(tmp_path / "items.jsonl")
+    assert run_cli(capsys, "vqa", "ingest", source, "--name", "toy", "--store", store.url)[0] == 0
+    code, out, err = run_cli(capsys, "vqa", "run", "--items", "toy", "-m", "tiny-random/llava", "--save-activations",
+                             "-f", "json", "--store", store.url, "--n-boot", "50")  # fmt: skip
+    assert code == 0, err
+    saved = json.loads(out)["activations"]
+    fs = saved["feature_set_id"]
+    from medprobe.vqa.activations import item_key
+    from medprobe.vqa.prompting import question_text
+
+    assert store.sql("SELECT count(DISTINCT image_hash) FROM activations WHERE feature_set_id = ?",
+                     [fs]).column(0)[0].as_py() == 24  # fmt: skip
+    # the stored state is the model's hidden state at the last prompt token (layer 0 = hidden_states[1])
+    scorer = VlmScorer(load_adapter("tiny-random/llava"))
+    item = Item.from_row(store.sql("SELECT * FROM vqa_items WHERE item_id = 'q05'").to_pylist()[0])
+    inputs = scorer.inputs([Image.open(tmp_path / "img" / "5.png").convert("RGB")], question_text(item, 0), 1)
+    with torch.no_grad():
+        hidden = scorer.model(**inputs, output_hidden_states=True).hidden_states
+    stored = store.read(fs, 0, [item_key("toy", "q05")])[0]
+    np.testing.assert_allclose(stored, hidden[1][0, -1].float().numpy(), atol=1e-4)
+    fast = ["--cv", "2", "--c-grid", "0.1,1", "--n-boot", "50"]
+    code, out, err = run_cli(capsys, "sweep", "-d", saved["dataset"], "-t", "answer", "--feature-set", fs, *fast,
+                             "-f", "json", "--store", store.url)  # fmt: skip
+    assert code == 0, err
+    assert len(json.loads(out)["probes"]) == scorer.adapter.identity.n_layers
