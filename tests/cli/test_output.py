@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from medprobe.cli.output import dumps, flatten_for_csv, jsonable, unique_names
 from medprobe.featurestore import FeatureStore
 from medprobe.schemas import TABLES, FailureRow, ImageRow
-from medprobe.schemas.tables import TextEmbeddingRow
+from medprobe.schemas.tables import TextEmbeddingRow, VqaItemRow, VqaPredictionRow
 from tests.helpers.cli import run_cli
 from tests.helpers.features import fill_store, image_hash
 
@@ -46,6 +46,11 @@ def full_store(synth_store: FeatureStore, capsys: pytest.CaptureFixture[str]) ->
         "text_embeddings",
         [TextEmbeddingRow(model_key="m", model_id="x", text="a photo", embedding=[0.5, -1.0], logit_scale=100.0)],
     )
+    synth_store.append("vqa_items", [VqaItemRow(item_set="s", item_id="1", image_hashes=[image_hash(1)], question="q?",
+                                                options='{"A": "yes", "B": "no"}', answer="A", split="test")])
+    synth_store.append("vqa_predictions", [VqaPredictionRow(run_id="vqa-1", item_set="s", item_id="1", rotation=0,
+                                                            option_order=["A", "B"], letter_probs=[0.7, 0.3],
+                                                            predicted="A", parser_step="letter", correct=True)])
     synth_store.refresh()
     return synth_store
 
