@@ -27,9 +27,15 @@ def _direct_loglik(scorer: VlmScorer, option: str) -> float:
     inputs = scorer.inputs([IMAGE], TEXT, 1)
     length = inputs["input_ids"].shape[1]
     cont = scorer.tokenizer(scorer._prefix(TEXT) + option, add_special_tokens=False)["input_ids"]
-    for key, value in list(inputs.items()):  # per-token tensors (Qwen's mm_token_type_ids) grow with zeros
+    for key, value in list(inputs.items()):  # per-token inputs over the answer text: see _suffix_values
         if key not in ("input_ids", "attention_mask") and value.shape[:2] == (1, length):
-            inputs[key] = torch.cat([value, torch.zeros((1, len(cont)), dtype=value.dtype)], 1)
+            if key == "cross_attention_mask":  # Mllama: the answer attends to the image like the prompt's end
+                extra = value[:, -1:].repeat(1, len(cont), *[1] * (value.ndim - 2))
+            elif key == "token_type_ids" and scorer.adapter.identity.adapter == "paligemma":
+                extra = torch.ones((1, len(cont)), dtype=value.dtype)  # the answer is PaliGemma's suffix
+            else:
+                extra = torch.zeros((1, len(cont), *value.shape[2:]), dtype=value.dtype)
+            inputs[key] = torch.cat([value, extra], 1)
     inputs["input_ids"] = torch.cat([inputs["input_ids"], torch.tensor([cont])], 1)
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     with torch.no_grad():
@@ -37,7 +43,11 @@ def _direct_loglik(scorer: VlmScorer, option: str) -> float:
     return float(sum(logp[0, length - 1 + i, t] for i, t in enumerate(cont)))
 
 
-@pytest.mark.parametrize("name", ["llava", "idefics2", "qwen2-vl"])
+VLMS = ["llava", "llava-next", "llava-onevision", "idefics", "idefics2", "idefics3", "smolvlm", "qwen2-vl",
+        "qwen2.5-vl", "paligemma", "gemma3", "mllama", "internvl"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", VLMS)
 def test_loglik_and_letter_equal_a_direct_computation(name: str) -> None:
     scorer = VlmScorer(load_adapter(f"tiny-random/{name}"))
     options = ["yes", "no fracture is seen"]
