@@ -8,6 +8,7 @@ fragments as they are made; each is atomic, so a killed run loses at most the fr
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -117,8 +118,9 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
     )  # fmt: skip
     work = [(it, rot) for it in todo_items for rot in (range(it.n_options) if spec.circular else [0])
             if (it.item_id, rot) not in done]  # fmt: skip
-    params = {**config, "preprocessing": None, "run_id": run_id, "resumed_with_done": len(done),
-              "prompt_template": scorer.prompt("{question}")}  # fmt: skip
+    template = scorer.prompt("{question}")
+    params = {**config, "run_id": run_id, "resumed_with_done": len(done), "prompt_template": template,
+              "prompt_template_sha256": hashlib.sha256(template.encode()).hexdigest()}  # fmt: skip
     with start_run(store, "vqa", params, run_id=run_id) as run:
         buffer: list[VqaPredictionRow] = []
         exemplar_ids: dict[str, list[str]] = {}
