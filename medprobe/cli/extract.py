@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from medprobe.cli.options import (
 from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.cli.tables import key_value_table
 from medprobe.errors import InvalidInputError
-from medprobe.schemas.vocab import ComputeDType, Quantization, StorageDType
+from medprobe.schemas.vocab import ComputeDType, Engine, Quantization, StorageDType
 
 if TYPE_CHECKING:
     from medprobe.extractor.pipeline import ExtractOptions
@@ -124,6 +125,70 @@ class ExtractSettings:
             raise InvalidInputError(f"{where}: {first['msg']}") from None
 
 
+@dataclass
+class EngineOptions:
+    """Where the extraction runs (local: this process; ray / slurm: shards on workers, each idempotent)."""
+
+    engine: Annotated[Engine, typer.Option("--engine", help="local (this process), ray or slurm.")] = Engine.local
+    shards: Annotated[
+        int, typer.Option("--shards", min=1, help="ray/slurm: split the images into N shards (by image hash).")
+    ] = 16
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="ray: actors in the pool (default: 1 per GPU, else 1).")
+    ] = None
+    address: Annotated[
+        str, typer.Option("--address", help="ray: local (start one here), auto (the running cluster) or HOST:PORT.")
+    ] = "local"
+    gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", min=0, help="ray: GPUs per actor.")] = 0.0
+    cpus_per_worker: Annotated[float, typer.Option("--cpus-per-worker", min=0, help="ray: CPUs per actor.")] = 1.0
+    partition: Annotated[str | None, typer.Option("--partition", help="slurm: the partition.")] = None
+    gpus_per_task: Annotated[int, typer.Option("--gpus-per-task", min=0, help="slurm: GPUs per array task.")] = 0
+    array_parallelism: Annotated[
+        int, typer.Option("--array-parallelism", min=1, help="slurm: array tasks running at once.")
+    ] = 32
+    timeout_min: Annotated[int, typer.Option("--timeout-min", min=1, help="slurm: time limit per task.")] = 240
+    log_dir: Annotated[
+        str | None, typer.Option("--log-dir", help="slurm: submitit logs (default: <store>/slurm-logs for a folder).")
+    ] = None
+
+
+def run_on_engine(st: Any, opts: Any, eng: EngineOptions, show_progress: bool) -> dict[str, Any]:
+    """ray / slurm: the pending shards on the engine, with a progress bar fed by finished shards."""
+    from medprobe.extractor import engines
+    from medprobe.featurestore import start_run
+    from medprobe.progress import progress_bar
+
+    st.check_writable()
+    params = {**opts.model_dump(), "engine": eng.engine.value, "shards": eng.shards}
+    with start_run(st, "extract", params) as run, progress_bar("shards", disable=not show_progress) as bar:
+        task = bar.add_task(f"extract {opts.dataset} on {eng.engine.value}", total=None)
+
+        def on_shard(result: dict) -> None:
+            bar.advance(task, 1)
+
+        if eng.engine is Engine.ray:
+            workers = eng.workers or 1
+            summary = engines.run_ray(
+                st, opts, n_shards=eng.shards, address=eng.address, workers=workers,
+                gpus_per_worker=eng.gpus_per_worker, cpus_per_worker=eng.cpus_per_worker, on_shard=on_shard,
+            )  # fmt: skip
+        else:
+            log_dir = eng.log_dir or _default_log_dir(st.url)
+            summary = engines.run_slurm(
+                st, opts, n_shards=eng.shards, log_dir=log_dir, partition=eng.partition,
+                gpus_per_task=eng.gpus_per_task, array_parallelism=eng.array_parallelism,
+                timeout_min=eng.timeout_min, cluster=os.environ.get("MEDPROBE_SUBMITIT_CLUSTER"), on_shard=on_shard,
+            )  # fmt: skip
+        run.summary.update(summary)
+    return {"run_id": run.run_id, **summary}
+
+
+def _default_log_dir(store_url: str) -> str:
+    if "://" in store_url and not store_url.startswith("file://"):
+        raise InvalidInputError("--engine slurm with a remote store: give --log-dir, a folder every node can write")
+    return os.path.join(store_url.removeprefix("file://"), "slurm-logs")
+
+
 @contextmanager
 def graceful_stop() -> Iterator[threading.Event]:
     """SIGTERM / first SIGINT set the returned event (finish and commit the batch in flight); a second SIGINT aborts."""
@@ -177,10 +242,12 @@ def register(app: typer.Typer) -> None:
     """Add extract, submit, worker and status to ``app``."""
 
     @app.command()
-    @retired(workers="--workers/-j -> --decode-workers")
+    @retired(j="-j -> --decode-workers (decode processes) or --workers (ray actors)")
     @with_group(ExtractSettings, "settings")
+    @with_group(EngineOptions, "eng")
     def extract(
         settings: ExtractSettings,
+        eng: EngineOptions,
         no_progress: NoProgressOpt = False,
         fmt: FormatOpt = None,
         out: OutOpt = None,
@@ -191,8 +258,16 @@ def register(app: typer.Typer) -> None:
         from medprobe.extractor.pipeline import extract as run
 
         resolve_format(fmt, out)
+        if eng.engine is Engine.local and eng.workers is not None:
+            raise InvalidInputError("--workers sizes a ray pool (--engine ray); decode processes: --decode-workers")
         opts = settings.options()
         st = open_store(store)
+        if eng.engine is not Engine.local:
+            doc = run_on_engine(st, opts, eng, not no_progress and wants_progress(fmt, out))
+            emit(fmt, out, rows=[{k: v for k, v in doc.items() if not isinstance(v, list)}], document=doc,
+                 show=lambda: console.print(key_value_table(f"extraction on {eng.engine.value}",
+                                                            [(k, str(v)) for k, v in doc.items()])))  # fmt: skip
+            return
         with graceful_stop() as stop:
             try:
                 summary = run(st, opts, stop=stop, show_progress=not no_progress and wants_progress(fmt, out))

@@ -94,6 +94,14 @@ class Layout(StrEnum):
     knee = "knee"
 
 
+class Engine(StrEnum):
+    """Where an extraction runs: this process, a Ray cluster, or SLURM job arrays."""
+
+    local = "local"
+    ray = "ray"
+    slurm = "slurm"
+
+
 class VqaLayout(StrEnum):
     """Where VQA items come from: a JSONL/CSV/TSV table, VQA-RAD as published, or NEJM case folders."""
 

@@ -46,6 +46,7 @@ CHOICES = {
     "--grid",
     "--method",
     "--mode",
+    "--engine",
     "--select-by",
     "--class-weight",
     "--test-split",

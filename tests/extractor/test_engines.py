@@ -1,0 +1,134 @@
+"""Extraction on Ray and on SLURM (submitit's local executor) equals the local engine; faults and reruns are safe."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medprobe.errors import InvalidInputError
+from medprobe.extractor import engines
+from medprobe.extractor.pipeline import ExtractOptions, extract
+from medprobe.featurestore import FeatureStore
+from tests.helpers.datasets import make_dataset
+
+MODEL = "tiny-random/clip"
+
+
+@pytest.fixture
+def deadline() -> Iterator[None]:
+    """Fail instead of hanging when a cluster never answers."""
+
+    def expired(*_: object) -> None:
+        raise TimeoutError("engine test exceeded 240 s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(240)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def _options(**kw: object) -> ExtractOptions:
+    base = {"dataset": "toy", "model": MODEL, "workers": 0, "batch_size": 1, "commit_every": 3,
+            "storage_dtype": "float32"}
+    return ExtractOptions.model_validate({**base, **kw})
+
+
+def _store(tmp_path: Path, name: str) -> FeatureStore:
+    store = FeatureStore.open(str(tmp_path / name), create=True)
+    make_dataset(store, "toy", tmp_path / "img", 20)  # the same image files for every store
+    return store
+
+
+def _rows(store: FeatureStore) -> dict[tuple[str, int], np.ndarray]:
+    store.refresh()
+    out = {}
+    for fs in store.table("feature_sets").column("feature_set_id").to_pylist():
+        for layer in store.layers(fs):
+            hashes = sorted(store.sql("SELECT image_hash FROM activations WHERE feature_set_id = ? AND layer = ?",
+                                      [fs, layer]).column(0).to_pylist())  # fmt: skip
+            out[(fs, layer)] = (hashes, store.read(fs, layer, hashes))
+    return out
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key][0] == b[key][0], key
+        assert a[key][1].tobytes() == b[key][1].tobytes(), key
+
+
+def _raw_duplicates(store: FeatureStore) -> int:
+    return store.sql("SELECT count(*) - count(DISTINCT (feature_set_id, layer, image_hash)) FROM raw_activations"
+                     ).column(0)[0].as_py()  # fmt: skip
+
+
+@pytest.fixture
+def local_rows(tmp_path: Path) -> dict:
+    store = _store(tmp_path, "local")
+    extract(store, _options(), show_progress=False)
+    return _rows(store)
+
+
+def test_ray_engine_equals_local_survives_a_killed_actor_and_reruns_nothing(tmp_path, local_rows, deadline) -> None:
+    ray = pytest.importorskip("ray")
+    store = _store(tmp_path, "ray")
+    marker = tmp_path / "fault-marker"
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024, log_to_driver=False,
+             runtime_env={"env_vars": {engines.FAULT_ENV: str(marker), "OMP_NUM_THREADS": "1"}})  # fmt: skip
+    try:
+        with pytest.raises(InvalidInputError, match="the Ray cluster has 0 GPUs"):
+            engines.run_ray(store, _options(), n_shards=4, gpus_per_worker=1)
+        summary = engines.run_ray(store, _options(), n_shards=4, workers=2, max_retries=2)
+        assert marker.exists()  # an actor died after its first commit and its shard was retried
+        assert summary["shards_pending"] == 4 and summary["images_committed"] == 20 - 3
+        assert _raw_duplicates(store) == 0
+        _same(_rows(store), local_rows)
+        again = engines.run_ray(store, _options(), n_shards=4, workers=2)
+        assert again["shards_pending"] == 0 and again["images_committed"] == 0
+    finally:
+        ray.shutdown()
+
+
+def test_slurm_engine_with_submitits_local_executor(tmp_path, local_rows, deadline) -> None:
+    pytest.importorskip("submitit")
+    store = _store(tmp_path, "slurm")
+    if engines.shutil.which("sbatch") is None:
+        with pytest.raises(InvalidInputError, match="needs SLURM's sbatch"):
+            engines.run_slurm(store, _options(), n_shards=3, log_dir=str(tmp_path / "logs"))
+    summary = engines.run_slurm(store, _options(), n_shards=3, log_dir=str(tmp_path / "logs"), cluster="local")
+    assert summary["shards_pending"] == 3 and summary["images_committed"] == 20
+    _same(_rows(store), local_rows)
+    assert any((tmp_path / "logs").iterdir())  # submitit's logs beside the run
+    again = engines.run_slurm(store, _options(), n_shards=3, log_dir=str(tmp_path / "logs"), cluster="local")
+    assert again["shards_pending"] == 0
+
+
+def test_engines_need_a_shared_store(tmp_path: Path) -> None:
+    store = FeatureStore.open("memory://engines-shared", create=True)
+    make_dataset(store, "toy", tmp_path / "img", 4)
+    with pytest.raises(InvalidInputError, match="not an in-memory store"):
+        engines.run_slurm(store, _options(), n_shards=2, log_dir=str(tmp_path), cluster="local")
+
+
+def test_extract_cli_on_the_slurm_engine_and_status(tmp_path: Path, capsys, monkeypatch, deadline) -> None:
+    import json
+
+    from tests.helpers.cli import run_cli
+
+    store = _store(tmp_path, "cli")
+    monkeypatch.setenv("MEDPROBE_SUBMITIT_CLUSTER", "local")
+    args = ["extract", "-d", "toy", "-m", MODEL, "--engine", "slurm", "--shards", "2", "-f", "json", "--store",
+            store.url, "--decode-workers", "0"]  # fmt: skip
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["engine"] == "slurm" and doc["images_committed"] == 20 and (tmp_path / "cli" / "slurm-logs").is_dir()
+    code, out, err = run_cli(capsys, "status", "-f", "json", "--store", store.url)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "extract", "-d", "toy", "-m", MODEL, "--workers", "2", "--store", store.url)
+    assert code != 0 and "--workers sizes a ray pool" in err
