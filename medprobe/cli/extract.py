@@ -364,10 +364,11 @@ def register(app: typer.Typer) -> None:
             console.print(t if jobs else "no queued jobs")
             if runs:
                 recent = Table(title="recent extraction runs")
-                for col in ("run", "status", "started", "images", "images/s", "failures"):
+                for col in ("run", "engine", "status", "started", "images", "images/s", "failures"):
                     recent.add_column(col)
                 for row in runs:
-                    recent.add_row(*(str(row[k]) for k in ("run", "status", "started", "images", "rate", "failures")))
+                    keys = ("run", "engine", "status", "started", "images", "rate", "failures")
+                    recent.add_row(*(str(row[k]) for k in keys))
                 console.print(recent)
 
         emit(fmt, out, rows=jobs, document={"jobs": jobs, "runs": runs}, show=show)

@@ -51,16 +51,19 @@ def job_rows(store: FeatureStore, *, stale_s: float = 120.0) -> list[dict[str, A
 def recent_runs(store: FeatureStore, limit: int = 10) -> list[dict[str, Any]]:
     """The latest extraction runs from the ``runs`` table."""
     t = store.sql(
-        "SELECT run_id, status, host, pid, started_at, summary FROM runs WHERE kind = 'extract' "
+        "SELECT run_id, status, host, pid, started_at, params, summary FROM runs WHERE kind = 'extract' "
         "ORDER BY started_at DESC LIMIT ?",
         [limit],
     )
     out = []
     for row in t.to_pylist():
         summary = json.loads(row["summary"] or "{}")
+        params = json.loads(row["params"] or "{}")
+        shard = f"shard {params['shard']}/{params['n_shards']}" if "shard" in params and "n_shards" in params else ""
         out.append(
             {
                 "run": row["run_id"],
+                "engine": f"{params.get('engine', 'local')} {shard}".strip(),
                 "status": effective_status(row),
                 "started": row["started_at"].strftime("%Y-%m-%d %H:%M:%S"),
                 "images": summary.get("images_committed", ""),

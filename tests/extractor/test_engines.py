@@ -130,5 +130,7 @@ def test_extract_cli_on_the_slurm_engine_and_status(tmp_path: Path, capsys, monk
     assert doc["engine"] == "slurm" and doc["images_committed"] == 20 and (tmp_path / "cli" / "slurm-logs").is_dir()
     code, out, err = run_cli(capsys, "status", "-f", "json", "--store", store.url)
     assert code == 0, err
+    engines_seen = {r["engine"] for r in json.loads(out)["runs"]}
+    assert {"slurm shard 0/2", "slurm shard 1/2", "slurm"} <= engines_seen  # the shard runs and the driver's run
     code, _, err = run_cli(capsys, "extract", "-d", "toy", "-m", MODEL, "--workers", "2", "--store", store.url)
     assert code != 0 and "--workers sizes a ray pool" in err
