@@ -113,6 +113,16 @@ class LayerRows:
         return np.lexsort((self.where.rows, rank[self.where.codes]))
 
 
+def _is_credentials_error(e: BaseException) -> bool:
+    """An object store refused or lacked credentials (botocore's NoCredentialsError, an access-denied reply...)."""
+    name = type(e).__name__
+    text = str(e)
+    return name in ("NoCredentialsError", "PartialCredentialsError", "InvalidAccessKeyId") or (
+        isinstance(e, PermissionError)
+        or any(k in text for k in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken"))
+    )
+
+
 class FeatureStore:
     """A medprobe store at a URL: ``FeatureStore.open("./medprobe-store")``."""
 
@@ -131,6 +141,20 @@ class FeatureStore:
     def open(cls, url: str | None = None, create: bool = True) -> FeatureStore:
         """Open (and by default create) the store at ``url``; refuses a newer format version."""
         url = url or default_store_url()
+        try:
+            return cls._open(url, create)
+        except Exception as e:
+            if "://" in url and not url.startswith(("file://", "memory://")) and _is_credentials_error(e):
+                bucket = url.split("://", 1)[-1].split("/", 1)[0]
+                raise InvalidInputError(
+                    f"store {url}: the credentials for bucket {bucket!r} are missing or refused "
+                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); set AWS_PROFILE or "
+                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a non-AWS endpoint)"
+                ) from e
+            raise
+
+    @classmethod
+    def _open(cls, url: str, create: bool) -> FeatureStore:
         loc = resolve(url)
         if loc.fs.isfile(loc.path()):
             raise InvalidInputError(f"store {url} is a file, not a store folder: pass --store a folder or URL")

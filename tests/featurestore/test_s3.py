@@ -103,3 +103,16 @@ def test_two_concurrent_writers_on_s3_lose_and_duplicate_nothing(s3_url: str, tm
     assert json.loads(out) == [{"n": 48, "images": 24}]  # every row once: nothing lost, nothing shown twice
     code, out, err = run_cli(capsys, "store", "verify", "--no-progress", "-f", "json", "--store", s3_url)
     assert code == 0, err
+
+
+def test_missing_credentials_name_the_bucket(s3_url: str, monkeypatch, tmp_path: Path, capsys) -> None:
+    import fsspec
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    fsspec.get_filesystem_class("s3").clear_instance_cache()
+    code, _, err = run_cli(capsys, "datasets", "--store", s3_url)
+    assert code != 0 and f"bucket {BUCKET!r} are missing or refused" in err and len(err.strip().splitlines()) == 1
