@@ -72,7 +72,10 @@ def test_urls_loose_files_and_multi_page_images_are_reported(tmp_path, store: Fe
     Image.fromarray(np.full((8, 8), 9, np.uint8)).save(tmp_path / "b.png")
     (tmp_path / "m.csv").write_text("path,label\na.png,x\nb.png,y\nfoo://e.png,x\nhttp://example.invalid/c.png,y\n")
     summary = ingest(store, tmp_path / "m.csv", "csv", "u", Opts(label_columns=("label",)), QUIET)
-    assert summary.memberships_new == 2 and summary.failures_by_reason == {"unreadable": 2}
+    # foo:// has no filesystem (unreadable); the http URL is unreadable without aiohttp, missing with it (s3fs
+    # brings aiohttp): either way a failure row of its own, and the rest is ingested
+    assert summary.memberships_new == 2 and sum(summary.failures_by_reason.values()) == 2
+    assert set(summary.failures_by_reason) <= {"unreadable", "missing"}
     folder = tmp_path / "tf"
     for name in ("cat", "dog"):
         (folder / name).mkdir(parents=True)
