@@ -117,19 +117,33 @@ class Catalog:
                     continue
                 raw = _ident(f"raw_{name}")
                 if files:
-                    urls = ", ".join(_quote(self.loc.full_url(f)) for f in files)
-                    present = set().union(*(self._columns[f] for f in files))
-                    # a column newer than every fragment (schema evolution) reads as NULL: every view has the schema
-                    cols = ", ".join(
-                        _ident(c.name) if c.name in present else f"{_absent_value(spec, c)} AS {_ident(c.name)}"
-                        for c in spec.schema
-                    )
-                    source = f"(SELECT {cols} FROM read_parquet([{urls}], union_by_name = true))"
+                    parts = [self._group_sql(spec, group) for group in self._groups(files)]
+                    source = "(" + " UNION ALL ".join(parts) + ")"
                 else:
                     source = _ident(f"_empty_{name}")
                 self.con.execute(f"CREATE OR REPLACE VIEW {raw} AS SELECT * FROM {source}")
                 self.con.execute(f"CREATE OR REPLACE VIEW {_ident(name)} AS {_dedup_view_sql(spec)}")
                 self._files[name] = files
+
+    def _groups(self, files: Sequence[str]) -> list[list[str]]:
+        """Fragments grouped by their column set (one group unless the format changed): DuckDB then reads one
+        footer per group to bind the view, not every file's (``union_by_name`` would read all of them, which made
+        each append cost time linear in the fragment count)."""
+        groups: dict[frozenset[str], list[str]] = {}
+        for f in files:
+            groups.setdefault(self._columns[f], []).append(f)
+        return list(groups.values())
+
+    def _group_sql(self, spec: TableSpec, files: Sequence[str]) -> str:
+        """``SELECT`` of the table's columns from fragments that share one column set; a column they lack (written
+        before a format added it) reads as the row model's default, else NULL."""
+        present = self._columns[files[0]]
+        cols = ", ".join(
+            _ident(c.name) if c.name in present else f"{_absent_value(spec, c)} AS {_ident(c.name)}"
+            for c in spec.schema
+        )
+        urls = ", ".join(_quote(self.loc.full_url(f)) for f in files)
+        return f"SELECT {cols} FROM read_parquet([{urls}])"
 
     def _readable(self, paths: Iterable[str]) -> tuple[str, ...]:
         """The fragments whose Parquet footer reads; the others go to ``unreadable`` and stay out of the views
