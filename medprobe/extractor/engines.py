@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from medprobe.errors import InvalidInputError, MedprobeError
-from medprobe.extractor.pipeline import ExtractOptions, check_dataset, resolve_request, run_extraction
+from medprobe.extractor.pipeline import ExtractOptions, Stopped, check_dataset, resolve_request, run_extraction
 from medprobe.extractor.plan import plan_images, shard_of
 
 if TYPE_CHECKING:
@@ -29,10 +30,11 @@ FAULT_ENV = "MEDPROBE_FAULT_ONCE"  # tests: a marker path; a shard's first commi
 SUMMARY_KEYS = ("images_selected", "images_skipped", "images_todo", "images_forwarded", "images_committed",
                 "failures", "segments", "seconds")  # fmt: skip
 
-_ADAPTER: dict[tuple, Adapter] = {}  # one model per process (an actor, an array task)
+_ADAPTER: dict[tuple, Adapter] = {}  # one model per process (an actor, an array task, a worker)
 
 
 def _adapter(options: ExtractOptions) -> Adapter:
+    """The process's loaded model for ``options``; a different model replaces it."""
     from medprobe.extractor.pipeline import load_model
 
     key = (options.model, options.resolved_device(), options.resolved_dtype(), options.trust_remote_code,
@@ -59,19 +61,57 @@ def _fault_hook() -> Callable[[int], None] | None:
     return die_once
 
 
-def extract_shard(store_url: str, options: dict[str, Any], shard: int, n_shards: int, engine: str = "local") -> dict:
-    """Extract what shard ``shard`` of ``n_shards`` still misses; idempotent. Returns counts, not activations."""
+def extract_shard(
+    store_url: str,
+    options: dict[str, Any],
+    shard: int,
+    n_shards: int,
+    engine: str = "local",
+    *,
+    store: FeatureStore | None = None,
+    stop: threading.Event | None = None,
+    on_commit: Callable[[int], None] | None = None,
+    before_commit: Callable[[], None] | None = None,
+    run_params: dict[str, Any] | None = None,
+    on_start: Callable[[str, Any], None] | None = None,
+    show_progress: bool = False,
+) -> dict:
+    """Extract what shard ``shard`` of ``n_shards`` still misses; idempotent. Returns counts, not activations.
+
+    The engines call it with a URL; ``medprobe worker`` passes its open ``store``, its ``stop`` event and the
+    hooks that keep its shard claim alive (``on_start(run_id, plan)`` once planned).
+    """
     from medprobe.featurestore import FeatureStore, start_run
 
-    store = FeatureStore.open(store_url)
+    store = store or FeatureStore.open(store_url)
     opts = ExtractOptions.model_validate(options)
     adapter = _adapter(opts)
     request = resolve_request(adapter, opts)
+    for row in request.feature_sets.values():
+        store.register_feature_set(row)
+    plan = plan_images(store, opts.dataset, list(request.feature_set_ids.values()), request.layers,
+                       splits=opts.splits, shard=(shard, n_shards), limit=opts.limit)  # fmt: skip
     params = {**opts.model_dump(), "engine": engine, "shard": shard, "n_shards": n_shards, "host_pid": os.getpid(),
-              "resolved_layers": request.layers, "feature_sets": request.feature_set_ids}  # fmt: skip
+              "resolved_layers": request.layers, "feature_sets": request.feature_set_ids,
+              **(run_params or {})}  # fmt: skip
+    fault = _fault_hook()
+
+    def committed(n: int) -> None:
+        if on_commit is not None:
+            on_commit(n)
+        if fault is not None:
+            fault(n)
+
     with start_run(store, "extract", params) as run:
-        summary = run_extraction(store, adapter, request, opts, run_id=run.run_id, shard=(shard, n_shards),
-                                 show_progress=False, on_commit=_fault_hook())  # fmt: skip
+        if on_start is not None:
+            on_start(run.run_id, plan)
+        try:
+            summary = run_extraction(store, adapter, request, opts, run_id=run.run_id, shard=(shard, n_shards),
+                                     stop=stop, show_progress=show_progress, on_commit=committed,
+                                     before_commit=before_commit, plan=plan)  # fmt: skip
+        except Stopped as s:
+            run.summary.update(s.args[0])
+            raise
         run.summary.update(summary)
     return {"shard": shard, **{k: summary[k] for k in SUMMARY_KEYS}}
 

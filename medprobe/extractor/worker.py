@@ -12,18 +12,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from medprobe.errors import MedprobeError
-from medprobe.extractor.adapter import Adapter
 from medprobe.extractor.jobs import Claim, ClaimLost, Heartbeat, JobQueue
 from medprobe.extractor.pipeline import (
-    ExtractOptions,
     Stopped,
     check_writable,
-    load_model,
-    resolve_request,
-    run_extraction,
 )
-from medprobe.extractor.plan import plan_images
-from medprobe.featurestore import new_id, start_run
+from medprobe.featurestore import new_id
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
@@ -39,30 +33,6 @@ class WorkerStats:
     failures: int = 0
     jobs_failed: list[str] = field(default_factory=list)
     stopped: bool = False
-
-
-class _AdapterCache:
-    """Keeps the last loaded model: consecutive shards of one job reuse it."""
-
-    def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.adapter: Adapter | None = None
-
-    def get(self, options: ExtractOptions) -> Adapter:
-        key = (
-            options.model,
-            options.resolved_device(),
-            options.resolved_dtype(),
-            options.trust_remote_code,
-            options.allow_pickle,
-            options.quantization,
-            options.device_map,
-        )
-        if key != self.key or self.adapter is None:
-            self.adapter = None  # free the previous model before loading the next
-            self.adapter = load_model(options)
-            self.key = key
-        return self.adapter
 
 
 def run_worker(
@@ -84,7 +54,6 @@ def run_worker(
     check_writable(store)
     queue = JobQueue(store, stale_s=stale_s)
     stats = WorkerStats(worker_id=f"{socket.gethostname()}-{os.getpid()}-{new_id()[-12:]}")
-    adapters = _AdapterCache()
     while not stop.is_set():
         claim = queue.claim_next(stats.worker_id)
         if claim is None:
@@ -94,7 +63,7 @@ def run_worker(
             continue
         echo(f"worker {stats.worker_id}: job {claim.job.job_id} shard {claim.shard + 1}/{claim.job.n_shards}")
         try:
-            summary = _run_shard(store, claim, adapters, stop=stop, heartbeat_s=heartbeat_s, show=show_progress)
+            summary = _run_shard(store, claim, stop=stop, heartbeat_s=heartbeat_s, show=show_progress)
         except Stopped as s:
             claim.release()
             stats.stopped = True
@@ -118,36 +87,18 @@ def run_worker(
 
 
 def _run_shard(
-    store: FeatureStore, claim: Claim, adapters: _AdapterCache, *, stop: threading.Event, heartbeat_s: float, show: bool
+    store: FeatureStore, claim: Claim, *, stop: threading.Event, heartbeat_s: float, show: bool
 ) -> dict[str, Any]:
-    options = claim.job.options
-    adapter = adapters.get(options)
-    request = resolve_request(adapter, options)
-    shard = (claim.shard, claim.job.n_shards)
-    for row in request.feature_sets.values():
-        store.register_feature_set(row)
-    plan = plan_images(
-        store,
-        options.dataset,
-        list(request.feature_set_ids.values()),
-        request.layers,
-        splits=options.splits,
-        shard=shard,
-        limit=options.limit,
-    )
+    """The claimed shard through the engines' shard function, with the claim's heartbeat and ownership checks."""
+    from medprobe.extractor.engines import extract_shard
+
     started = time.monotonic()
     committed = 0
-    params = {
-        **options.model_dump(),
-        "job_id": claim.job.job_id,
-        "shard": claim.shard,
-        "n_shards": claim.job.n_shards,
-        "resolved_layers": request.layers,
-        "feature_sets": request.feature_set_ids,
-    }
-    with Heartbeat(claim, heartbeat_s) as hb, start_run(store, "extract", params) as run:
-        hb.update(images_todo=plan.n_todo, images_skipped=plan.n_complete, images_committed=0, run_id=run.run_id)
-        claim.beat(**hb.progress)
+    with Heartbeat(claim, heartbeat_s) as hb:
+
+        def on_start(run_id: str, plan: Any) -> None:
+            hb.update(images_todo=plan.n_todo, images_skipped=plan.n_complete, images_committed=0, run_id=run_id)
+            claim.beat(**hb.progress)
 
         def on_commit(n: int) -> None:
             nonlocal committed
@@ -160,22 +111,8 @@ def _run_shard(
                 raise hb.error
             claim.check_owner()
 
-        try:
-            summary = run_extraction(
-                store,
-                adapter,
-                request,
-                options,
-                run_id=run.run_id,
-                shard=shard,
-                stop=stop,
-                show_progress=show,
-                on_commit=on_commit,
-                before_commit=before_commit,
-                plan=plan,
-            )
-        except Stopped as s:
-            run.summary.update(s.args[0])
-            raise
-        run.summary.update(summary)
-    return summary
+        return extract_shard(
+            store.url, claim.job.options.model_dump(), claim.shard, claim.job.n_shards, engine="worker", store=store,
+            stop=stop, on_commit=on_commit, before_commit=before_commit, on_start=on_start, show_progress=show,
+            run_params={"job_id": claim.job.job_id},
+        )  # fmt: skip
