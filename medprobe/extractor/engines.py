@@ -194,6 +194,8 @@ def run_ray(
     url = _shared_store(store, "ray")
     check_dataset(store, options.dataset)
     if not ray.is_initialized():
+        if address not in ("local", "auto"):
+            _reachable(address)
         kwargs = {"include_dashboard": False, "log_to_driver": False, **(init_kwargs or {})}
         try:
             ray.init(address=None if address == "local" else address, **kwargs)
@@ -238,6 +240,21 @@ def run_ray(
             ray.kill(actor)
     return {"engine": "ray", "shards_pending": len(todo), "workers": len(actors), **_totals(results),
             "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
+
+
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not after Ray's minute of retries, when ``HOST:PORT`` accepts no connection."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidInputError(f"--address {address!r}: give local, auto or HOST:PORT (e.g. 10.0.0.5:6379)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise InvalidInputError(f"--address {address}: no Ray cluster answers there ({e}); start one with "
+                                "`ray start --head` on that machine, or use --address local") from e  # fmt: skip
 
 
 class _ShardActor:

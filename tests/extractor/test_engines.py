@@ -134,3 +134,28 @@ def test_extract_cli_on_the_slurm_engine_and_status(tmp_path: Path, capsys, monk
     assert {"slurm shard 0/2", "slurm shard 1/2", "slurm"} <= engines_seen  # the shard runs and the driver's run
     code, _, err = run_cli(capsys, "extract", "-d", "toy", "-m", MODEL, "--workers", "2", "--store", store.url)
     assert code != 0 and "--workers sizes a ray pool" in err
+
+
+def test_an_unreachable_ray_address_fails_fast(tmp_path: Path) -> None:
+    import time
+
+    pytest.importorskip("ray")
+    store = _store(tmp_path, "unreachable")
+    start = time.monotonic()
+    with pytest.raises(InvalidInputError, match="no Ray cluster answers there"):
+        engines.run_ray(store, _options(), n_shards=2, address="127.0.0.1:1")
+    assert time.monotonic() - start < 15
+    with pytest.raises(InvalidInputError, match="give local, auto or HOST:PORT"):
+        engines.run_ray(store, _options(), n_shards=2, address="nonsense")
+
+
+def test_missing_engine_packages_say_what_to_install(tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    store = _store(tmp_path, "nopkg")
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    with pytest.raises(InvalidInputError, match=r"pip install 'medprobe\[ray\]'"):
+        engines.run_ray(store, _options(), n_shards=2)
+    with pytest.raises(InvalidInputError, match=r"pip install 'medprobe\[slurm\]'"):
+        engines.run_slurm(store, _options(), n_shards=2, log_dir=str(tmp_path))
