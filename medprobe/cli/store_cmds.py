@@ -12,8 +12,16 @@ import typer
 from rich.table import Table
 
 from medprobe.cli.common import console, open_store
-from medprobe.cli.options import FormatOpt, NoProgressOpt, OptionalDatasetOpt, OutOpt, StoreOpt, layers_option
-from medprobe.cli.output import emit, wants_progress
+from medprobe.cli.options import (
+    FormatOpt,
+    NoProgressOpt,
+    OptionalDatasetOpt,
+    OutOpt,
+    StoreOpt,
+    layers_option,
+    split_list,
+)
+from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.cli.tables import arrow_to_rich
 from medprobe.errors import CorruptDataError, InvalidInputError
 from medprobe.layerspec import resolve_layer
@@ -143,14 +151,49 @@ def register(app: typer.Typer) -> None:
 
         def show() -> None:
             console.print(
-                f"{verb} {len(rep.removed_segments)} uncommitted segment(s) and {len(rep.removed_temp_files)} temp "
-                f"file(s); kept {rep.committed} committed and {rep.kept_recent} recent uncommitted segment(s)"
+                f"{verb} {len(rep.removed_segments)} uncommitted segment(s), {len(rep.removed_temp_files)} temp "
+                f"file(s) and {len(rep.removed_superseded)} fragment(s) replaced by a compaction; kept "
+                f"{rep.committed} committed and {rep.kept_recent} recent uncommitted segment(s)"
             )
 
         document = {**dataclasses.asdict(rep), "dry_run": dry_run}
         rows = [{"kind": "segment", "path": p} for p in rep.removed_segments]
         rows += [{"kind": "temp_file", "path": p} for p in rep.removed_temp_files]
+        rows += [{"kind": "superseded_fragment", "path": p} for p in rep.removed_superseded]
         emit(fmt, out, rows=rows, document=document, show=show)
+
+    @store_app.command("compact")
+    def compact(
+        table: Annotated[
+            list[str] | None, typer.Option("--table", help="Tables to compact (default: every table).")
+        ] = None,
+        min_fragments: Annotated[
+            int, typer.Option("--min-fragments", min=2, help="Compact a table only when it has this many fragments.")
+        ] = 16,
+        fmt: FormatOpt = None,
+        out: OutOpt = None,
+        store: StoreOpt = None,
+    ) -> None:
+        """Rewrite each table's many small fragments as one, atomically (readers see old or new, never both)."""
+        from medprobe.featurestore import compact_table
+        from medprobe.schemas import TABLES
+
+        resolve_format(fmt, out)
+        s = open_store(store)
+        names = split_list(table) or list(TABLES)
+        reports = [compact_table(s, name, min_fragments=min_fragments) for name in names]
+        rows = [dataclasses.asdict(r) for r in reports]
+
+        def show() -> None:
+            t = Table(title="store compact")
+            for col in ("table", "fragments before", "after", "rows"):
+                t.add_column(col)
+            for r in reports:
+                t.add_row(r.table, str(r.fragments_before), str(r.fragments_after), str(r.rows))
+            console.print(t)
+            console.print("replaced fragments stay until `medprobe store gc` (after its grace period)")
+
+        emit(fmt, out, rows=rows, document={"tables": rows}, show=show)
 
     @app.command("sql")
     def sql(

@@ -11,7 +11,7 @@ from medprobe.featurestore.export import export_npz
 from medprobe.featurestore.files import STORE_URI, FileArea, StoreBlobs
 from medprobe.featurestore.ids import canonical_json, config_json, new_id, stable_hash
 from medprobe.featurestore.index import NeighbourIndex, build_index, stored_index
-from medprobe.featurestore.maintenance import gc_store, quarantine, store_info, verify_store
+from medprobe.featurestore.maintenance import compact_table, gc_store, quarantine, store_info, verify_store
 from medprobe.featurestore.runs import effective_status, package_versions, process_gone, start_run
 from medprobe.featurestore.store import FeatureStore, default_store_url
 
@@ -23,6 +23,7 @@ __all__ = [
     "StoreBlobs",
     "build_index",
     "canonical_json",
+    "compact_table",
     "config_json",
     "default_store_url",
     "effective_status",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import posixpath
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -98,6 +100,8 @@ class Catalog:
         self._columns: dict[str, frozenset[str]] = {}  # fragment -> its columns (fragments are immutable)
         self.unreadable: dict[str, str] = {}  # fragment path -> why it is left out of every view
         self._committed: set[str] = set()  # transactions seen committed (a commit is never undone)
+        self.superseded: dict[str, set[str]] = {}  # table -> fragment names a committed compaction replaced
+        self.superseded_by: dict[str, str] = {}  # fragment name -> the compaction transaction that replaced it
         for spec in TABLES.values():
             self.con.register(f"_empty_{spec.name}", spec.schema.empty_table())
         self.refresh()
@@ -112,18 +116,18 @@ class Catalog:
         with self.lock:
             for name in tables or TABLES:
                 spec = TABLES[name]
-                files = self._readable(e["name"] for e in list_fragments(self.loc, name))
+                files = self._visible(name, self._readable(e["name"] for e in list_fragments(self.loc, name)))
                 if files == self._files[name]:
                     continue
                 raw = _ident(f"raw_{name}")
-                if files:
-                    parts = [self._group_sql(spec, group) for group in self._groups(files)]
-                    source = "(" + " UNION ALL ".join(parts) + ")"
-                else:
-                    source = _ident(f"_empty_{name}")
+                source = f"({self.fragments_sql(spec, files)})" if files else _ident(f"_empty_{name}")
                 self.con.execute(f"CREATE OR REPLACE VIEW {raw} AS SELECT * FROM {source}")
                 self.con.execute(f"CREATE OR REPLACE VIEW {_ident(name)} AS {_dedup_view_sql(spec)}")
                 self._files[name] = files
+
+    def fragments_sql(self, spec: TableSpec, files: Sequence[str]) -> str:
+        """A ``SELECT`` of every row of ``files`` (readable fragments of ``spec``'s table) in the table's schema."""
+        return " UNION ALL ".join(self._group_sql(spec, group) for group in self._groups(files))
 
     def _groups(self, files: Sequence[str]) -> list[list[str]]:
         """Fragments grouped by their column set (one group unless the format changed): DuckDB then reads one
@@ -145,6 +149,20 @@ class Catalog:
         urls = ", ".join(_quote(self.loc.full_url(f)) for f in files)
         return f"SELECT {cols} FROM read_parquet([{urls}])"
 
+    def _note_supersedes(self, txid: str, marker: bytes) -> None:
+        """A compaction's commit marker names the fragments its new fragment replaces: from now on they are hidden."""
+        try:
+            body = json.loads(marker)
+        except ValueError:
+            return
+        for table, names in (body.get("supersedes") or {}).items():
+            self.superseded.setdefault(table, set()).update(names)
+            self.superseded_by.update(dict.fromkeys(names, txid))
+
+    def _visible(self, table: str, files: tuple[str, ...]) -> tuple[str, ...]:
+        hidden = self.superseded.get(table)
+        return tuple(f for f in files if posixpath.basename(f) not in hidden) if hidden else files
+
     def _readable(self, paths: Iterable[str]) -> tuple[str, ...]:
         """The fragments whose Parquet footer reads; the others go to ``unreadable`` and stay out of the views
         (``medprobe store verify`` names them, ``medprobe store quarantine`` moves them aside)."""
@@ -153,10 +171,15 @@ class Catalog:
         for path in paths:
             txid = txn_of(path)
             if txid is not None and txid not in self._committed:
-                if txid in pending or not self.loc.fs.exists(txn_marker(self.loc, txid)):
+                if txid in pending:
+                    continue
+                try:
+                    body = self.loc.fs.cat_file(txn_marker(self.loc, txid))
+                except FileNotFoundError:
                     pending.add(txid)
                     continue  # written by a transaction that has not committed (or never will): invisible
                 self._committed.add(txid)
+                self._note_supersedes(txid, body)
             if path not in self._columns:
                 try:
                     with self.loc.fs.open(path, "rb") as f:

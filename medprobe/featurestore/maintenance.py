@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+import json
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medprobe.errors import CorruptDataError, InvalidInputError
@@ -163,6 +166,7 @@ def verify_store(
 class GCReport:
     removed_segments: list[str] = field(default_factory=list)
     removed_temp_files: list[str] = field(default_factory=list)
+    removed_superseded: list[str] = field(default_factory=list)  # fragments a compaction replaced
     kept_recent: int = 0
     committed: int = 0
 
@@ -231,7 +235,83 @@ def gc_store(
                 report.removed_temp_files.append(entry["name"])
                 if not dry_run:
                     store.loc.fs.rm(entry["name"])
+                continue
+            by = store.catalog.superseded_by.get(base)
+            born = id_time(by) if by else None
+            if by and born is not None and now - born >= grace:  # replaced by a compaction that long ago
+                report.removed_superseded.append(entry["name"])
+                if not dry_run:
+                    store.loc.fs.rm(entry["name"])
     return report
+
+
+@dataclass
+class CompactReport:
+    table: str
+    fragments_before: int
+    fragments_after: int
+    rows: int
+    excluded_rows: int = 0
+    transaction: str | None = None
+
+
+COMPACT_LOCK = "locks/compact-{table}.lock"
+
+
+def compact_table(
+    store: FeatureStore, table: str, *, min_fragments: int = 16, exclude_segments: frozenset[str] = frozenset()
+) -> CompactReport:
+    """Rewrite the visible fragments of ``table`` as one, atomically: the new fragment is written inside a transaction
+    whose commit marker names the fragments it replaces, so readers see either all the old fragments or the new one,
+    never both or neither. ``store gc`` removes the replaced files once the grace period has passed.
+
+    ``exclude_segments`` (activations only) leaves those segments' manifest rows out; they are first written to
+    ``quarantine/activations/`` (nothing is deleted). One compaction per table at a time (a lock file).
+    """
+    from medprobe.featurestore.fragments import TXN_PREFIX, append_fragment
+    from medprobe.featurestore.fsio import create_exclusive, write_atomic
+    from medprobe.featurestore.ids import new_id
+    from medprobe.schemas import utcnow
+
+    if table not in TABLES:
+        raise InvalidInputError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+    if exclude_segments and table != "activations":
+        raise InvalidInputError("exclude_segments applies to the activations table only")
+    store.check_writable()
+    lock = store.loc.path(COMPACT_LOCK.format(table=table))
+    if not create_exclusive(store.loc, lock, json.dumps({"at": utcnow().isoformat()}).encode()):
+        raise InvalidInputError(f"another compaction of {table} holds {lock}; wait for it, or remove the file if no "
+                                "compaction is running")  # fmt: skip
+    try:
+        store.catalog.refresh([table])
+        files = store.catalog.fragment_files(table)
+        report = CompactReport(table, len(files), len(files), 0)
+        if len(files) < max(min_fragments, 1) and not exclude_segments:
+            return report
+        spec = TABLES[table]
+        data = store.catalog.query(f"SELECT * FROM ({store.catalog.fragments_sql(spec, files)})")
+        txid = new_id("txn")
+        if exclude_segments:
+            mask = [s in exclude_segments for s in data.column("segment_id").to_pylist()]
+            excluded = data.filter(pa.array(mask))
+            data = data.filter(pa.array([not m for m in mask]))
+            report.excluded_rows = excluded.num_rows
+            if excluded.num_rows:
+                buf = io.BytesIO()
+                pq.write_table(excluded, buf)
+                write_atomic(store.loc, store.loc.path(QUARANTINE_DIR, table, f"{txid}-excluded.parquet"),
+                             buf.getvalue())  # fmt: skip
+        store._migrate_for_writing()
+        append_fragment(store.loc, table, data, name=f"{TXN_PREFIX}{txid}--{new_id()}")
+        body = {"committed_at": utcnow().isoformat(), "compaction": table,
+                "supersedes": {table: [posixpath.basename(f) for f in files]}}  # fmt: skip
+        write_atomic(store.loc, txn_marker(store.loc, txid), json.dumps(body).encode())  # the switch
+        store.refresh()
+        report.fragments_after = len(store.catalog.fragment_files(table))
+        report.rows, report.transaction = data.num_rows, txid
+        return report
+    finally:
+        store.loc.fs.rm(lock)
 
 
 QUARANTINE_DIR = "quarantine"
@@ -257,9 +337,15 @@ def quarantine(store: FeatureStore, report: VerifyReport, *, dry_run: bool = Fal
             [report.broken_segments],
         ).to_pylist()
         out.rows_hidden = sum(int(r["n"]) for r in counts)
+        live = {posixpath.basename(f) for f in store.catalog.fragment_files("activations")}
+        compacted = frozenset(sid for sid in report.broken_segments if f"{sid}.parquet" not in live)
         targets += [
-            posixpath.join(table_dir(store.loc, "activations"), f"{sid}.parquet") for sid in report.broken_segments
+            posixpath.join(table_dir(store.loc, "activations"), f"{sid}.parquet")
+            for sid in report.broken_segments
+            if sid not in compacted
         ]
+        if compacted and not dry_run:  # their rows live in a compacted fragment: rewrite it without them
+            compact_table(store, "activations", exclude_segments=compacted)
     for src in dict.fromkeys(targets):
         table = posixpath.basename(posixpath.dirname(src))
         dst = store.loc.path(QUARANTINE_DIR, table, posixpath.basename(src))

@@ -21,6 +21,7 @@ PRINTS_RESULTS = {
     "models",
     "search",
     "zeroshot",
+    "store compact",
     "vqa ingest",
     "vqa run",
     "vqa compare",

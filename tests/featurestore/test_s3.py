@@ -81,6 +81,11 @@ def test_the_whole_flow_on_s3(s3_url: str, tmp_path: Path, capsys) -> None:
     code, out, err = run_cli(capsys, "sql", "SELECT count(*) AS n FROM activations", "-f", "json", "--store", s3_url)
     assert code == 0, err
     assert json.loads(out)[0]["n"] == 24 * 2
+    code, out, err = run_cli(capsys, "store", "compact", "--min-fragments", "2", "-f", "json", "--store", s3_url)
+    assert code == 0, err
+    assert {r["table"]: r["fragments_after"] for r in json.loads(out)["tables"]}["runs"] == 1
+    code, out, err = run_cli(capsys, "sql", "SELECT count(*) AS n FROM activations", "-f", "json", "--store", s3_url)
+    assert code == 0 and json.loads(out)[0]["n"] == 24 * 2  # the same answer from the compacted manifest
     for args in (["store", "verify", "--no-progress"], ["store", "gc"]):
         code, _, err = run_cli(capsys, *args, "--store", s3_url)
         assert code == 0, err
