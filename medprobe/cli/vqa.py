@@ -21,6 +21,7 @@ from medprobe.cli.options import (
 )
 from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.schemas.vocab import ComputeDType, Split, VqaLayout, VqaMode
+from medprobe.trainer.defaults import N_BOOT
 
 ItemSetOpt = Annotated[str, typer.Option("--items", help="The item set (its --name at vqa ingest).")]
 
@@ -81,7 +82,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
         circular: Annotated[bool, typer.Option("--circular", help="Score every rotation of the options.")] = False,
         split: Annotated[Split, typer.Option("--split", help="The items scored.")] = Split.test,
-        seed: Annotated[int, typer.Option("--seed", help="Seed of the exemplar draw and the bootstrap.")] = 0,
+        shots_seed: Annotated[int, typer.Option("--shots-seed", help="Seed of the few-shot exemplar draw.")] = 0,
+        boot_seed: Annotated[int, typer.Option("--boot-seed", help="Seed of the bootstrap replicates.")] = 0,
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="generate: token cap.")] = 8,
         limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N items.")] = None,
         save_activations: Annotated[
@@ -92,7 +94,7 @@ def register(app: typer.Typer) -> None:
                 "with a dataset vqa-<items> (task: answer) for `medprobe sweep`.",
             ),
         ] = False,
-        n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CIs.")] = 1000,
+        n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CIs.")] = N_BOOT,
         device: DeviceOpt = None,
         dtype: Annotated[ComputeDType | None, typer.Option("--dtype", help="Compute dtype.")] = None,
         trust_remote_code: TrustRemoteCodeOpt = False,
@@ -109,7 +111,8 @@ def register(app: typer.Typer) -> None:
         st = open_store(store)
         spec = VqaRunSpec(
             item_set=items, model=model, mode=mode.value, shots=shots, fixed_shots=tuple(split_list(fixed_shots)),
-            circular=circular, split=split.value, seed=seed, max_new_tokens=max_new_tokens, n_boot=n_boot,
+            circular=circular, split=split.value, seed=shots_seed, boot_seed=boot_seed, max_new_tokens=max_new_tokens,
+            n_boot=n_boot,
             device=device, dtype=None if dtype is None else dtype.value, trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle, limit=limit, save_activations=save_activations,
         )  # fmt: skip
@@ -148,8 +151,8 @@ def register(app: typer.Typer) -> None:
     def compare(
         run_a: Annotated[str, typer.Argument(help="Run id of A.")],
         run_b: Annotated[str, typer.Argument(help="Run id of B (the reference).")],
-        n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CI.")] = 1000,
-        seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+        n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CI.")] = N_BOOT,
+        boot_seed: Annotated[int, typer.Option("--boot-seed", help="Seed of the bootstrap replicates.")] = 0,
         fmt: FormatOpt = None,
         out: OutOpt = None,
         store: StoreOpt = None,
@@ -158,7 +161,7 @@ def register(app: typer.Typer) -> None:
         from medprobe.vqa.compare import compare_runs
 
         resolve_format(fmt, out)
-        doc = compare_runs(open_store(store), run_a, run_b, n_boot=n_boot, seed=seed)
+        doc = compare_runs(open_store(store), run_a, run_b, n_boot=n_boot, seed=boot_seed)
 
         def show() -> None:
             table = Table(title=f"vqa compare {run_a} - {run_b} ({doc['n_items']} items, {doc['n_groups']} groups)")

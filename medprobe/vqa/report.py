@@ -130,7 +130,7 @@ def write_vqa_report(store: FeatureStore, run_ids: list[str], out_dir: str, *, n
     runs, prob_runs = [], []
     for run_id in run_ids:
         rows, items, params = load_run(store, run_id)
-        metrics = vqa_metrics(rows, items, n_boot=n_boot, seed=int(params.get("seed") or 0))
+        metrics = vqa_metrics(rows, items, n_boot=n_boot, seed=int(params.get("boot_seed") or 0))
         runs.append((run_id, metrics, params))
         if "calibration" in metrics:
             prob_runs.append((run_id, rows, items, params))

@@ -48,7 +48,8 @@ class VqaRunSpec:
     fixed_shots: tuple[str, ...] = ()
     circular: bool = False
     split: str = "test"
-    seed: int = 0
+    seed: int = 0  # the few-shot exemplar draw
+    boot_seed: int = 0  # the bootstrap replicates
     max_new_tokens: int = 8
     n_boot: int = 1000
     device: str | None = None
@@ -119,7 +120,8 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
     work = [(it, rot) for it in todo_items for rot in (range(it.n_options) if spec.circular else [0])
             if (it.item_id, rot) not in done]  # fmt: skip
     template = scorer.prompt("{question}")
-    params = {**config, "run_id": run_id, "resumed_with_done": len(done), "prompt_template": template,
+    params = {**config, "run_id": run_id, "resumed_with_done": len(done), "boot_seed": spec.boot_seed,
+              "n_boot": spec.n_boot, "prompt_template": template,
               "prompt_template_sha256": hashlib.sha256(template.encode()).hexdigest()}  # fmt: skip
     with start_run(store, "vqa", params, run_id=run_id) as run:
         buffer: list[VqaPredictionRow] = []
@@ -158,7 +160,8 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
         rows = store.sql("SELECT * FROM vqa_predictions WHERE run_id = ?", [run_id]).to_pylist()
         by_id = {i.item_id: i for i in items}
         wanted = {i.item_id for i in todo_items}
-        metrics = vqa_metrics([r for r in rows if r["item_id"] in wanted], by_id, n_boot=spec.n_boot, seed=spec.seed)
+        metrics = vqa_metrics([r for r in rows if r["item_id"] in wanted], by_id, n_boot=spec.n_boot,
+                              seed=spec.boot_seed)
         run.summary.update({"n_items": metrics["n_items"], "accuracy": metrics["accuracy"]["value"],
                             "scored_now": len(work), "exemplar_ids": json.dumps(exemplar_ids)[:100_000]})  # fmt: skip
     return {"run_id": run_id, "item_set": spec.item_set, "model": spec.model, "mode": spec.mode, "split": spec.split,
