@@ -124,6 +124,14 @@ def file_extension(fmt: str) -> str:
     return FORMAT_EXTENSIONS.get(fmt.upper(), fmt.lower() or "bin")
 
 
+BLOB_DIR = "blobs/images"
+
+
+def blob_path(image_hash: str, fmt: str) -> str:
+    """Where copied image bytes live inside the store: ``blobs/images/<hh>/<hash>.<ext>``."""
+    return f"{BLOB_DIR}/{image_hash[:2]}/{image_hash}.{file_extension(fmt)}"
+
+
 # --------------------------------------------------------------------------- reading bytes
 def read_file_bytes(uri: str) -> bytes:
     """The bytes of a local path or fsspec URL; missing/unreadable/empty files raise ``ImageReadError``."""

@@ -26,7 +26,7 @@ from medprobe.imaging import (
     ImageInfo,
     ImageReadError,
     Verify,
-    file_extension,
+    blob_path,
     inspect_image,
     read_file_bytes,
 )
@@ -36,7 +36,6 @@ from medprobe.progress import progress_bar
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
 
-BLOB_DIR = "blobs/images"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +57,6 @@ class Probe:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def blob_path(image_hash: str, fmt: str) -> str:
-    """Where copied image bytes live inside the store: ``blobs/images/<hh>/<hash>.<ext>``."""
-    return f"{BLOB_DIR}/{image_hash[:2]}/{image_hash}.{file_extension(fmt)}"
 
 
 def to_uint8_pixels(pixels: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from medprobe.errors import InvalidInputError
 from medprobe.featurestore import new_id
-from medprobe.imaging import ImageReadError, inspect_image, read_file_bytes
+from medprobe.imaging import ImageReadError, blob_path, inspect_image, read_file_bytes
 from medprobe.schemas import FailureRow, ImageRow
 from medprobe.schemas.tables import VqaItemRow
 from medprobe.vqa.items import ReadReport, detect_layout, read_items
@@ -55,23 +55,29 @@ def ingest_items(store: FeatureStore, source: str | Path, name: str, layout: str
     items = list(read_items(src, layout, report))
     summary = VqaIngestSummary(item_set=name, layout=layout, items_read=len(items))
     known = set(store.sql("SELECT image_hash FROM images").column("image_hash").to_pylist())
-    hashes: dict[Path, str | None] = {}
+    hashes: dict[object, str | None] = {}  # image path (or id of embedded bytes) -> hash
     images: list[ImageRow] = []
     failures: list[FailureRow] = []
-    for path in dict.fromkeys(p for it in items for p in it.images):
+    sources = {id(p) if isinstance(p, bytes) else p: (it.item_id, p) for it in items for p in it.images}
+    for key, (item_id, image) in sources.items():
+        where = str(image) if isinstance(image, Path) else f"{src.name}: item {item_id} (embedded image)"
         try:
-            data = read_file_bytes(str(path))
-            info = inspect_image(data, source=str(path))
+            data = image if isinstance(image, bytes) else read_file_bytes(str(image))
+            info = inspect_image(data, source=where)
         except ImageReadError as e:
-            hashes[path] = None
+            hashes[key] = None
             failures.append(FailureRow(failure_id=new_id("failure"), stage="vqa-ingest", dataset=name,
-                                       path=str(path), reason=e.reason, error=str(e)))  # fmt: skip
+                                       path=where, reason=e.reason, error=str(e)))  # fmt: skip
             continue
         h = hashlib.sha256(data).hexdigest()
-        hashes[path] = h
+        hashes[key] = h
         if h not in known:
             known.add(h)
-            images.append(ImageRow(image_hash=h, uri=str(path.resolve()), width=info.width, height=info.height,
+            if isinstance(image, bytes):  # embedded: the store keeps the bytes (as `ingest --copy` does)
+                uri, in_store = store.put_bytes(blob_path(h, info.format), data), True
+            else:
+                uri, in_store = str(image.resolve()), False
+            images.append(ImageRow(image_hash=h, uri=uri, in_store=in_store, width=info.width, height=info.height,
                                    mode=info.mode, bit_depth=info.bit_depth, format=info.format,
                                    n_bytes=len(data)))  # fmt: skip
     old = {
@@ -80,7 +86,7 @@ def ingest_items(store: FeatureStore, source: str | Path, name: str, layout: str
     }
     rows = []
     for it in items:
-        hs = [hashes[p] for p in it.images]
+        hs = [hashes[id(p) if isinstance(p, bytes) else p] for p in it.images]
         if any(h is None for h in hs):
             summary.failures += 1
             continue

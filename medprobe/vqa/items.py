@@ -4,7 +4,8 @@ Every reader yields :class:`SourceItem` (image files still as paths); ``medprobe
 writes ``vqa_items``. Layouts:
 
 * ``table`` (``.jsonl``/``.json``/``.csv``/``.tsv``): columns ``id`` (or ``index``), ``image`` (a path relative to the
-  file, or a JSON list of paths), ``question``, optional ``context`` (or ``hint``), the options as ``options`` (a JSON
+  file, a JSON list of paths, or base64 image bytes as the common evaluation TSVs embed them), ``question``,
+  optional ``context`` (or ``hint``), the options as ``options`` (a JSON
   object ``{"A": ...}``) or as columns ``A``..``J`` (the common evaluation TSVs), ``answer`` (a letter, or the text of
   one option), optional ``group_id``, ``category``, ``split`` (default test).
 * ``vqa-rad``: the folder holding ``VQA_RAD Dataset Public.json`` and ``VQA_RAD Image Folder/``. Closed questions
@@ -17,6 +18,8 @@ writes ``vqa_items``. Layouts:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import json
 import re
@@ -38,7 +41,7 @@ class SourceItem:
     """One question as read from its source."""
 
     item_id: str
-    images: list[Path]
+    images: list[Path | bytes]  # files, or image bytes embedded in the source (base64 in evaluation TSVs)
     question: str
     options: dict[str, str]  # letter -> text, in order
     answer: str  # letter
@@ -121,13 +124,31 @@ def _options_of(row: dict, where: str) -> dict[str, str]:
     return opts
 
 
-def _images_of(value: object, base: Path) -> list[Path]:
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+
+
+def embedded_image(text: str) -> bytes | None:
+    """The image bytes of a base64 string (how evaluation TSVs embed images), else None."""
+    if len(text) < 64 or "." in text:
+        return None  # a path (base64 has no dots), not an image
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return data if data.startswith(_IMAGE_MAGIC) else None
+
+
+def _images_of(value: object, base: Path) -> list[Path | bytes]:
     if isinstance(value, list):
         names = [str(v) for v in value]
     else:
         text = str(value or "").strip()
         names = json.loads(text) if text.startswith("[") else [text] if text else []
-    return [(base / n) if not Path(n).is_absolute() else Path(n) for n in names]
+    out: list[Path | bytes] = []
+    for n in names:
+        data = embedded_image(n)
+        out.append(data if data is not None else (base / n) if not Path(n).is_absolute() else Path(n))
+    return out
 
 
 def _read_table(path: Path) -> Iterator[SourceItem]:
@@ -266,7 +287,7 @@ def parse_case_text(text: str, where: str) -> tuple[str | None, str, dict[str, s
 def _read_nejm(folder: Path, report: ReadReport) -> Iterator[SourceItem]:
     for case in sorted(p for p in folder.iterdir() if p.is_dir()):
         texts = sorted(case.glob("*.txt"))
-        images = sorted(p for p in case.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        images: list[Path | bytes] = sorted(p for p in case.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if len(texts) != 1 or not images:
             report.skip("case folder without exactly one .txt and at least one image", case.name)
             continue

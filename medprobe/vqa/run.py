@@ -131,7 +131,7 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
             for it, rot in work:
                 exemplars = _exemplars(spec, items, it)
                 exemplar_ids[it.item_id] = [e.item_id for e in exemplars]
-                images = [load_image(_uri(uris, h)) for h in it.image_hashes]
+                images = [_load(store, _uri(uris, h)) for h in it.image_hashes]
                 text = question_text(it, rot, exemplars)
                 shown = shown_options(it, rot)
                 scored = _score(scorer, spec, images, text, shown)
@@ -150,7 +150,7 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
             saved = {
                 "feature_set_id": save_answer_states(
                     store, scorer, spec.item_set, items, lambda it: _exemplars(spec, items, it),
-                    lambda it: [load_image(_uri(uris, h)) for h in it.image_hashes], prompt_label=label,
+                    lambda it: [_load(store, _uri(uris, h)) for h in it.image_hashes], prompt_label=label,
                     compute_dtype=options.resolved_dtype(),
                 ),
                 "dataset": dataset_name(spec.item_set),
@@ -168,6 +168,16 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
             "shots": spec.shots, "fixed_shots": list(spec.fixed_shots), "circular": spec.circular,
             "scored_now": len(work), "already_done": len(done), **({"activations": saved} if saved else {}),
             **metrics}  # fmt: skip
+
+
+def _load(store: FeatureStore, uri: str) -> Any:
+    """A decoded image from a path/URL or from the store's own blobs (``store:`` URIs)."""
+    from medprobe.featurestore import STORE_URI
+    from medprobe.imaging import decode_image
+
+    if uri.startswith(STORE_URI):
+        return decode_image(store.read_bytes(uri), source=uri)
+    return load_image(uri)
 
 
 def _uri(uris: dict[str, str], image_hash: str) -> str:

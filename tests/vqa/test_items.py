@@ -117,3 +117,27 @@ def test_vqa_rad_closed_test_questions(store: FeatureStore, shared_dir: Path) ->
     assert all(len(json.loads(r["options"])) == 2 for r in items)
     yes_no = [r for r in items if json.loads(r["options"]) == {"A": "yes", "B": "no"}]
     assert len(yes_no) == 251
+
+
+def test_a_tsv_with_base64_images_keeps_them_in_the_store(store: FeatureStore, tmp_path: Path, capsys) -> None:
+    import base64
+    import io
+
+    rows = ["index\timage\tquestion\tA\tB\tanswer\tcategory"]
+    for i in range(4):
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(buf, "PNG")
+        rows.append(f"{i}\t{base64.b64encode(buf.getvalue()).decode()}\tIs it normal?\tyes\tno\t{'AB'[i % 2]}\tx")
+    rows.append("9\tbm90IGFuIGltYWdlIGF0IGFsbCwganVzdCBzb21lIHRleHQgdGhhdCBpcyBsb25nIGVub3VnaA==\tQ?\tyes\tno\tA\tx")
+    (tmp_path / "mmbench.tsv").write_text("\n".join(rows) + "\n")
+    code, out, err = run_cli(capsys, "vqa", "ingest", str(tmp_path / "mmbench.tsv"), "--name", "tsv", "-f", "json",
+                             "--store", store.url)  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["items_new"] == 4 and doc["images_new"] == 4 and doc["failures"] == 1  # row 9: base64 of no image
+    uris = store.sql("SELECT uri, in_store FROM images").to_pylist()
+    assert all(r["in_store"] and r["uri"].startswith("store:blobs/images/") for r in uris)
+    code, out, err = run_cli(capsys, "vqa", "run", "--items", "tsv", "-m", "tiny-random/llava", "-f", "json",
+                             "--n-boot", "20", "--store", store.url)  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["n_items"] == 4
