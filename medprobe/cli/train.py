@@ -251,7 +251,7 @@ def _params(spec: ExperimentSpec) -> dict[str, Any]:
     }
 
 
-def _test_json(metrics: dict[str, Any]) -> dict[str, Any]:
+def metrics_doc(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "auc_per_class", "label_precision_at_k",
             "undefined")  # fmt: skip
     return {k: metrics[k] for k in keys if k in metrics}
@@ -290,10 +290,10 @@ def _probe_json(o: ProbeOutcome) -> dict[str, Any]:
             "cv_mean", "n_train", "n_test")  # fmt: skip
     row = _probe_row(o)
     return {**{k: row[k] for k in keys}, "converged": o.converged, "n_iter": o.n_iter,
-            "cv_not_converged": o.cv_not_converged, "test": _test_json(o.metrics)}  # fmt: skip
+            "cv_not_converged": o.cv_not_converged, "test": metrics_doc(o.metrics)}  # fmt: skip
 
 
-def _fmt(entry: dict[str, Any]) -> str:
+def format_entry(entry: dict[str, Any]) -> str:
     if entry.get("value") is None:
         return "undefined"
     if entry.get("ci_low") is None:
@@ -316,10 +316,10 @@ def _print_outcomes(run_id: str, outcomes: list[ProbeOutcome], title: str) -> No
             *_setting_label(o.setting),
             o.hyperparameter,
             "-" if o.cv_mean is None else f"{o.cv_mean:.3f}",
-            _fmt(m["macro_auc"]),
-            _fmt(m["balanced_accuracy"]),
-            _fmt(m["macro_f1"]),
-            _fmt(m["accuracy"]),
+            format_entry(m["macro_auc"]),
+            format_entry(m["balanced_accuracy"]),
+            format_entry(m["macro_f1"]),
+            format_entry(m["accuracy"]),
         )
     console.print(table)
     for o in outcomes[:1]:
@@ -408,7 +408,7 @@ def _run_probes(
         "method": best.method,
         "C": best.C,
         "k": best.k,
-        "test": _test_json(best.metrics),
+        "test": metrics_doc(best.metrics),
         "probes": [_probe_json(o) for o in outcomes],
     }
 
@@ -505,9 +505,9 @@ def _compare(
         "kind": "compare",
         "task": specs[0].task.task,
         "reference": chosen_probes[0][0],
-        "test": _test_json(chosen_probes[0][1].metrics),
+        "test": metrics_doc(chosen_probes[0][1].metrics),
         "feature_sets": [
-            {"feature_set_id": fs, "layer": o.layer, "probe_id": o.probe_id, "test": _test_json(o.metrics)}
+            {"feature_set_id": fs, "layer": o.layer, "probe_id": o.probe_id, "test": metrics_doc(o.metrics)}
             for fs, o in chosen_probes
         ],
         "comparisons": [r.model_dump(exclude={"created_at"}) for r in rows],

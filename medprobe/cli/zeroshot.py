@@ -20,6 +20,7 @@ from medprobe.cli.options import (
     TaskOpt,
 )
 from medprobe.cli.output import emit, resolve_format, wants_progress
+from medprobe.cli.train import format_entry, metrics_doc
 from medprobe.schemas.vocab import ComputeDType, TestSplit
 from medprobe.trainer.defaults import N_BOOT
 
@@ -105,8 +106,7 @@ def register(app: typer.Typer) -> None:
             )
             run.summary.update({"probe_id": outcome.probe_id, "n_test": len(outcome.test_hashes),
                                 "test_macro_auc": outcome.metrics["macro_auc"]["value"]})  # fmt: skip
-        test = {k: outcome.metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc",
-                                                "auc_per_class", "undefined") if k in outcome.metrics}  # fmt: skip
+        test = metrics_doc(outcome.metrics)
         document: dict[str, Any] = {
             "run_id": run.run_id,
             "kind": "zeroshot",
@@ -134,12 +134,7 @@ def register(app: typer.Typer) -> None:
                 table.add_column(col)
 
             def cell(key: str) -> str:
-                e = outcome.metrics.get(key) or {}
-                if e.get("value") is None:
-                    return "undefined"
-                if e.get("ci_low") is None:
-                    return f"{e['value']:.3f}"
-                return f"{e['value']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
+                return format_entry(outcome.metrics.get(key) or {})
 
             table.add_row(model, tower.rule, prompts.source, str(len(outcome.test_hashes)), cell("macro_auc"),
                           cell("balanced_accuracy"), cell("accuracy"))  # fmt: skip

@@ -31,6 +31,7 @@ SUMMARY_KEYS = ("images_selected", "images_skipped", "images_todo", "images_forw
                 "failures", "segments", "seconds")  # fmt: skip
 
 _ADAPTER: dict[tuple, Adapter] = {}  # one model per process (an actor, an array task, a worker)
+_STORES: dict[str, FeatureStore] = {}  # one open store per process: a shard only refreshes it
 
 
 def _adapter(options: ExtractOptions) -> Adapter:
@@ -83,7 +84,12 @@ def extract_shard(
     """
     from medprobe.featurestore import FeatureStore, start_run
 
-    store = store or FeatureStore.open(store_url)
+    if store is None:
+        store = _STORES.get(store_url)
+        if store is None:
+            store = _STORES[store_url] = FeatureStore.open(store_url, create=False)
+        else:
+            store.refresh()  # other workers' commits since this process's last shard
     opts = ExtractOptions.model_validate(options)
     adapter = _adapter(opts)
     request = resolve_request(adapter, opts)

@@ -99,7 +99,9 @@ def _new_index(kind: str, dim: int) -> Any:
 
 def build_index(store: FeatureStore, feature_set_id: str, layer: int, *, batch_rows: int = 65536) -> NeighbourIndex:
     """A fresh index of every stored row of the layer (read in batches), not saved."""
-    _, n = manifest_state(store, feature_set_id, layer)
+    n = store.sql(
+        "SELECT count(*) FROM activations WHERE feature_set_id = ? AND layer = ?", [feature_set_id, int(layer)]
+    ).column(0)[0].as_py()  # the size picks the index kind; the key comes from the rows actually read
     if n == 0:
         raise InvalidInputError(
             f"feature set {feature_set_id} has no rows at layer {layer} to search; run `medprobe extract`"
