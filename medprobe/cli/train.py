@@ -69,7 +69,8 @@ class ProtocolOptions:
     k: Annotated[
         list[str] | None,
         typer.Option(
-            "--k", help="--method knn: neighbours to choose from (default: 10,20,50,100,200); one value: that k.",
+            "--k",
+            help="--method knn: neighbours to choose from (default: 10,20,50,100,200); one value: that k.",
             show_default=False,
         ),
     ] = None
@@ -85,10 +86,10 @@ class ProtocolOptions:
         CGrid,
         typer.Option(
             "--grid",
-            help="full: fit every C of --c-grid; adaptive: fit C from the smallest up and stop once the validation "
-            "score has clearly turned (large C costs the most; faster, but may choose another C than full).",
+            help="adaptive: fit C from the smallest up, each C starting from the previous C's solution, and stop once "
+            "the validation score has clearly turned (large C costs the most); full: fit every C of --c-grid.",
         ),
-    ] = CGrid.full
+    ] = CGrid.adaptive
     no_progress: NoProgressOpt = False
     select_by: Annotated[
         SelectBy | None,
@@ -433,6 +434,7 @@ _SWEEP_DOC = "Probe every layer of a feature set (the per-layer metric curve); a
 
 def _probe_command(kind: str) -> Any:
     """The train or sweep command: the same options; train's layers default to the last, sweep's to all."""
+
     @retired(output="--output -> -f/--format json", seed="--seed -> --boot-seed (bootstrap) or --seeds (subsamples)")
     @with_group(FeatureSetChoice, "choice")
     @with_group(ProtocolOptions, "protocol")

@@ -30,7 +30,6 @@ class ComputeDType(StrEnum):
     fp32 = "fp32"
 
 
-
 class SolverName(StrEnum):
     """``--solver``: the batched torch L-BFGS solver, scikit-learn's reference, or cuML."""
 
@@ -47,11 +46,21 @@ class Selection(StrEnum):
 
 
 class CGrid(StrEnum):
-    """How much of the C grid selection fits: ``full`` fits every C (the default); ``adaptive`` climbs from the
-    smallest C and stops once the CV score has clearly turned."""
+    """How much of the C grid selection fits: ``adaptive`` (the default) climbs from the smallest C, each C
+    warm-started from the previous one, and stops once the CV score has clearly turned; ``full`` fits every C."""
 
     full = "full"
     adaptive = "adaptive"
+
+
+class ImageDecode(StrEnum):
+    """Where ``extract`` decodes and preprocesses images: ``auto`` (on the GPU when the model runs on CUDA and
+    torchvision can, else PIL), ``pil`` (PIL and the model's processor in the CPU workers), ``torchvision``
+    (torchvision's JPEG decoder and the model's transform on the model's device, nvJPEG on CUDA)."""
+
+    auto = "auto"
+    pil = "pil"
+    torchvision = "torchvision"
 
 
 class Method(StrEnum):
@@ -146,6 +155,7 @@ class TestSplit(StrEnum):
 
     test = "test"
     val = "val"
+
 
 SPLITS: tuple[str, ...] = tuple(s.value for s in Split)
 STORAGE_DTYPES: tuple[str, ...] = tuple(d.value for d in StorageDType)

@@ -38,7 +38,7 @@ class ExperimentSpec:
     solver: str = "torch"
     c_grid: Sequence[float] = DEFAULT_C_GRID
     selection: str = "cv"
-    grid: str = "full"  # full: every C; adaptive: climb C and stop once the CV score has turned
+    grid: str = "adaptive"  # adaptive: climb C (warm-started) and stop once the CV score has turned; full: every C
     n_splits: int = 5
     test_split: str = "test"  # held out and scored once; the other splits form the training pool
     fractions: Sequence[float] = (1.0,)
@@ -228,6 +228,7 @@ def run_experiment(
             grid=spec.grid,
             on_iteration=lambda done, stalled: bar.advance(task_bar, done + stalled),
         )
+        bar.update(task_bar, completed=len(spec.layers) * n_cols)  # the adaptive grid skips the C values past the turn
         for r in results:
             layer = layers[r.layer_pos]
             proba = r.probe.predict_proba(feats[layer][test])  # the one pass over the test rows
@@ -352,9 +353,7 @@ def _write_outcomes(
         }
         if o.probe is not None:
             meta["kind"] = o.probe.kind
-            o.weights_uri = store.put_bytes(
-                f"probes/{run_id}/{o.probe_id}.safetensors", _weights_bytes(o.probe, meta)
-            )
+            o.weights_uri = store.put_bytes(f"probes/{run_id}/{o.probe_id}.safetensors", _weights_bytes(o.probe, meta))
         metrics = {**o.metrics, **o.extra}
         metrics["cv_mean"] = o.cv_mean
         metrics["selected_by"] = o.select_by

@@ -23,7 +23,14 @@ from medprobe.schemas.vocab import CGrid, Selection
 from medprobe.trainer.bootstrap import replicate_metrics
 from medprobe.trainer.defaults import DEFAULT_C_GRID
 from medprobe.trainer.solvers import Solver
-from medprobe.trainer.solvers.base import FittedProbe, ProbeBatch, ProbeKind, logits_to_proba
+from medprobe.trainer.solvers.base import (
+    FittedProbe,
+    ProbeBatch,
+    ProbeKind,
+    RawWeights,
+    logits_to_proba,
+    mean_raw_weights,
+)
 
 
 def stratify_key(y: np.ndarray, kind: ProbeKind) -> np.ndarray:
@@ -386,7 +393,10 @@ def clearly_past_the_best(means: Sequence[float], mean_losses: Sequence[float], 
     return not_better and overfitting
 
 
-def _choose_C_adaptive(
+FoldProbes = dict[tuple[int, int, int, int], FittedProbe]  # (layer, setting, fold, C index) -> fold probe
+
+
+def _choose_C_path(
     layers: Sequence[np.ndarray],
     y: np.ndarray,
     plan: _SelectionPlan,
@@ -398,11 +408,15 @@ def _choose_C_adaptive(
     *,
     class_weight: str | None,
     on_iteration: Callable[[int, int], None] | None,
-) -> tuple[dict[tuple[int, int], Choice], int]:
-    """Climb the grid from the smallest C, one batched solve per C, and stop each (layer, setting) once its CV score
-    has clearly turned (:func:`clearly_past_the_best`). Large C values cost the most iterations and are rarely chosen.
+    stop_early: bool,
+    warm_start: bool,
+) -> tuple[dict[tuple[int, int], Choice], int, FoldProbes]:
+    """Climb the grid from the smallest C, one batched solve per C (every layer x setting x fold together), each
+    fold probe starting from the same fold's probe at the previous C (``warm_start``). With ``stop_early`` (the
+    adaptive grid) a (layer, setting) stops once its CV score has clearly turned (:func:`clearly_past_the_best`):
+    large C values cost the most iterations and are rarely chosen.
 
-    Returns the choices and the number of probes fitted.
+    Returns the choices, the number of probes fitted and the fold probes.
     """
     n_settings = len(plan.train_rows_of)
     order = sorted(range(len(c_grid)), key=lambda ci: c_grid[ci])
@@ -412,9 +426,11 @@ def _choose_C_adaptive(
     evaluated: dict[tuple[int, int], list[int]] = {(g, si): [] for g in range(len(layers)) for si in range(n_settings)}
     active = set(evaluated)
     n_probes = 0
+    fold_probes: FoldProbes = {}
     # the smallest C values converge fast and are always needed: the first round solves DROP_PATIENCE + 1 together
     first = DROP_PATIENCE + 1
     rounds = [order[:first]] + [[ci] for ci in order[first:]]
+    previous: list[int] = []
     for round_c in rounds:
         if not active:
             break
@@ -422,12 +438,19 @@ def _choose_C_adaptive(
         sis = sorted({si for _, si in active})
         cols = [c for c in plan.cols if c[2] in round_c and c[0] in sis]
         sub = _SelectionPlan(plan.train_rows_of, plan.labels, plan.val_rows, plan.row_sets, cols)
+        batch = sub.batch(c_grid, len(gs))
+        if warm_start and previous:
+            # the nearest C below this round's, already solved for the same layer and fold
+            start = [[_warm_start(fold_probes, g, si, fi, previous, c_grid[ci]) for si, fi, ci in cols] for g in gs]
+            batch = ProbeBatch(batch.row_sets, batch.row_set_of, batch.C, start)
         fitted = solver.fit_many(
-            [layers[g] for g in gs], y, kind, n_classes, sub.batch(c_grid, len(gs)),
-            class_weight=class_weight, on_iteration=on_iteration,
-        )  # fmt: skip
+            [layers[g] for g in gs], y, kind, n_classes, batch, class_weight=class_weight, on_iteration=on_iteration
+        )
         n_probes += len(gs) * len(cols)
+        previous.extend(round_c)
         for pos, g in enumerate(gs):
+            for m, (si, fi, ci) in enumerate(cols):
+                fold_probes[(g, si, fi, ci)] = fitted[pos][m]
             _score_layer(
                 layers[g], y, fitted[pos], cols, plan, kind, n_classes, metric, scores[g], losses[g], unconverged[g]
             )
@@ -439,13 +462,39 @@ def _choose_C_adaptive(
             per_c = scores[g][si]
             means = [float(np.mean([v for v in per_c[c] if v is not None] or [np.nan])) for c in evaluated[key]]
             mean_losses = [float(np.mean(losses[g][si][c])) for c in evaluated[key]]
-            if clearly_past_the_best(means, mean_losses, metric):
+            if stop_early and clearly_past_the_best(means, mean_losses, metric):
                 active.discard(key)
     choices = {
         (g, si): _choice(c_grid, evaluated[(g, si)], scores[g][si], losses[g][si], metric, unconverged[g].get(si, {}))
         for g, si in evaluated
     }
-    return choices, n_probes
+    return choices, n_probes, fold_probes
+
+
+def _warm_start(
+    fold_probes: FoldProbes, g: int, si: int, fi: int, solved: Sequence[int], C: float
+) -> RawWeights | None:
+    """The raw weights of the same (layer, setting, fold) probe at the largest solved C below ``C`` (None: none)."""
+    below = [ci for ci in solved if (g, si, fi, ci) in fold_probes and float(fold_probes[(g, si, fi, ci)].C) < C]
+    if not below:
+        return None
+    nearest = max(below, key=lambda ci: fold_probes[(g, si, fi, ci)].C)
+    return fold_probes[(g, si, fi, nearest)].raw_weights()
+
+
+def _refit_start(
+    fold_probes: FoldProbes, n_layers: int, n_settings: int, best_C: np.ndarray, c_grid: Sequence[float]
+) -> list[list[RawWeights | None]]:
+    """Each refit starts from the mean of its fold probes at the chosen C (a close guess on nearly the same rows)."""
+    out: list[list[RawWeights | None]] = []
+    for g in range(n_layers):
+        row: list[RawWeights | None] = []
+        for si in range(n_settings):
+            ci = c_grid.index(float(best_C[g, si]))
+            folds = [p for (g2, s2, _, c2), p in fold_probes.items() if (g2, s2, c2) == (g, si, ci)]
+            row.append(mean_raw_weights(folds) if folds else None)
+        out.append(row)
+    return out
 
 
 def fit_protocol(
@@ -465,13 +514,16 @@ def fit_protocol(
     class_weight: str | None = None,
     on_iteration: Callable[[int, int], None] | None = None,
     timing: ProtocolTiming | None = None,
-    grid: CGrid | str = CGrid.full,
+    grid: CGrid | str = CGrid.adaptive,
+    warm_start: bool = True,
 ) -> list[ProtocolResult]:
     """Select C and refit for every layer x setting on the training pool; see the module docstring.
 
     ``layers``: one (pool rows, features) array per layer; ``is_val`` marks the pool's validation rows
     (needed for ``selection='val'``). ``grid``: ``adaptive`` climbs C from the smallest and stops once the CV score
-    has clearly turned; ``full`` fits every C. Returns results ordered by setting, then layer.
+    has clearly turned; ``full`` fits every C. ``warm_start``: each C starts from the previous C's solution and each
+    refit from its fold probes (False: every probe from zero, and the full grid in one batched solve, as before warm
+    starts; kept for comparisons). Returns results ordered by setting, then layer.
     """
     y = np.asarray(y)
     K = len(class_names)
@@ -480,22 +532,25 @@ def fit_protocol(
         y, stratify_key(y, kind), kind, class_names, settings, len(c_grid),
         selection=selection, groups=groups, is_val=is_val, n_splits=n_splits,
     )  # fmt: skip
+    if grid not in (CGrid.full, CGrid.adaptive):
+        raise InvalidInputError(f"unknown --grid {grid!r}: choose adaptive or full")
     t0 = time.perf_counter()
-    if grid == CGrid.full:
+    fold_probes: FoldProbes = {}
+    if grid == CGrid.full and not warm_start:
         fitted = solver.fit_many(
             layers, y, kind, K, plan.batch(c_grid, len(layers)), class_weight=class_weight, on_iteration=on_iteration
         )
         choices = _choose_C(layers, y, fitted, plan, c_grid, kind, K, metric)
         n_selection = len(layers) * len(plan.cols)
-    elif grid == CGrid.adaptive:
-        choices, n_selection = _choose_C_adaptive(
-            layers, y, plan, c_grid, kind, K, metric, solver, class_weight=class_weight, on_iteration=on_iteration
-        )
     else:
-        raise InvalidInputError(f"unknown --grid {grid!r}: choose adaptive or full")
+        choices, n_selection, fold_probes = _choose_C_path(
+            layers, y, plan, c_grid, kind, K, metric, solver, class_weight=class_weight, on_iteration=on_iteration,
+            stop_early=grid == CGrid.adaptive, warm_start=warm_start,
+        )  # fmt: skip
     best_C = np.array([[choices[(g, si)].C for si in range(len(settings))] for g in range(len(layers))])
     t1 = time.perf_counter()
-    refit_batch = ProbeBatch(plan.train_rows_of, np.arange(len(settings)), best_C)
+    start = _refit_start(fold_probes, len(layers), len(settings), best_C, c_grid) if warm_start else None
+    refit_batch = ProbeBatch(plan.train_rows_of, np.arange(len(settings)), best_C, start)
     refit = solver.fit_many(layers, y, kind, K, refit_batch, class_weight=class_weight, on_iteration=on_iteration)
     t2 = time.perf_counter()
     if timing is not None:

@@ -12,6 +12,8 @@ from scipy.special import expit
 from medprobe.errors import InvalidInputError
 
 ProbeKind = Literal["binary", "multiclass", "multilabel"]
+# a probe's weights on raw features: coef (outputs, features) and intercept (outputs,), logits = x @ coef.T + intercept
+RawWeights = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -20,11 +22,16 @@ class ProbeBatch:
 
     Column ``m`` trains on ``row_sets[row_set_of[m]]`` (indices into the layer's rows) with inverse
     regularisation ``C[g, m]`` on layer ``g``. Folds x C values x training fractions are columns.
+
+    ``start[g][m]`` (optional) is a warm start: the raw-feature weights of a nearby solution (the same row set at a
+    neighbouring C, or the mean of fold probes for a refit). It changes where the solver begins, never the minimiser;
+    solvers that cannot warm-start (the scikit-learn and cuML references) start from zero.
     """
 
     row_sets: Sequence[np.ndarray]
     row_set_of: np.ndarray  # (M,) int
     C: np.ndarray  # (G, M) float
+    start: Sequence[Sequence[RawWeights | None]] | None = None
 
     @classmethod
     def single(cls, C: float, rows: np.ndarray, n_layers: int = 1) -> ProbeBatch:
@@ -62,6 +69,17 @@ class FittedProbe:
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Probabilities: (rows, 2) binary, (rows, classes) softmax, (rows, findings) independent sigmoids."""
         return logits_to_proba(self.decision_function(X), self.kind)
+
+    def raw_weights(self) -> RawWeights:
+        """The same decision function on raw features: ``x @ coef.T + intercept`` (a warm start for other rows)."""
+        coef = np.asarray(self.coef, dtype=np.float64) / self.scale
+        return coef, np.asarray(self.intercept, dtype=np.float64) - coef @ np.asarray(self.mean, dtype=np.float64)
+
+
+def mean_raw_weights(probes: Sequence[FittedProbe]) -> RawWeights:
+    """The average raw-feature weights of probes on one layer (e.g. the folds at one C): a refit's warm start."""
+    pairs = [p.raw_weights() for p in probes]
+    return np.mean([c for c, _ in pairs], axis=0), np.mean([b for _, b in pairs], axis=0)
 
 
 def logits_to_proba(logits: np.ndarray, kind: ProbeKind) -> np.ndarray:
@@ -131,6 +149,8 @@ def check_batch(batch: ProbeBatch, n_layers: int, n_rows: int) -> None:
         raise InvalidInputError(f"C must be (layers={n_layers}, probes={len(batch.row_set_of)}), got {C.shape}")
     if not np.all(C > 0) or not np.all(np.isfinite(C)):
         raise InvalidInputError(f"every C must be positive and finite, got {C.ravel().tolist()}")
+    if batch.start is not None and (len(batch.start) != n_layers or any(len(r) != C.shape[1] for r in batch.start)):
+        raise ValueError("a warm start needs one entry (or None) per layer x column")
     rs = np.asarray(batch.row_set_of)
     if rs.size and (rs.min() < 0 or rs.max() >= len(batch.row_sets)):
         raise InvalidInputError("row_set_of points past the row sets")

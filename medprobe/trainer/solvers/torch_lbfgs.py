@@ -247,8 +247,10 @@ def lbfgs_blocks(
     history: int = 10,
     max_ls: int = 25,
     on_iteration: OnIteration | None = None,
+    theta0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Minimise every probe on the grid from zero; returns (theta, n_iter, converged, max|grad|), each (B, Q, ...)."""
+    """Minimise every probe on the grid from ``theta0`` (B, Q, K*D+K; default zero); returns (theta, n_iter,
+    converged, max|grad|), each (B, Q, ...)."""
     B, Q = blocks.lam.shape
     K, D = blocks.T.shape[2], blocks.X.shape[2]
     Dp, m, dtype, dev = K * D + K, history, blocks.X.dtype, blocks.X.device
@@ -261,7 +263,8 @@ def lbfgs_blocks(
 
     ids = torch.arange(B, device=dev)  # working blocks -> original block index
     blk = blocks
-    theta = torch.zeros(B, Q, Dp, dtype=dtype, device=dev)
+    theta = torch.zeros(B, Q, Dp, dtype=dtype, device=dev) if theta0 is None else theta0.to(dev, dtype).clone()
+    theta[~blk.live] = 0  # dead slots stay at zero (their row weights are zero)
     f, g = _evaluate(blk, kind, theta)
     S = torch.zeros(B, Q, m, Dp, dtype=dtype, device=dev)
     Yh = torch.zeros_like(S)
@@ -383,11 +386,27 @@ class _Problem:
     def C(self) -> np.ndarray:
         return np.asarray(self.batch.C, dtype=float)
 
-    def solve(self, blocks: _Blocks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def solve(
+        self, blocks: _Blocks, theta0: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return lbfgs_blocks(
             blocks, self.kind, tol=self.tol, max_iter=self.max_iter, history=self.history,
-            on_iteration=self.on_iteration,
+            on_iteration=self.on_iteration, theta0=theta0,
         )  # fmt: skip
+
+    def start_of(
+        self, gi: int, m: int, mean: torch.Tensor, scale: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Column ``m``'s warm start on layer ``gi`` in the solver's standardised units (W (K, d), c (K,)), given its
+        row set's raw means and scales (d,); None when it starts from zero."""
+        start = None if self.batch.start is None else self.batch.start[gi][m]
+        if start is None:
+            return None
+        coef = torch.as_tensor(np.asarray(start[0], dtype=np.float64), device=self.device).reshape(self.K, -1)
+        icpt = torch.as_tensor(np.asarray(start[1], dtype=np.float64), device=self.device).reshape(self.K)
+        if coef.shape[1] != mean.shape[0]:
+            raise ValueError(f"warm start for layer {gi}, column {m} has {coef.shape[1]} features, not {mean.shape[0]}")
+        return coef * scale, icpt + (coef * mean).sum(1)
 
 
 def _empty_result(p: _Problem) -> BatchedResult:
@@ -443,7 +462,21 @@ def _solve_row_span(p: _Problem, out: BatchedResult) -> None:
     w = (rw_b[:, :, None, :] * torch.as_tensor(alive, dtype=dtype, device=dev)[:, None, :, None]).repeat(G, 1, 1, 1)
     lam = torch.as_tensor(lam_np.reshape(G * F, Q), dtype=dtype, device=dev)
     blocks = _Blocks(X, T_b.repeat(G, 1, 1), None, None, w, lam, live)
-    theta, it, cv, gm = p.solve(blocks)
+    theta0 = None
+    if p.batch.start is not None:
+        theta0 = torch.zeros(G * F, Q, K * r_max + K, dtype=dtype, device=dev)
+        for gi in range(G):
+            for f in range(F):
+                for q, m in enumerate(cols_of[f]):
+                    w0 = p.start_of(gi, int(m), out.mean[gi, f, : p.widths[gi]], out.scale[gi, f, : p.widths[gi]])
+                    if w0 is None:
+                        continue
+                    W0, c0 = w0
+                    basis = bases.get((gi, f))
+                    W0 = W0 if basis is None else W0 @ basis  # the part in the row span (all of a same-rows start)
+                    theta0[gi * F + f, q, : K * r_max].view(K, r_max)[:, : W0.shape[1]] = W0.to(dtype)
+                    theta0[gi * F + f, q, K * r_max :] = c0.to(dtype)
+    theta, it, cv, gm = p.solve(blocks, theta0)
     del blocks, X, w
     for gi in range(G):
         for f in range(F):
@@ -484,7 +517,16 @@ def _solve_by_width(p: _Problem, out: BatchedResult) -> None:
         lam = torch.as_tensor(1.0 / (C[members] * p.counts[rs_of][None, :]), dtype=dtype, device=dev)
         live = torch.ones(Gw, M, dtype=torch.bool, device=dev)
         blocks = _Blocks(X, p.T[None], torch.stack(mus), torch.stack(scs), w, lam, live)
-        theta, it, cv, gm = p.solve(blocks)
+        theta0 = None
+        if p.batch.start is not None:
+            theta0 = torch.zeros(Gw, M, K * width + K, dtype=dtype, device=dev)
+            for i, gi in enumerate(members):
+                for m in range(M):
+                    rs = int(rs_of[m])
+                    w0 = p.start_of(gi, m, out.mean[gi, rs, :width], out.scale[gi, rs, :width])
+                    if w0 is not None:
+                        theta0[i, m, : K * width], theta0[i, m, K * width :] = w0[0].reshape(-1), w0[1]
+        theta, it, cv, gm = p.solve(blocks, theta0)
         del blocks, X
         idx = torch.as_tensor(members, device=dev)
         out.coef[idx, :, :, :width] = theta[..., : K * width].reshape(Gw, M, K, width)
@@ -506,7 +548,7 @@ def _only_used_rows(
     return (
         layers,
         np.asarray(y)[used],
-        ProbeBatch([pos[np.asarray(r)] for r in batch.row_sets], batch.row_set_of, batch.C),
+        ProbeBatch([pos[np.asarray(r)] for r in batch.row_sets], batch.row_set_of, batch.C, batch.start),
     )
 
 
