@@ -196,6 +196,17 @@ def _open_pil(data: bytes, source: str, max_pixels: int) -> Image.Image:
     return img
 
 
+def open_image_header(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open the image lazily (its header only: format, mode, size within ``max_pixels``, EXIF); nothing is decoded.
+    Raises :class:`ImageReadError`."""
+    return _open_pil(data, source, max_pixels)
+
+
+def jpeg_is_complete(data: bytes) -> bool:
+    """Whether a JPEG stream ends with its end-of-image marker (a truncated file does not)."""
+    return data.rstrip(b"\x00").endswith(_JPEG_EOI)
+
+
 def _load(img: Image.Image, source: str) -> None:
     try:
         img.load()

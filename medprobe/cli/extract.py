@@ -36,7 +36,7 @@ from medprobe.cli.options import (
 from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.cli.tables import key_value_table
 from medprobe.errors import InvalidInputError
-from medprobe.schemas.vocab import ComputeDType, Engine, Quantization, StorageDType
+from medprobe.schemas.vocab import ComputeDType, Engine, ImageDecode, Quantization, StorageDType
 
 if TYPE_CHECKING:
     from medprobe.extractor.pipeline import ExtractOptions
@@ -75,6 +75,14 @@ class ExtractSettings:
             "--decode-workers", min=0, help="Decoding processes (default: 0 on 1-2 cores, else cores - 1, at most 8)."
         ),
     ] = None
+    decode: Annotated[
+        ImageDecode,
+        typer.Option(
+            "--decode",
+            help="Where JPEGs are decoded and resized: auto (on the GPU with nvJPEG when the model runs on CUDA and "
+            "supports it), pil (CPU workers), torchvision (the model's device; other formats decode on the CPU).",
+        ),
+    ] = ImageDecode.auto
     split: SplitOpt = None
     storage_dtype: Annotated[StorageDType, typer.Option("--storage-dtype", help="How activations are stored.")] = (
         StorageDType.float16
@@ -108,6 +116,7 @@ class ExtractSettings:
                 dtype=None if self.dtype is None else self.dtype.value,
                 device=self.device,
                 workers=self.decode_workers,
+                decode=self.decode.value,
                 splits=split_names(self.split) or None,
                 storage_dtype=self.storage_dtype.value,
                 trust_remote_code=self.trust_remote_code,

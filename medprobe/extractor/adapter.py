@@ -12,7 +12,7 @@ The pipeline (``medprobe.extractor.pipeline``) only talks to this interface.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,11 @@ class Adapter(ABC):
         ``self.preprocessor`` (which does not hold the model) to the DataLoader.
         """
         return self.preprocessor(images, prompt)
+
+    def device_preprocess(self) -> Callable[[list[torch.Tensor]], dict[str, torch.Tensor]] | None:
+        """The same preprocessing for uint8 (3, H, W) RGB tensors already on ``device`` (decoded there), or None
+        when the model has none (its batches keep the PIL path in the loader's workers)."""
+        return None
 
     @abstractmethod
     def forward_pooled(

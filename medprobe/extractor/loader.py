@@ -3,6 +3,10 @@
 Batches flow through a DataLoader with a bounded prefetch, so host memory depends on the batch size and worker
 count, never on the dataset size. An image that cannot be read or preprocessed becomes a ``Failure``; the rest of
 its batch goes on.
+
+With ``device_decode`` the workers leave plain JPEGs encoded and skip preprocessing: the batch carries ``pending``
+images (encoded bytes or decoded uint8 tensors) that the pipeline decodes and preprocesses on the model's device
+(:mod:`medprobe.extractor.device_decode`).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -18,8 +22,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medprobe.extractor.adapter import Preprocessor
+from medprobe.extractor.device_decode import (
+    JPEG_MAGIC,
+    DevicePreprocess,
+    decode_batch,
+    encoded_tensor,
+    pil_to_chw,
+    timed,
+    travels_encoded,
+)
 from medprobe.featurestore import STORE_URI, StoreBlobs
-from medprobe.imaging import ImageReadError, decode_image, read_file_bytes
+from medprobe.imaging import ImageReadError, decode_image, jpeg_is_complete, open_image_header, read_file_bytes
 
 
 @dataclass
@@ -36,10 +49,11 @@ class Failure:
 class Decoded:
     image_hash: str
     uri: str | None
-    image: Any  # PIL image, or None on failure
+    image: Any  # PIL image, encoded JPEG bytes (a 1-D uint8 tensor, ``encoded``), or None on failure
     failure: Failure | None
     read_s: float
     decode_s: float
+    encoded: bool = False
 
 
 @dataclass
@@ -53,22 +67,37 @@ class LoadedBatch:
     read_s: float
     decode_s: float
     preprocess_s: float
+    # device decoding: per image of ``image_hashes``, encoded JPEG bytes or a decoded uint8 (3, H, W) tensor
+    pending: list[torch.Tensor] | None = None
+    pending_encoded: list[bool] | None = None
+    pending_uris: list[str | None] | None = None
 
     def pin_memory(self) -> LoadedBatch:
         """Called by the DataLoader's pin-memory thread on CUDA."""
         self.inputs = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()}
+        if self.pending is not None:
+            self.pending = [t.pin_memory() for t in self.pending]
         return self
 
 
 class ImageRefs(Dataset):
     """Map-style dataset over the plan's ``(image_hash, uri)`` arrays from ``start``; returns decoded images."""
 
-    def __init__(self, todo: pa.Table, store_url: str, *, start: int = 0, study_preprocessing: bool = False) -> None:
+    def __init__(
+        self,
+        todo: pa.Table,
+        store_url: str,
+        *,
+        start: int = 0,
+        study_preprocessing: bool = False,
+        device_decode: bool = False,
+    ) -> None:
         self.hashes = todo.column("image_hash").combine_chunks()
         self.uris = todo.column("uri").combine_chunks()
         self.store_url = store_url
         self.start = start
         self.study_preprocessing = study_preprocessing
+        self.device_decode = device_decode  # plain JPEGs stay encoded (decoded on the model's device)
         self._blobs = StoreBlobs(store_url)
 
     def __len__(self) -> int:
@@ -105,6 +134,14 @@ class ImageRefs(Dataset):
                               f"the ingested {image_hash}; re-ingest the dataset to pick up the new file")  # fmt: skip
             return Decoded(image_hash, uri, None, failure, time.perf_counter() - t0, 0.0)
         t1 = time.perf_counter()
+        if self.device_decode and data[:3] == JPEG_MAGIC:
+            try:
+                header = open_image_header(data, uri)  # the header only: size limit, mode, EXIF
+            except ImageReadError as e:
+                failure = Failure(image_hash, uri, e.reason, str(e))
+                return Decoded(image_hash, uri, None, failure, t1 - t0, time.perf_counter() - t1)
+            if travels_encoded(header) and jpeg_is_complete(data):  # a truncated file fails on the PIL path
+                return Decoded(image_hash, uri, encoded_tensor(data), None, t1 - t0, 0.0, encoded=True)
         try:
             image = decode_image(data, source=uri, study_preprocessing=self.study_preprocessing)
         except ImageReadError as e:
@@ -139,10 +176,24 @@ def _preprocess_isolating_failures(
         return good, (preprocessor([d.image for d in good], prompt) if good else {}), failed
 
 
-def collate(items: list[Decoded], *, preprocessor: Preprocessor, prompt: str | None) -> LoadedBatch:
-    """The DataLoader's collate step (runs in the workers): preprocess the images that decoded."""
+def collate(items: list[Decoded], *, preprocessor: Preprocessor | None, prompt: str | None) -> LoadedBatch:
+    """The DataLoader's collate step (runs in the workers): preprocess the images that decoded; without a
+    ``preprocessor`` (device decoding) hand them on as encoded bytes or uint8 tensors instead."""
     ok = [d for d in items if d.failure is None]
     t0 = time.perf_counter()
+    if preprocessor is None:
+        return LoadedBatch(
+            image_hashes=[d.image_hash for d in ok],
+            inputs={},
+            failures=[d.failure for d in items if d.failure is not None],
+            n_refs=len(items),
+            read_s=sum(d.read_s for d in items),
+            decode_s=sum(d.decode_s for d in items),
+            preprocess_s=0.0,
+            pending=[d.image if d.encoded else pil_to_chw(d.image) for d in ok],
+            pending_encoded=[d.encoded for d in ok],
+            pending_uris=[d.uri for d in ok],
+        )
     ok, inputs, rejected = _preprocess_isolating_failures(ok, preprocessor, prompt) if ok else ([], {}, [])
     return LoadedBatch(
         image_hashes=[d.image_hash for d in ok],
@@ -155,13 +206,43 @@ def collate(items: list[Decoded], *, preprocessor: Preprocessor, prompt: str | N
     )
 
 
+def decode_on_cpu(data: bytes, source: str) -> torch.Tensor:
+    """The PIL path's decode as a uint8 (3, H, W) RGB tensor (the device decoder's fallback)."""
+    return pil_to_chw(decode_image(data, source=source))
+
+
+def finish_on_device(batch: LoadedBatch, preprocess: DevicePreprocess, device: torch.device) -> LoadedBatch:
+    """Decode a batch's pending images on ``device`` and preprocess them there; images that cannot be decoded
+    become failures, as on the PIL path. Stage times are measured with the device synchronised."""
+    if batch.pending is None or batch.pending_encoded is None or batch.pending_uris is None:
+        return batch
+    uris = batch.pending_uris
+    sources = [u or h for u, h in zip(uris, batch.image_hashes, strict=True)]
+    result, decode_s = timed(
+        device, lambda: decode_batch(batch.pending or [], batch.pending_encoded or [], sources, device, decode_on_cpu)
+    )
+    failures = [Failure(batch.image_hashes[i], uris[i], reason, msg) for i, (reason, msg) in result.failed.items()]
+    inputs, preprocess_s = timed(device, lambda: preprocess(result.images)) if result.images else ({}, 0.0)
+    return replace(
+        batch,
+        image_hashes=[batch.image_hashes[i] for i in result.kept],
+        inputs=inputs,
+        failures=batch.failures + failures,
+        decode_s=batch.decode_s + decode_s,
+        preprocess_s=batch.preprocess_s + preprocess_s,
+        pending=None,
+        pending_encoded=None,
+        pending_uris=None,
+    )
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers decode and preprocess; intra-op threads would oversubscribe the CPU
 
 
 def make_loader(
     refs: ImageRefs,
-    preprocessor: Preprocessor,
+    preprocessor: Preprocessor | None,
     prompt: str | None,
     *,
     batch_size: int,
@@ -169,7 +250,8 @@ def make_loader(
     pin_memory: bool,
     prefetch: int = 2,
 ) -> DataLoader:
-    """A DataLoader over ``refs`` in plan order; at most ``workers * prefetch`` batches are in flight."""
+    """A DataLoader over ``refs`` in plan order; at most ``workers * prefetch`` batches are in flight. Without a
+    ``preprocessor`` the batches carry their images for the device stage."""
     return DataLoader(
         refs,
         batch_size=batch_size,

@@ -6,6 +6,7 @@ is the loop for an already loaded adapter (the worker reuses one adapter across 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -20,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from medprobe.errors import InvalidInputError
 from medprobe.extractor.adapter import POOLINGS, Adapter
 from medprobe.extractor.cpu_memory import keep_freed_memory
+from medprobe.extractor.device_decode import DevicePreprocess, torchvision_available
 from medprobe.extractor.feature_set import feature_set_rows
-from medprobe.extractor.loader import ImageRefs, LoadedBatch, make_loader
+from medprobe.extractor.loader import ImageRefs, LoadedBatch, finish_on_device, make_loader
 from medprobe.extractor.plan import Plan, check_dataset, plan_images
 from medprobe.extractor.runner import OutOfMemory, Runner, free_device_memory, is_oom
 from medprobe.extractor.writer import Committer, HostBatch
@@ -31,6 +33,7 @@ from medprobe.schemas import COMPUTE_DTYPES, STORAGE_DTYPES, FeatureSetRow
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
 
+logger = logging.getLogger(__name__)
 AUTO_START = {"cuda": 256, "cpu": 16}  # first batch size tried by --batch-size auto
 
 
@@ -59,6 +62,7 @@ class ExtractOptions(BaseModel):
     commit_seconds: float = Field(60.0, gt=0)
     limit: int | None = Field(None, ge=1)
     study_preprocessing: bool = False
+    decode: Literal["auto", "pil", "torchvision"] = "auto"
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -215,6 +219,42 @@ class _Progress:
         self.stages["preprocess"] += batch.preprocess_s
 
 
+@dataclass
+class DecodePath:
+    """Where a run decodes and preprocesses: ``preprocess`` set means on ``device`` (torchvision), else PIL."""
+
+    preprocess: DevicePreprocess | None
+    device: torch.device
+    description: str
+
+
+def resolve_decode(adapter: Adapter, options: ExtractOptions) -> DecodePath:
+    """The decode path ``options.decode`` asks for with this model (``auto``: the device when the model runs on
+    CUDA and can preprocess there); ``torchvision`` that cannot run is refused with the reason."""
+    device = adapter.device
+    if options.decode == "pil":
+        return DecodePath(None, device, "pil in the loader workers")
+    if options.decode == "auto" and device.type != "cuda":
+        return DecodePath(None, device, "pil in the loader workers (auto: the model runs on the CPU)")
+    reason = None
+    preprocess = None
+    if options.study_preprocessing:
+        reason = "--study-preprocessing resizes with PIL"
+    elif not torchvision_available():
+        reason = "torchvision does not import beside this torch"
+    else:
+        preprocess = adapter.device_preprocess()
+        if preprocess is None:
+            reason = f"the {adapter.identity.adapter} preprocessing has no tensor form"
+    if options.decode == "torchvision":
+        if preprocess is None:
+            raise InvalidInputError(f"--decode torchvision: {reason}; use --decode pil (or auto)")
+        return DecodePath(preprocess, device, f"torchvision on {device}")
+    if preprocess is None:
+        return DecodePath(None, device, f"pil in the loader workers (auto: {reason})")
+    return DecodePath(preprocess, device, f"torchvision on {device} (nvJPEG)")
+
+
 def _forward_batches(
     loader: Iterable[LoadedBatch],
     runner: Runner,
@@ -223,21 +263,28 @@ def _forward_batches(
     progress: _Progress,
     advance: Callable[[int], None],
     stop: threading.Event | None,
+    decode: DecodePath | None = None,
 ) -> bool:
     """Forward every batch of ``loader`` and hand it to the committer; True when out of memory halved the batch
-    size (the caller restarts the loader at ``progress.pos``)."""
+    size (the caller restarts the loader at ``progress.pos``). With a device ``decode`` path each batch is first
+    decoded and preprocessed on the device."""
     t_wait = time.perf_counter()
-    for batch in loader:
-        progress.add_stages(batch, time.perf_counter() - t_wait)
+    for loaded in loader:
+        batch = loaded
+        waited = time.perf_counter() - t_wait
         arrays: dict[str, dict[int, np.ndarray]] = {}
-        if batch.image_hashes:
+        if loaded.image_hashes:
             try:
-                arrays = runner.forward(batch.inputs, len(batch.image_hashes))
+                if decode is not None and decode.preprocess is not None:
+                    batch = finish_on_device(loaded, decode.preprocess, decode.device)
+                if batch.image_hashes:
+                    arrays = runner.forward(batch.inputs, len(batch.image_hashes))
             except Exception as e:
                 if not is_oom(e):
                     raise
                 size.halve_or_raise(e)
                 return True
+        progress.add_stages(batch, waited)
         committer.put(HostBatch(batch.image_hashes, arrays, batch.failures))
         progress.pos += batch.n_refs
         advance(batch.n_refs)
@@ -316,6 +363,8 @@ def run_extraction(
         start = getattr(adapter, "cpu_batch_size", None) or AUTO_START["cpu"]
     size = _BatchSize(start, auto, device, options.model)
     workers = options.resolved_workers()
+    decode = resolve_decode(adapter, options)
+    logger.info("extract %s: decoding with %s", options.dataset, decode.description)
     runner = Runner(adapter, request.layers, request.poolings, request.feature_set_ids)
     committer = Committer(
         store,
@@ -334,20 +383,24 @@ def run_extraction(
             task = bar.add_task(f"extract {options.dataset}", total=plan.n_todo)
             restart = True
             while restart and progress.pos < plan.n_todo and not progress.stopped:
+                on_device = decode.preprocess is not None
                 refs = ImageRefs(
-                    plan.todo, store.url, start=progress.pos, study_preprocessing=options.study_preprocessing
-                )
+                    plan.todo, store.url, start=progress.pos, study_preprocessing=options.study_preprocessing,
+                    device_decode=on_device,
+                )  # fmt: skip
                 loader = make_loader(
-                    refs, adapter.preprocessor, request.raw_prompt, batch_size=size.value, workers=workers,
-                    pin_memory=device.type == "cuda",
+                    refs, None if on_device else adapter.preprocessor, request.raw_prompt, batch_size=size.value,
+                    workers=workers, pin_memory=device.type == "cuda",
                 )  # fmt: skip
                 restart = _forward_batches(
-                    loader, runner, committer, size, progress, lambda n: bar.advance(task, n), stop
+                    loader, runner, committer, size, progress, lambda n: bar.advance(task, n), stop, decode
                 )
                 del loader
     finally:
         committer.close()
     summary = _summary(request, plan, runner, committer, size, workers, progress, time.perf_counter() - t_start)
+    summary["decode"] = decode.description
+    logger.info("extract %s: stage seconds %s", options.dataset, summary["stage_seconds"])
     if progress.stopped:
         raise Stopped(summary)
     return summary

@@ -48,6 +48,7 @@ CHOICES = {
     "--method",
     "--mode",
     "--engine",
+    "--decode",
     "--select-by",
     "--class-weight",
     "--test-split",

@@ -27,6 +27,7 @@ from torch import nn
 
 from medprobe.errors import InvalidInputError
 from medprobe.extractor.adapter import Adapter, ModelIdentity, Preprocessor
+from medprobe.extractor.device_decode import DevicePreprocess, compose_device_preprocess
 from medprobe.extractor.models.base import compute_dtype
 from medprobe.extractor.models.capture import PooledCapture
 from medprobe.extractor.models.vision_tower import to_rgb
@@ -152,6 +153,13 @@ class BlockEncoderAdapter(Adapter):
     @abstractmethod
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The library's own embedding of the images (the last layer)."""
+
+    def device_preprocess(self) -> DevicePreprocess | None:
+        """The library's eval transform rebuilt for tensors on the model's device (None if a step has no tensor
+        form)."""
+        if not isinstance(self.preprocessor, TransformPreprocessor):
+            return None
+        return compose_device_preprocess(self.preprocessor.transform, self.device)
 
     def forward_pooled(
         self, batch: Mapping[str, torch.Tensor], layers: Sequence[int], poolings: Sequence[str]

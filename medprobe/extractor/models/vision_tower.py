@@ -17,6 +17,7 @@ from torch import nn
 
 from medprobe.errors import InvalidInputError
 from medprobe.extractor.adapter import Adapter, ModelIdentity, Preprocessor
+from medprobe.extractor.device_decode import DevicePreprocess, hf_device_preprocess
 from medprobe.extractor.models.base import compute_dtype, move_batch
 from medprobe.extractor.models.capture import PooledCapture
 from medprobe.featurestore import config_json
@@ -109,6 +110,12 @@ class VisionTowerAdapter(Adapter):
         if name == "image_mean":
             return hidden[:, self.n_prefix :].float().mean(dim=1)
         return hidden.float().mean(dim=1)
+
+    def device_preprocess(self) -> DevicePreprocess | None:
+        """The image processor on the model's device (transformers' torchvision backend only)."""
+        if not isinstance(self.preprocessor, ImageOnlyPreprocessor):
+            return None
+        return hf_device_preprocess(self.preprocessor.image_processor, self.device)
 
     def forward_pooled(
         self, batch: Mapping[str, torch.Tensor], layers: Sequence[int], poolings: Sequence[str]
