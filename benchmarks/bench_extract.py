@@ -143,7 +143,7 @@ def reference(store, adapter, paths: list[Path], prompt: str | None, dtype: str)
     return done
 
 
-def child(model: str, method: str, n: int, workdir: Path, batch_size: str, workers: int) -> dict:
+def child(model: str, method: str, n: int, workdir: Path, batch_size: str, workers: int, decode: str) -> dict:
     import torch
 
     from medprobe.extractor.loading import load_adapter
@@ -165,11 +165,16 @@ def child(model: str, method: str, n: int, workdir: Path, batch_size: str, worke
         done = reference(store, adapter, paths, prompt, dtype)
     else:
         opts = ExtractOptions(dataset="bench", model=model, batch_size=batch_size, workers=workers, dtype=dtype,
-                              device=device, commit_every=1024, **prompt_opts)  # fmt: skip
-        done = extract(store, opts, adapter=adapter, show_progress=False)["images_committed"]
+                              device=device, commit_every=1024, decode="pil" if method == "medprobe-pil" else decode,
+                              **prompt_opts)  # fmt: skip
+        summary = extract(store, opts, adapter=adapter, show_progress=False)
+        done = summary["images_committed"]
     seconds = time.perf_counter() - t0
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"images": done, "seconds": seconds, "images_per_s": done / seconds, "peak_rss_mb": rss_kb / 1024}
+    out = {"images": done, "seconds": seconds, "images_per_s": done / seconds, "peak_rss_mb": rss_kb / 1024}
+    if method != "reference":
+        out |= {"decode": summary["decode"], "stage_seconds": summary["stage_seconds"]}
+    return out
 
 
 # --------------------------------------------------------------------------- driver
@@ -181,6 +186,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--reference-images", type=int, default=None, help="cap the slow batch-1 method")
     ap.add_argument("--json", help="also write one row per model to this JSON file (gpu_check.sh)")
+    ap.add_argument("--decode", choices=["auto", "pil", "torchvision"], default="auto", help="medprobe's --decode")
+    ap.add_argument("--compare-decode", action="store_true",
+                    help="also run medprobe with --decode pil (default on CUDA: nvJPEG against CPU decoding)")
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -191,7 +199,7 @@ def main() -> None:
 
     workers = args.workers if args.workers is not None else default_workers(os.cpu_count() or 1)
     if args.child:
-        print(json.dumps(child(*args.child, args.images, Path(args.workdir), args.batch_size, workers)))
+        print(json.dumps(child(*args.child, args.images, Path(args.workdir), args.batch_size, workers, args.decode)))
         return
     from rich.console import Console
     from rich.table import Table
@@ -201,25 +209,32 @@ def main() -> None:
     n_ref = min(n, args.reference_images or (1000 if cuda else n))
     machine = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, {platform.processor() or 'x86'})"
     table = Table(title=f"extraction, JPEG files -> committed store rows; {machine}, torch {torch.__version__}")
-    for col in ("model", "images", "reference img/s", "medprobe img/s", "ratio", "ref peak RSS MB", "medprobe RSS MB"):
-        table.add_column(col, justify="left" if col == "model" else "right")
+    compare = args.compare_decode or (cuda and args.decode == "auto")
+    cols = ["model", "images", "reference img/s", "medprobe img/s", "ratio", "ref peak RSS MB", "medprobe RSS MB"]
+    cols += ["medprobe decode", "stage s (read/decode/preprocess/forward/write)"]
+    cols += ["--decode pil img/s"] if compare else []
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("model", "medprobe decode") else "right")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
         work = Path(tmp)
         write_images(work / "images", n)
         for model in models:
             res = {}
-            for method, count in (("reference", n_ref), ("medprobe", n)):
+            methods = [("reference", n_ref), ("medprobe", n)] + ([("medprobe-pil", n)] if compare else [])
+            for method, count in methods:
                 cmd = [sys.executable, __file__, "--child", model, method, "--images", str(count), "--workdir", tmp,
-                       "--batch-size", args.batch_size, "--workers", str(workers)]  # fmt: skip
+                       "--batch-size", args.batch_size, "--workers", str(workers), "--decode", args.decode]  # fmt: skip
                 out = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if out.returncode != 0:
                     raise SystemExit(f"{model} {method} failed:\n{out.stderr[-3000:]}")
                 res[method] = json.loads(out.stdout.strip().splitlines()[-1])
             ref, med = res["reference"], res["medprobe"]
             rows.append({"bench": "extract", "device": machine, "model": model, "reference": ref, "medprobe": med,
-                         "ratio": med["images_per_s"] / ref["images_per_s"]})  # fmt: skip
-            table.add_row(
+                         "ratio": med["images_per_s"] / ref["images_per_s"],
+                         "medprobe_pil": res.get("medprobe-pil")})  # fmt: skip
+            st = med["stage_seconds"]
+            cells = [
                 model,
                 f"{ref['images']:,} / {med['images']:,}",
                 f"{ref['images_per_s']:,.1f}",
@@ -227,8 +242,13 @@ def main() -> None:
                 f"{med['images_per_s'] / ref['images_per_s']:,.1f}x",
                 f"{ref['peak_rss_mb']:,.0f}",
                 f"{med['peak_rss_mb']:,.0f}",
-            )
-    Console(width=150).print(table)
+                med["decode"],
+                "/".join(f"{st[k]:.1f}" for k in ("read", "decode", "preprocess", "forward", "write")),
+            ]
+            if compare:
+                cells.append(f"{res['medprobe-pil']['images_per_s']:,.1f}")
+            table.add_row(*cells)
+    Console(width=200).print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -32,12 +32,16 @@ def rows(results: Path) -> list[list[str]]:
     extract = _read(results / "extract.json")
     if isinstance(extract, list):
         for row in extract:
-            ref, med = row["reference"], row["medprobe"]
+            ref, med, pil = row["reference"], row["medprobe"], row.get("medprobe_pil")
+            stages = med.get("stage_seconds", {})
+            staged = ", ".join(f"{k} {stages[k]:.1f}" for k in ("read", "decode", "preprocess", "forward", "write")
+                               if k in stages)  # fmt: skip
+            versus = f"; --decode pil {pil['images_per_s']:,.1f} img/s" if pil else ""
             out.append(
                 [
                     f"extract {row['model']}: JPEG files -> committed rows",
-                    f"{med['images_per_s']:,.1f} img/s ({med['images']:,} images, "
-                    f"peak RSS {med['peak_rss_mb']:,.0f} MB)",
+                    f"{med['images_per_s']:,.1f} img/s ({med['images']:,} images, decode: {med.get('decode', '?')}, "
+                    f"peak RSS {med['peak_rss_mb']:,.0f} MB; stage s: {staged}{versus})",
                     f"{ref['images_per_s']:,.1f} img/s (study's batch-1 loop, {ref['images']:,} images)",
                     f"{row['ratio']:,.1f}x",
                     TARGETS.get(row["model"], "-"),

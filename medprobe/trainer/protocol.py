@@ -22,7 +22,7 @@ from medprobe.errors import InvalidInputError
 from medprobe.schemas.vocab import CGrid, Selection
 from medprobe.trainer.bootstrap import replicate_metrics
 from medprobe.trainer.defaults import DEFAULT_C_GRID
-from medprobe.trainer.solvers import Solver
+from medprobe.trainer.solvers import Solver, solver_session
 from medprobe.trainer.solvers.base import (
     FittedProbe,
     ProbeBatch,
@@ -526,7 +526,6 @@ def fit_protocol(
     starts; kept for comparisons). Returns results ordered by setting, then layer.
     """
     y = np.asarray(y)
-    K = len(class_names)
     c_grid = [float(c) for c in c_grid]
     plan = _plan_selection(
         y, stratify_key(y, kind), kind, class_names, settings, len(c_grid),
@@ -534,6 +533,30 @@ def fit_protocol(
     )  # fmt: skip
     if grid not in (CGrid.full, CGrid.adaptive):
         raise InvalidInputError(f"unknown --grid {grid!r}: choose adaptive or full")
+    with solver_session(solver):  # every solve below works on the same layers: prepare each once
+        return _select_and_refit(
+            layers, y, kind, class_names, solver, plan, settings, c_grid, metric, class_weight, on_iteration, timing,
+            grid, warm_start,
+        )  # fmt: skip
+
+
+def _select_and_refit(
+    layers: Sequence[np.ndarray],
+    y: np.ndarray,
+    kind: ProbeKind,
+    class_names: Sequence[str],
+    solver: Solver,
+    plan: _SelectionPlan,
+    settings: Sequence[Setting],
+    c_grid: list[float],
+    metric: str,
+    class_weight: str | None,
+    on_iteration: Callable[[int, int], None] | None,
+    timing: ProtocolTiming | None,
+    grid: CGrid | str,
+    warm_start: bool,
+) -> list[ProtocolResult]:
+    K = len(class_names)
     t0 = time.perf_counter()
     fold_probes: FoldProbes = {}
     if grid == CGrid.full and not warm_start:

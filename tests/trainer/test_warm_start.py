@@ -133,3 +133,36 @@ def test_every_selection_round_after_the_first_and_the_refit_start_warm() -> Non
     fit_protocol([Xtr], ytr, "multiclass", ["a", "b", "c"], Spy(), groups=groups, c_grid=GRID)
     assert not seen[0][1]  # the first round (the smallest C values) starts from zero
     assert all(warm for _, warm in seen[1:])  # every later C and the refit start from a solution
+
+
+def test_a_session_prepares_each_layer_and_fold_once_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside ``TorchSolver.session`` the C path's solves reuse each layer's standardisation and each fold's row-span
+    basis (one QR per layer x fold instead of one per C); the probes are the same as without it."""
+    import torch
+
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(90, 140)), rng.integers(0, 2, 90)  # fewer rows than features: row-span blocks
+    folds = [np.arange(90)[np.arange(90) % 3 != f] for f in range(3)]
+    solver = get_solver("torch", device="cpu")
+    qr_calls = []
+    real_qr = torch.linalg.qr
+    monkeypatch.setattr(torch.linalg, "qr", lambda A, *a, **k: qr_calls.append(1) or real_qr(A, *a, **k))
+
+    def path() -> list[np.ndarray]:
+        out = []
+        for C in (0.01, 0.1, 1.0):
+            batch = ProbeBatch(folds, np.arange(3), np.full((1, 3), C))
+            out += [p.predict_proba(X) for p in solver.fit_many([X], y, "binary", 2, batch)[0]]
+        return out
+
+    plain = path()
+    assert len(qr_calls) == 9  # 3 folds x 3 C values
+    qr_calls.clear()
+    with solver.session():
+        cached = path()
+        twin = X.copy()  # equal values, another array: never mistaken for X
+        solver.fit_many([twin], y, "binary", 2, ProbeBatch(folds, np.arange(3), np.full((1, 3), 1.0)))
+    assert len(qr_calls) == 3 + 3  # once per fold for X, once per fold for its twin
+    for a, b in zip(plain, cached, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    assert solver._cache is None  # released on exit

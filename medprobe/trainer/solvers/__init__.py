@@ -9,6 +9,7 @@ Compare medprobe with scikit-learn in two lines::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,6 +35,13 @@ class Solver(Protocol):
         class_weight: str | None = None,
         on_iteration: OnIteration | None = None,
     ) -> list[list[FittedProbe]]: ...
+
+
+def solver_session(solver: Solver) -> AbstractContextManager[Any]:
+    """The solver's session (solves inside reuse their data preparation; see ``TorchSolver.session``), or a no-op
+    for solvers without one."""
+    session = getattr(solver, "session", None)
+    return session() if callable(session) else nullcontext()
 
 
 def get_solver(name: str, **options: Any) -> Solver:

@@ -29,7 +29,9 @@ floor); large ones, and every problem on an accelerator, in float32.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +49,7 @@ from medprobe.trainer.solvers.base import (
 
 MAX_ROW_SPAN_BYTES = 2 << 30  # above this, row-span blocks would cost more memory than they save
 SMALL_DESIGN_ELEMENTS = 4 << 20  # design tensors up to this many elements are solved in float64 on CPU
+SESSION_CACHE_BYTES = 4 << 30  # a session keeps at most this much prepared data on the device
 
 
 def default_device() -> torch.device:
@@ -355,6 +358,31 @@ def _set_statistics(X64: torch.Tensor, M64: torch.Tensor) -> tuple[torch.Tensor,
     return mu, torch.where(sc > 1e-6, sc, torch.ones_like(sc))
 
 
+class PreparedCache:
+    """What a solve derives from the data alone (each layer's standardisation, each row set's statistics and
+    row-span basis), kept on the device between the solves of one session (the C values of a selection path) so
+    each solve only iterates. Entries hold the caller's arrays so their ids stay theirs; at most ``max_bytes``."""
+
+    def __init__(self, max_bytes: int = SESSION_CACHE_BYTES) -> None:
+        self.entries: dict[tuple, tuple[object, tuple[torch.Tensor, ...]]] = {}
+        self.max_bytes = max_bytes
+        self.bytes = 0
+
+    def get(self, key: tuple, source: object) -> tuple[torch.Tensor, ...] | None:
+        hit = self.entries.get(key)
+        return hit[1] if hit is not None and hit[0] is source else None
+
+    def put(self, key: tuple, source: object, value: tuple[torch.Tensor, ...]) -> None:
+        size = sum(t.numel() * t.element_size() for t in value)
+        if key not in self.entries and self.bytes + size <= self.max_bytes:
+            self.entries[key] = (source, value)
+            self.bytes += size
+
+
+def _digest(rows: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(rows, dtype=np.int64).tobytes(), digest_size=16).hexdigest()
+
+
 @dataclass
 class _Problem:
     """What both solve paths share: standardisation inputs, targets and row weights on the device."""
@@ -377,6 +405,35 @@ class _Problem:
     max_iter: int
     history: int
     on_iteration: OnIteration | None
+    sources: Sequence[object] = ()  # the caller's layer arrays (cache identity)
+    layer_keys: Sequence[tuple] = ()  # per layer: (id of the caller's array, digest of the rows solved on)
+    cache: PreparedCache | None = None
+
+    def set_key(self, gi: int, f: int) -> tuple:
+        return (*self.layer_keys[gi], _digest(np.asarray(self.batch.row_sets[f])))
+
+    def layer(self, gi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Layer ``gi`` standardised (float64), its mean and std, and every row set's mean and scale (F, d) in
+        standardised units; from the session cache when this layer and these row sets were seen."""
+        F = len(self.batch.row_sets)
+        cache, src = self.cache, self.sources[gi] if self.sources else None
+        base = None if cache is None else cache.get(("layer", *self.layer_keys[gi]), src)
+        if base is not None:
+            X64, mean, std = base
+        else:
+            X64, mean, std = _standardise_layer(self.layers[gi], self.device)
+            if cache is not None:
+                cache.put(("layer", *self.layer_keys[gi]), src, (X64, mean, std))
+        sets = [None if cache is None else cache.get(("set", *self.set_key(gi, f)), src) for f in range(F)]
+        if all(s is not None for s in sets):
+            mu = torch.stack([s[0] for s in sets if s is not None])
+            sc = torch.stack([s[1] for s in sets if s is not None])
+        else:
+            mu, sc = _set_statistics(X64, self.masks)
+            if cache is not None:
+                for f in range(F):
+                    cache.put(("set", *self.set_key(gi, f)), src, (mu[f], sc[f]))
+        return X64, mean, std, mu, sc
 
     @property
     def rs_of(self) -> np.ndarray:
@@ -435,18 +492,26 @@ def _solve_row_span(p: _Problem, out: BatchedResult) -> None:
     rows_of = [torch.as_tensor(np.asarray(r), device=dev) for r in p.batch.row_sets]
     X = torch.zeros(G * F, n_b, r_max, dtype=dtype, device=dev)
     bases: dict[tuple[int, int], torch.Tensor] = {}
-    for gi, layer in enumerate(p.layers):
-        X64, mean, std = _standardise_layer(layer, dev)
-        mu, sc = _set_statistics(X64, p.masks)
+    for gi in range(G):
+        X64, mean, std, mu, sc = p.layer(gi)
         out.mean[gi, :, : p.widths[gi]] = mean + std * mu
         out.scale[gi, :, : p.widths[gi]] = std * sc
         for f in range(F):
-            Z = (X64[rows_of[f]] - mu[f]) / sc[f]
-            if p.span[gi][f] < p.widths[gi]:
-                basis = torch.linalg.qr(Z.T).Q  # (d, n_f): orthonormal, spans the training rows
+            key = ("span", *p.set_key(gi, f), dtype)
+            hit = None if p.cache is None else p.cache.get(key, p.sources[gi])
+            if hit is not None:
+                Z, basis = hit[0], (hit[1] if hit[1].numel() else None)
+            else:
+                Z, basis = (X64[rows_of[f]] - mu[f]) / sc[f], None
+                if p.span[gi][f] < p.widths[gi]:
+                    basis = torch.linalg.qr(Z.T).Q  # (d, n_f): orthonormal, spans the training rows
+                    Z = Z @ basis
+                Z = Z.to(dtype)
+                if p.cache is not None:
+                    p.cache.put(key, p.sources[gi], (Z, basis if basis is not None else torch.empty(0)))
+            if basis is not None:
                 bases[(gi, f)] = basis
-                Z = Z @ basis
-            X[gi * F + f, : Z.shape[0], : Z.shape[1]] = Z.to(dtype)
+            X[gi * F + f, : Z.shape[0], : Z.shape[1]] = Z
         del X64
     slot_col = np.full((F, Q), -1)  # the column m of each (row set, slot); -1 = dead slot
     for f in range(F):
@@ -505,8 +570,7 @@ def _solve_by_width(p: _Problem, out: BatchedResult) -> None:
         X = torch.empty(Gw, n, width, dtype=dtype, device=dev)  # filled in place: one copy of the data
         mus, scs = [], []
         for i, gi in enumerate(members):
-            X64, mean, std = _standardise_layer(p.layers[gi], dev)
-            mu, sc = _set_statistics(X64, p.masks)
+            X64, mean, std, mu, sc = p.layer(gi)
             out.mean[gi, :, :width] = mean + std * mu
             out.scale[gi, :, :width] = std * sc
             X[i] = X64
@@ -566,8 +630,10 @@ def fit_torch_batched(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     on_iteration: OnIteration | None = None,
+    cache: PreparedCache | None = None,
 ) -> BatchedResult:
-    """Fit layers x columns probes in one batched solve (layers share rows; widths may differ).
+    """Fit layers x columns probes in one batched solve (layers share rows; widths may differ). ``cache`` keeps
+    the data-only preparation between solves of one session (see :meth:`TorchSolver.session`).
 
     Row-span blocks (one per layer x row set, in the span of the set's rows) when the sets are narrower than the
     features and fit in memory; otherwise one block per layer over all rows.
@@ -578,6 +644,9 @@ def fit_torch_batched(
     if any(int(X.shape[0]) != n for X in layers):
         raise ValueError("all layers of one batched solve must have the same rows")
     check_batch(batch, G, n)
+    sources = list(layers)
+    used = _digest(np.unique(np.concatenate([np.asarray(r) for r in batch.row_sets])))
+    layer_keys = [(id(X), used) for X in sources]
     layers, y, batch = _only_used_rows(layers, y, batch)
     n = int(layers[0].shape[0])
     widths = [int(X.shape[1]) for X in layers]
@@ -596,7 +665,7 @@ def fit_torch_batched(
         r_max=r_max, rw=torch.as_tensor(rw_np, dtype=dtype, device=dev),
         masks=torch.as_tensor(masks, dtype=torch.float64, device=dev), T=torch.as_tensor(T_np, dtype=dtype, device=dev),
         dtype=dtype, device=dev, tol=default_tol(dtype) if tol is None else tol, max_iter=max_iter, history=history,
-        on_iteration=on_iteration,
+        on_iteration=on_iteration, sources=sources, layer_keys=layer_keys, cache=cache,
     )  # fmt: skip
     result = _empty_result(problem)
     if row_span:
@@ -629,6 +698,18 @@ class TorchSolver:
         self.tol, self.max_iter = tol, max_iter
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype  # None: chosen per problem by default_dtype
+        self._cache: PreparedCache | None = None
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Within the block, solves on the same layer arrays and row sets reuse their standardisation and row-span
+        bases (the protocol's C path solves the same folds once per C); released on exit."""
+        outer = self._cache
+        self._cache = outer or PreparedCache()
+        try:
+            yield
+        finally:
+            self._cache = outer
 
     def fit_many(
         self,
@@ -654,6 +735,7 @@ class TorchSolver:
             device=self.device,
             dtype=self.dtype,
             on_iteration=on_iteration,
+            cache=self._cache,
         )
         coef = res.coef.double().cpu().numpy()
         icpt = res.intercept.double().cpu().numpy()
