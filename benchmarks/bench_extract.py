@@ -223,6 +223,8 @@ def main() -> None:
             res = {}
             methods = [("reference", n_ref), ("medprobe", n)] + ([("medprobe-pil", n)] if compare else [])
             for method, count in methods:
+                if method == "medprobe-pil" and not res["medprobe"]["decode"].startswith("torchvision"):
+                    continue  # the model has no device path: medprobe ran the PIL path already
                 cmd = [sys.executable, __file__, "--child", model, method, "--images", str(count), "--workdir", tmp,
                        "--batch-size", args.batch_size, "--workers", str(workers), "--decode", args.decode]  # fmt: skip
                 out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -246,7 +248,7 @@ def main() -> None:
                 "/".join(f"{st[k]:.1f}" for k in ("read", "decode", "preprocess", "forward", "write")),
             ]
             if compare:
-                cells.append(f"{res['medprobe-pil']['images_per_s']:,.1f}")
+                cells.append(f"{res['medprobe-pil']['images_per_s']:,.1f}" if "medprobe-pil" in res else "(same)")
             table.add_row(*cells)
     Console(width=200).print(table)
     if args.json:

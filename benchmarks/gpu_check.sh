@@ -40,7 +40,8 @@ if [[ $DRY == 1 ]]; then
     DEVICE=cpu
     echo "dry run on the CPU ($(nproc) cores), tiny sizes: the numbers mean nothing" > "$RESULTS/device.txt"
     TRAINER=(--rows 400 --dim 32 --layers 2 --cs 3 --sklearn-probes 2 --study-probes 1 --epochs 2 --repeats 1)
-    EXTRACT=(--models tiny-random/clip tiny-random/timm-vit --images 24 --reference-images 8 --workers 1)
+    EXTRACT=(--models tiny-random/clip tiny-random/timm-vit --images 24 --reference-images 8 --workers 1 --decode torchvision
+             --compare-decode)
     T_TESTS=120; T_TRAIN=120; T_EXTRACT=240
 else
     DEVICE=cuda

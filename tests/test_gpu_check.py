@@ -22,6 +22,7 @@ def test_gpu_check_dry_run_writes_the_table(tmp_path: Path) -> None:
     assert "| check | medprobe | baseline (same run) | ratio | target |" in table
     assert "GPU-marked tests" in table and "skipped" in table  # no CUDA here: they skip cleanly
     assert "extract tiny-random/clip" in table and "extract tiny-random/timm-vit" in table
+    assert "decode: torchvision on cpu" in table and "--decode pil" in table  # the device path and its baseline
     assert "probes: 2 layers x 3 C" in table
     assert "did not" not in table
     assert (tmp_path / "gpu_check_extract.log").exists()
