@@ -94,20 +94,6 @@ def decode_batch(
     rejects; it raises :class:`~medprobe.imaging.ImageReadError` for an undecodable file."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec on every call; its decoders still work
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return _decode_batch(items, encoded, sources, device, cpu_decode, decode_jpeg, ImageReadMode.RGB)
-
-
-def _decode_batch(
-    items: Sequence[torch.Tensor],
-    encoded: Sequence[bool],
-    sources: Sequence[str],
-    device: torch.device,
-    cpu_decode: Callable[[bytes, str], torch.Tensor],
-    decode_jpeg: Callable[..., Any],
-    rgb: Any,
-) -> DecodeResult:
     from medprobe.imaging import ImageReadError
 
     out: dict[int, torch.Tensor] = {}
@@ -116,14 +102,16 @@ def _decode_batch(
     for i, e in enumerate(encoded):
         if not e:
             out[i] = items[i].to(device, non_blocking=True)
-    if enc:
+    with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec on every call; its decoders still work
+        warnings.simplefilter("ignore", DeprecationWarning)
         try:
-            decoded = decode_jpeg([items[i] for i in enc], mode=rgb, device=device)
-            out.update(zip(enc, decoded, strict=True))
+            if enc:
+                decoded = decode_jpeg([items[i] for i in enc], mode=ImageReadMode.RGB, device=device)
+                out.update(zip(enc, decoded, strict=True))
         except RuntimeError:  # one bad file fails the batched call: find it
             for i in enc:
                 try:
-                    out[i] = decode_jpeg(items[i], mode=rgb, device=device)
+                    out[i] = decode_jpeg(items[i], mode=ImageReadMode.RGB, device=device)
                 except RuntimeError:
                     try:
                         out[i] = cpu_decode(items[i].numpy().tobytes(), sources[i]).to(device)
