@@ -229,6 +229,7 @@ _SUMMARY_KEYS = (
     "forward_batches",
     "segments",
     "batch_size",
+    "decode",
     "seconds",
     "images_per_s",
 )
