@@ -62,10 +62,10 @@ def from_store(url: str, dataset: str, layer: int) -> tuple:
 def medprobe_run(Xtr, ytr, groups, Xte, yte, kind: str, names: list[str], metric: str, grid: str, warm: bool) -> dict:
     timing = ProtocolTiming()
     t0 = time.perf_counter()
+    solver = get_solver("torch", precondition=warm)  # before: no warm starts and no preconditioner (the old solver)
     (result,) = fit_protocol(
-        [Xtr], ytr, kind, names, get_solver("torch"), groups=groups, metric=metric, grid=grid, warm_start=warm,
-        timing=timing,
-    )  # fmt: skip
+        [Xtr], ytr, kind, names, solver, groups=groups, metric=metric, grid=grid, warm_start=warm, timing=timing
+    )
     seconds = time.perf_counter() - t0
     proba = result.probe.predict_proba(Xte)
     evaluated = [float(c) for c in result.cv_scores]
@@ -139,7 +139,7 @@ def main() -> None:
         before = medprobe_run(*args_, "full", False)
         default = medprobe_run(*args_, "adaptive", True)
         rows = [
-            ("medprobe before: full grid, cold starts", before),
+            ("medprobe before: full grid, cold, no preconditioner", before),
             ("medprobe default: adaptive grid, warm starts", default),
             ("medprobe --grid full, warm starts", medprobe_run(*args_, "full", True)),
         ]

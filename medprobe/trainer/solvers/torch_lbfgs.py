@@ -30,7 +30,7 @@ floor); large ones, and every problem on an accelerator, in float32.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -102,6 +102,23 @@ class _Blocks:
     w: torch.Tensor  # (B, n, Q, Kw) row weights / row-set size (0 outside the probe's rows)
     lam: torch.Tensor  # (B, Q) 1 / (C * row-set size)
     live: torch.Tensor  # (B, Q) bool: a real probe
+    # optional L-BFGS preconditioner per probe: the inverse of (curvature x weighted covariance + lam), by its
+    # eigenvectors (B, Q, D, D) and inverse eigenvalues (B, Q, D); the intercept is scaled by inv_alpha
+    pre_V: torch.Tensor | None = None
+    pre_s: torch.Tensor | None = None
+    inv_alpha: float = 1.0
+
+    def precondition(self, v: torch.Tensor) -> torch.Tensor:
+        """``M^-1 v`` for gradient-shaped ``v`` (B, Q, K*D+K); the identity without a preconditioner."""
+        if self.pre_V is None or self.pre_s is None:
+            return v
+        B, Q, _ = v.shape
+        D = self.X.shape[2]
+        K = self.T.shape[2]
+        W = v[..., : K * D].reshape(B, Q, K, D)
+        U = torch.matmul(W, self.pre_V) * self.pre_s[:, :, None, :]
+        W = torch.matmul(U, self.pre_V.transpose(-1, -2))
+        return torch.cat([W.reshape(B, Q, K * D), v[..., K * D :] * self.inv_alpha], dim=2)
 
     def take(self, keep: torch.Tensor) -> _Blocks:
         def sel(t: torch.Tensor) -> torch.Tensor:
@@ -112,8 +129,9 @@ class _Blocks:
 
         T = self.T if self.T.shape[0] == 1 else sel(self.T)
         return _Blocks(
-            sel(self.X), T, sel_optional(self.mu), sel_optional(self.sc), sel(self.w), sel(self.lam), sel(self.live)
-        )
+            sel(self.X), T, sel_optional(self.mu), sel_optional(self.sc), sel(self.w), sel(self.lam), sel(self.live),
+            sel_optional(self.pre_V), sel_optional(self.pre_s), self.inv_alpha,
+        )  # fmt: skip
 
 
 def _evaluate(blk: _Blocks, kind: ProbeKind, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,16 +165,23 @@ def _evaluate(blk: _Blocks, kind: ProbeKind, theta: torch.Tensor) -> tuple[torch
 
 
 def _two_loop(
-    grad: torch.Tensor, S: torch.Tensor, Y: torch.Tensor, rho: torch.Tensor, gamma: torch.Tensor, order: list[int]
+    grad: torch.Tensor,
+    S: torch.Tensor,
+    Y: torch.Tensor,
+    rho: torch.Tensor,
+    gamma: torch.Tensor,
+    order: list[int],
+    h0: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """L-BFGS direction ``-H grad`` for a stack of probes (P, D); ``order`` lists history slots newest first."""
+    """L-BFGS direction ``-H grad`` for a stack of probes (P, D); ``order`` lists history slots newest first and
+    ``h0`` applies the initial inverse Hessian (before its scale ``gamma``)."""
     q = grad.clone()
     alphas = []
     for j in order:
         alpha = rho[:, j] * (S[:, j] * q).sum(1)
         q -= alpha[:, None] * Y[:, j]
         alphas.append(alpha)
-    r = q * torch.where(gamma > 0, gamma, torch.ones_like(gamma))[:, None]
+    r = h0(q) * torch.where(gamma > 0, gamma, torch.ones_like(gamma))[:, None]
     for j, alpha in zip(reversed(order), reversed(alphas), strict=True):
         beta = rho[:, j] * (Y[:, j] * r).sum(1)
         r += S[:, j] * (alpha - beta)[:, None]
@@ -171,6 +196,7 @@ def _direction(
     gamma: torch.Tensor,
     live: torch.Tensor,
     order: list[int],
+    precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The L-BFGS search direction of every live probe (b, Q, Dp), its slope g.d (b, Q), the first step length
     (b, Q) and the curvature scale after resets (b, Q).
@@ -184,17 +210,23 @@ def _direction(
     eps = torch.finfo(g.dtype).eps
     gf, lv = g.reshape(P, Dp), live.reshape(P)
     gam = gamma.reshape(P)
-    d = _two_loop(gf, S.reshape(P, m, Dp), Yh.reshape(P, m, Dp), rho.reshape(P, m), gam, order)
+
+    def h0(x: torch.Tensor) -> torch.Tensor:
+        return x if precondition is None else precondition(x.view(b, Q, Dp)).reshape(P, Dp)
+
+    d = _two_loop(gf, S.reshape(P, m, Dp), Yh.reshape(P, m, Dp), rho.reshape(P, m), gam, order, h0)
     gtd = (gf * d).sum(1)
     fresh = lv & ((gam <= 0) | ~(gtd < 0))
     if bool(fresh.any()):
-        d = torch.where(fresh[:, None], -gf, d)
-        gtd = torch.where(fresh, -(gf * gf).sum(1), gtd)
+        first = h0(gf)  # steepest descent in the preconditioner's metric
+        d = torch.where(fresh[:, None], -first, d)
+        gtd = torch.where(fresh, -(gf * first).sum(1), gtd)
         rho.view(P, m)[fresh] = 0
         gam = torch.where(fresh, torch.zeros_like(gam), gam)
     d = torch.where(lv[:, None], d, torch.zeros_like(d))
     gtd = torch.where(lv, gtd, torch.zeros_like(gtd))
-    t = torch.where(fresh, torch.clamp(1.0 / gf.abs().sum(1).clamp_min(eps), max=1.0), torch.ones_like(gtd))
+    short = torch.clamp(1.0 / gf.abs().sum(1).clamp_min(eps), max=1.0)  # unscaled steepest descent: a short step
+    t = torch.where(fresh & (precondition is None), short, torch.ones_like(gtd))
     t = torch.where(lv, t, torch.zeros_like(t))
     return d.view(b, Q, Dp), gtd.view(b, Q), t.view(b, Q), gam.view(b, Q)
 
@@ -295,10 +327,10 @@ def lbfgs_blocks(
             theta, f, g, S, Yh, rho, gamma = (t[keep] for t in (theta, f, g, S, Yh, rho, gamma))
             n_iter, n_flat, gmax, conv, live = (t[keep] for t in (n_iter, n_flat, gmax, conv, live))
         order = [(k - 1 - i) % m for i in range(min(k, m))]
-        d, gtd, t, gam = _direction(g, S, Yh, rho, gamma, live, order)
+        d, gtd, t, gam = _direction(g, S, Yh, rho, gamma, live, order, None if blk.pre_V is None else blk.precondition)
         th_new, f_new, g_new, accepted = _line_search(blk, kind, theta, f, g, d, gtd, t, live, max_ls)
         s_vec, y_vec = th_new - theta, g_new - g
-        sy, yy = (s_vec * y_vec).sum(2), (y_vec * y_vec).sum(2)
+        sy, yy = (s_vec * y_vec).sum(2), (y_vec * blk.precondition(y_vec)).sum(2)
         good = accepted & (sy > eps * yy)
         slot = k % m
         S[:, :, slot], Yh[:, :, slot] = s_vec, y_vec
@@ -318,6 +350,26 @@ def lbfgs_blocks(
             on_iteration(int(done.sum()), int(stalled.sum()))
     flush(torch.arange(theta.shape[0], device=dev))
     return out_theta, out_iter, out_conv, out_gmax
+
+
+# full-width blocks (rows >= features) up to this wide get an eigendecomposition preconditioner. Narrow layers of
+# pooled CNN features are the ill-conditioned ones (EfficientNet-Lite0's 16-channel block: correlation eigenvalues
+# 1.5e-5 to 12; C = 1,000 took ~4,000 L-BFGS iterations, 35 preconditioned). Row-span blocks get none: there the
+# weakly regularised probes are nearly separable and the start's curvature misleads (more iterations, not fewer).
+PRECONDITION_MAX_WIDTH = 512
+
+
+def _curvature(kind: ProbeKind, K: int) -> float:
+    """The loss's curvature at the start (probabilities 1/K, or 1/2 per sigmoid)."""
+    return (1.0 / K) * (1.0 - 1.0 / K) if kind == "multiclass" else 0.25
+
+
+def _weighted_spectrum(Z: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (D,) and eigenvectors (D, D) of ``Z' diag(w) Z`` (float64): the data part of the objective's
+    Hessian at the start, which standardised but correlated features make ill-conditioned."""
+    Z64 = Z.to(torch.float64)
+    e, V = torch.linalg.eigh((Z64 * w.to(torch.float64)[:, None]).T @ Z64)
+    return e.clamp_min(0), V
 
 
 def _row_weights(
@@ -405,6 +457,7 @@ class _Problem:
     max_iter: int
     history: int
     on_iteration: OnIteration | None
+    precondition: bool = True
     sources: Sequence[object] = ()  # the caller's layer arrays (cache identity)
     layer_keys: Sequence[tuple] = ()  # per layer: (id of the caller's array, digest of the rows solved on)
     cache: PreparedCache | None = None
@@ -581,6 +634,25 @@ def _solve_by_width(p: _Problem, out: BatchedResult) -> None:
         lam = torch.as_tensor(1.0 / (C[members] * p.counts[rs_of][None, :]), dtype=dtype, device=dev)
         live = torch.ones(Gw, M, dtype=torch.bool, device=dev)
         blocks = _Blocks(X, p.T[None], torch.stack(mus), torch.stack(scs), w, lam, live)
+        if p.precondition and width <= PRECONDITION_MAX_WIDTH:
+            alpha = _curvature(p.kind, K)
+            weights = p.rw.mean(2)  # (F, n): zero outside each row set
+            Vs, invs = [], []
+            for i, gi in enumerate(members):
+                X64, _, _, mu, sc = p.layer(gi)
+                spectra = []
+                for f in range(len(p.batch.row_sets)):  # each row set in its own standardisation
+                    key = ("spectrum", *p.set_key(gi, f))
+                    hit = None if p.cache is None else p.cache.get(key, p.sources[gi])
+                    if hit is None:
+                        hit = _weighted_spectrum((X64 - mu[f]) / sc[f], weights[f])
+                        if p.cache is not None:
+                            p.cache.put(key, p.sources[gi], hit)
+                    spectra.append(hit)
+                e = torch.stack([s[0] for s in spectra])[rs_t]  # (M, d): each column's row set
+                Vs.append(torch.stack([s[1] for s in spectra])[rs_t].to(dtype))
+                invs.append((1.0 / (alpha * e + lam[i].to(torch.float64)[:, None])).to(dtype))
+            blocks.pre_V, blocks.pre_s, blocks.inv_alpha = torch.stack(Vs), torch.stack(invs), 1.0 / alpha
         theta0 = None
         if p.batch.start is not None:
             theta0 = torch.zeros(Gw, M, K * width + K, dtype=dtype, device=dev)
@@ -631,9 +703,12 @@ def fit_torch_batched(
     dtype: torch.dtype | None = None,
     on_iteration: OnIteration | None = None,
     cache: PreparedCache | None = None,
+    precondition: bool = True,
 ) -> BatchedResult:
     """Fit layers x columns probes in one batched solve (layers share rows; widths may differ). ``cache`` keeps
-    the data-only preparation between solves of one session (see :meth:`TorchSolver.session`).
+    the data-only preparation between solves of one session (see :meth:`TorchSolver.session`). ``precondition``:
+    full-width blocks up to ``PRECONDITION_MAX_WIDTH`` features start L-BFGS from the inverse of the objective's
+    Hessian at the start (same minimiser, far fewer iterations on correlated narrow layers).
 
     Row-span blocks (one per layer x row set, in the span of the set's rows) when the sets are narrower than the
     features and fit in memory; otherwise one block per layer over all rows.
@@ -665,7 +740,7 @@ def fit_torch_batched(
         r_max=r_max, rw=torch.as_tensor(rw_np, dtype=dtype, device=dev),
         masks=torch.as_tensor(masks, dtype=torch.float64, device=dev), T=torch.as_tensor(T_np, dtype=dtype, device=dev),
         dtype=dtype, device=dev, tol=default_tol(dtype) if tol is None else tol, max_iter=max_iter, history=history,
-        on_iteration=on_iteration, sources=sources, layer_keys=layer_keys, cache=cache,
+        on_iteration=on_iteration, sources=sources, layer_keys=layer_keys, cache=cache, precondition=precondition,
     )  # fmt: skip
     result = _empty_result(problem)
     if row_span:
@@ -694,8 +769,10 @@ class TorchSolver:
         max_iter: int = 1000,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        precondition: bool = True,
     ) -> None:
         self.tol, self.max_iter = tol, max_iter
+        self.precondition = precondition
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype  # None: chosen per problem by default_dtype
         self._cache: PreparedCache | None = None
@@ -736,6 +813,7 @@ class TorchSolver:
             dtype=self.dtype,
             on_iteration=on_iteration,
             cache=self._cache,
+            precondition=self.precondition,
         )
         coef = res.coef.double().cpu().numpy()
         icpt = res.intercept.double().cpu().numpy()
