@@ -214,13 +214,11 @@ def decode_on_cpu(data: bytes, source: str) -> torch.Tensor:
 def finish_on_device(batch: LoadedBatch, preprocess: DevicePreprocess, device: torch.device) -> LoadedBatch:
     """Decode a batch's pending images on ``device`` and preprocess them there; images that cannot be decoded
     become failures, as on the PIL path. Stage times are measured with the device synchronised."""
-    if batch.pending is None or batch.pending_encoded is None or batch.pending_uris is None:
+    pending, encoded, uris = batch.pending, batch.pending_encoded, batch.pending_uris
+    if pending is None or encoded is None or uris is None:
         return batch
-    uris = batch.pending_uris
     sources = [u or h for u, h in zip(uris, batch.image_hashes, strict=True)]
-    result, decode_s = timed(
-        device, lambda: decode_batch(batch.pending or [], batch.pending_encoded or [], sources, device, decode_on_cpu)
-    )
+    result, decode_s = timed(device, lambda: decode_batch(pending, encoded, sources, device, decode_on_cpu))
     failures = [Failure(batch.image_hashes[i], uris[i], reason, msg) for i, (reason, msg) in result.failed.items()]
     inputs, preprocess_s = timed(device, lambda: preprocess(result.images)) if result.images else ({}, 0.0)
     return replace(

@@ -430,7 +430,7 @@ def _choose_C_path(
     # the smallest C values converge fast and are always needed: the first round solves DROP_PATIENCE + 1 together
     first = DROP_PATIENCE + 1
     rounds = [order[:first]] + [[ci] for ci in order[first:]]
-    previous: list[int] = []
+    previous: int | None = None  # the largest C index solved so far (rounds climb C)
     for round_c in rounds:
         if not active:
             break
@@ -439,15 +439,14 @@ def _choose_C_path(
         cols = [c for c in plan.cols if c[2] in round_c and c[0] in sis]
         sub = _SelectionPlan(plan.train_rows_of, plan.labels, plan.val_rows, plan.row_sets, cols)
         batch = sub.batch(c_grid, len(gs))
-        if warm_start and previous:
-            # the nearest C below this round's, already solved for the same layer and fold
-            start = [[_warm_start(fold_probes, g, si, fi, previous, c_grid[ci]) for si, fi, ci in cols] for g in gs]
+        if warm_start and previous is not None:  # each fold probe starts from the same fold's at the C just below
+            start = [[fold_probes[(g, si, fi, previous)].raw_weights() for si, fi, _ in cols] for g in gs]
             batch = ProbeBatch(batch.row_sets, batch.row_set_of, batch.C, start)
         fitted = solver.fit_many(
             [layers[g] for g in gs], y, kind, n_classes, batch, class_weight=class_weight, on_iteration=on_iteration
         )
         n_probes += len(gs) * len(cols)
-        previous.extend(round_c)
+        previous = round_c[-1]
         for pos, g in enumerate(gs):
             for m, (si, fi, ci) in enumerate(cols):
                 fold_probes[(g, si, fi, ci)] = fitted[pos][m]
@@ -471,28 +470,17 @@ def _choose_C_path(
     return choices, n_probes, fold_probes
 
 
-def _warm_start(
-    fold_probes: FoldProbes, g: int, si: int, fi: int, solved: Sequence[int], C: float
-) -> RawWeights | None:
-    """The raw weights of the same (layer, setting, fold) probe at the largest solved C below ``C`` (None: none)."""
-    below = [ci for ci in solved if (g, si, fi, ci) in fold_probes and float(fold_probes[(g, si, fi, ci)].C) < C]
-    if not below:
-        return None
-    nearest = max(below, key=lambda ci: fold_probes[(g, si, fi, ci)].C)
-    return fold_probes[(g, si, fi, nearest)].raw_weights()
-
-
 def _refit_start(
-    fold_probes: FoldProbes, n_layers: int, n_settings: int, best_C: np.ndarray, c_grid: Sequence[float]
+    fold_probes: FoldProbes, plan: _SelectionPlan, best_C: np.ndarray, c_grid: Sequence[float]
 ) -> list[list[RawWeights | None]]:
     """Each refit starts from the mean of its fold probes at the chosen C (a close guess on nearly the same rows)."""
     out: list[list[RawWeights | None]] = []
-    for g in range(n_layers):
+    for g in range(best_C.shape[0]):
         row: list[RawWeights | None] = []
-        for si in range(n_settings):
+        for si in range(best_C.shape[1]):
             ci = c_grid.index(float(best_C[g, si]))
-            folds = [p for (g2, s2, _, c2), p in fold_probes.items() if (g2, s2, c2) == (g, si, ci)]
-            row.append(mean_raw_weights(folds) if folds else None)
+            folds = [fold_probes.get((g, si, fi, ci)) for fi in range(len(plan.val_rows[si]))]
+            row.append(mean_raw_weights([p for p in folds if p is not None]) if all(folds) else None)
         out.append(row)
     return out
 
@@ -572,7 +560,7 @@ def _select_and_refit(
         )  # fmt: skip
     best_C = np.array([[choices[(g, si)].C for si in range(len(settings))] for g in range(len(layers))])
     t1 = time.perf_counter()
-    start = _refit_start(fold_probes, len(layers), len(settings), best_C, c_grid) if warm_start else None
+    start = _refit_start(fold_probes, plan, best_C, c_grid) if warm_start else None
     refit_batch = ProbeBatch(plan.train_rows_of, np.arange(len(settings)), best_C, start)
     refit = solver.fit_many(layers, y, kind, K, refit_batch, class_weight=class_weight, on_iteration=on_iteration)
     t2 = time.perf_counter()

@@ -461,9 +461,10 @@ class _Problem:
     sources: Sequence[object] = ()  # the caller's layer arrays (cache identity)
     layer_keys: Sequence[tuple] = ()  # per layer: (id of the caller's array, digest of the rows solved on)
     cache: PreparedCache | None = None
+    set_digests: Sequence[str] = ()  # per row set (only with a cache)
 
     def set_key(self, gi: int, f: int) -> tuple:
-        return (*self.layer_keys[gi], _digest(np.asarray(self.batch.row_sets[f])))
+        return (*self.layer_keys[gi], self.set_digests[f])
 
     def layer(self, gi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Layer ``gi`` standardised (float64), its mean and std, and every row set's mean and scale (F, d) in
@@ -550,7 +551,7 @@ def _solve_row_span(p: _Problem, out: BatchedResult) -> None:
         out.mean[gi, :, : p.widths[gi]] = mean + std * mu
         out.scale[gi, :, : p.widths[gi]] = std * sc
         for f in range(F):
-            key = ("span", *p.set_key(gi, f), dtype)
+            key = ("span", *p.set_key(gi, f), dtype) if p.cache is not None else ()
             hit = None if p.cache is None else p.cache.get(key, p.sources[gi])
             if hit is not None:
                 Z, basis = hit[0], (hit[1] if hit[1].numel() else None)
@@ -608,6 +609,24 @@ def _solve_row_span(p: _Problem, out: BatchedResult) -> None:
             out.n_iter[gi, cols], out.converged[gi, cols], out.grad_max[gi, cols] = it[bi, :q], cv[bi, :q], gm[bi, :q]
 
 
+def _row_set_spectra(
+    p: _Problem, gi: int, X64: torch.Tensor, mu: torch.Tensor, sc: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row set's weighted covariance spectrum on layer ``gi`` in its own standardisation: eigenvalues (F, d)
+    and eigenvectors (F, d, d); from the session cache when seen."""
+    weights = p.rw.mean(2)  # (F, n): zero outside each row set
+    spectra = []
+    for f in range(len(p.batch.row_sets)):
+        key = ("spectrum", *p.set_key(gi, f)) if p.cache is not None else ()
+        hit = None if p.cache is None else p.cache.get(key, p.sources[gi])
+        if hit is None:
+            hit = _weighted_spectrum((X64 - mu[f]) / sc[f], weights[f])
+            if p.cache is not None:
+                p.cache.put(key, p.sources[gi], hit)
+        spectra.append(hit)
+    return torch.stack([s[0] for s in spectra]), torch.stack([s[1] for s in spectra])
+
+
 def _solve_by_width(p: _Problem, out: BatchedResult) -> None:
     """One block per layer over all rows (per-probe statistics folded into the weights); layers of one width
     share a solve."""
@@ -620,8 +639,11 @@ def _solve_by_width(p: _Problem, out: BatchedResult) -> None:
     rs_t = torch.as_tensor(rs_of, device=dev)
     for width, members in by_width.items():
         Gw = len(members)
+        lam = torch.as_tensor(1.0 / (C[members] * p.counts[rs_of][None, :]), dtype=dtype, device=dev)
+        precondition = p.precondition and width <= PRECONDITION_MAX_WIDTH
+        alpha = _curvature(p.kind, K)
         X = torch.empty(Gw, n, width, dtype=dtype, device=dev)  # filled in place: one copy of the data
-        mus, scs = [], []
+        mus, scs, Vs, invs = [], [], [], []
         for i, gi in enumerate(members):
             X64, mean, std, mu, sc = p.layer(gi)
             out.mean[gi, :, :width] = mean + std * mu
@@ -629,29 +651,15 @@ def _solve_by_width(p: _Problem, out: BatchedResult) -> None:
             X[i] = X64
             mus.append(mu[rs_t].to(dtype))
             scs.append(sc[rs_t].to(dtype))
+            if precondition:
+                e, V = _row_set_spectra(p, gi, X64, mu, sc)
+                Vs.append(V[rs_t].to(dtype))  # (M, d, d): each column's row set
+                invs.append((1.0 / (alpha * e[rs_t] + lam[i].to(torch.float64)[:, None])).to(dtype))
             del X64
         w = p.rw[rs_t].permute(1, 0, 2)[None].expand(Gw, n, M, p.rw.shape[2])
-        lam = torch.as_tensor(1.0 / (C[members] * p.counts[rs_of][None, :]), dtype=dtype, device=dev)
         live = torch.ones(Gw, M, dtype=torch.bool, device=dev)
         blocks = _Blocks(X, p.T[None], torch.stack(mus), torch.stack(scs), w, lam, live)
-        if p.precondition and width <= PRECONDITION_MAX_WIDTH:
-            alpha = _curvature(p.kind, K)
-            weights = p.rw.mean(2)  # (F, n): zero outside each row set
-            Vs, invs = [], []
-            for i, gi in enumerate(members):
-                X64, _, _, mu, sc = p.layer(gi)
-                spectra = []
-                for f in range(len(p.batch.row_sets)):  # each row set in its own standardisation
-                    key = ("spectrum", *p.set_key(gi, f))
-                    hit = None if p.cache is None else p.cache.get(key, p.sources[gi])
-                    if hit is None:
-                        hit = _weighted_spectrum((X64 - mu[f]) / sc[f], weights[f])
-                        if p.cache is not None:
-                            p.cache.put(key, p.sources[gi], hit)
-                    spectra.append(hit)
-                e = torch.stack([s[0] for s in spectra])[rs_t]  # (M, d): each column's row set
-                Vs.append(torch.stack([s[1] for s in spectra])[rs_t].to(dtype))
-                invs.append((1.0 / (alpha * e + lam[i].to(torch.float64)[:, None])).to(dtype))
+        if precondition:
             blocks.pre_V, blocks.pre_s, blocks.inv_alpha = torch.stack(Vs), torch.stack(invs), 1.0 / alpha
         theta0 = None
         if p.batch.start is not None:
@@ -720,7 +728,7 @@ def fit_torch_batched(
         raise ValueError("all layers of one batched solve must have the same rows")
     check_batch(batch, G, n)
     sources = list(layers)
-    used = _digest(np.unique(np.concatenate([np.asarray(r) for r in batch.row_sets])))
+    used = _digest(np.unique(np.concatenate([np.asarray(r) for r in batch.row_sets]))) if cache is not None else ""
     layer_keys = [(id(X), used) for X in sources]
     layers, y, batch = _only_used_rows(layers, y, batch)
     n = int(layers[0].shape[0])
@@ -741,6 +749,7 @@ def fit_torch_batched(
         masks=torch.as_tensor(masks, dtype=torch.float64, device=dev), T=torch.as_tensor(T_np, dtype=dtype, device=dev),
         dtype=dtype, device=dev, tol=default_tol(dtype) if tol is None else tol, max_iter=max_iter, history=history,
         on_iteration=on_iteration, sources=sources, layer_keys=layer_keys, cache=cache, precondition=precondition,
+        set_digests=[_digest(np.asarray(r)) for r in batch.row_sets] if cache is not None else [],
     )  # fmt: skip
     result = _empty_result(problem)
     if row_span:
