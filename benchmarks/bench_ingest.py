@@ -79,8 +79,8 @@ def time_sha256sum(folder: Path, parallel: int) -> float:
 def child(manifest: str, store_dir: str, workers: int | None) -> None:
     """Run one ingest and print JSON with its timings and this process's peak RSS."""
     from medprobe.featurestore import FeatureStore
-    from medprobe.ingest.pipeline import IngestOptions, ingest
-    from medprobe.ingest.records import FormatOptions
+    from medprobe.ingestion.pipeline import IngestOptions, ingest
+    from medprobe.ingestion.records import FormatOptions
 
     store = FeatureStore.open(store_dir)
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Consoles and store opening shared by every CLI command (the options themselves are in ``options.py``)."""
+"""Consoles and the store option shared by every CLI command (the options themselves are in ``options.py``)."""
 
 from __future__ import annotations
 
@@ -14,23 +14,18 @@ if TYPE_CHECKING:
 console = Console()
 err_console = Console(stderr=True)
 
-__all__ = ["console", "default_store_url", "err_console", "open_store"]
+__all__ = ["console", "default_store_url", "err_console", "open_store", "store_url"]
+
+
+def store_url(url: str | None) -> str | None:
+    """The ``--store`` given to the command (None: the default, ``$MEDPROBE_STORE``, which ``medprobe -s STORE``
+    sets for the command, or ``./medprobe-store``)."""
+    return url
 
 
 def open_store(url: str | None, *, create: bool = False) -> FeatureStore:
-    """Open the store named by ``--store`` (or the default) for a command; only commands that add data (ingest,
-    demo) pass ``create=True``: a typo in ``--store`` never leaves an empty store behind."""
-    from medprobe.featurestore import FeatureStore
+    """Open the store named by ``--store`` (or the default) for a command; only commands that add data pass
+    ``create=True``: a typo in ``--store`` never leaves an empty store behind."""
+    from medprobe.workflows.common import open_store as open_named
 
-    store = FeatureStore.open(url or default_store_url(), create=create)
-    bad = store.unreadable_fragments
-    if bad:
-        n = len(bad)
-        err_console.print(
-            f"[yellow]warning:[/] {n} unreadable fragment(s) in {store.url} are left out of every table "
-            f"(first: {next(iter(bad))}); `medprobe store verify` names them, "
-            "`medprobe store quarantine` moves them aside",
-            highlight=False,
-            soft_wrap=True,
-        )
-    return store
+    return open_named(store_url(url), create=create)

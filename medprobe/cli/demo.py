@@ -8,9 +8,10 @@ from typing import Annotated
 
 import typer
 
-from medprobe.cli.common import console, default_store_url, open_store
-from medprobe.cli.options import StoreOpt, retired
+from medprobe.cli.common import console, default_store_url, open_store, store_url
+from medprobe.cli.options import StoreOpt
 from medprobe.errors import MedprobeError
+from medprobe.workflows.catalog import demo_data
 
 DEMO_DATASET = "demo-synthetic-tissue"
 DEMO_TASK = "tissue"
@@ -26,7 +27,6 @@ def _run_step(app: typer.Typer, title: str, args: list[str]) -> float:
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
-    @retired(workers="--workers/-j -> --decode-workers")
     def demo(
         out: Annotated[
             Path, typer.Option("--out", "-o", help="Folder for the generated images and the report.")
@@ -41,9 +41,7 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
     ) -> None:
         """Run ingest -> extract -> layer sweep -> report on a SYNTHETIC histology-like dataset, offline."""
-        from medprobe.synthetic.tissue import write_demo_dataset
-
-        url = store or default_store_url()
+        url = store_url(store) or default_store_url()
         inner = app  # the steps run through the same application a user types into
         timings: dict[str, float] = {}
         console.print(
@@ -51,7 +49,7 @@ def register(app: typer.Typer) -> None:
             f"{model} with real ImageNet weights; store {url}"
         )
         start = time.perf_counter()
-        labels_csv = write_demo_dataset(out / "data", patients=patients)
+        labels_csv = demo_data(out / "data", patients=patients)
         timings["generate images"] = time.perf_counter() - start
         common = ["--store", url]
         timings["ingest"] = _run_step(

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
-from medprobe.cli.common import console, err_console, open_store
+from medprobe.cli.common import console, err_console, store_url
 from medprobe.cli.options import (
     AllowPickleOpt,
     DatasetOpt,
@@ -28,18 +26,13 @@ from medprobe.cli.options import (
     StoreOpt,
     TrustRemoteCodeOpt,
     layers_option,
-    retired,
-    split_list,
-    split_names,
     with_group,
 )
 from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.cli.tables import key_value_table
-from medprobe.errors import InvalidInputError
-from medprobe.schemas.vocab import ComputeDType, Engine, ImageDecode, Quantization, StorageDType
-
-if TYPE_CHECKING:
-    from medprobe.extractor.pipeline import ExtractOptions
+from medprobe.schemas.vocab import ComputeDType, Engine, ImageDecode, Quantization, SlurmCluster, StorageDType
+from medprobe.workflows import extraction as wf
+from medprobe.workflows.extraction import SUMMARY_KEYS
 
 LayersOpt = Annotated[str, layers_option("layer of the model", "all")]
 
@@ -100,39 +93,6 @@ class ExtractSettings:
         bool, typer.Option("--study-preprocessing", help="Downsample to 1,024 px and scale high-bit images per image.")
     ] = False
 
-    def options(self) -> ExtractOptions:
-        """The pipeline's options (validated)."""
-        from medprobe.extractor.pipeline import ExtractOptions
-
-        try:
-            return ExtractOptions(
-                dataset=self.dataset,
-                model=self.model,
-                prompt=self.prompt,
-                prompt_preset=self.prompt_preset,
-                layers=self.layers,
-                pooling=split_list(self.pooling) or None,
-                batch_size=self.batch_size,  # type: ignore[arg-type]  # validated: "auto" or a positive integer
-                dtype=None if self.dtype is None else self.dtype.value,
-                device=self.device,
-                workers=self.decode_workers,
-                decode=self.decode.value,
-                splits=split_names(self.split) or None,
-                storage_dtype=self.storage_dtype.value,
-                trust_remote_code=self.trust_remote_code,
-                allow_pickle=self.allow_pickle,
-                quantization=None if self.quantization is None else self.quantization.value,
-                device_map=self.device_map,
-                commit_every=self.commit_every,
-                commit_seconds=self.commit_seconds,
-                limit=self.limit,
-                study_preprocessing=self.study_preprocessing,
-            )
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(x) for x in first["loc"]) or "options"
-            raise InvalidInputError(f"{where}: {first['msg']}") from None
-
 
 @dataclass
 class EngineOptions:
@@ -159,43 +119,13 @@ class EngineOptions:
     log_dir: Annotated[
         str | None, typer.Option("--log-dir", help="slurm: submitit logs (default: <store>/slurm-logs for a folder).")
     ] = None
-
-
-def run_on_engine(st: Any, opts: Any, eng: EngineOptions, show_progress: bool) -> dict[str, Any]:
-    """ray / slurm: the pending shards on the engine, with a progress bar fed by finished shards."""
-    from medprobe.extractor import engines
-    from medprobe.featurestore import start_run
-    from medprobe.progress import progress_bar
-
-    st.check_writable()
-    params = {**opts.model_dump(), "engine": eng.engine.value, "shards": eng.shards}
-    with start_run(st, "extract", params) as run, progress_bar("shards", disable=not show_progress) as bar:
-        task = bar.add_task(f"extract {opts.dataset} on {eng.engine.value}", total=None)
-
-        def on_shard(result: dict) -> None:
-            bar.advance(task, 1)
-
-        if eng.engine is Engine.ray:
-            workers = eng.workers or 1
-            summary = engines.run_ray(
-                st, opts, n_shards=eng.shards, address=eng.address, workers=workers,
-                gpus_per_worker=eng.gpus_per_worker, cpus_per_worker=eng.cpus_per_worker, on_shard=on_shard,
-            )  # fmt: skip
-        else:
-            log_dir = eng.log_dir or _default_log_dir(st.url)
-            summary = engines.run_slurm(
-                st, opts, n_shards=eng.shards, log_dir=log_dir, partition=eng.partition,
-                gpus_per_task=eng.gpus_per_task, array_parallelism=eng.array_parallelism,
-                timeout_min=eng.timeout_min, cluster=os.environ.get("MEDPROBE_SUBMITIT_CLUSTER"), on_shard=on_shard,
-            )  # fmt: skip
-        run.summary.update(summary)
-    return {"run_id": run.run_id, **summary}
-
-
-def _default_log_dir(store_url: str) -> str:
-    if "://" in store_url and not store_url.startswith("file://"):
-        raise InvalidInputError("--engine slurm with a remote store: give --log-dir, a folder every node can write")
-    return os.path.join(store_url.removeprefix("file://"), "slurm-logs")
+    slurm_cluster: Annotated[
+        SlurmCluster,
+        typer.Option(
+            "--slurm-cluster",
+            help="slurm: submitit's executor: slurm (sbatch), or local / debug (this machine, to try without one).",
+        ),
+    ] = SlurmCluster.slurm
 
 
 @contextmanager
@@ -219,27 +149,11 @@ def graceful_stop() -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
-_SUMMARY_KEYS = (
-    "images_selected",
-    "images_skipped",
-    "images_todo",
-    "images_forwarded",
-    "images_committed",
-    "failures",
-    "forward_batches",
-    "segments",
-    "batch_size",
-    "decode",
-    "seconds",
-    "images_per_s",
-)
-
-
 def summary_table(summary: dict[str, Any]) -> Table:
     """The final summary: counts, rate and seconds per stage."""
     items = [
         (key.replace("_", " "), f"{summary[key]:,}" if isinstance(summary[key], int) else str(summary[key]))
-        for key in _SUMMARY_KEYS
+        for key in SUMMARY_KEYS
         if key in summary
     ]
     stages = summary.get("stage_seconds", {})
@@ -248,137 +162,105 @@ def summary_table(summary: dict[str, Any]) -> Table:
     return key_value_table("extraction summary", items)
 
 
+@with_group(ExtractSettings, "settings")
+@with_group(EngineOptions, "eng")
+def extract(
+    settings: ExtractSettings,
+    eng: EngineOptions,
+    no_progress: NoProgressOpt = False,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Extract pooled per-layer activations of a dataset's images into the store (resumable)."""
+    resolve_format(fmt, out)
+    options = {**dataclasses.asdict(settings), **dataclasses.asdict(eng)}
+    with graceful_stop() as stop:
+        try:
+            result = wf.extract(**options, no_progress=no_progress or not wants_progress(fmt, out),
+                                store=store_url(store), stop=stop)  # fmt: skip
+        except wf.ExtractionStopped as s:
+            console.print(summary_table(s.summary))
+            err_console.print("stopped: everything forwarded is committed; rerun the same command to resume")
+            raise typer.Exit(130) from None
+    doc = result.to_dict()
+    if "engine" in doc:
+        title = f"extraction on {doc['engine']}"
+        show = lambda: console.print(key_value_table(title, [(k, str(v)) for k, v in doc.items()]))  # noqa: E731
+    else:
+        show = lambda: console.print(summary_table(doc))  # noqa: E731
+    emit(fmt, out, rows=result.to_arrow(), document=doc, show=show)
+
+
+@with_group(ExtractSettings, "settings")
+def submit(
+    settings: ExtractSettings,
+    shards: Annotated[int, typer.Option("--shards", min=1, help="Split the job into N shards for workers.")] = 16,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Queue an extraction job (same options as extract) for `medprobe worker`."""
+    resolve_format(fmt, out)
+    result = wf.submit(**dataclasses.asdict(settings), shards=shards, store=store_url(store))
+    text = f"queued {result.job_id} ({result.dataset}, {result.model}, {result.shards} shards)"
+    emit(fmt, out, rows=result.to_arrow(), document=result.to_dict(), show=lambda: console.print(text))
+
+
+def worker(
+    poll: Annotated[float, typer.Option("--poll", help="Seconds between looks at an empty queue.")] = 5.0,
+    heartbeat: Annotated[float, typer.Option("--heartbeat", help="Seconds between heartbeats.")] = 10.0,
+    stale_after: Annotated[
+        float, typer.Option("--stale-after", help="Take over a shard whose heartbeat is this many seconds old.")
+    ] = 120.0,
+    exit_when_idle: Annotated[bool, typer.Option("--exit-when-idle", help="Stop when the queue is empty.")] = False,
+    no_progress: NoProgressOpt = False,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Run queued extraction jobs until stopped (SIGTERM/SIGINT: commit the batch in flight, then exit)."""
+    resolve_format(fmt, out)
+    with graceful_stop() as stop:
+        stats = wf.worker(poll=poll, heartbeat=heartbeat, stale_after=stale_after, exit_when_idle=exit_when_idle,
+                          no_progress=no_progress or not wants_progress(fmt, out), store=store_url(store), stop=stop,
+                          echo=err_console.print)  # fmt: skip
+    text = (
+        f"worker {stats.worker_id}: {stats.shards_done} shards, {stats.images_committed:,} images committed, "
+        f"{stats.failures} failures{', stopped' if stats.stopped else ''}"
+    )
+    emit(fmt, out, rows=stats.to_arrow(), document=stats.to_dict(), show=lambda: console.print(text))
+
+
+def _print_status(result: wf.StatusResult) -> None:
+    t = Table(title=f"extraction jobs in {result.store_url}")
+    for col in ("job", "dataset", "model", "state", "shards done", "running", "pending", "images", "images/s"):
+        t.add_column(col, justify="right" if col in ("images", "images/s") else "left")
+    for r in result.jobs:
+        t.add_row(*(str(r[k]) for k in ("job", "dataset", "model", "state", "done", "running", "pending")),
+                  f"{r['images']:,}", f"{r['rate']:,.1f}")  # fmt: skip
+    console.print(t if result.jobs else "no queued jobs")
+    if result.runs:
+        recent = Table(title="recent extraction runs")
+        for col in ("run", "engine", "status", "started", "images", "images/s", "failures"):
+            recent.add_column(col)
+        for row in result.runs:
+            recent.add_row(*(str(row[k]) for k in ("run", "engine", "status", "started", "images", "rate", "failures")))
+        console.print(recent)
+
+
+def status(
+    stale_after: Annotated[float, typer.Option("--stale-after", help="Heartbeat age that counts as dead.")] = 120.0,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Show queued jobs (shards done/running/pending, images, rates) and recent extraction runs."""
+    result = wf.status(stale_after=stale_after, store=store_url(store))
+    emit(fmt, out, rows=result.jobs, document=result.to_dict(), show=lambda: _print_status(result))
+
+
 def register(app: typer.Typer) -> None:
     """Add extract, submit, worker and status to ``app``."""
-
-    @app.command()
-    @retired(j="-j -> --decode-workers (decode processes) or --workers (ray actors)")
-    @with_group(ExtractSettings, "settings")
-    @with_group(EngineOptions, "eng")
-    def extract(
-        settings: ExtractSettings,
-        eng: EngineOptions,
-        no_progress: NoProgressOpt = False,
-        fmt: FormatOpt = None,
-        out: OutOpt = None,
-        store: StoreOpt = None,
-    ) -> None:
-        """Extract pooled per-layer activations of a dataset's images into the store (resumable)."""
-        from medprobe.extractor.pipeline import Stopped
-        from medprobe.extractor.pipeline import extract as run
-
-        resolve_format(fmt, out)
-        if eng.engine is Engine.local and eng.workers is not None:
-            raise InvalidInputError("--workers sizes a ray pool (--engine ray); decode processes: --decode-workers")
-        opts = settings.options()
-        st = open_store(store)
-        if eng.engine is not Engine.local:
-            doc = run_on_engine(st, opts, eng, not no_progress and wants_progress(fmt, out))
-            emit(fmt, out, rows=[{k: v for k, v in doc.items() if not isinstance(v, list)}], document=doc,
-                 show=lambda: console.print(key_value_table(f"extraction on {eng.engine.value}",
-                                                            [(k, str(v)) for k, v in doc.items()])))  # fmt: skip
-            return
-        with graceful_stop() as stop:
-            try:
-                summary = run(st, opts, stop=stop, show_progress=not no_progress and wants_progress(fmt, out))
-            except Stopped as s:
-                console.print(summary_table(s.args[0]))
-                err_console.print("stopped: everything forwarded is committed; rerun the same command to resume")
-                raise typer.Exit(130) from None
-        emit(fmt, out, rows=[summary], document=summary, show=lambda: console.print(summary_table(summary)))
-
-    @app.command()
-    @retired(workers="--workers/-j -> --decode-workers")
-    @with_group(ExtractSettings, "settings")
-    def submit(
-        settings: ExtractSettings,
-        shards: Annotated[int, typer.Option("--shards", min=1, help="Split the job into N shards for workers.")] = 16,
-        fmt: FormatOpt = None,
-        out: OutOpt = None,
-        store: StoreOpt = None,
-    ) -> None:
-        """Queue an extraction job (same options as extract) for `medprobe worker`."""
-        from medprobe.extractor.jobs import JobQueue
-        from medprobe.extractor.plan import check_dataset
-
-        resolve_format(fmt, out)
-        opts = settings.options()
-        st = open_store(store)
-        st.check_writable()
-        check_dataset(st, opts.dataset)
-        job = JobQueue(st).submit(opts, n_shards=shards)
-        doc = {"job_id": job.job_id, "dataset": opts.dataset, "model": opts.model, "shards": shards}
-        text = f"queued {job.job_id} ({opts.dataset}, {opts.model}, {shards} shards)"
-        emit(fmt, out, rows=[doc], document=doc, show=lambda: console.print(text))
-
-    @app.command()
-    def worker(
-        poll: Annotated[float, typer.Option("--poll", help="Seconds between looks at an empty queue.")] = 5.0,
-        heartbeat: Annotated[float, typer.Option("--heartbeat", help="Seconds between heartbeats.")] = 10.0,
-        stale_after: Annotated[
-            float, typer.Option("--stale-after", help="Take over a shard whose heartbeat is this many seconds old.")
-        ] = 120.0,
-        exit_when_idle: Annotated[bool, typer.Option("--exit-when-idle", help="Stop when the queue is empty.")] = False,
-        no_progress: NoProgressOpt = False,
-        fmt: FormatOpt = None,
-        out: OutOpt = None,
-        store: StoreOpt = None,
-    ) -> None:
-        """Run queued extraction jobs until stopped (SIGTERM/SIGINT: commit the batch in flight, then exit)."""
-        from medprobe.extractor.worker import run_worker
-
-        resolve_format(fmt, out)
-        st = open_store(store)
-        with graceful_stop() as stop:
-            stats = run_worker(
-                st,
-                stop=stop,
-                poll_s=poll,
-                heartbeat_s=heartbeat,
-                stale_s=stale_after,
-                exit_when_idle=exit_when_idle,
-                show_progress=not no_progress and wants_progress(fmt, out),
-                echo=err_console.print,
-            )
-        doc = dataclasses.asdict(stats)
-        text = (
-            f"worker {stats.worker_id}: {stats.shards_done} shards, {stats.images_committed:,} images committed, "
-            f"{stats.failures} failures{', stopped' if stats.stopped else ''}"
-        )
-        emit(fmt, out, rows=[doc], document=doc, show=lambda: console.print(text))
-
-    @app.command()
-    def status(
-        stale_after: Annotated[float, typer.Option("--stale-after", help="Heartbeat age that counts as dead.")] = 120.0,
-        fmt: FormatOpt = None,
-        out: OutOpt = None,
-        store: StoreOpt = None,
-    ) -> None:
-        """Show queued jobs (shards done/running/pending, images, rates) and recent extraction runs."""
-        from medprobe.extractor.status import job_rows, recent_runs
-
-        st = open_store(store)
-        jobs = job_rows(st, stale_s=stale_after)
-        runs = recent_runs(st)
-
-        def show() -> None:
-            t = Table(title=f"extraction jobs in {st.url}")
-            for col in ("job", "dataset", "model", "state", "shards done", "running", "pending", "images", "images/s"):
-                t.add_column(col, justify="right" if col in ("images", "images/s") else "left")
-            for r in jobs:
-                t.add_row(
-                    *(str(r[k]) for k in ("job", "dataset", "model", "state", "done", "running", "pending")),
-                    f"{r['images']:,}",
-                    f"{r['rate']:,.1f}",
-                )
-            console.print(t if jobs else "no queued jobs")
-            if runs:
-                recent = Table(title="recent extraction runs")
-                for col in ("run", "engine", "status", "started", "images", "images/s", "failures"):
-                    recent.add_column(col)
-                for row in runs:
-                    keys = ("run", "engine", "status", "started", "images", "rate", "failures")
-                    recent.add_row(*(str(row[k]) for k in keys))
-                console.print(recent)
-
-        emit(fmt, out, rows=jobs, document={"jobs": jobs, "runs": runs}, show=show)
+    for command in (extract, submit, worker, status):
+        app.command()(command)

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from medprobe.cli.common import console, open_store
-from medprobe.cli.options import DatasetOpt, FormatOpt, NoProgressOpt, OutOpt, StoreOpt, pairs, retired, split_list
+from medprobe.cli.common import console, store_url
+from medprobe.cli.options import DatasetOpt, FormatOpt, NoProgressOpt, OutOpt, StoreOpt
 from medprobe.cli.output import emit, resolve_format, wants_progress
-from medprobe.errors import InvalidInputError, MedprobeError
 from medprobe.schemas.vocab import Layout, NeoplasticShare, Verify
+from medprobe.workflows import ingesting as wf
 
 if TYPE_CHECKING:
-    from medprobe.ingest.overview import DatasetOverview
-    from medprobe.ingest.pipeline import IngestSummary
+    from medprobe.workflows.ingesting import DatasetOverview, IngestSummary
 
 TaskNameOpt = Annotated[
     str | None, typer.Option("--task", "-t", help="Task name of single-task layouts (default: label; e.g. tissue)")
 ]
-
-
-class IngestFailuresError(MedprobeError):
-    """``--strict`` and some files could not be ingested."""
 
 
 def _summary_tables(summary: IngestSummary) -> None:
@@ -87,120 +81,75 @@ def _summary_tables(summary: IngestSummary) -> None:
         console.print("0 failures")
 
 
+def ingest(
+    source: Annotated[str, typer.Argument(help="Folder, manifest or .npz to ingest.")],
+    dataset: DatasetOpt,
+    layout: Annotated[Layout | None, typer.Option("--layout", help="The source's published layout (required).")] = None,
+    path_column: Annotated[str | None, typer.Option(help="csv: column with image paths (default: path)")] = None,
+    label_column: Annotated[
+        list[str] | None, typer.Option(help="csv: label column(s), one task each (comma list or repeated)")
+    ] = None,
+    split_column: Annotated[str | None, typer.Option(help="csv: column with train/val/test")] = None,
+    group_column: Annotated[str | None, typer.Option(help="csv: patient/lesion column (grouped splits)")] = None,
+    root: Annotated[str | None, typer.Option(help="csv: base folder of relative paths (default: CSV's)")] = None,
+    task: TaskNameOpt = None,
+    task_type: Annotated[
+        list[str] | None, typer.Option(help="TASK=binary|multiclass|ordinal|multilabel (comma list or repeated)")
+    ] = None,
+    metric: Annotated[list[str] | None, typer.Option(help="TASK=macro_f1|macro_auc (comma list or repeated)")] = None,
+    class_names: Annotated[list[str] | None, typer.Option(help="Class names in label-index order (comma list)")] = None,
+    separator: Annotated[str | None, typer.Option(help="csv multilabel cells: separator (default: |)")] = None,
+    fold_splits: Annotated[
+        list[str] | None, typer.Option(help="pannuke: FOLD=SPLIT pairs (default: 1=train,2=val,3=test)")
+    ] = None,
+    neoplastic_share: Annotated[
+        NeoplasticShare, typer.Option(help="pannuke: the 30% share of nuclei by area or count")
+    ] = NeoplasticShare.area,
+    test_fraction: Annotated[float, typer.Option(help="Generated splits: test share of all data")] = 0.2,
+    val_fraction: Annotated[float, typer.Option(help="Val share carved from training data (0: none)")] = 0.1,
+    split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of generated splits")] = 0,
+    min_positives: Annotated[int, typer.Option(help="Multilabel: drop findings with fewer training positives")] = 50,
+    copy: Annotated[bool, typer.Option("--copy", help="Copy image bytes into the store")] = False,
+    verify: Annotated[Verify, typer.Option(help="How hard each image is checked")] = Verify.structure,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs)")] = 89_478_485,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="Hashing threads (default: CPU count)")
+    ] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when any file fails")] = False,
+    no_progress: NoProgressOpt = False,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Ingest a collection: images by sha256, labels, tasks, splits; unreadable files become failures."""
+    options = {k: v for k, v in locals().items() if k not in {"fmt", "out", "store"}}
+    output = resolve_format(fmt, out)
+    options["no_progress"] = no_progress or not wants_progress(output, out)
+    failed: wf.IngestFailuresError | None = None
+    try:
+        result = wf.ingest(**options, store=store_url(store))
+    except wf.IngestFailuresError as e:  # --strict: show what was ingested, then fail
+        result, failed = e.result, e
+    emit(output, out, rows=result.to_arrow(), document=result.to_dict(), show=lambda: _summary_tables(result.summary))
+    if failed is not None:
+        raise failed
+
+
+def datasets(
+    dataset: Annotated[str | None, typer.Argument(help="Show only this dataset")] = None,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """List datasets: tasks, split sizes and class counts per split."""
+    result = wf.datasets(dataset=dataset, store=store_url(store))
+    emit(fmt, out, rows=result.datasets, document=result.datasets, show=lambda: _print_overviews(result.overviews))
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("ingest")
-    @retired(
-        workers="--workers -> --threads",
-        seed="--seed -> --split-seed",
-        as_json="--json! -> -f/--format json",
-    )
-    def ingest_cmd(
-        source: Annotated[str, typer.Argument(help="Folder, manifest or .npz to ingest.")],
-        dataset: DatasetOpt,
-        layout: Annotated[
-            Layout | None, typer.Option("--layout", help="The source's published layout (required).")
-        ] = None,
-        path_column: Annotated[str | None, typer.Option(help="csv: column with image paths (default: path)")] = None,
-        label_column: Annotated[
-            list[str] | None, typer.Option(help="csv: label column(s), one task each (comma list or repeated)")
-        ] = None,
-        split_column: Annotated[str | None, typer.Option(help="csv: column with train/val/test")] = None,
-        group_column: Annotated[str | None, typer.Option(help="csv: patient/lesion column (grouped splits)")] = None,
-        root: Annotated[str | None, typer.Option(help="csv: base folder of relative paths (default: CSV's)")] = None,
-        task: TaskNameOpt = None,
-        task_type: Annotated[
-            list[str] | None, typer.Option(help="TASK=binary|multiclass|ordinal|multilabel (comma list or repeated)")
-        ] = None,
-        metric: Annotated[
-            list[str] | None, typer.Option(help="TASK=macro_f1|macro_auc (comma list or repeated)")
-        ] = None,
-        class_names: Annotated[
-            list[str] | None, typer.Option(help="Class names in label-index order (comma list)")
-        ] = None,
-        separator: Annotated[str | None, typer.Option(help="csv multilabel cells: separator (default: |)")] = None,
-        fold_splits: Annotated[
-            list[str] | None, typer.Option(help="pannuke: FOLD=SPLIT pairs (default: 1=train,2=val,3=test)")
-        ] = None,
-        neoplastic_share: Annotated[
-            NeoplasticShare, typer.Option(help="pannuke: the 30% share of nuclei by area or count")
-        ] = NeoplasticShare.area,
-        test_fraction: Annotated[float, typer.Option(help="Generated splits: test share of all data")] = 0.2,
-        val_fraction: Annotated[float, typer.Option(help="Val share carved from training data (0: none)")] = 0.1,
-        split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of generated splits")] = 0,
-        min_positives: Annotated[
-            int, typer.Option(help="Multilabel: drop findings with fewer training positives")
-        ] = 50,
-        copy: Annotated[bool, typer.Option("--copy", help="Copy image bytes into the store")] = False,
-        verify: Annotated[Verify, typer.Option(help="How hard each image is checked")] = Verify.structure,
-        max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs)")] = (
-            89_478_485
-        ),
-        threads: Annotated[
-            int | None, typer.Option("--threads", min=1, help="Hashing threads (default: CPU count)")
-        ] = None,
-        strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when any file fails")] = False,
-        no_progress: NoProgressOpt = False,
-        fmt: FormatOpt = None,
-        out: OutOpt = None,
-        store: StoreOpt = None,
-    ) -> None:
-        """Ingest a collection: images by sha256, labels, tasks, splits; unreadable files become failures."""
-        from medprobe.ingest.pipeline import IngestOptions, ingest
-        from medprobe.ingest.records import FormatOptions
-        from medprobe.ingest.splits import SplitPlan, normalise_split
-
-        output = resolve_format(fmt, out)
-        if layout is None:
-            raise InvalidInputError(f"ingest needs --layout, one of: {', '.join(x.value for x in Layout)}")
-        folds = {k: normalise_split(v) for k, v in pairs(fold_splits, "--fold-splits").items()}
-        format_options = FormatOptions(
-            path_column=path_column,
-            label_columns=tuple(split_list(label_column)),
-            split_column=split_column,
-            group_column=group_column,
-            root=root,
-            task=task,
-            task_types=pairs(task_type, "--task-type"),
-            metrics=pairs(metric, "--metric"),
-            class_names=tuple(split_list(class_names)),
-            multilabel_separator=separator,
-            fold_splits=folds,
-            neoplastic_share=neoplastic_share.value,
-        )
-        options = IngestOptions(
-            copy=copy,
-            verify=verify,
-            max_pixels=max_pixels,
-            workers=threads,
-            split_plan=SplitPlan(test_fraction=test_fraction, val_fraction=val_fraction, seed=split_seed),
-            min_positives=min_positives,
-            show_progress=not no_progress and wants_progress(output, out),
-        )
-        s = open_store(store, create=True)
-        summary = ingest(s, source, layout.value, dataset, format_options, options)
-        document = summary.to_json()
-        emit(output, out, rows=[document], document=document, show=lambda: _summary_tables(summary))
-        if strict and summary.failures:
-            raise IngestFailuresError(f"{summary.failures} file(s) or row(s) could not be ingested (--strict)")
-        if strict and summary.groups_across_splits:
-            raise IngestFailuresError(
-                f"{len(summary.groups_across_splits)} patient group(s) are in more than one split (--strict)"
-            )
-
-    @app.command("datasets")
-    def datasets_cmd(
-        dataset: Annotated[str | None, typer.Argument(help="Show only this dataset")] = None,
-        fmt: FormatOpt = None,
-        out: OutOpt = None,
-        store: StoreOpt = None,
-    ) -> None:
-        """List datasets: tasks, split sizes and class counts per split."""
-        from medprobe.ingest.overview import dataset_overviews
-
-        s = open_store(store)
-        overviews = dataset_overviews(s, dataset)
-        rows = [dataclasses.asdict(ov) for ov in overviews]
-        emit(fmt, out, rows=rows, document=rows, show=lambda: _print_overviews(overviews))
+    """Add ingest and datasets."""
+    app.command("ingest")(ingest)
+    app.command("datasets")(datasets)
 
 
 def _print_overviews(overviews: list[DatasetOverview]) -> None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
+from typing import Any
 
 import typer
 
 from medprobe.cli.common import err_console
-from medprobe.errors import MedprobeError
+from medprobe.cli.options import StoreOpt
+from medprobe.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, MedprobeError
+from medprobe.featurestore import STORE_ENV
 
 # Each area module defines ``register(app: typer.Typer) -> None``; order sets the --help listing.
 _AREAS = (
@@ -17,7 +21,7 @@ _AREAS = (
     "medprobe.cli.ingest",
     "medprobe.cli.models",
     "medprobe.cli.extract",
-    "medprobe.cli.train",
+    "medprobe.cli.probes",
     "medprobe.cli.search",
     "medprobe.cli.zeroshot",
     "medprobe.cli.vqa",
@@ -37,10 +41,14 @@ def build_app() -> typer.Typer:
 
     @app.callback()
     def _root(
+        ctx: typer.Context,
         debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+        store: StoreOpt = None,
     ) -> None:
         if debug:
             os.environ["MEDPROBE_DEBUG"] = "1"
+        if store is not None:  # `medprobe -s STORE sql ...`: the default store of this command, as $MEDPROBE_STORE
+            _set_default_store(ctx, store)
 
     for module in _AREAS:
         importlib.import_module(module).register(app)
@@ -53,7 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("MEDPROBE_DEBUG") == "1"
     app = build_app()
     try:
-        result = app(args=args, standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            result = app(args=args, standalone_mode=False)
     except MedprobeError as e:
         if debug:
             raise
@@ -63,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except typer.TyperException as e:  # usage errors: unknown option, bad value, missing option
         if debug:
             raise
@@ -71,13 +81,42 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         _one_line(f"{message}{hint}")
-        sys.exit(int(getattr(e, "exit_code", 2)))
+        sys.exit(int(getattr(e, "exit_code", EXIT_USAGE)))
     except Exception as e:  # an unexpected failure: still one line unless --debug
         if debug:
             raise
         _one_line(f"{type(e).__name__}: {e} (run with --debug for the traceback)")
-        sys.exit(1)
+        sys.exit(EXIT_FAILURE)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _set_default_store(ctx: typer.Context, store: str) -> None:
+    """Make ``store`` the default store (``$MEDPROBE_STORE``) until the command ends; a command's own ``--store``
+    still wins."""
+    before = os.environ.get(STORE_ENV)
+    os.environ[STORE_ENV] = store
+
+    def restore() -> None:
+        if before is None:
+            os.environ.pop(STORE_ENV, None)
+        else:
+            os.environ[STORE_ENV] = before
+
+    ctx.call_on_close(restore)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:  # fmt: skip
+    """medprobe's own warnings (StoreWarning, undefined metrics) as one line on stderr; others as Python shows them."""
+    from medprobe.workflows.common import StoreWarning
+
+    if issubclass(category, StoreWarning):
+        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        return
+    _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
 
 
 def _one_line(message: str) -> None:

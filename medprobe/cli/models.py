@@ -11,8 +11,8 @@ from rich.table import Table
 from medprobe.cli.common import console
 from medprobe.cli.options import AllowPickleOpt, DeviceOpt, FormatOpt, OutOpt, TrustRemoteCodeOpt
 from medprobe.cli.output import emit
-from medprobe.errors import InvalidInputError
 from medprobe.schemas.vocab import ComputeDType
+from medprobe.workflows import catalog as wf
 
 
 def register(app: typer.Typer) -> None:
@@ -46,39 +46,17 @@ def register(app: typer.Typer) -> None:
         out: OutOpt = None,
     ) -> None:
         """List supported backends, model types and random models; with -m, describe one model."""
-        from medprobe.extractor import catalog
-
-        if model is None:
-            if save is not None:
-                raise InvalidInputError("--save needs -m tiny-random/<name> or -m random-full/<name>")
-            from medprobe.synthetic.models import spec_names
-
-            rows = catalog.supported(spec_names())
+        result = wf.models(model=model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                           allow_pickle=allow_pickle, save=save)  # fmt: skip
+        if result.saved is not None:
+            console.print(f"saved {model} to {result.saved}; load it with -m {result.saved}")
+            return
+        if result.description is None:
+            rows = result.supported
             emit(fmt, out, rows=rows, document=rows, show=lambda: console.print(_supported_table(rows)))
             return
-        from medprobe.extractor.loading import load_adapter, model_backend
-
-        if save is not None:
-            if model_backend(model) != "family":
-                raise InvalidInputError(
-                    f"--save writes random models only (tiny-random/*, random-full/*), not {model!r}"
-                )
-            from medprobe.synthetic.models import save_random
-
-            path = save_random(model, save)
-            console.print(f"saved {model} to {path}; load it with -m {path}")
-            return
-        backend = model_backend(model).replace("family", "random")
-        adapter = load_adapter(
-            model,
-            device=device or "cpu",
-            dtype=dtype.value,
-            trust_remote_code=trust_remote_code,
-            allow_pickle=allow_pickle,
-        )
-        info = catalog.describe(adapter, backend)
-        rows = [{"what": key, "value": _text(value)} for key, value in info.items()]
-        emit(fmt, out, rows=rows, document=info, show=lambda: console.print(_describe_table(info)))
+        info = result.description
+        emit(fmt, out, rows=result.rows(), document=info, show=lambda: console.print(_describe_table(info)))
 
 
 def _text(value: Any) -> str:

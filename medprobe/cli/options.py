@@ -5,7 +5,6 @@
 * Choices are ``click.Choice`` of the library's own vocabulary, so ``--help`` lists them.
 * Option groups (:func:`with_group`): a dataclass of options that several commands accept, added to each
   command's signature and handed to it as one object; nothing is forwarded through ``locals()``.
-* Retired spellings (:func:`retired`): an old flag that README users typed fails with one line naming the new one.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import click
 import typer
 
 from medprobe.cli.output import FORMATS, OutFormat
-from medprobe.errors import InvalidInputError
+from medprobe.workflows.common import float_list, int_list, pairs, split_list, split_names
 
 # The short flags: one meaning each, in every command that has the option.
 SHORT_FLAGS: dict[str, str] = {
@@ -129,54 +128,6 @@ def layers_option(universe: str, default_help: str) -> Any:
     )
 
 
-# ----------------------------------------------------------------------------- lists
-def split_list(values: str | Sequence[str] | None) -> list[str]:
-    """A list option's items: each value split on commas, blanks dropped (``["a,b", "c"]`` -> ``[a, b, c]``)."""
-    if values is None:
-        return []
-    if isinstance(values, str):
-        values = [values]
-    return [item.strip() for v in values for item in str(v).split(",") if item.strip()]
-
-
-def float_list(values: str | Sequence[str] | None, option: str) -> list[float]:
-    """A list option's items as floats; InvalidInputError names the option."""
-    try:
-        return [float(v) for v in split_list(values)]
-    except ValueError as e:
-        raise InvalidInputError(f"{option}: cannot read {values!r} as comma-separated numbers") from e
-
-
-def int_list(values: str | Sequence[str] | None, option: str) -> list[int]:
-    """A list option's items as integers; InvalidInputError names the option."""
-    try:
-        return [int(v) for v in split_list(values)]
-    except ValueError as e:
-        raise InvalidInputError(f"{option}: cannot read {values!r} as comma-separated integers") from e
-
-
-def split_names(values: Sequence[str] | None, option: str = "--split") -> list[str]:
-    """A list of split names (train, val, test); an unknown name fails naming the known ones."""
-    from medprobe.schemas import SPLITS
-
-    names = split_list(values)
-    unknown = [n for n in names if n not in SPLITS]
-    if unknown:
-        raise InvalidInputError(f"{option}: unknown split(s) {unknown}; splits are {', '.join(SPLITS)}")
-    return names
-
-
-def pairs(values: Sequence[str] | None, option: str) -> dict[str, str]:
-    """``NAME=VALUE`` items of a list option as a dict."""
-    out = {}
-    for part in split_list(values):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise InvalidInputError(f"{option} takes NAME=VALUE (e.g. {option} kl_grade=ordinal); got {part!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
 # ----------------------------------------------------------------------------- option groups
 G = TypeVar("G")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -233,32 +184,6 @@ def with_group(group: type[G], name: str) -> Callable[[F], F]:
     return lambda func: _extend_signature(func, added, pack, drop=name)
 
 
-def retired(**renamed: str) -> Callable[[F], F]:
-    """Accept old spellings as hidden options that fail with one line naming the new one.
-
-    Keys are parameter names; values ``"--old-flag -> --new spelling"``. A flag (no value) is written ``--old!``.
-    """
-    added: list[inspect.Parameter] = []
-    messages: dict[str, str] = {}
-    for param, text in renamed.items():
-        old, _, new = (s.strip() for s in text.partition("->"))
-        is_flag = old.endswith("!")
-        decls = old.rstrip("!").split("/")
-        option = typer.Option(*decls, hidden=True)
-        annotation: Any = Annotated[bool, option] if is_flag else Annotated[str | None, option]
-        added.append(inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=False if is_flag else None,
-                                       annotation=annotation))  # fmt: skip
-        messages[param] = f"{decls[0]} is no longer an option here: use {new}"
-
-    def refuse(kwargs: dict[str, Any]) -> dict[str, Any]:
-        for param, message in messages.items():
-            if kwargs.pop(param):
-                raise InvalidInputError(message)
-        return kwargs
-
-    return lambda func: _extend_signature(func, added, refuse)
-
-
 __all__ = [
     "FORMATS",
     "SHORT_FLAGS",
@@ -280,7 +205,7 @@ __all__ = [
     "int_list",
     "layers_option",
     "pairs",
-    "retired",
     "split_list",
+    "split_names",
     "with_group",
 ]

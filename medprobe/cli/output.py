@@ -14,17 +14,16 @@ import io
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from decimal import Decimal
 from enum import StrEnum
 from pathlib import PurePath
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import typer
 
 from medprobe.cli.common import err_console
 from medprobe.errors import InvalidInputError
+from medprobe.workflows.results import as_table, jsonable
 
 
 class OutFormat(StrEnum):
@@ -62,33 +61,6 @@ def resolve_format(fmt: OutFormat | str | None, out: str | None) -> OutFormat:
     return _SUFFIXES[suffix]
 
 
-def jsonable(value: Any) -> Any:
-    """``value`` made strict-JSON-safe: non-finite floats -> None, bytes -> hex, times -> ISO, numpy -> Python."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [jsonable(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).hex()
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, Decimal):
-        return jsonable(float(value)) if value.is_finite() else None
-    if hasattr(value, "model_dump"):
-        return jsonable(value.model_dump())
-    return str(value)
-
-
 def dumps(value: Any, *, indent: int | None = None) -> str:
     """Strict JSON text of ``value`` (see :func:`jsonable`)."""
     return json.dumps(jsonable(value), indent=indent, allow_nan=False, ensure_ascii=False)
@@ -107,15 +79,6 @@ def unique_names(names: Sequence[str]) -> list[str]:
         used.add(new)
         out.append(new)
     return out
-
-
-def as_table(rows: pa.Table | Sequence[Mapping[str, Any]]) -> pa.Table:
-    """Rows (an Arrow table, or a list of dicts) as an Arrow table; nested dict values are kept as structs."""
-    if isinstance(rows, pa.Table):
-        return rows
-    if not rows:
-        return pa.table({})
-    return pa.Table.from_pylist([jsonable(dict(r)) for r in rows])
 
 
 def _is_nested(t: pa.DataType) -> bool:

@@ -11,7 +11,7 @@ import pyarrow as pa
 import typer
 from rich.table import Table
 
-from medprobe.cli.common import console, open_store
+from medprobe.cli.common import console, open_store, store_url
 from medprobe.cli.options import (
     FormatOpt,
     NoProgressOpt,
@@ -24,7 +24,7 @@ from medprobe.cli.options import (
 from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.cli.tables import arrow_to_rich
 from medprobe.errors import CorruptDataError, InvalidInputError
-from medprobe.layerspec import resolve_layer
+from medprobe.workflows import storage as wf
 
 
 def _human_bytes(n: int) -> str:
@@ -204,7 +204,7 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
     ) -> None:
         """Run a read-only SQL query over images, dataset_images, feature_sets, activations, runs, ..."""
-        result = open_store(store).sql(query)
+        result = wf.sql(query=query, max_rows=max_rows, store=store_url(store)).table
         emit(fmt, out, rows=result, show=lambda: console.print(arrow_to_rich(result, max_rows=max_rows)))
 
     @app.command("export")
@@ -219,12 +219,8 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
     ) -> None:
         """Write one layer's rows as X (rows x hidden) and image_hash arrays to an .npz file."""
-        from medprobe.featurestore import export_npz
-
-        s = open_store(store)
-        s.feature_set(feature_set)
-        layer = resolve_layer(layers, s.layers(feature_set), what=f"feature set {feature_set}")
-        res = export_npz(s, feature_set, layer, out, dataset=dataset, split=split)
-        console.print(f"wrote layer {layer}: {res.rows:,} rows x {res.hidden} to {out}", highlight=False)
+        res = wf.export(feature_set=feature_set, out=out, layers=layers, dataset=dataset, split=split,
+                        store=store_url(store))  # fmt: skip
+        console.print(f"wrote layer {res.layer}: {res.rows_written:,} rows x {res.hidden} to {out}", highlight=False)
         if res.missing:
             console.print(f"[yellow]{res.missing:,} selected images have no activations for this layer[/]")

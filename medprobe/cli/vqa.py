@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from medprobe.cli.common import console, err_console, open_store
+from medprobe.cli.common import console, err_console, store_url
 from medprobe.cli.options import (
     AllowPickleOpt,
     DeviceOpt,
@@ -17,11 +17,11 @@ from medprobe.cli.options import (
     OutOpt,
     StoreOpt,
     TrustRemoteCodeOpt,
-    split_list,
 )
 from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.schemas.vocab import ComputeDType, Split, VqaLayout, VqaMode
-from medprobe.trainer.defaults import N_BOOT
+from medprobe.workflows import vqa as wf
+from medprobe.workflows.common import N_BOOT
 
 ItemSetOpt = Annotated[str, typer.Option("--items", help="The item set (its --name at vqa ingest).")]
 
@@ -49,12 +49,9 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
     ) -> None:
         """Items into vqa_items; images content-addressed into images (unreadable ones: failures rows)."""
-        from medprobe.vqa.ingest import ingest_items
-
         resolve_format(fmt, out)
-        st = open_store(store, create=True)  # adds data, like `medprobe ingest`
-        summary = ingest_items(st, source, name, None if layout is None else layout.value)
-        document = dict(vars(summary))
+        summary = wf.ingest(source=source, name=name, layout=layout, store=store_url(store))
+        document = summary.to_dict()
 
         def show() -> None:
             table = Table(title=f"vqa ingest {name} ({summary.layout})")
@@ -105,18 +102,15 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
     ) -> None:
         """Ask a VLM every item (resumable: the same command continues a killed run); accuracy with CIs."""
-        from medprobe.vqa.run import VqaRunSpec, run_vqa
-
         resolve_format(fmt, out)
-        st = open_store(store)
-        spec = VqaRunSpec(
-            item_set=items, model=model, mode=mode.value, shots=shots, fixed_shots=tuple(split_list(fixed_shots)),
-            circular=circular, split=split.value, seed=shots_seed, boot_seed=boot_seed, max_new_tokens=max_new_tokens,
-            n_boot=n_boot,
-            device=device, dtype=None if dtype is None else dtype.value, trust_remote_code=trust_remote_code,
-            allow_pickle=allow_pickle, limit=limit, save_activations=save_activations,
+        result = wf.run(
+            items=items, model=model, mode=mode, shots=shots, fixed_shots=fixed_shots, circular=circular, split=split,
+            shots_seed=shots_seed, boot_seed=boot_seed, max_new_tokens=max_new_tokens, limit=limit,
+            save_activations=save_activations, n_boot=n_boot, device=device, dtype=dtype,
+            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+            no_progress=no_progress or not wants_progress(fmt, out), store=store_url(store),
         )  # fmt: skip
-        doc = run_vqa(st, spec, show_progress=not no_progress and wants_progress(fmt, out))
+        doc = result.to_dict()
 
         def show() -> None:
             table = Table(title=f"vqa {items} · {model} · {mode.value}  run {doc['run_id']}")
@@ -143,9 +137,7 @@ def register(app: typer.Typer) -> None:
             if doc["already_done"]:
                 err_console.print(f"resumed: {doc['already_done']} predictions were already stored", highlight=False)
 
-        rows = [{"run_id": doc["run_id"], "category": c, **{k: v for k, v in e.items()}}
-                for c, e in doc["per_category"].items()]  # fmt: skip
-        emit(fmt, out, rows=rows, document=doc, show=show)
+        emit(fmt, out, rows=result.rows(), document=doc, show=show)
 
     @vqa_app.command("compare")
     def compare(
@@ -158,10 +150,9 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
     ) -> None:
         """Two runs on the same items: accuracy A - B (paired, group-clustered bootstrap) and McNemar's test."""
-        from medprobe.vqa.compare import compare_runs
-
         resolve_format(fmt, out)
-        doc = compare_runs(open_store(store), run_a, run_b, n_boot=n_boot, seed=boot_seed)
+        result = wf.compare(run_a=run_a, run_b=run_b, n_boot=n_boot, boot_seed=boot_seed, store=store_url(store))
+        doc = result.to_dict()
 
         def show() -> None:
             table = Table(title=f"vqa compare {run_a} - {run_b} ({doc['n_items']} items, {doc['n_groups']} groups)")
@@ -182,7 +173,5 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
     ) -> None:
         """PNG plots (accuracy per category, letter distribution, reliability) and a Markdown summary."""
-        from medprobe.vqa.report import write_vqa_report
-
-        for path in write_vqa_report(open_store(store), run_ids, out):
-            console.print(str(path))
+        for path in wf.report(run_ids=run_ids, out=out, store=store_url(store)).paths:
+            console.print(path)

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from medprobe.extractor.adapter import Adapter
     from medprobe.featurestore import FeatureStore
 
-ENGINES = ("local", "ray", "slurm")
 FAULT_ENV = "MEDPROBE_FAULT_ONCE"  # tests: a marker path; a shard's first commit kills its process once
 SUMMARY_KEYS = ("images_selected", "images_skipped", "images_todo", "images_forwarded", "images_committed",
                 "failures", "segments", "seconds")  # fmt: skip
@@ -96,7 +95,7 @@ def extract_shard(
     for row in request.feature_sets.values():
         store.register_feature_set(row)
     plan = plan_images(store, opts.dataset, list(request.feature_set_ids.values()), request.layers,
-                       splits=opts.splits, shard=(shard, n_shards), limit=opts.limit)  # fmt: skip
+                       splits=opts.split, shard=(shard, n_shards), limit=opts.limit)  # fmt: skip
     params = {**opts.model_dump(), "engine": engine, "shard": shard, "n_shards": n_shards, "host_pid": os.getpid(),
               "resolved_layers": request.layers, "feature_sets": request.feature_set_ids,
               **(run_params or {})}  # fmt: skip
@@ -153,11 +152,11 @@ def pending_shards(store: FeatureStore, options: ExtractOptions, n_shards: int) 
 
     known = _known_feature_sets(store, options)
     if known is None:
-        plan = plan_images(store, options.dataset, ["-"], [0], splits=options.splits, limit=options.limit)
+        plan = plan_images(store, options.dataset, ["-"], [0], splits=options.split, limit=options.limit)
     else:
         ids, n_layers = known
         plan = plan_images(store, options.dataset, ids, parse_layers(options.layers, n_layers),
-                           splits=options.splits, limit=options.limit)  # fmt: skip
+                           splits=options.split, limit=options.limit)  # fmt: skip
     return sorted({shard_of(h, n_shards) for h in plan.todo.column("image_hash").to_pylist()})
 
 

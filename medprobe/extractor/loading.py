@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from medprobe.errors import InvalidInputError, NotFoundError
+from medprobe.errors import InvalidInputError, ModelError, ModelNotFoundError
 from medprobe.extractor.adapter import Adapter
 from medprobe.extractor.models import FAMILIES, GENERIC, VISION_ADAPTER, Family, resolve
 from medprobe.extractor.models.base import model_revision
@@ -141,19 +141,19 @@ def model_backend(spec: str) -> str:
     if _looks_like_path(spec):
         directory = Path(spec).expanduser()
         if not directory.is_dir():
-            raise NotFoundError(f"model directory {spec!r} does not exist")
+            raise ModelNotFoundError(f"model directory {spec!r} does not exist")
         if (directory / open_clip_encoder.CONFIG_FILE).is_file():
             return "open_clip"
         config = directory / "config.json"
         if not config.is_file():
-            raise NotFoundError(
+            raise ModelNotFoundError(
                 f"model directory {spec!r} has no config.json (transformers, timm) or "
                 f"{open_clip_encoder.CONFIG_FILE} (open_clip)"
             )
         try:
             parsed = json.loads(config.read_text())
         except (OSError, ValueError) as e:
-            raise InvalidInputError(f"cannot read {config}: {e}; it must be the model's JSON config") from e
+            raise ModelError(f"cannot read {config}: {e}; it must be the model's JSON config") from e
         return "timm" if isinstance(parsed, dict) and timm_encoder.is_timm_config(parsed) else "transformers"
     return "transformers"
 
@@ -205,7 +205,7 @@ def _family(config: Any, spec: str) -> Family:
 
     if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         return GENERIC
-    raise InvalidInputError(
+    raise ModelError(
         f"model {spec!r} has architecture {model_type!r}, which medprobe cannot extract from; supported: "
         f"{', '.join(supported_model_types())}, any other image-text-to-text model with a decoder stack, "
         f"and the plugins {', '.join(plugin_names()) or '(none installed)'}"
@@ -220,23 +220,23 @@ def _load_config(spec: str, trust_remote_code: bool) -> Any:
     from transformers import AutoConfig
 
     if _looks_like_path(spec) and not Path(spec).expanduser().is_dir():
-        raise NotFoundError(f"model directory {spec!r} does not exist")
+        raise ModelNotFoundError(f"model directory {spec!r} does not exist")
     try:
         return AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
     except OSError as e:
         if Path(spec).expanduser().is_dir():
-            raise InvalidInputError(f"cannot read the checkpoint in directory {spec!r}: {e}") from e
-        raise NotFoundError(
+            raise ModelError(f"cannot read the checkpoint in directory {spec!r}: {e}") from e
+        raise ModelNotFoundError(
             f"model {spec!r} not found: it is neither a local checkpoint directory nor a Hugging Face model id "
             f"that can be downloaded or found in the local cache ({e}); a timm or open_clip repo needs the "
             f"hf-hub: prefix (hf-hub:{spec})".replace("\n", " ")
         ) from e
     except ValueError as e:
         if "trust_remote_code" in str(e):
-            raise InvalidInputError(
+            raise ModelError(
                 f"model {spec!r} ships its own code; rerun with --trust-remote-code if you trust it"
             ) from e
-        raise InvalidInputError(f"cannot read the config of model {spec!r}: {e}") from e
+        raise ModelError(f"cannot read the config of model {spec!r}: {e}") from e
 
 
 def _quantization_config(quantization: str | None, dtype: str) -> Any:

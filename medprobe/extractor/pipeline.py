@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from medprobe.errors import InvalidInputError
 from medprobe.extractor.adapter import POOLINGS, Adapter
@@ -51,8 +51,9 @@ class ExtractOptions(BaseModel):
     batch_size: int | Literal["auto"] = "auto"
     dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
     device: str | None = None  # None: cuda when available
-    workers: int | None = None  # None: default_workers(cores)
-    splits: list[str] | None = None
+    # named as the options (--decode-workers, --split); queued jobs of earlier versions say workers / splits
+    decode_workers: int | None = Field(None, validation_alias=AliasChoices("decode_workers", "workers"))
+    split: list[str] | None = Field(None, validation_alias=AliasChoices("split", "splits"))
     storage_dtype: str = "float16"
     trust_remote_code: bool = False
     allow_pickle: bool = False  # .bin/.pth weights when a checkpoint has no safetensors
@@ -87,10 +88,10 @@ class ExtractOptions(BaseModel):
         return dtype
 
     def resolved_workers(self) -> int:
-        if self.workers is not None:
-            if self.workers < 0:
+        if self.decode_workers is not None:
+            if self.decode_workers < 0:
                 raise InvalidInputError("--decode-workers must be 0 or more")
-            return self.workers
+            return self.decode_workers
         return default_workers(os.cpu_count() or 1)
 
 
@@ -349,7 +350,7 @@ def run_extraction(
     if plan is None:
         fs_ids = list(request.feature_set_ids.values())
         plan = plan_images(
-            store, options.dataset, fs_ids, request.layers, splits=options.splits, shard=shard, limit=options.limit
+            store, options.dataset, fs_ids, request.layers, splits=options.split, shard=shard, limit=options.limit
         )
     device = adapter.device
     if device.type == "cpu":

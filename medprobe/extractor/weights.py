@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from medprobe.errors import InvalidInputError, NotFoundError
+from medprobe.errors import ModelError, ModelNotFoundError
 from medprobe.extractor.models.base import sha256_of_files
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pth.tar")
@@ -36,13 +36,13 @@ def local_weights(directory: Path, preferred: Sequence[str], *, allow_pickle: bo
     present += sorted(p for p in directory.glob("*.safetensors") if p not in present)
     present += sorted(p for p in directory.iterdir() if p.is_file() and is_pickle(p) and p not in present)
     if not present:
-        raise NotFoundError(
+        raise ModelNotFoundError(
             f"model directory {str(directory)!r} has its {config} but no weights: expected {preferred[0]} "
             f"(or one of {', '.join(preferred[1:])})"
         )
     chosen = present[0]
     if is_pickle(chosen) and not allow_pickle:
-        raise InvalidInputError(
+        raise ModelError(
             f"the weights in {str(directory)!r} are only in the pickle file {chosen.name}; " + PICKLE_HINT
         )
     return chosen
@@ -59,12 +59,12 @@ def hub_file(repo_id: str, filename: str) -> Path | None:
     try:
         return Path(hf_hub_download(repo_id=repo_id, filename=filename))
     except LocalEntryNotFoundError as e:  # offline, not cached (a subclass of EntryNotFoundError: first)
-        raise NotFoundError(
+        raise ModelNotFoundError(
             f"cannot fetch {filename} of {repo_id!r}: the hub is unreachable and the file is not in the local cache; "
             "download the repo on a machine with network access and pass its local directory"
         ) from e
     except RepositoryNotFoundError as e:
-        raise NotFoundError(
+        raise ModelNotFoundError(
             f"Hugging Face repo {repo_id!r} does not exist or is private (log in with `hf auth login`)"
         ) from e
     except EntryNotFoundError:  # the repo is there and lacks the file
@@ -77,12 +77,12 @@ def hub_weights(repo_id: str, safetensors: str, pickles: Sequence[str], *, allow
     if found is not None:
         return found
     if not allow_pickle:
-        raise InvalidInputError(f"Hugging Face repo {repo_id!r} has no {safetensors}; " + PICKLE_HINT)
+        raise ModelError(f"Hugging Face repo {repo_id!r} has no {safetensors}; " + PICKLE_HINT)
     for name in pickles:
         found = hub_file(repo_id, name)
         if found is not None:
             return found
-    raise NotFoundError(f"Hugging Face repo {repo_id!r} has no weights file ({safetensors}, {', '.join(pickles)})")
+    raise ModelNotFoundError(f"Hugging Face repo {repo_id!r} has no weights file ({safetensors}, {', '.join(pickles)})")
 
 
 def weights_revision(path: Path) -> str:

@@ -13,9 +13,10 @@ from medprobe.featurestore.ids import canonical_json, config_json, new_id, stabl
 from medprobe.featurestore.index import NeighbourIndex, build_index, stored_index
 from medprobe.featurestore.maintenance import compact_table, gc_store, quarantine, store_info, verify_store
 from medprobe.featurestore.runs import effective_status, package_versions, process_gone, start_run
-from medprobe.featurestore.store import FeatureStore, default_store_url
+from medprobe.featurestore.store import STORE_ENV, FeatureStore, default_store_url
 
 __all__ = [
+    "STORE_ENV",
     "STORE_URI",
     "FeatureStore",
     "FileArea",

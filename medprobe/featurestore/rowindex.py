@@ -70,13 +70,6 @@ class Where:
     def take(self, index: np.ndarray | slice) -> Where:
         return Where(self.segment_ids, self.codes[index], self.rows[index])
 
-    @classmethod
-    def from_table(cls, table: pa.Table) -> Where:
-        """From a table with ``segment_id`` and ``row`` columns."""
-        segment_ids, codes = encode_runs(table.column("segment_id"))
-        rows = _flat(table.column("row")).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-        return cls(segment_ids, codes, rows)
-
 
 def prefix64(keys: np.ndarray) -> np.ndarray:
     """The first 8 bytes of fixed-width bytes keys (itemsize >= 8) as uint64s that order like the keys."""

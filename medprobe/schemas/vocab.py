@@ -111,6 +111,15 @@ class Engine(StrEnum):
     slurm = "slurm"
 
 
+class SlurmCluster(StrEnum):
+    """Which submitit executor runs ``--engine slurm``: a SLURM cluster (sbatch), or this machine (``local``: one
+    process per task; ``debug``: in this process), to try the engine without a cluster."""
+
+    slurm = "slurm"
+    local = "local"
+    debug = "debug"
+
+
 class VqaLayout(StrEnum):
     """Where VQA items come from: a JSONL/CSV/TSV table, VQA-RAD as published, or NEJM case folders."""
 

@@ -153,8 +153,6 @@ class PairedResult:
     p_ttest: float | None  # the study's paired two-tailed t-test over the replicate values
     n_replicates: int
 
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def paired_comparison(

@@ -23,6 +23,7 @@ from medprobe.trainer.knn_protocol import fit_knn_protocol
 from medprobe.trainer.protocol import ProtocolTiming, Setting, fit_protocol
 from medprobe.trainer.solvers import get_solver
 from medprobe.trainer.solvers.base import FittedProbe, ProbeKind
+from medprobe.trainer.stored import weights_bytes
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
@@ -115,25 +116,6 @@ class ProbeOutcome:
         return f"k={self.k}" if self.k is not None else "-"
 
 
-def _weights_bytes(probe: FittedProbe, meta: dict[str, str]) -> bytes:
-    from safetensors.numpy import save
-
-    tensors = {
-        "coef": np.ascontiguousarray(probe.coef, dtype=np.float32),
-        "intercept": np.ascontiguousarray(probe.intercept, dtype=np.float32),
-        "mean": np.ascontiguousarray(probe.mean, dtype=np.float32),
-        "scale": np.ascontiguousarray(probe.scale, dtype=np.float32),
-    }
-    return save(tensors, metadata=meta)
-
-
-def load_weights(store: FeatureStore, uri: str) -> dict[str, np.ndarray]:
-    """The tensors of a stored probe (coef, intercept, mean, scale)."""
-    from safetensors.numpy import load
-
-    return load(store.read_bytes(uri))
-
-
 def _check_group_overlap(data: TaskData, spec: ExperimentSpec) -> None:
     """Refuse (unless allowed) a patient group with rows both in the training pool and in the test split."""
     if data.groups is None:
@@ -172,10 +154,19 @@ def prepare(store: FeatureStore, spec: ExperimentSpec, only_hashes: set[str] | N
             f"{', '.join(present)}{hint}, or re-ingest it with a test split"
         )
     _check_group_overlap(data, spec)
-    if not len(data.rows(spec.pool_splits)):
+    pool = data.rows(spec.pool_splits)
+    if not len(pool):
         raise InvalidInputError(
             f"dataset {spec.task.dataset!r} has no {'/'.join(spec.pool_splits)} rows to fit probes on"
         )
+    if data.kind != "multilabel" and spec.method != "zeroshot":
+        present = sorted({int(v) for v in data.y[pool]})
+        if len(present) < 2:
+            only = data.class_names[present[0]]
+            raise InvalidInputError(
+                f"task {spec.task.task!r} of dataset {spec.task.dataset!r}: every {'/'.join(spec.pool_splits)} row "
+                f"is class {only!r}, so no classifier can be fitted; ingest rows of the other classes"
+            )
     return data
 
 
@@ -353,7 +344,7 @@ def _write_outcomes(
         }
         if o.probe is not None:
             meta["kind"] = o.probe.kind
-            o.weights_uri = store.put_bytes(f"probes/{run_id}/{o.probe_id}.safetensors", _weights_bytes(o.probe, meta))
+            o.weights_uri = store.put_bytes(f"probes/{run_id}/{o.probe_id}.safetensors", weights_bytes(o.probe, meta))
         metrics = {**o.metrics, **o.extra}
         metrics["cv_mean"] = o.cv_mean
         metrics["selected_by"] = o.select_by

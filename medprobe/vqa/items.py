@@ -1,6 +1,6 @@
 """Multiple-choice items from their sources: a JSONL/CSV/TSV file, VQA-RAD as published, or the NEJM case layout.
 
-Every reader yields :class:`SourceItem` (image files still as paths); ``medprobe.vqa.ingest`` hashes the images and
+Every reader yields :class:`SourceItem` (image files still as paths); ``medprobe.vqa.item_ingest`` hashes the images and
 writes ``vqa_items``. Layouts:
 
 * ``table`` (``.jsonl``/``.json``/``.csv``/``.tsv``): columns ``id`` (or ``index``), ``image`` (a path relative to the

@@ -8,8 +8,8 @@ from PIL import Image
 from medprobe.extractor.loading import load_adapter
 from medprobe.extractor.pipeline import ExtractOptions, extract
 from medprobe.featurestore import FeatureStore
-from medprobe.ingest.pipeline import IngestOptions, ingest
-from medprobe.ingest.records import FormatOptions
+from medprobe.ingestion.pipeline import IngestOptions, ingest
+from medprobe.ingestion.records import FormatOptions
 
 QUIET = IngestOptions(show_progress=False)
 

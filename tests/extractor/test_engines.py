@@ -115,15 +115,14 @@ def test_engines_need_a_shared_store(tmp_path: Path) -> None:
         engines.run_slurm(store, _options(), n_shards=2, log_dir=str(tmp_path), cluster="local")
 
 
-def test_extract_cli_on_the_slurm_engine_and_status(tmp_path: Path, capsys, monkeypatch, deadline) -> None:
+def test_extract_cli_on_the_slurm_engine_and_status(tmp_path: Path, capsys, deadline) -> None:
     import json
 
     from tests.helpers.cli import run_cli
 
     store = _store(tmp_path, "cli")
-    monkeypatch.setenv("MEDPROBE_SUBMITIT_CLUSTER", "local")
-    args = ["extract", "-d", "toy", "-m", MODEL, "--engine", "slurm", "--shards", "2", "-f", "json", "--store",
-            store.url, "--decode-workers", "0"]  # fmt: skip
+    args = ["extract", "-d", "toy", "-m", MODEL, "--engine", "slurm", "--slurm-cluster", "local", "--shards", "2",
+            "-f", "json", "--store", store.url, "--decode-workers", "0"]  # fmt: skip
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     doc = json.loads(out)

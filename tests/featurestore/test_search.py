@@ -65,7 +65,7 @@ def test_search_bad_queries(synth_store, capsys, tmp_path):
         (["--image", str(junk)], "scan.png"),
         (["--image", str(tmp_path / "missing.png")], "missing.png"),
         (["--hash", "0" * 64], "has no features in feature set fs-synth"),
-        ([], "--image PATH or --hash"),
+        ([], "--image PATH or --image-hash"),
         (["--hash", "0" * 64, "--image", str(junk)], "one of them"),
     ]
     query = synth_store.sql("SELECT image_hash FROM dataset_images LIMIT 1").column(0)[0].as_py()

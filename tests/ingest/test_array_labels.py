@@ -10,9 +10,9 @@ from PIL import Image
 
 from medprobe.errors import InvalidInputError
 from medprobe.featurestore import FeatureStore
-from medprobe.ingest.formats.arrays import as_image_array
-from medprobe.ingest.pipeline import IngestOptions, ingest
-from medprobe.ingest.records import FormatOptions
+from medprobe.ingestion.formats.arrays import as_image_array
+from medprobe.ingestion.pipeline import IngestOptions, ingest
+from medprobe.ingestion.records import FormatOptions
 
 QUIET = IngestOptions(show_progress=False)
 
@@ -66,7 +66,7 @@ def test_image_arrays_out_of_range_are_refused(array: np.ndarray) -> None:
 
 def test_urls_loose_files_and_multi_page_images_are_reported(tmp_path, store: FeatureStore) -> None:
     """A URL row is that row's failure (not the whole ingest's); loose files and extra pages are counted."""
-    from medprobe.ingest.records import FormatOptions as Opts
+    from medprobe.ingestion.records import FormatOptions as Opts
 
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
     Image.fromarray(np.full((8, 8), 9, np.uint8)).save(tmp_path / "b.png")

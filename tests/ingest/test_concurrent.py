@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from medprobe.featurestore import FeatureStore
-from medprobe.ingest.lock import DatasetBusyError, dataset_lock
-from medprobe.ingest.pipeline import IngestOptions, ingest
-from medprobe.ingest.records import FormatOptions
+from medprobe.ingestion.lock import DatasetBusyError, dataset_lock
+from medprobe.ingestion.pipeline import IngestOptions, ingest
+from medprobe.ingestion.records import FormatOptions
 from tests.helpers.cli import run_cli
 
 QUIET = IngestOptions(show_progress=False)

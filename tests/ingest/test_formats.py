@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from medprobe.errors import InvalidInputError
-from medprobe.ingest.formats import parse_source
-from medprobe.ingest.formats.arrays import pannuke_label
-from medprobe.ingest.pipeline import IngestOptions, ingest
-from medprobe.ingest.records import FormatOptions
-from medprobe.ingest.splits import SplitPlan
+from medprobe.ingestion.formats import parse_source
+from medprobe.ingestion.formats.arrays import pannuke_label
+from medprobe.ingestion.pipeline import IngestOptions, ingest
+from medprobe.ingestion.records import FormatOptions
+from medprobe.ingestion.splits import SplitPlan
 from tests.helpers.images import write_jpeg, write_png
 
 QUIET = IngestOptions(show_progress=False)
@@ -339,8 +339,8 @@ def test_padchest_labels_column_multilabel_dropped_by_train_counts_only(tmp_path
 
 
 def test_multilabel_threshold_ignores_test_positives() -> None:
-    from medprobe.ingest.pipeline import _multilabel_classes
-    from medprobe.ingest.records import SourceRecord, TaskSpec
+    from medprobe.ingestion.pipeline import _multilabel_classes
+    from medprobe.ingestion.records import SourceRecord, TaskSpec
 
     task = TaskSpec.make("f", "multilabel", None)
     recs = [SourceRecord(str(i), {"f": ["a"] if i < 10 else ["b"]}) for i in range(20)]

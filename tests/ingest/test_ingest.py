@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from medprobe.featurestore import FeatureStore
-from medprobe.ingest.pipeline import IngestOptions, ingest
-from medprobe.ingest.records import FormatOptions
-from medprobe.ingest.splits import SplitPlan
+from medprobe.ingestion.pipeline import IngestOptions, ingest
+from medprobe.ingestion.records import FormatOptions
+from medprobe.ingestion.splits import SplitPlan
 from tests.helpers.cli import run_cli
 from tests.helpers.images import png_with_huge_header, write_png
 
@@ -149,7 +149,7 @@ def test_cli_ingest_exit_codes_and_datasets(tmp_path, capsys) -> None:
     assert code == 0
     assert "1 failure(s)" in out and "empty 1" in out
     code, _, err = run_cli(capsys, *args, "--strict")
-    assert code == 1
+    assert code == 3  # bad input data
     assert "could not be ingested (--strict)" in err
     code, out, _ = run_cli(capsys, "datasets", "--store", str(store_dir))
     assert code == 0

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from medprobe.featurestore import FeatureStore
-from medprobe.ingest.pipeline import IngestOptions, ingest
-from medprobe.ingest.records import FormatOptions
+from medprobe.ingestion.pipeline import IngestOptions, ingest
+from medprobe.ingestion.records import FormatOptions
 from medprobe.schemas import FORMAT_VERSION
 from tests.helpers.cli import run_cli
 

@@ -6,8 +6,8 @@ import csv
 import hashlib
 from collections import defaultdict
 
-from medprobe.ingest.pipeline import IngestOptions, ingest
-from medprobe.ingest.records import FormatOptions
+from medprobe.ingestion.pipeline import IngestOptions, ingest
+from medprobe.ingestion.records import FormatOptions
 
 QUIET = IngestOptions(show_progress=False)
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medprobe.errors import InvalidInputError
-from medprobe.ingest.splits import (
+from medprobe.ingestion.splits import (
     SplitPlan,
     assign_splits,
     grouped_stratified_assign,

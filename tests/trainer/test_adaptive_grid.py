@@ -128,7 +128,7 @@ def test_the_cli_records_which_grid_chose_c(synth_store, capsys) -> None:
 
 
 def test_fold_probes_stopped_at_the_iteration_cap_are_counted_and_warned() -> None:
-    from medprobe.cli.train import not_converged_warnings
+    from medprobe.cli.probes import not_converged_warnings
 
     X, y, groups = _problem(seed=2)
     pool = np.arange(500)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from medprobe.errors import InvalidInputError
 from medprobe.featurestore import FeatureStore
-from medprobe.vqa.ingest import ingest_items
+from medprobe.vqa.item_ingest import ingest_items
 from medprobe.vqa.items import ReadReport, parse_case_text, read_items, two_alternatives
 from tests.helpers.cli import run_cli
 

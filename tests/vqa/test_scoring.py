@@ -12,7 +12,7 @@ from PIL import Image
 
 from medprobe.extractor.loading import load_adapter
 from medprobe.featurestore import FeatureStore
-from medprobe.vqa import run as run_module
+from medprobe.vqa import runner as run_module
 from medprobe.vqa.parse import parse_answer
 from medprobe.vqa.prompting import Item, choose_exemplars, option_order, question_text, shown_options
 from medprobe.vqa.scoring import VlmScorer

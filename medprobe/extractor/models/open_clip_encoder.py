@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medprobe.errors import InvalidInputError, NotFoundError
+from medprobe.errors import InvalidInputError, ModelError, ModelNotFoundError
 from medprobe.extractor.models.base import sha256_of_state
 from medprobe.extractor.models.image_encoder import (
     BlockEncoderAdapter,
@@ -80,7 +80,7 @@ def tower_blocks(visual: nn.Module) -> tuple[list[str], list[nn.Module], BlockLa
         stages: list[Any] = [visual.layer1, visual.layer2, visual.layer3, visual.layer4]
         widths = [int(stage[-1].bn3.num_features) for stage in stages]
         return [f"layer{i}" for i in range(1, 5)], stages, BlockLayout(tokens=False), widths
-    raise InvalidInputError(
+    raise ModelError(
         f"open_clip image tower {type(visual).__name__} has no block list medprobe knows; supported: "
         "VisionTransformer, TimmModel (timm trunks), ModifiedResNet; for another, register a medprobe.models "
         "plugin (see medprobe/extractor/plugins/efficientnet_lite.py)"
@@ -160,7 +160,7 @@ def load_open_clip_dir(
     """A local directory with ``open_clip_config.json`` and weights."""
     config = directory / CONFIG_FILE
     if not config.is_file():
-        raise NotFoundError(f"open_clip model directory {str(directory)!r} has no {CONFIG_FILE}")
+        raise ModelNotFoundError(f"open_clip model directory {str(directory)!r} has no {CONFIG_FILE}")
     if "model_cfg" not in json.loads(config.read_text()):
         raise InvalidInputError(f"{config} has no model_cfg: it is not an open_clip config")
     weights = local_weights(directory, WEIGHT_FILES, allow_pickle=allow_pickle, config=CONFIG_FILE)
@@ -184,28 +184,28 @@ def load_open_clip_name(spec: str, *, device: str, dtype: torch.dtype, allow_pic
 
     arch, _, pretrained = spec.removeprefix(SPEC_PREFIX).partition("/")
     if arch not in open_clip.list_models():
-        raise NotFoundError(
+        raise ModelNotFoundError(
             f"open_clip has no architecture {arch!r}; list them with "
             "`python -c \"import open_clip; print(open_clip.list_pretrained())\"`"
         )
     if not pretrained:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "(none)"
-        raise InvalidInputError(f"say which weights: open_clip:{arch}/<pretrained>; tags for {arch}: {tags}")
+        raise ModelError(f"say which weights: open_clip:{arch}/<pretrained>; tags for {arch}: {tags}")
     weights: Path | None = None
     if Path(pretrained).is_file():
         if Path(pretrained).suffix != ".safetensors" and not allow_pickle:
-            raise InvalidInputError(f"{pretrained} is a pickle checkpoint; " + PICKLE_HINT)
+            raise ModelError(f"{pretrained} is a pickle checkpoint; " + PICKLE_HINT)
         weights = Path(pretrained)
     else:
         cfg = open_clip.get_pretrained_cfg(arch, pretrained)
         if not cfg:
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "(none)"
-            raise NotFoundError(f"open_clip has no pretrained tag {pretrained!r} for {arch}; choose from {tags}")
+            raise ModelNotFoundError(f"open_clip has no pretrained tag {pretrained!r} for {arch}; choose from {tags}")
         # open_clip's "hf_hub" is "org/repo/" (default file) or "org/repo/<file>"
         hub_id, filename = os.path.split(str(cfg.get("hf_hub") or ""))
         if hub_id and filename:
             if is_pickle(filename) and not allow_pickle:
-                raise InvalidInputError(f"open_clip weights {arch}/{pretrained} are in {filename}; " + PICKLE_HINT)
+                raise ModelError(f"open_clip weights {arch}/{pretrained} are in {filename}; " + PICKLE_HINT)
             weights = hub_file(hub_id, filename)
         elif hub_id:
             weights = hub_weights(hub_id, WEIGHT_FILES[0], WEIGHT_FILES[3:], allow_pickle=allow_pickle)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medprobe.errors import InvalidInputError, NotFoundError
+from medprobe.errors import InvalidInputError, ModelError, ModelNotFoundError
 from medprobe.extractor.models.base import sha256_of_state
 from medprobe.extractor.models.image_encoder import (
     BlockEncoderAdapter,
@@ -60,7 +60,7 @@ def timm_blocks(model: nn.Module) -> tuple[list[str], list[nn.Module]]:
             modules = []
             break
     if not modules:
-        raise InvalidInputError(
+        raise ModelError(
             f"timm architecture {type(model).__name__} has no block list medprobe can hook (no usable "
             "feature_info); supported: timm models that define feature_info (VisionTransformer, Eva, ConvNeXt, "
             "EfficientNet, ResNet, ...); for another, register a medprobe.models plugin (see "
@@ -135,7 +135,7 @@ def _create(name: str, *, device: str, dtype: torch.dtype, **kwargs: Any) -> nn.
         model = timm.create_model(name, pretrained=True, **kwargs)
     except RuntimeError as e:
         if "Unknown model" in str(e):
-            raise NotFoundError(
+            raise ModelNotFoundError(
                 f"timm has no model {name!r}; list them with `python -c \"import timm; print(timm.list_models())\"` "
                 "or `medprobe models`"
             ) from e
@@ -149,7 +149,7 @@ def load_timm_dir(
     """A local directory with timm's ``config.json`` and weights (``model.safetensors``)."""
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
-        raise NotFoundError(f"timm model directory {str(directory)!r} has no {CONFIG_FILE}")
+        raise ModelNotFoundError(f"timm model directory {str(directory)!r} has no {CONFIG_FILE}")
     weights = local_weights(directory, WEIGHT_FILES, allow_pickle=allow_pickle, config=CONFIG_FILE)
     model = _create(f"local-dir:{directory}", device=device, dtype=dtype)
     return TimmAdapter(model, model_id=model_id, revision=weights_revision(weights))
@@ -171,7 +171,7 @@ def load_timm_name(spec: str, *, device: str, dtype: torch.dtype, allow_pickle: 
     name = spec.removeprefix(SPEC_PREFIX)
     arch = name.partition(".")[0]
     if not timm.is_model(arch):
-        raise NotFoundError(
+        raise ModelNotFoundError(
             f"timm has no model {arch!r}; list them with `python -c \"import timm; print(timm.list_models())\"`"
         )
     cfg = get_pretrained_cfg(name) or get_pretrained_cfg(arch)

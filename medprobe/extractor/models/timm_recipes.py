@@ -44,5 +44,3 @@ def create_kwargs(repo_id: str) -> dict[str, Any]:
         return {"init_values": 1e-5, "dynamic_img_size": False}
     return {}
 
-
-KNOWN = ("MahmoodLab/UNI", "MahmoodLab/UNI2-h", "paige-ai/Virchow", "paige-ai/Virchow2", "bioptimus/H-optimus-0")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from medprobe.errors import NotFoundError
-from medprobe.ingest.records import natural_key
+from medprobe.ingestion.records import natural_key
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 from medprobe.errors import InvalidInputError
-from medprobe.ingest.records import (
+from medprobe.ingestion.records import (
     FormatOptions,
     ParsedSource,
     Problem,
@@ -18,7 +18,7 @@ from medprobe.ingest.records import (
     require_columns,
     sorted_classes,
 )
-from medprobe.ingest.splits import normalise_split
+from medprobe.ingestion.splits import normalise_split
 
 SHA256_COLUMN = "sha256"
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medprobe.errors import InvalidInputError
-from medprobe.ingest.records import (
+from medprobe.ingestion.records import (
     FormatOptions,
     ParsedSource,
     Problem,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medprobe.errors import InvalidInputError
-from medprobe.ingest.records import (
+from medprobe.ingestion.records import (
     FormatOptions,
     ParsedSource,
     Problem,

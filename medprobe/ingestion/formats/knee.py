@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 from medprobe.errors import InvalidInputError
-from medprobe.ingest.formats import csv_manifest
-from medprobe.ingest.records import (
+from medprobe.ingestion.formats import csv_manifest
+from medprobe.ingestion.records import (
     FormatOptions,
     ParsedSource,
     SourceRecord,
@@ -20,7 +20,7 @@ from medprobe.ingest.records import (
     list_images,
     require_dir,
 )
-from medprobe.ingest.splits import is_split_name, normalise_split
+from medprobe.ingestion.splits import is_split_name, normalise_split
 
 TASK = "kl_grade"
 GRADES = ("0", "1", "2", "3", "4")

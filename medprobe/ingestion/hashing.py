@@ -30,7 +30,7 @@ from medprobe.imaging import (
     inspect_image,
     read_file_bytes,
 )
-from medprobe.ingest.records import SourceRecord
+from medprobe.ingestion.records import SourceRecord
 from medprobe.progress import progress_bar
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medprobe.errors import InvalidInputError
-from medprobe.ingest.records import (
+from medprobe.ingestion.records import (
     FormatOptions,
     ParsedSource,
     SourceRecord,
@@ -15,7 +15,7 @@ from medprobe.ingest.records import (
     require_dir,
     sorted_classes,
 )
-from medprobe.ingest.splits import is_split_name, normalise_split
+from medprobe.ingestion.splits import is_split_name, normalise_split
 
 NCT_CLASSES = ("ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM")
 NCT_TRAIN = ("NCT-CRC-HE-100K", "NCT-CRC-HE-100K-NONORM")

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from medprobe.errors import InvalidInputError
-from medprobe.ingest.formats.csv_manifest import parse_findings
-from medprobe.ingest.records import (
+from medprobe.ingestion.formats.csv_manifest import parse_findings
+from medprobe.ingestion.records import (
     FormatOptions,
     ParsedSource,
     Problem,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medprobe.errors import InvalidInputError
-from medprobe.ingest.records import (
+from medprobe.ingestion.records import (
     FormatOptions,
     ParsedSource,
     Problem,

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medprobe.errors import InvalidInputError
-from medprobe.ingest.formats import (
+from medprobe.ingestion.formats import (
     arrays,
     csv_manifest,
     dermatology,
@@ -15,7 +15,7 @@ from medprobe.ingest.formats import (
     knee,
     padchest,
 )
-from medprobe.ingest.records import FormatOptions, ParsedSource
+from medprobe.ingestion.records import FormatOptions, ParsedSource
 
 Parser = Callable[[Path, FormatOptions], ParsedSource]
 

@@ -23,11 +23,11 @@ import pyarrow as pa
 from medprobe.errors import InvalidInputError
 from medprobe.featurestore import canonical_json, new_id, start_run
 from medprobe.imaging import DEFAULT_MAX_PIXELS, Verify, set_pixel_limit
-from medprobe.ingest.formats import parse_source
-from medprobe.ingest.hashing import BlobSink, Probe, parallel_map, probe_record
-from medprobe.ingest.lock import dataset_lock
-from medprobe.ingest.records import FormatOptions, ParsedSource, SourceRecord, TaskSpec, natural_key
-from medprobe.ingest.splits import SplitPlan, assign_splits, rarest_label_strata
+from medprobe.ingestion.formats import parse_source
+from medprobe.ingestion.hashing import BlobSink, Probe, parallel_map, probe_record
+from medprobe.ingestion.lock import dataset_lock
+from medprobe.ingestion.records import FormatOptions, ParsedSource, SourceRecord, TaskSpec, natural_key
+from medprobe.ingestion.splits import SplitPlan, assign_splits, rarest_label_strata
 from medprobe.schemas import DatasetImageRow, DatasetRow, FailureRow, ImageRow, TaskRow, utcnow
 
 if TYPE_CHECKING:

@@ -1,0 +1,287 @@
+"""Probe commands: train (one layer), sweep (every layer), compare (feature sets, paired), report (plots).
+
+Each parses its options, calls the workflow function of the same name (``medprobe.train``, ...) with them and
+renders the result; train and sweep share one command builder (their defaults differ only in the layers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from medprobe.cli.common import console, err_console, store_url
+from medprobe.cli.options import (
+    DeviceOpt,
+    FormatOpt,
+    NoProgressOpt,
+    OptionalDatasetOpt,
+    OutOpt,
+    StoreOpt,
+    TaskOpt,
+    layers_option,
+    with_group,
+)
+from medprobe.cli.output import emit, resolve_format, wants_progress
+from medprobe.schemas.vocab import CGrid, ClassWeight, Method, SelectBy, Selection, SolverName, TestSplit
+from medprobe.workflows import probes as wf
+from medprobe.workflows import reporting
+from medprobe.workflows.common import N_BOOT
+
+
+@dataclass
+class FeatureSetChoice:
+    """Which feature set: by id, or by the model (and prompt, pooling) it was extracted with."""
+
+    feature_set: Annotated[str | None, typer.Option("--feature-set", help="Feature set id.")] = None
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="... or the feature set extracted with this model")
+    ] = None
+    prompt: Annotated[str | None, typer.Option("--prompt", help="... and this prompt.")] = None
+    pooling: Annotated[str | None, typer.Option("--pooling", help="... and this pooling.")] = None
+
+
+@dataclass
+class ProtocolOptions:
+    """How probes are fitted, selected and scored (train, sweep and compare): ``medprobe.workflows.probes``."""
+
+    dataset: OptionalDatasetOpt = None
+    method: Annotated[
+        Method,
+        typer.Option(
+            "--method",
+            help="probe: L2 logistic regression, C chosen by --selection; knn: cosine kNN with exp(sim/0.07) votes "
+            "(DINOv2), k chosen from --k by the same --selection on training rows.",
+        ),
+    ] = Method.probe
+    k: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--k",
+            help="--method knn: neighbours to choose from (default: 10,20,50,100,200); one value: that k.",
+            show_default=False,
+        ),
+    ] = None
+    solver: Annotated[SolverName, typer.Option("--solver", help="Probe solver.")] = SolverName.torch
+    c_grid: Annotated[
+        list[str] | None,
+        typer.Option("--c-grid", help="C values, a log grid (default: 1e-4,1e-3,...,1000).", show_default=False),
+    ] = None
+    selection: Annotated[
+        Selection, typer.Option("--selection", help="Choose C by grouped stratified K-fold CV or on the val split.")
+    ] = Selection.cv
+    grid: Annotated[
+        CGrid,
+        typer.Option(
+            "--grid",
+            help="adaptive: fit C from the smallest up, each C starting from the previous C's solution, and stop once "
+            "the validation score has clearly turned (large C costs the most); full: fit every C of --c-grid.",
+        ),
+    ] = CGrid.adaptive
+    no_progress: NoProgressOpt = False
+    select_by: Annotated[
+        SelectBy | None,
+        typer.Option(
+            "--select-by",
+            help="The validation metric that chooses C (default: the task's primary metric); ties between C values "
+            "are broken by held-out log loss.",
+            show_default=False,
+        ),
+    ] = None
+    cv: Annotated[int, typer.Option("--cv", min=2, help="Folds for --selection cv.")] = 5
+    test_split: Annotated[
+        TestSplit,
+        typer.Option(
+            "--test-split",
+            help="The split scored once as the test set (val: for datasets that ship only train/val; probes then "
+            "fit and select C on train only).",
+        ),
+    ] = TestSplit.test
+    class_weight: Annotated[ClassWeight, typer.Option("--class-weight", help="Class weights of the loss.")] = (
+        ClassWeight.none
+    )
+    allow_missing: Annotated[
+        bool, typer.Option("--allow-missing", help="Train on the images that have labels and features.")
+    ] = False
+    allow_group_overlap: Annotated[
+        bool,
+        typer.Option(
+            "--allow-group-overlap", help="Train even when a patient group has rows in both training and test splits."
+        ),
+    ] = False
+    n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CIs.")] = N_BOOT
+    boot_seed: Annotated[int, typer.Option("--boot-seed", help="Seed of the bootstrap replicates.")] = 0
+    device: DeviceOpt = None
+
+
+@dataclass
+class Subsampling:
+    """Label efficiency: fit on stratified subsamples of the training rows."""
+
+    train_fraction: Annotated[
+        list[str] | None, typer.Option("--train-fraction", help="Fractions of the training rows, e.g. 0.01,0.1,1.")
+    ] = None
+    seeds: Annotated[
+        list[str] | None, typer.Option("--seeds", help="Subsample seeds for fractions below 1 (default: 0,1,2).")
+    ] = None
+
+
+def format_entry(entry: dict[str, Any]) -> str:
+    """A metric entry as ``value [low, high]`` (``undefined`` when it has no value)."""
+    if entry.get("value") is None:
+        return "undefined"
+    if entry.get("ci_low") is None:
+        return f"{entry['value']:.3f}"
+    return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
+
+
+def not_converged_warnings(outcomes: list[Any]) -> list[str]:
+    """One line per probe whose chosen C, or whose refit, rests on probes that stopped at the iteration cap."""
+    lines = []
+    for o in outcomes:
+        at_c = o.cv_not_converged.get(repr(o.C), 0)
+        if at_c or not o.converged:
+            what = []
+            if at_c:
+                what.append(f"{at_c} fold probe(s) at the chosen C={o.C:g}")
+            if not o.converged:
+                what.append("the refit")
+            lines.append(
+                f"layer {o.layer}: {' and '.join(what)} stopped at the iteration cap before converging, so the "
+                "scores are approximate; narrow --c-grid to smaller C or pass --solver sklearn to compare"
+            )
+    unchosen = [o for o in outcomes if o.cv_not_converged and not o.cv_not_converged.get(repr(o.C), 0)]
+    if unchosen:
+        cs = ", ".join(f"{c:g}" for c in sorted({float(c) for o in unchosen for c in o.cv_not_converged}))
+        lines.append(
+            f"{len(unchosen)} probe(s): fold probes at C={cs} stopped at the iteration cap; "
+            "those C values were not chosen, but their validation scores are approximate (cv_not_converged in metrics)"
+        )
+    return lines
+
+
+def _print_probes(result: wf.ProbeRunResult) -> None:
+    table = Table(title=f"{result.kind}: {result.dataset}/{result.task}  run {result.run_id}")
+    for col in ("layer", "fraction", "seed", "chosen", "cv", "macro AUC [95% CI]", "bal. acc", "macro F1", "acc"):
+        table.add_column(col)
+    for o in result.outcomes:
+        m = o.metrics
+        table.add_row(
+            str(o.layer), f"{o.setting.fraction:g}", str(o.setting.seed), o.hyperparameter,
+            "-" if o.cv_mean is None else f"{o.cv_mean:.3f}", format_entry(m["macro_auc"]),
+            format_entry(m["balanced_accuracy"]), format_entry(m["macro_f1"]), format_entry(m["accuracy"]),
+        )  # fmt: skip
+    console.print(table)
+    for o in result.outcomes[:1]:
+        for key, why in o.metrics.get("undefined", {}).items():
+            err_console.print(f"[yellow]warning:[/] {key}: {why}")
+    for line in not_converged_warnings(result.outcomes):
+        err_console.print(f"[yellow]warning:[/] {line}", highlight=False)
+    best = next(o for o in result.outcomes if o.probe_id == result.probe_id)
+    console.print(
+        f"{'k' if result.method == 'knn' else 'C'} and the best layer chosen by {best.select_by} ({result.selection}, "
+        f"training rows only): layer {result.layer}; run id: {result.run_id}"
+    )
+
+
+ProbeLayersOpt = Annotated[
+    str | None, layers_option("stored layer of the feature set", "train: -1, the last stored; sweep: all stored")
+]
+
+
+def _probe_command(kind: str) -> Any:
+    """The train or sweep command: the same options; train's layers default to the last, sweep's to all."""
+    function = wf.train if kind == "train" else wf.sweep
+
+    @with_group(FeatureSetChoice, "choice")
+    @with_group(ProtocolOptions, "protocol")
+    @with_group(Subsampling, "sampling")
+    def command(
+        task: TaskOpt,
+        choice: FeatureSetChoice,
+        protocol: ProtocolOptions,
+        sampling: Subsampling,
+        layers: ProbeLayersOpt = None,
+        fmt: FormatOpt = None,
+        out: OutOpt = None,
+        store: StoreOpt = None,
+    ) -> None:
+        resolve_format(fmt, out)  # a bad --format/--out fails before any work
+        options = {**dataclasses.asdict(choice), **dataclasses.asdict(protocol), **dataclasses.asdict(sampling)}
+        options["no_progress"] = options["no_progress"] or not wants_progress(fmt, out)
+        result = function(task=task, layers=layers, store=store_url(store), **options)
+        emit(fmt, out, rows=result.to_arrow(), document=result.to_dict(), show=lambda: _print_probes(result))
+
+    command.__doc__ = (function.__doc__ or "").split("\n\n")[0]
+    command.__name__ = kind
+    return command
+
+
+def _print_comparison(result: wf.CompareResult) -> None:
+    table = Table(title=f"compare {result.dataset}/{result.task}  run {result.run_id}")
+    for col in ("feature set (A)", "layer", "vs (B)", "metric", "A", "B", "A-B [95% CI]", "p boot", "p t-test"):
+        table.add_column(col)
+    for r in result.comparison_rows:
+        diff = "-" if r.diff is None else f"{r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+        table.add_row(
+            r.feature_set_a, str(r.layer_a), f"{r.feature_set_b} (l{r.layer_b})", r.metric,
+            "-" if r.value_a is None else f"{r.value_a:.3f}", "-" if r.value_b is None else f"{r.value_b:.3f}", diff,
+            "-" if r.p_bootstrap is None else f"{r.p_bootstrap:.3g}", "-" if r.p_ttest is None else f"{r.p_ttest:.3g}",
+        )  # fmt: skip
+    console.print(table)
+    console.print("p t-test: the study's paired t-test over bootstrap replicates (shrinks with --n-boot)")
+
+
+CompareLayersOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--layers", "--layer", "-l",
+        help="One layer per feature set, e.g. 8,-1 (negative: counted from that set's last stored layer) "
+        "(default: each set's best layer by CV).",
+        show_default=False,
+    ),
+]  # fmt: skip
+
+
+@with_group(ProtocolOptions, "protocol")
+def compare(
+    task: TaskOpt,
+    protocol: ProtocolOptions,
+    feature_set: Annotated[
+        list[str], typer.Option("--feature-set", help="Two or more feature set ids (comma list or repeated).")
+    ],
+    layers: CompareLayersOpt = None,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Feature sets side by side on the same test images: paired bootstrap differences and p-values."""
+    resolve_format(fmt, out)
+    options = dataclasses.asdict(protocol)
+    options["no_progress"] = options["no_progress"] or not wants_progress(fmt, out)
+    result = wf.compare(task=task, feature_set=feature_set, layers=layers, store=store_url(store), **options)
+    emit(fmt, out, rows=result.to_arrow(), document=result.to_dict(), show=lambda: _print_comparison(result))
+
+
+def report(
+    run_ids: Annotated[list[str], typer.Argument(help="Run ids of train/sweep/compare runs.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder for the PNGs and summary.md.")] = "medprobe-report",
+    store: StoreOpt = None,
+) -> None:
+    """PNG plots (layer curves, ROC, label efficiency, comparisons) and a Markdown summary of runs."""
+    result = reporting.report(run_ids=run_ids, out=out, store=store_url(store))
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning} (flagged in summary.md)", highlight=False)
+    for p in result.paths:
+        console.print(p)
+
+
+def register(app: typer.Typer) -> None:
+    """Add train, sweep, compare and report."""
+    app.command("train")(_probe_command("train"))
+    app.command("sweep")(_probe_command("sweep"))
+    app.command("compare")(compare)
+    app.command("report")(report)
