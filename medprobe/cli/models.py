@@ -59,10 +59,6 @@ def register(app: typer.Typer) -> None:
         emit(fmt, out, rows=result.rows(), document=info, show=lambda: console.print(_describe_table(info)))
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
 def _supported_table(rows: list[dict[str, Any]]) -> Table:
     t = Table(title="what medprobe loads (`medprobe models -m SPEC` describes one)")
     for col in ("backend", "name", "spec / examples", "layers"):

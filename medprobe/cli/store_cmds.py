@@ -45,182 +45,190 @@ def parse_duration(text: str) -> dt.timedelta:
     return dt.timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: value})
 
 
+def info(fmt: FormatOpt = None, out: OutOpt = None, store: StoreOpt = None) -> None:
+    """Tables, row counts, bytes and feature sets of the store."""
+    from medprobe.featurestore import store_info
+
+    rep = store_info(open_store(store))
+
+    def show() -> None:
+        console.print(f"[bold]store[/] {rep.url}  format version {rep.format_version}")
+        t = Table(title="tables")
+        for col in ("table", "fragments", "rows", "rows written", "bytes"):
+            t.add_column(col, justify="left" if col == "table" else "right")
+        for ti in rep.tables:
+            t.add_row(ti.name, str(ti.fragments), f"{ti.rows:,}", f"{ti.raw_rows:,}", _human_bytes(ti.bytes))
+        t.add_row("[dim]segments (zarr)[/]", str(rep.segments), "", "", _human_bytes(rep.segment_bytes))
+        console.print(t)
+        if rep.feature_sets:
+            console.print(arrow_to_rich(pa.Table.from_pylist(rep.feature_sets), title="feature sets"))
+        else:
+            console.print("no feature sets yet")
+
+    emit(fmt, out, rows=[dataclasses.asdict(t) for t in rep.tables], document=dataclasses.asdict(rep), show=show)
+
+
+def verify(
+    quick: Annotated[bool, typer.Option(help="Check structure only, do not read every chunk.")] = False,
+    no_progress: NoProgressOpt = False,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Check that every manifest row resolves to readable data (chunk checksums included)."""
+    from medprobe.featurestore import verify_store
+    from medprobe.progress import progress_bar
+
+    s = open_store(store)
+    with progress_bar("segments", transient=True, disable=no_progress or not wants_progress(fmt, out)) as bar:
+        task = bar.add_task("verify", total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        rep = verify_store(s, read_data=not quick, progress=advance)
+
+    def show() -> None:
+        for p in rep.problems:
+            console.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
+        console.print(
+            f"checked {rep.fragments_checked} fragments, {rep.segments_checked} segments, "
+            f"{rep.rows_checked:,} manifest rows: {'OK' if rep.ok else f'{len(rep.problems)} problem(s)'}"
+        )
+
+    document = {**dataclasses.asdict(rep), "ok": rep.ok}
+    emit(fmt, out, rows=[{"problem": p} for p in rep.problems], document=document, show=show)
+    if not rep.ok:
+        raise CorruptDataError(f"store verify found {len(rep.problems)} problem(s); see above")
+
+
+def quarantine_cmd(
+    quick: Annotated[bool, typer.Option(help="Check structure only, do not read every chunk.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be moved.")] = False,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Move aside what verify finds broken (unreadable fragments; manifests of missing or corrupt segments) into
+    <store>/quarantine/, so the rest reads and `extract` redoes the lost rows. Nothing is deleted."""
+    from medprobe.featurestore import quarantine, verify_store
+
+    s = open_store(store)
+    rep = quarantine(s, verify_store(s, read_data=not quick), dry_run=dry_run)
+    verb = "would move" if dry_run else "moved"
+
+    def show() -> None:
+        for src, dst in rep.moved:
+            console.print(f"{verb} {src} -> {dst}", highlight=False, soft_wrap=True)
+        console.print(
+            f"{verb} {len(rep.moved)} file(s); {rep.rows_hidden:,} manifest row(s) whose data was gone are no "
+            f"longer visible{' (rerun `medprobe extract` to redo them)' if rep.rows_hidden else ''}"
+        )
+
+    rows = [{"from": src, "to": dst} for src, dst in rep.moved]
+    emit(fmt, out, rows=rows, document={"moved": rows, "rows_hidden": rep.rows_hidden, "dry_run": dry_run},
+         show=show)  # fmt: skip
+
+
+def gc(
+    grace: Annotated[str, typer.Option(help="Only remove uncommitted data older than this.")] = "24h",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed.")] = False,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Remove uncommitted segments and temp files older than a grace period; committed data is kept."""
+    from medprobe.featurestore import gc_store
+
+    s = open_store(store)
+    rep = gc_store(s, parse_duration(grace), dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+
+    def show() -> None:
+        console.print(
+            f"{verb} {len(rep.removed_segments)} uncommitted segment(s), {len(rep.removed_temp_files)} temp "
+            f"file(s) and {len(rep.removed_superseded)} fragment(s) replaced by a compaction; kept "
+            f"{rep.committed} committed and {rep.kept_recent} recent uncommitted segment(s)"
+        )
+
+    document = {**dataclasses.asdict(rep), "dry_run": dry_run}
+    rows = [{"kind": "segment", "path": p} for p in rep.removed_segments]
+    rows += [{"kind": "temp_file", "path": p} for p in rep.removed_temp_files]
+    rows += [{"kind": "superseded_fragment", "path": p} for p in rep.removed_superseded]
+    emit(fmt, out, rows=rows, document=document, show=show)
+
+
+def compact(
+    table: Annotated[
+        list[str] | None, typer.Option("--table", help="Tables to compact (default: every table).")
+    ] = None,
+    min_fragments: Annotated[
+        int, typer.Option("--min-fragments", min=2, help="Compact a table only when it has this many fragments.")
+    ] = 16,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Rewrite each table's many small fragments as one, atomically (readers see old or new, never both)."""
+    from medprobe.featurestore import compact_table
+    from medprobe.schemas import TABLES
+
+    resolve_format(fmt, out)
+    s = open_store(store)
+    names = split_list(table) or list(TABLES)
+    reports = [compact_table(s, name, min_fragments=min_fragments) for name in names]
+    rows = [dataclasses.asdict(r) for r in reports]
+
+    def show() -> None:
+        t = Table(title="store compact")
+        for col in ("table", "fragments before", "after", "rows"):
+            t.add_column(col)
+        for r in reports:
+            t.add_row(r.table, str(r.fragments_before), str(r.fragments_after), str(r.rows))
+        console.print(t)
+        console.print("replaced fragments stay until `medprobe store gc` (after its grace period)")
+
+    emit(fmt, out, rows=rows, document={"tables": rows}, show=show)
+
+
+def sql(
+    query: Annotated[str, typer.Argument(help="A read-only SQL query (DuckDB dialect) over the store's tables.")],
+    max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 200,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Run a read-only SQL query over images, dataset_images, feature_sets, activations, runs, ..."""
+    result = wf.sql(query=query, max_rows=max_rows, store=store_url(store)).table
+    emit(fmt, out, rows=result, show=lambda: console.print(arrow_to_rich(result, max_rows=max_rows)))
+
+
+def export(
+    feature_set: Annotated[str, typer.Option("--feature-set", help="Feature set id.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output .npz file.")],
+    layers: Annotated[
+        str, layers_option("stored layer of the feature set", "-1, the last stored; exactly one layer")
+    ] = "-1",
+    dataset: OptionalDatasetOpt = None,
+    split: Annotated[str | None, typer.Option(help="Only this split of --dataset.")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Write one layer's rows as X (rows x hidden) and image_hash arrays to an .npz file."""
+    res = wf.export(feature_set=feature_set, out=out, layers=layers, dataset=dataset, split=split,
+                    store=store_url(store))  # fmt: skip
+    console.print(f"wrote layer {res.layer}: {res.rows_written:,} rows x {res.hidden} to {out}", highlight=False)
+    if res.missing:
+        console.print(f"[yellow]{res.missing:,} selected images have no activations for this layer[/]")
+
+
 def register(app: typer.Typer) -> None:
+    """Add store info|verify|quarantine|gc|compact, sql and export."""
     store_app = typer.Typer(help="Inspect, verify and clean the store.", no_args_is_help=True)
     app.add_typer(store_app, name="store")
-
-    @store_app.command("info")
-    def info(fmt: FormatOpt = None, out: OutOpt = None, store: StoreOpt = None) -> None:
-        """Tables, row counts, bytes and feature sets of the store."""
-        from medprobe.featurestore import store_info
-
-        rep = store_info(open_store(store))
-
-        def show() -> None:
-            console.print(f"[bold]store[/] {rep.url}  format version {rep.format_version}")
-            t = Table(title="tables")
-            for col in ("table", "fragments", "rows", "rows written", "bytes"):
-                t.add_column(col, justify="left" if col == "table" else "right")
-            for ti in rep.tables:
-                t.add_row(ti.name, str(ti.fragments), f"{ti.rows:,}", f"{ti.raw_rows:,}", _human_bytes(ti.bytes))
-            t.add_row("[dim]segments (zarr)[/]", str(rep.segments), "", "", _human_bytes(rep.segment_bytes))
-            console.print(t)
-            if rep.feature_sets:
-                console.print(arrow_to_rich(pa.Table.from_pylist(rep.feature_sets), title="feature sets"))
-            else:
-                console.print("no feature sets yet")
-
-        emit(fmt, out, rows=[dataclasses.asdict(t) for t in rep.tables], document=dataclasses.asdict(rep), show=show)
-
-    @store_app.command("verify")
-    def verify(
-        quick: Annotated[bool, typer.Option(help="Check structure only, do not read every chunk.")] = False,
-        no_progress: NoProgressOpt = False,
-        fmt: FormatOpt = None,
-        out: OutOpt = None,
-        store: StoreOpt = None,
-    ) -> None:
-        """Check that every manifest row resolves to readable data (chunk checksums included)."""
-        from medprobe.featurestore import verify_store
-        from medprobe.progress import progress_bar
-
-        s = open_store(store)
-        with progress_bar("segments", transient=True, disable=no_progress or not wants_progress(fmt, out)) as bar:
-            task = bar.add_task("verify", total=None)
-
-            def advance(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            rep = verify_store(s, read_data=not quick, progress=advance)
-
-        def show() -> None:
-            for p in rep.problems:
-                console.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
-            console.print(
-                f"checked {rep.fragments_checked} fragments, {rep.segments_checked} segments, "
-                f"{rep.rows_checked:,} manifest rows: {'OK' if rep.ok else f'{len(rep.problems)} problem(s)'}"
-            )
-
-        document = {**dataclasses.asdict(rep), "ok": rep.ok}
-        emit(fmt, out, rows=[{"problem": p} for p in rep.problems], document=document, show=show)
-        if not rep.ok:
-            raise CorruptDataError(f"store verify found {len(rep.problems)} problem(s); see above")
-
-    @store_app.command("quarantine")
-    def quarantine_cmd(
-        quick: Annotated[bool, typer.Option(help="Check structure only, do not read every chunk.")] = False,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be moved.")] = False,
-        fmt: FormatOpt = None,
-        out: OutOpt = None,
-        store: StoreOpt = None,
-    ) -> None:
-        """Move aside what verify finds broken (unreadable fragments; manifests of missing or corrupt segments) into
-        <store>/quarantine/, so the rest reads and `extract` redoes the lost rows. Nothing is deleted."""
-        from medprobe.featurestore import quarantine, verify_store
-
-        s = open_store(store)
-        rep = quarantine(s, verify_store(s, read_data=not quick), dry_run=dry_run)
-        verb = "would move" if dry_run else "moved"
-
-        def show() -> None:
-            for src, dst in rep.moved:
-                console.print(f"{verb} {src} -> {dst}", highlight=False, soft_wrap=True)
-            console.print(
-                f"{verb} {len(rep.moved)} file(s); {rep.rows_hidden:,} manifest row(s) whose data was gone are no "
-                f"longer visible{' (rerun `medprobe extract` to redo them)' if rep.rows_hidden else ''}"
-            )
-
-        rows = [{"from": src, "to": dst} for src, dst in rep.moved]
-        emit(fmt, out, rows=rows, document={"moved": rows, "rows_hidden": rep.rows_hidden, "dry_run": dry_run},
-             show=show)  # fmt: skip
-
-    @store_app.command("gc")
-    def gc(
-        grace: Annotated[str, typer.Option(help="Only remove uncommitted data older than this.")] = "24h",
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed.")] = False,
-        fmt: FormatOpt = None,
-        out: OutOpt = None,
-        store: StoreOpt = None,
-    ) -> None:
-        """Remove uncommitted segments and temp files older than a grace period; committed data is kept."""
-        from medprobe.featurestore import gc_store
-
-        s = open_store(store)
-        rep = gc_store(s, parse_duration(grace), dry_run=dry_run)
-        verb = "would remove" if dry_run else "removed"
-
-        def show() -> None:
-            console.print(
-                f"{verb} {len(rep.removed_segments)} uncommitted segment(s), {len(rep.removed_temp_files)} temp "
-                f"file(s) and {len(rep.removed_superseded)} fragment(s) replaced by a compaction; kept "
-                f"{rep.committed} committed and {rep.kept_recent} recent uncommitted segment(s)"
-            )
-
-        document = {**dataclasses.asdict(rep), "dry_run": dry_run}
-        rows = [{"kind": "segment", "path": p} for p in rep.removed_segments]
-        rows += [{"kind": "temp_file", "path": p} for p in rep.removed_temp_files]
-        rows += [{"kind": "superseded_fragment", "path": p} for p in rep.removed_superseded]
-        emit(fmt, out, rows=rows, document=document, show=show)
-
-    @store_app.command("compact")
-    def compact(
-        table: Annotated[
-            list[str] | None, typer.Option("--table", help="Tables to compact (default: every table).")
-        ] = None,
-        min_fragments: Annotated[
-            int, typer.Option("--min-fragments", min=2, help="Compact a table only when it has this many fragments.")
-        ] = 16,
-        fmt: FormatOpt = None,
-        out: OutOpt = None,
-        store: StoreOpt = None,
-    ) -> None:
-        """Rewrite each table's many small fragments as one, atomically (readers see old or new, never both)."""
-        from medprobe.featurestore import compact_table
-        from medprobe.schemas import TABLES
-
-        resolve_format(fmt, out)
-        s = open_store(store)
-        names = split_list(table) or list(TABLES)
-        reports = [compact_table(s, name, min_fragments=min_fragments) for name in names]
-        rows = [dataclasses.asdict(r) for r in reports]
-
-        def show() -> None:
-            t = Table(title="store compact")
-            for col in ("table", "fragments before", "after", "rows"):
-                t.add_column(col)
-            for r in reports:
-                t.add_row(r.table, str(r.fragments_before), str(r.fragments_after), str(r.rows))
-            console.print(t)
-            console.print("replaced fragments stay until `medprobe store gc` (after its grace period)")
-
-        emit(fmt, out, rows=rows, document={"tables": rows}, show=show)
-
-    @app.command("sql")
-    def sql(
-        query: Annotated[str, typer.Argument(help="A read-only SQL query (DuckDB dialect) over the store's tables.")],
-        max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 200,
-        fmt: FormatOpt = None,
-        out: OutOpt = None,
-        store: StoreOpt = None,
-    ) -> None:
-        """Run a read-only SQL query over images, dataset_images, feature_sets, activations, runs, ..."""
-        result = wf.sql(query=query, max_rows=max_rows, store=store_url(store)).table
-        emit(fmt, out, rows=result, show=lambda: console.print(arrow_to_rich(result, max_rows=max_rows)))
-
-    @app.command("export")
-    def export(
-        feature_set: Annotated[str, typer.Option("--feature-set", help="Feature set id.")],
-        out: Annotated[str, typer.Option("--out", "-o", help="Output .npz file.")],
-        layers: Annotated[
-            str, layers_option("stored layer of the feature set", "-1, the last stored; exactly one layer")
-        ] = "-1",
-        dataset: OptionalDatasetOpt = None,
-        split: Annotated[str | None, typer.Option(help="Only this split of --dataset.")] = None,
-        store: StoreOpt = None,
-    ) -> None:
-        """Write one layer's rows as X (rows x hidden) and image_hash arrays to an .npz file."""
-        res = wf.export(feature_set=feature_set, out=out, layers=layers, dataset=dataset, split=split,
-                        store=store_url(store))  # fmt: skip
-        console.print(f"wrote layer {res.layer}: {res.rows_written:,} rows x {res.hidden} to {out}", highlight=False)
-        if res.missing:
-            console.print(f"[yellow]{res.missing:,} selected images have no activations for this layer[/]")
+    store_app.command("info")(info)
+    store_app.command("verify")(verify)
+    store_app.command("quarantine")(quarantine_cmd)
+    store_app.command("gc")(gc)
+    store_app.command("compact")(compact)
+    app.command("sql")(sql)
+    app.command("export")(export)

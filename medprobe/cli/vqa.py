@@ -32,146 +32,150 @@ def _fmt(entry: dict | None) -> str:
     return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
 
 
+def ingest(
+    source: Annotated[str, typer.Argument(help="Items file (.jsonl/.csv/.tsv), VQA-RAD folder or NEJM folder.")],
+    name: Annotated[str, typer.Option("--name", help="Name of the item set in the store.")],
+    layout: Annotated[
+        VqaLayout | None, typer.Option("--layout", help="The source's layout (default: detected).")
+    ] = None,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Items into vqa_items; images content-addressed into images (unreadable ones: failures rows)."""
+    resolve_format(fmt, out)
+    summary = wf.ingest(source=source, name=name, layout=layout, store=store_url(store))
+    document = summary.to_dict()
+
+    def show() -> None:
+        table = Table(title=f"vqa ingest {name} ({summary.layout})")
+        table.add_column("what")
+        table.add_column("count", justify="right")
+        for what, n in (("items read", summary.items_read), ("items new", summary.items_new),
+                        ("items unchanged", summary.items_unchanged), ("images new", summary.images_new),
+                        ("items left out: unreadable image", summary.failures),
+                        *((f"split {k}", v) for k, v in sorted(summary.by_split.items())),
+                        *((f"skipped: {k}", v) for k, v in summary.skipped.items())):  # fmt: skip
+            table.add_row(what, str(n))
+        console.print(table)
+
+    emit(fmt, out, rows=[{k: v for k, v in document.items() if not isinstance(v, dict)}], document=document,
+         show=show)  # fmt: skip
+
+
+def run(
+    items: ItemSetOpt,
+    model: ModelOpt,
+    mode: Annotated[VqaMode, typer.Option("--mode", help="How the answer is read.")] = VqaMode.loglik,
+    shots: Annotated[int, typer.Option("--shots", min=0, help="Few-shot exemplars from the train split.")] = 0,
+    fixed_shots: Annotated[
+        list[str] | None, typer.Option("--fixed-shots", help="These item ids as exemplars (the study's setup).")
+    ] = None,
+    circular: Annotated[bool, typer.Option("--circular", help="Score every rotation of the options.")] = False,
+    split: Annotated[Split, typer.Option("--split", help="The items scored.")] = Split.test,
+    shots_seed: Annotated[int, typer.Option("--shots-seed", help="Seed of the few-shot exemplar draw.")] = 0,
+    boot_seed: Annotated[int, typer.Option("--boot-seed", help="Seed of the bootstrap replicates.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="generate: token cap.")] = 8,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N items.")] = None,
+    save_activations: Annotated[
+        bool,
+        typer.Option(
+            "--save-activations",
+            help="Also store every layer's answer-position state of every item (all splits) as a feature set, "
+            "with a dataset vqa-<items> (task: answer) for `medprobe sweep`.",
+        ),
+    ] = False,
+    n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CIs.")] = N_BOOT,
+    device: DeviceOpt = None,
+    dtype: Annotated[ComputeDType | None, typer.Option("--dtype", help="Compute dtype.")] = None,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    allow_pickle: AllowPickleOpt = False,
+    no_progress: NoProgressOpt = False,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Ask a VLM every item (resumable: the same command continues a killed run); accuracy with CIs."""
+    resolve_format(fmt, out)
+    result = wf.run(
+        items=items, model=model, mode=mode, shots=shots, fixed_shots=fixed_shots, circular=circular, split=split,
+        shots_seed=shots_seed, boot_seed=boot_seed, max_new_tokens=max_new_tokens, limit=limit,
+        save_activations=save_activations, n_boot=n_boot, device=device, dtype=dtype,
+        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+        no_progress=no_progress or not wants_progress(fmt, out), store=store_url(store),
+    )  # fmt: skip
+    doc = result.to_dict()
+
+    def show() -> None:
+        table = Table(title=f"vqa {items} · {model} · {mode.value}  run {doc['run_id']}")
+        for col in ("metric", "value [95% CI, clustered by group]"):
+            table.add_column(col)
+        table.add_row("accuracy", _fmt(doc["accuracy"]))
+        for key in ("circular_accuracy", "mean_over_rotations"):
+            if key in doc:
+                table.add_row(key.replace("_", " "), _fmt(doc[key]))
+        table.add_row("chance", f"{doc['chance']:.3f}")
+        if "majority" in doc:
+            table.add_row(f"majority (always {doc['majority']['letter']})", f"{doc['majority']['accuracy']:.3f}")
+        table.add_row("parse failures", f"{doc['parse_failure_rate']:.1%}")
+        cal: dict[str, Any] = doc.get("calibration") or {}
+        if cal:
+            table.add_row("Brier / ECE", f"{cal['brier']:.3f} / {cal['ece']:.3f}")
+        table.add_row("letters predicted / gold", f"{doc['letters']['predicted']} / {doc['letters']['gold']}")
+        console.print(table)
+        if doc.get("activations"):
+            a = doc["activations"]
+            console.print(f"answer-position states: feature set {a['feature_set_id']}; probe them with "
+                          f"medprobe sweep -d {a['dataset']} -t answer --feature-set {a['feature_set_id']}",
+                          highlight=False)  # fmt: skip
+        if doc["already_done"]:
+            err_console.print(f"resumed: {doc['already_done']} predictions were already stored", highlight=False)
+
+    emit(fmt, out, rows=result.rows(), document=doc, show=show)
+
+
+def compare(
+    run_a: Annotated[str, typer.Argument(help="Run id of A.")],
+    run_b: Annotated[str, typer.Argument(help="Run id of B (the reference).")],
+    n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CI.")] = N_BOOT,
+    boot_seed: Annotated[int, typer.Option("--boot-seed", help="Seed of the bootstrap replicates.")] = 0,
+    fmt: FormatOpt = None,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Two runs on the same items: accuracy A - B (paired, group-clustered bootstrap) and McNemar's test."""
+    resolve_format(fmt, out)
+    result = wf.compare(run_a=run_a, run_b=run_b, n_boot=n_boot, boot_seed=boot_seed, store=store_url(store))
+    doc = result.to_dict()
+
+    def show() -> None:
+        table = Table(title=f"vqa compare {run_a} - {run_b} ({doc['n_items']} items, {doc['n_groups']} groups)")
+        for col in ("A", "B", "A-B [95% CI]", "p bootstrap", "only A right", "only B right", "p McNemar"):
+            table.add_column(col)
+        table.add_row(f"{doc['accuracy_a']:.3f}", f"{doc['accuracy_b']:.3f}",
+                      f"{doc['diff']:+.3f} [{doc['ci_low']:+.3f}, {doc['ci_high']:+.3f}]",
+                      f"{doc['p_bootstrap']:.3g}", str(doc["only_a_right"]), str(doc["only_b_right"]),
+                      f"{doc['p_mcnemar']:.3g}")  # fmt: skip
+        console.print(table)
+
+    emit(fmt, out, rows=[doc], document=doc, show=show)
+
+
+def report(
+    run_ids: Annotated[list[str], typer.Argument(help="Run ids of vqa runs.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder for the PNGs and summary.md.")] = "vqa-report",
+    store: StoreOpt = None,
+) -> None:
+    """PNG plots (accuracy per category, letter distribution, reliability) and a Markdown summary."""
+    for path in wf.report(run_ids=run_ids, out=out, store=store_url(store)).paths:
+        console.print(path)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``vqa ingest`` and ``vqa run``."""
     vqa_app = typer.Typer(help="Multiple-choice VQA: what a VLM says about the images.", no_args_is_help=True)
     app.add_typer(vqa_app, name="vqa")
-
-    @vqa_app.command("ingest")
-    def ingest(
-        source: Annotated[str, typer.Argument(help="Items file (.jsonl/.csv/.tsv), VQA-RAD folder or NEJM folder.")],
-        name: Annotated[str, typer.Option("--name", help="Name of the item set in the store.")],
-        layout: Annotated[
-            VqaLayout | None, typer.Option("--layout", help="The source's layout (default: detected).")
-        ] = None,
-        fmt: FormatOpt = None,
-        out: OutOpt = None,
-        store: StoreOpt = None,
-    ) -> None:
-        """Items into vqa_items; images content-addressed into images (unreadable ones: failures rows)."""
-        resolve_format(fmt, out)
-        summary = wf.ingest(source=source, name=name, layout=layout, store=store_url(store))
-        document = summary.to_dict()
-
-        def show() -> None:
-            table = Table(title=f"vqa ingest {name} ({summary.layout})")
-            table.add_column("what")
-            table.add_column("count", justify="right")
-            for what, n in (("items read", summary.items_read), ("items new", summary.items_new),
-                            ("items unchanged", summary.items_unchanged), ("images new", summary.images_new),
-                            ("items left out: unreadable image", summary.failures),
-                            *((f"split {k}", v) for k, v in sorted(summary.by_split.items())),
-                            *((f"skipped: {k}", v) for k, v in summary.skipped.items())):  # fmt: skip
-                table.add_row(what, str(n))
-            console.print(table)
-
-        emit(fmt, out, rows=[{k: v for k, v in document.items() if not isinstance(v, dict)}], document=document,
-             show=show)  # fmt: skip
-
-    @vqa_app.command("run")
-    def run(
-        items: ItemSetOpt,
-        model: ModelOpt,
-        mode: Annotated[VqaMode, typer.Option("--mode", help="How the answer is read.")] = VqaMode.loglik,
-        shots: Annotated[int, typer.Option("--shots", min=0, help="Few-shot exemplars from the train split.")] = 0,
-        fixed_shots: Annotated[
-            list[str] | None, typer.Option("--fixed-shots", help="These item ids as exemplars (the study's setup).")
-        ] = None,
-        circular: Annotated[bool, typer.Option("--circular", help="Score every rotation of the options.")] = False,
-        split: Annotated[Split, typer.Option("--split", help="The items scored.")] = Split.test,
-        shots_seed: Annotated[int, typer.Option("--shots-seed", help="Seed of the few-shot exemplar draw.")] = 0,
-        boot_seed: Annotated[int, typer.Option("--boot-seed", help="Seed of the bootstrap replicates.")] = 0,
-        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="generate: token cap.")] = 8,
-        limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N items.")] = None,
-        save_activations: Annotated[
-            bool,
-            typer.Option(
-                "--save-activations",
-                help="Also store every layer's answer-position state of every item (all splits) as a feature set, "
-                "with a dataset vqa-<items> (task: answer) for `medprobe sweep`.",
-            ),
-        ] = False,
-        n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CIs.")] = N_BOOT,
-        device: DeviceOpt = None,
-        dtype: Annotated[ComputeDType | None, typer.Option("--dtype", help="Compute dtype.")] = None,
-        trust_remote_code: TrustRemoteCodeOpt = False,
-        allow_pickle: AllowPickleOpt = False,
-        no_progress: NoProgressOpt = False,
-        fmt: FormatOpt = None,
-        out: OutOpt = None,
-        store: StoreOpt = None,
-    ) -> None:
-        """Ask a VLM every item (resumable: the same command continues a killed run); accuracy with CIs."""
-        resolve_format(fmt, out)
-        result = wf.run(
-            items=items, model=model, mode=mode, shots=shots, fixed_shots=fixed_shots, circular=circular, split=split,
-            shots_seed=shots_seed, boot_seed=boot_seed, max_new_tokens=max_new_tokens, limit=limit,
-            save_activations=save_activations, n_boot=n_boot, device=device, dtype=dtype,
-            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-            no_progress=no_progress or not wants_progress(fmt, out), store=store_url(store),
-        )  # fmt: skip
-        doc = result.to_dict()
-
-        def show() -> None:
-            table = Table(title=f"vqa {items} · {model} · {mode.value}  run {doc['run_id']}")
-            for col in ("metric", "value [95% CI, clustered by group]"):
-                table.add_column(col)
-            table.add_row("accuracy", _fmt(doc["accuracy"]))
-            for key in ("circular_accuracy", "mean_over_rotations"):
-                if key in doc:
-                    table.add_row(key.replace("_", " "), _fmt(doc[key]))
-            table.add_row("chance", f"{doc['chance']:.3f}")
-            if "majority" in doc:
-                table.add_row(f"majority (always {doc['majority']['letter']})", f"{doc['majority']['accuracy']:.3f}")
-            table.add_row("parse failures", f"{doc['parse_failure_rate']:.1%}")
-            cal: dict[str, Any] = doc.get("calibration") or {}
-            if cal:
-                table.add_row("Brier / ECE", f"{cal['brier']:.3f} / {cal['ece']:.3f}")
-            table.add_row("letters predicted / gold", f"{doc['letters']['predicted']} / {doc['letters']['gold']}")
-            console.print(table)
-            if doc.get("activations"):
-                a = doc["activations"]
-                console.print(f"answer-position states: feature set {a['feature_set_id']}; probe them with "
-                              f"medprobe sweep -d {a['dataset']} -t answer --feature-set {a['feature_set_id']}",
-                              highlight=False)  # fmt: skip
-            if doc["already_done"]:
-                err_console.print(f"resumed: {doc['already_done']} predictions were already stored", highlight=False)
-
-        emit(fmt, out, rows=result.rows(), document=doc, show=show)
-
-    @vqa_app.command("compare")
-    def compare(
-        run_a: Annotated[str, typer.Argument(help="Run id of A.")],
-        run_b: Annotated[str, typer.Argument(help="Run id of B (the reference).")],
-        n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CI.")] = N_BOOT,
-        boot_seed: Annotated[int, typer.Option("--boot-seed", help="Seed of the bootstrap replicates.")] = 0,
-        fmt: FormatOpt = None,
-        out: OutOpt = None,
-        store: StoreOpt = None,
-    ) -> None:
-        """Two runs on the same items: accuracy A - B (paired, group-clustered bootstrap) and McNemar's test."""
-        resolve_format(fmt, out)
-        result = wf.compare(run_a=run_a, run_b=run_b, n_boot=n_boot, boot_seed=boot_seed, store=store_url(store))
-        doc = result.to_dict()
-
-        def show() -> None:
-            table = Table(title=f"vqa compare {run_a} - {run_b} ({doc['n_items']} items, {doc['n_groups']} groups)")
-            for col in ("A", "B", "A-B [95% CI]", "p bootstrap", "only A right", "only B right", "p McNemar"):
-                table.add_column(col)
-            table.add_row(f"{doc['accuracy_a']:.3f}", f"{doc['accuracy_b']:.3f}",
-                          f"{doc['diff']:+.3f} [{doc['ci_low']:+.3f}, {doc['ci_high']:+.3f}]",
-                          f"{doc['p_bootstrap']:.3g}", str(doc["only_a_right"]), str(doc["only_b_right"]),
-                          f"{doc['p_mcnemar']:.3g}")  # fmt: skip
-            console.print(table)
-
-        emit(fmt, out, rows=[doc], document=doc, show=show)
-
-    @vqa_app.command("report")
-    def report(
-        run_ids: Annotated[list[str], typer.Argument(help="Run ids of vqa runs.")],
-        out: Annotated[str, typer.Option("--out", "-o", help="Folder for the PNGs and summary.md.")] = "vqa-report",
-        store: StoreOpt = None,
-    ) -> None:
-        """PNG plots (accuracy per category, letter distribution, reliability) and a Markdown summary."""
-        for path in wf.report(run_ids=run_ids, out=out, store=store_url(store)).paths:
-            console.print(path)
+    vqa_app.command("ingest")(ingest)
+    vqa_app.command("run")(run)
+    vqa_app.command("compare")(compare)
+    vqa_app.command("report")(report)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import posixpath
 import secrets
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from medprobe.errors import StoreWriteError
 
 
 @dataclass
@@ -130,3 +134,27 @@ def list_files(loc: Location, path: str) -> list[dict]:
         return loc.fs.ls(path, detail=True)
     except FileNotFoundError:
         return []
+
+
+@contextmanager
+def naming_the_store(url: str, doing: str) -> Iterator[None]:
+    """Turn an OS-level write failure (a full disk, no permission) into one line that names the store."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        reason = e.strerror or type(e).__name__
+        raise StoreWriteError(
+            f"store {url}: {doing} failed: {reason}; free space or fix permissions there (nothing was committed)"
+        ) from e
+
+
+def is_credentials_error(e: BaseException) -> bool:
+    """An object store refused or lacked credentials (botocore's NoCredentialsError, an access-denied reply...)."""
+    name = type(e).__name__
+    text = str(e)
+    return name in ("NoCredentialsError", "PartialCredentialsError", "InvalidAccessKeyId") or (
+        isinstance(e, PermissionError)
+        or any(k in text for k in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken"))
+    )

@@ -6,7 +6,7 @@ buffers (no Python list of strings, no window function in SQL) keeps it to a few
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -183,3 +183,60 @@ class SortedKeys:
             pos[tied] = again
             hit[tied] = _same_rows(keys[again], wanted[tied])
         return np.where(hit, pos, -1).astype(np.int64, copy=False)
+
+
+@dataclass
+class LayerRows:
+    """Every stored image of one layer, deduplicated, in image_hash order, with where its row lives."""
+
+    scanned: pa.Array  # image hashes as the manifest scan returned them
+    order: np.ndarray  # indices into ``scanned`` of the kept rows, in image_hash order
+    where: Where  # where each kept row lives, in image_hash order
+    _hashes: pa.Array | None = field(default=None, repr=False)
+    _index: SortedKeys | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_scan(cls, part: pa.Table) -> LayerRows:
+        """From a manifest scan of one layer (image_hash, segment_id, row): the first row per image kept (smallest
+        segment_id, then row, as the ``activations`` view)."""
+        scanned = part.column("image_hash")
+        scanned = scanned.combine_chunks() if scanned.num_chunks != 1 else scanned.chunk(0)
+        segment_ids, codes = encode_runs(part.column("segment_id"))
+        rows = part.column("row").to_numpy().astype(np.int64, copy=False)
+        order = first_per_key(string_keys(scanned), segment_ids, codes, rows)
+        return cls(scanned, order, Where(segment_ids, codes[order], rows[order]))
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.order.size)
+
+    def hashes(self) -> pa.Array:
+        """The image hashes in image_hash order (built on first use: a whole-layer read does not need them)."""
+        if self._hashes is None:
+            self._hashes = self.scanned.take(pa.array(self.order))
+        return self._hashes
+
+    def lookup(self, hashes: pa.Array) -> np.ndarray:
+        """Position (in image_hash order) of each of ``hashes``; -1 where this layer has no row for it.
+
+        Hex hashes (all of one length) are found by binary search in the sorted fixed-width keys, built on first
+        use and kept with these rows; other strings by an Arrow hash lookup.
+        """
+        if self._index is None:
+            keys = string_keys(self.scanned)
+            # not fixed-width: no index, the Arrow lookup below
+            self._index = SortedKeys(keys[self.order] if keys.dtype.kind == "S" else np.empty(0, "S1"))
+        index = self._index
+        if not hashes.null_count and len(hashes) and index.keys.size == self.num_rows:
+            wanted = string_keys(hashes)
+            if wanted.dtype == index.keys.dtype:
+                return index.find(wanted)
+        import pyarrow.compute as pc
+
+        index = pc.index_in(hashes, value_set=self.hashes())
+        return index.fill_null(-1).to_numpy().astype(np.int64, copy=False)
+
+    def storage_order(self) -> np.ndarray:
+        """Positions (in image_hash order) sorted by (segment_id, row): each chunk is then read about once."""
+        rank = np.argsort(np.argsort(np.asarray(self.where.segment_ids, dtype=object), kind="stable"))
+        return np.lexsort((self.where.rows, rank[self.where.codes]))

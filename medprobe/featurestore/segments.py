@@ -35,7 +35,7 @@ import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec
 from zarr.storage import FsspecStore, LocalStore
 
-from medprobe.errors import CorruptDataError
+from medprobe.errors import CorruptDataError, InvalidInputError
 from medprobe.featurestore.fsio import Location, fsync_tree
 from medprobe.schemas import FORMAT_VERSION, STORAGE_DTYPES
 
@@ -466,3 +466,15 @@ def list_segment_dirs(loc: Location) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
+
+
+def check_fits_float16(layer: int, arr: np.ndarray) -> None:
+    """Refuse finite values that float16 would turn into inf (hidden states of some LLMs exceed 65504)."""
+    if arr.dtype == np.float16 or not np.issubdtype(arr.dtype, np.floating):
+        return
+    too_big = np.abs(arr) > np.finfo(np.float16).max
+    if too_big.any():
+        raise InvalidInputError(
+            f"layer {layer}: {int(too_big.sum())} value(s) exceed the float16 range (|x| > 65504, largest "
+            f"{float(np.nanmax(np.abs(arr))):.4g}); store this feature set as bfloat16 or float32"
+        )

@@ -7,27 +7,27 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 
-from medprobe.errors import CorruptDataError, InvalidInputError, NotFoundError, StoreFormatError, StoreWriteError
+from medprobe.errors import CorruptDataError, InvalidInputError, NotFoundError, StoreFormatError
 from medprobe.featurestore.catalog import Catalog
 from medprobe.featurestore.files import STORE_URI, FileArea, StoreBlobs
 from medprobe.featurestore.fragments import TXN_PREFIX, append_fragment, to_arrow, txn_marker
-from medprobe.featurestore.fsio import Location, create_exclusive, resolve, write_atomic
-from medprobe.featurestore.ids import new_id
-from medprobe.featurestore.rowindex import (
-    SortedKeys,
-    Where,
-    encode_runs,
-    first_per_key,
-    string_keys,
+from medprobe.featurestore.fsio import (
+    Location,
+    create_exclusive,
+    is_credentials_error,
+    naming_the_store,
+    resolve,
+    write_atomic,
 )
-from medprobe.featurestore.segments import SegmentReader, aligned_empty, write_segment
+from medprobe.featurestore.ids import new_id
+from medprobe.featurestore.rowindex import LayerRows, Where
+from medprobe.featurestore.segments import SegmentReader, aligned_empty, check_fits_float16, write_segment
 from medprobe.schemas import FORMAT_VERSION, STORAGE_DTYPES, TABLES, FeatureSetRow, Row, utcnow
 
 MARKER = "medprobe.json"
@@ -36,91 +36,9 @@ STORE_ENV = "MEDPROBE_STORE"
 MANIFEST_CACHE_ROWS = 4_000_000  # located rows kept for repeated reads (about 110 bytes each)
 
 
-def _check_fits_float16(layer: int, arr: np.ndarray) -> None:
-    """Refuse finite values that float16 would turn into inf (hidden states of some LLMs exceed 65504)."""
-    if arr.dtype == np.float16 or not np.issubdtype(arr.dtype, np.floating):
-        return
-    too_big = np.abs(arr) > np.finfo(np.float16).max
-    if too_big.any():
-        raise InvalidInputError(
-            f"layer {layer}: {int(too_big.sum())} value(s) exceed the float16 range (|x| > 65504, largest "
-            f"{float(np.nanmax(np.abs(arr))):.4g}); store this feature set as bfloat16 or float32"
-        )
-
-
-@contextmanager
-def _naming_the_store(url: str, doing: str) -> Iterator[None]:
-    """Turn an OS-level write failure (a full disk, no permission) into one line that names the store."""
-    try:
-        yield
-    except OSError as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        reason = e.strerror or type(e).__name__
-        raise StoreWriteError(
-            f"store {url}: {doing} failed: {reason}; free space or fix permissions there (nothing was committed)"
-        ) from e
-
-
 def default_store_url() -> str:
     """The store used when none is named: ``$MEDPROBE_STORE`` or ``./medprobe-store``."""
     return os.environ.get(STORE_ENV) or DEFAULT_URL
-
-
-@dataclass
-class LayerRows:
-    """Every stored image of one layer, deduplicated, in image_hash order, with where its row lives."""
-
-    scanned: pa.Array  # image hashes as the manifest scan returned them
-    order: np.ndarray  # indices into ``scanned`` of the kept rows, in image_hash order
-    where: Where  # where each kept row lives, in image_hash order
-    _hashes: pa.Array | None = field(default=None, repr=False)
-    _index: SortedKeys | None = field(default=None, repr=False)
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.order.size)
-
-    def hashes(self) -> pa.Array:
-        """The image hashes in image_hash order (built on first use: a whole-layer read does not need them)."""
-        if self._hashes is None:
-            self._hashes = self.scanned.take(pa.array(self.order))
-        return self._hashes
-
-    def lookup(self, hashes: pa.Array) -> np.ndarray:
-        """Position (in image_hash order) of each of ``hashes``; -1 where this layer has no row for it.
-
-        Hex hashes (all of one length) are found by binary search in the sorted fixed-width keys, built on first
-        use and kept with these rows; other strings by an Arrow hash lookup.
-        """
-        if self._index is None:
-            keys = string_keys(self.scanned)
-            # not fixed-width: no index, the Arrow lookup below
-            self._index = SortedKeys(keys[self.order] if keys.dtype.kind == "S" else np.empty(0, "S1"))
-        index = self._index
-        if not hashes.null_count and len(hashes) and index.keys.size == self.num_rows:
-            wanted = string_keys(hashes)
-            if wanted.dtype == index.keys.dtype:
-                return index.find(wanted)
-        import pyarrow.compute as pc
-
-        index = pc.index_in(hashes, value_set=self.hashes())
-        return index.fill_null(-1).to_numpy().astype(np.int64, copy=False)
-
-    def storage_order(self) -> np.ndarray:
-        """Positions (in image_hash order) sorted by (segment_id, row): each chunk is then read about once."""
-        rank = np.argsort(np.argsort(np.asarray(self.where.segment_ids, dtype=object), kind="stable"))
-        return np.lexsort((self.where.rows, rank[self.where.codes]))
-
-
-def _is_credentials_error(e: BaseException) -> bool:
-    """An object store refused or lacked credentials (botocore's NoCredentialsError, an access-denied reply...)."""
-    name = type(e).__name__
-    text = str(e)
-    return name in ("NoCredentialsError", "PartialCredentialsError", "InvalidAccessKeyId") or (
-        isinstance(e, PermissionError)
-        or any(k in text for k in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken"))
-    )
 
 
 class FeatureStore:
@@ -144,7 +62,7 @@ class FeatureStore:
         try:
             return cls._open(url, create)
         except Exception as e:
-            if "://" in url and not url.startswith(("file://", "memory://")) and _is_credentials_error(e):
+            if "://" in url and not url.startswith(("file://", "memory://")) and is_credentials_error(e):
                 bucket = url.split("://", 1)[-1].split("/", 1)[0]
                 raise InvalidInputError(
                     f"store {url}: the credentials for bucket {bucket!r} are missing or refused "
@@ -163,7 +81,7 @@ class FeatureStore:
             if not create:
                 raise NotFoundError(f"no medprobe store at {url} (no {MARKER}); create one by ingesting data")
             body = {"format_version": FORMAT_VERSION, "created_at": utcnow().isoformat()}
-            with _naming_the_store(url, "creating the store"):
+            with naming_the_store(url, "creating the store"):
                 create_exclusive(loc, marker, json.dumps(body, indent=1).encode())
         return cls(loc)
 
@@ -193,7 +111,7 @@ class FeatureStore:
         info = dict(self.info)
         info["format_version"] = FORMAT_VERSION
         info.setdefault("migrations", []).append({"from": version, "to": FORMAT_VERSION, "at": utcnow().isoformat()})
-        with _naming_the_store(self.url, "migrating the store's format marker"):
+        with naming_the_store(self.url, "migrating the store's format marker"):
             write_atomic(self.loc, self.loc.path(MARKER), json.dumps(info, indent=1).encode())
         self.info = info
 
@@ -217,7 +135,7 @@ class FeatureStore:
             return
         self._migrate_for_writing()
         name = f"{TXN_PREFIX}{self._txn}--{new_id()}" if self._txn is not None else None
-        with _naming_the_store(self.url, f"appending {data.num_rows} {table} row(s)"):
+        with naming_the_store(self.url, f"appending {data.num_rows} {table} row(s)"):
             append_fragment(self.loc, table, data, name=name)
         if self._txn is None:  # inside a transaction nothing new is visible until it commits
             self.catalog.refresh([table])
@@ -237,7 +155,7 @@ class FeatureStore:
         try:
             yield
             body = json.dumps({"committed_at": utcnow().isoformat(), "pid": os.getpid()}).encode()
-            with _naming_the_store(self.url, "committing a transaction"):
+            with naming_the_store(self.url, "committing a transaction"):
                 write_atomic(self.loc, txn_marker(self.loc, self._txn), body)
         finally:
             self._txn = None
@@ -340,10 +258,10 @@ class FeatureStore:
                     f"layer {layer}: hidden size {shape[-1]} != {expected} declared by {feature_set_id}"
                 )
             if dtype == "float16":
-                _check_fits_float16(layer, np.asarray(arr))
+                check_fits_float16(layer, np.asarray(arr))
         segment_id = new_id("seg")
         self._migrate_for_writing()
-        with _naming_the_store(self.url, f"writing segment {segment_id}"):
+        with naming_the_store(self.url, f"writing segment {segment_id}"):
             write_segment(self.loc, segment_id, feature_set_id, hashes, arrays, dtype=dtype)
         n = len(hashes)
         layers = sorted(arrays)
@@ -359,7 +277,7 @@ class FeatureStore:
             schema=TABLES["activations"].schema,
         )
         self._check_segment_whole(segment_id, layers)
-        with _naming_the_store(self.url, f"committing segment {segment_id}"):
+        with naming_the_store(self.url, f"committing segment {segment_id}"):
             append_fragment(self.loc, "activations", manifest, name=segment_id)
         return segment_id
 
@@ -512,12 +430,7 @@ class FeatureStore:
                 raise NotFoundError(
                     f"feature set {feature_set_id} has no rows for layer {layer}; stored layers: {have or 'none'}"
                 )
-            scanned = part.column("image_hash")
-            scanned = scanned.combine_chunks() if scanned.num_chunks != 1 else scanned.chunk(0)
-            segment_ids, codes = encode_runs(part.column("segment_id"))
-            rows = part.column("row").to_numpy().astype(np.int64, copy=False)
-            order = first_per_key(string_keys(scanned), segment_ids, codes, rows)
-            out[layer] = LayerRows(scanned, order, Where(segment_ids, codes[order], rows[order]))
+            out[layer] = LayerRows.from_scan(part)
             self._manifest_cache[(feature_set_id, layer)] = (files, out[layer])
         while sum(v[1].num_rows for v in self._manifest_cache.values()) > MANIFEST_CACHE_ROWS:
             self._manifest_cache.popitem(last=False)

@@ -93,10 +93,6 @@ class IngestSummary:
     def mb_per_s(self) -> float:
         return self.bytes_read / 1e6 / self.hash_seconds if self.hash_seconds > 0 else 0.0
 
-    @property
-    def wrote_anything(self) -> bool:
-        return bool(self.images_new or self.memberships_new or self.tasks_new or self.failures_new)
-
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["files_per_s"] = round(self.files_per_s, 1)

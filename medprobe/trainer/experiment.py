@@ -20,7 +20,7 @@ from medprobe.trainer.data import TaskData, load_task_data, read_features
 from medprobe.trainer.defaults import DEFAULT_C_GRID
 from medprobe.trainer.knn import DEFAULT_K_GRID
 from medprobe.trainer.knn_protocol import fit_knn_protocol
-from medprobe.trainer.protocol import ProtocolTiming, Setting, fit_protocol
+from medprobe.trainer.protocol import ProtocolResult, ProtocolTiming, Setting, fit_protocol
 from medprobe.trainer.solvers import get_solver
 from medprobe.trainer.solvers.base import FittedProbe, ProbeKind
 from medprobe.trainer.stored import weights_bytes
@@ -220,39 +220,24 @@ def run_experiment(
             on_iteration=lambda done, stalled: bar.advance(task_bar, done + stalled),
         )
         bar.update(task_bar, completed=len(spec.layers) * n_cols)  # the adaptive grid skips the C values past the turn
-        for r in results:
-            layer = layers[r.layer_pos]
-            proba = r.probe.predict_proba(feats[layer][test])  # the one pass over the test rows
-            metrics = metrics_with_ci(
-                data.y[test], proba, data.kind, data.class_names, n_boot=spec.n_boot, seed=spec.seed
-            )
-            scores = [v for v in r.cv_scores[repr(r.C)] if v is not None]
-            outcomes.append(
-                ProbeOutcome(
-                    new_id("probe"),
-                    layer,
-                    r.setting,
-                    r.C,
-                    r.selection,
-                    r.cv_scores,
-                    float(np.mean(scores)) if scores else None,
-                    metrics,
-                    r.probe,
-                    [hashes[i] for i in test],
-                    data.y[test],
-                    proba,
-                    r.n_train,
-                    select_by=r.select_by,
-                    cv_log_loss=float(np.mean(r.cv_log_loss[repr(r.C)])) if r.cv_log_loss else None,
-                    tied=r.tied,
-                    cv_not_converged=r.cv_not_converged,
-                    kind=r.probe.kind,
-                )
-            )
-        bar.update(task_bar, completed=len(spec.layers) * n_cols)
+        outcomes = [_tested(r, layers[r.layer_pos], spec, data, feats, test) for r in results]
     per_probe = (timing.select_seconds + timing.refit_seconds) / max(1, len(outcomes))
     write_outcomes(store, spec, run_id, outcomes, per_probe, timing)
     return outcomes
+
+
+def _tested(r: ProtocolResult, layer: int, spec: ExperimentSpec, data: TaskData, feats: dict[int, np.ndarray],
+            test: np.ndarray) -> ProbeOutcome:  # fmt: skip
+    """A selected and refitted probe scored once on the test rows, with bootstrap CIs."""
+    proba = r.probe.predict_proba(feats[layer][test])  # the one pass over the test rows
+    metrics = metrics_with_ci(data.y[test], proba, data.kind, data.class_names, n_boot=spec.n_boot, seed=spec.seed)
+    scores = [v for v in r.cv_scores[repr(r.C)] if v is not None]
+    return ProbeOutcome(
+        new_id("probe"), layer, r.setting, r.C, r.selection, r.cv_scores, float(np.mean(scores)) if scores else None,
+        metrics, r.probe, [data.image_hashes[i] for i in test], data.y[test], proba, r.n_train,
+        select_by=r.select_by, cv_log_loss=float(np.mean(r.cv_log_loss[repr(r.C)])) if r.cv_log_loss else None,
+        tied=r.tied, cv_not_converged=r.cv_not_converged, kind=r.probe.kind,
+    )  # fmt: skip
 
 
 def _run_knn(

@@ -120,41 +120,16 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
     work = [(it, rot) for it in todo_items for rot in (range(it.n_options) if spec.circular else [0])
             if (it.item_id, rot) not in done]  # fmt: skip
     template = scorer.prompt("{question}")
-    params = {**config, "run_id": run_id, "resumed_with_done": len(done), "boot_seed": spec.boot_seed,
-              "n_boot": spec.n_boot, "prompt_template": template,
+    # recorded under the options' names (the run id hashes the config, whose "seed" is the exemplar draw's)
+    params = {**{k: v for k, v in config.items() if k != "seed"}, "shots_seed": spec.seed, "run_id": run_id,
+              "resumed_with_done": len(done), "boot_seed": spec.boot_seed, "n_boot": spec.n_boot,
+              "prompt_template": template,
               "prompt_template_sha256": hashlib.sha256(template.encode()).hexdigest()}  # fmt: skip
     with start_run(store, "vqa", params, run_id=run_id) as run:
-        buffer: list[VqaPredictionRow] = []
-        exemplar_ids: dict[str, list[str]] = {}
-        with progress_bar("items", disable=not show_progress) as bar:
-            task = bar.add_task(f"vqa {spec.item_set} ({spec.mode})", total=len(work))
-            for it, rot in work:
-                exemplars = _exemplars(spec, items, it)
-                exemplar_ids[it.item_id] = [e.item_id for e in exemplars]
-                images = [_load(store, _uri(uris, h)) for h in it.image_hashes]
-                text = question_text(it, rot, exemplars)
-                shown = shown_options(it, rot)
-                scored = _score(scorer, spec, images, text, shown)
-                buffer.append(_row(run_id, spec.item_set, it, rot, shown, scored))
-                if len(buffer) >= COMMIT_EVERY:
-                    store.append("vqa_predictions", buffer)
-                    buffer = []
-                bar.advance(task, 1)
-        if buffer:
-            store.append("vqa_predictions", buffer)
+        exemplar_ids = _score_work(store, spec, scorer, items, work, uris, run_id, show_progress)
         saved: dict[str, str] = {}
         if spec.save_activations:
-            from medprobe.vqa.activations import dataset_name, save_answer_states
-
-            label = f"item set {spec.item_set}, shots {spec.shots}, fixed {list(spec.fixed_shots)}, seed {spec.seed}"
-            saved = {
-                "feature_set_id": save_answer_states(
-                    store, scorer, spec.item_set, items, lambda it: _exemplars(spec, items, it),
-                    lambda it: [_load(store, _uri(uris, h)) for h in it.image_hashes], prompt_label=label,
-                    compute_dtype=options.resolved_dtype(),
-                ),
-                "dataset": dataset_name(spec.item_set),
-            }  # fmt: skip
+            saved = _save_states(store, spec, scorer, items, uris, options.resolved_dtype())
             run.summary["activations"] = saved
         store.refresh()
         rows = store.sql("SELECT * FROM vqa_predictions WHERE run_id = ?", [run_id]).to_pylist()
@@ -168,6 +143,46 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
             "shots": spec.shots, "fixed_shots": list(spec.fixed_shots), "circular": spec.circular,
             "scored_now": len(work), "already_done": len(done), **({"activations": saved} if saved else {}),
             **metrics}  # fmt: skip
+
+
+def _score_work(store: FeatureStore, spec: VqaRunSpec, scorer: VlmScorer, items: list[Item],
+                work: list[tuple[Item, int]], uris: dict[str, str], run_id: str,
+                show_progress: bool) -> dict[str, list[str]]:  # fmt: skip
+    """Ask the model every (item, rotation) still to do, committing predictions every ``COMMIT_EVERY``; returns the
+    exemplar ids each item was shown."""
+    buffer: list[VqaPredictionRow] = []
+    exemplar_ids: dict[str, list[str]] = {}
+    with progress_bar("items", disable=not show_progress) as bar:
+        task = bar.add_task(f"vqa {spec.item_set} ({spec.mode})", total=len(work))
+        for it, rot in work:
+            exemplars = _exemplars(spec, items, it)
+            exemplar_ids[it.item_id] = [e.item_id for e in exemplars]
+            images = [_load(store, _uri(uris, h)) for h in it.image_hashes]
+            text = question_text(it, rot, exemplars)
+            shown = shown_options(it, rot)
+            scored = _score(scorer, spec, images, text, shown)
+            buffer.append(_row(run_id, spec.item_set, it, rot, shown, scored))
+            if len(buffer) >= COMMIT_EVERY:
+                store.append("vqa_predictions", buffer)
+                buffer = []
+            bar.advance(task, 1)
+    if buffer:
+        store.append("vqa_predictions", buffer)
+    return exemplar_ids
+
+
+def _save_states(store: FeatureStore, spec: VqaRunSpec, scorer: VlmScorer, items: list[Item], uris: dict[str, str],
+                 compute_dtype: str) -> dict[str, str]:  # fmt: skip
+    """Every item's answer-position state of every layer, stored as a feature set (``--save-activations``)."""
+    from medprobe.vqa.activations import dataset_name, save_answer_states
+
+    label = f"item set {spec.item_set}, shots {spec.shots}, fixed {list(spec.fixed_shots)}, seed {spec.seed}"
+    feature_set_id = save_answer_states(
+        store, scorer, spec.item_set, items, lambda it: _exemplars(spec, items, it),
+        lambda it: [_load(store, _uri(uris, h)) for h in it.image_hashes], prompt_label=label,
+        compute_dtype=compute_dtype,
+    )  # fmt: skip
+    return {"feature_set_id": feature_set_id, "dataset": dataset_name(spec.item_set)}
 
 
 def _load(store: FeatureStore, uri: str) -> Any:

@@ -23,7 +23,6 @@ from medprobe.ingestion.records import (
 from medprobe.schemas import SPLITS
 
 # PanNuke masks.npy: (N, 256, 256, 6), one channel per nucleus type holding instance ids; the last is background.
-PANNUKE_CHANNELS = ("neoplastic", "inflammatory", "connective", "dead", "epithelial", "background")
 PANNUKE_MIN_NEOPLASTIC = 10  # malignant: more than 10 neoplastic nuclei ...
 PANNUKE_MIN_SHARE = 0.30  # ... making up more than 30 % of all nuclei
 PANNUKE_DEFAULT_FOLDS = {"1": "train", "2": "val", "3": "test"}
