@@ -16,54 +16,44 @@ EXIT_INTERRUPTED = 130
 
 
 class MedprobeError(Exception):
-    """Base class: the CLI prints ``str(error)`` on one line and exits with ``exit_code``."""
+    """Base class: the CLI prints ``str(error)`` on one line and exits with ``exit_code``; a subclass names its code
+    in its header (``class X(MedprobeError, exit_code=EXIT_INPUT)``) or inherits its base's."""
 
     exit_code: int = EXIT_FAILURE
 
+    def __init_subclass__(cls, exit_code: int | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
-class InvalidInputError(MedprobeError):
+
+class InvalidInputError(MedprobeError, exit_code=EXIT_INPUT):
     """User input (options, files, labels, features) cannot be used as given."""
 
-    exit_code = EXIT_INPUT
 
-
-class NotFoundError(MedprobeError):
+class NotFoundError(MedprobeError, exit_code=EXIT_INPUT):
     """A named thing (feature set, layer, dataset, task, run, ...) does not exist."""
 
-    exit_code = EXIT_INPUT
 
-
-class ReadOnlySQLError(MedprobeError):
+class ReadOnlySQLError(MedprobeError, exit_code=EXIT_INPUT):
     """A statement passed to the read-only SQL interface would write."""
 
-    exit_code = EXIT_INPUT
 
-
-class StoreFormatError(MedprobeError):
+class StoreFormatError(MedprobeError, exit_code=EXIT_STORE):
     """The store was written by a newer (or unknown) format version."""
 
-    exit_code = EXIT_STORE
 
-
-class CorruptDataError(MedprobeError):
+class CorruptDataError(MedprobeError, exit_code=EXIT_STORE):
     """Stored data is missing, truncated or fails its checksum."""
 
-    exit_code = EXIT_STORE
 
-
-class StoreWriteError(MedprobeError):
+class StoreWriteError(MedprobeError, exit_code=EXIT_STORE):
     """The store could not be written (full disk, permissions); names the store, nothing was committed."""
 
-    exit_code = EXIT_STORE
 
-
-class ModelError(InvalidInputError):
+class ModelError(InvalidInputError, exit_code=EXIT_MODEL):
     """A model cannot be loaded or run as asked (unknown spec, missing weights, unsupported family)."""
 
-    exit_code = EXIT_MODEL
 
-
-class ModelNotFoundError(ModelError, NotFoundError):
+class ModelNotFoundError(ModelError, NotFoundError, exit_code=EXIT_MODEL):
     """A model spec names no local checkpoint and no model that can be fetched."""
-
-    exit_code = EXIT_MODEL

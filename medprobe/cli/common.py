@@ -14,13 +14,7 @@ if TYPE_CHECKING:
 console = Console()
 err_console = Console(stderr=True)
 
-__all__ = ["console", "default_store_url", "err_console", "open_store", "store_url"]
-
-
-def store_url(url: str | None) -> str | None:
-    """The ``--store`` given to the command (None: the default, ``$MEDPROBE_STORE``, which ``medprobe -s STORE``
-    sets for the command, or ``./medprobe-store``)."""
-    return url
+__all__ = ["console", "default_store_url", "err_console", "open_store"]
 
 
 def open_store(url: str | None, *, create: bool = False) -> FeatureStore:
@@ -28,4 +22,4 @@ def open_store(url: str | None, *, create: bool = False) -> FeatureStore:
     ``create=True``: a typo in ``--store`` never leaves an empty store behind."""
     from medprobe.workflows.common import open_store as open_named
 
-    return open_named(store_url(url), create=create)
+    return open_named(url, create=create)

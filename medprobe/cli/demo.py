@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from medprobe.cli.common import console, default_store_url, open_store, store_url
+from medprobe.cli.common import console, default_store_url, open_store
 from medprobe.cli.options import StoreOpt
 from medprobe.errors import MedprobeError
 from medprobe.workflows.catalog import demo_data
@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = None,
     ) -> None:
         """Run ingest -> extract -> layer sweep -> report on a SYNTHETIC histology-like dataset, offline."""
-        url = store_url(store) or default_store_url()
+        url = store or default_store_url()
         inner = app  # the steps run through the same application a user types into
         timings: dict[str, float] = {}
         console.print(

@@ -13,22 +13,19 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from medprobe.cli.common import console, err_console, store_url
+from medprobe.cli.common import console, err_console
 from medprobe.cli.options import (
     AllowPickleOpt,
     DatasetOpt,
     DeviceOpt,
-    FormatOpt,
     ModelOpt,
-    NoProgressOpt,
-    OutOpt,
+    Output,
+    ProgressOutput,
     SplitOpt,
-    StoreOpt,
     TrustRemoteCodeOpt,
     layers_option,
     with_group,
 )
-from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.cli.tables import key_value_table
 from medprobe.schemas.vocab import ComputeDType, Engine, ImageDecode, Quantization, SlurmCluster, StorageDType
 from medprobe.workflows import extraction as wf
@@ -164,21 +161,19 @@ def summary_table(summary: dict[str, Any]) -> Table:
 
 @with_group(ExtractSettings, "settings")
 @with_group(EngineOptions, "eng")
+@with_group(ProgressOutput, "output")
 def extract(
+    output: ProgressOutput,
     settings: ExtractSettings,
     eng: EngineOptions,
-    no_progress: NoProgressOpt = False,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """Extract pooled per-layer activations of a dataset's images into the store (resumable)."""
-    resolve_format(fmt, out)
+    output.check()
     options = {**dataclasses.asdict(settings), **dataclasses.asdict(eng)}
     with graceful_stop() as stop:
         try:
-            result = wf.extract(**options, no_progress=no_progress or not wants_progress(fmt, out),
-                                store=store_url(store), stop=stop)  # fmt: skip
+            result = wf.extract(**options, no_progress=output.quiet,
+                                store=output.store, stop=stop)  # fmt: skip
         except wf.ExtractionStopped as s:
             console.print(summary_table(s.summary))
             err_console.print("stopped: everything forwarded is committed; rerun the same command to resume")
@@ -189,47 +184,44 @@ def extract(
         show = lambda: console.print(key_value_table(title, [(k, str(v)) for k, v in doc.items()]))  # noqa: E731
     else:
         show = lambda: console.print(summary_table(doc))  # noqa: E731
-    emit(fmt, out, rows=result.to_arrow(), document=doc, show=show)
+    output.emit(rows=result.to_arrow(), document=doc, show=show)
 
 
 @with_group(ExtractSettings, "settings")
+@with_group(Output, "output")
 def submit(
+    output: Output,
     settings: ExtractSettings,
     shards: Annotated[int, typer.Option("--shards", min=1, help="Split the job into N shards for workers.")] = 16,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """Queue an extraction job (same options as extract) for `medprobe worker`."""
-    resolve_format(fmt, out)
-    result = wf.submit(**dataclasses.asdict(settings), shards=shards, store=store_url(store))
+    output.check()
+    result = wf.submit(**dataclasses.asdict(settings), shards=shards, store=output.store)
     text = f"queued {result.job_id} ({result.dataset}, {result.model}, {result.shards} shards)"
-    emit(fmt, out, rows=result.to_arrow(), document=result.to_dict(), show=lambda: console.print(text))
+    output.render(result, show=lambda: console.print(text))
 
 
+@with_group(ProgressOutput, "output")
 def worker(
+    output: ProgressOutput,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between looks at an empty queue.")] = 5.0,
     heartbeat: Annotated[float, typer.Option("--heartbeat", help="Seconds between heartbeats.")] = 10.0,
     stale_after: Annotated[
         float, typer.Option("--stale-after", help="Take over a shard whose heartbeat is this many seconds old.")
     ] = 120.0,
     exit_when_idle: Annotated[bool, typer.Option("--exit-when-idle", help="Stop when the queue is empty.")] = False,
-    no_progress: NoProgressOpt = False,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """Run queued extraction jobs until stopped (SIGTERM/SIGINT: commit the batch in flight, then exit)."""
-    resolve_format(fmt, out)
+    output.check()
     with graceful_stop() as stop:
         stats = wf.worker(poll=poll, heartbeat=heartbeat, stale_after=stale_after, exit_when_idle=exit_when_idle,
-                          no_progress=no_progress or not wants_progress(fmt, out), store=store_url(store), stop=stop,
+                          no_progress=output.quiet, store=output.store, stop=stop,
                           echo=err_console.print)  # fmt: skip
     text = (
         f"worker {stats.worker_id}: {stats.shards_done} shards, {stats.images_committed:,} images committed, "
         f"{stats.failures} failures{', stopped' if stats.stopped else ''}"
     )
-    emit(fmt, out, rows=stats.to_arrow(), document=stats.to_dict(), show=lambda: console.print(text))
+    output.render(stats, show=lambda: console.print(text))
 
 
 def _print_status(result: wf.StatusResult) -> None:
@@ -249,15 +241,14 @@ def _print_status(result: wf.StatusResult) -> None:
         console.print(recent)
 
 
+@with_group(Output, "output")
 def status(
+    output: Output,
     stale_after: Annotated[float, typer.Option("--stale-after", help="Heartbeat age that counts as dead.")] = 120.0,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """Show queued jobs (shards done/running/pending, images, rates) and recent extraction runs."""
-    result = wf.status(stale_after=stale_after, store=store_url(store))
-    emit(fmt, out, rows=result.jobs, document=result.to_dict(), show=lambda: _print_status(result))
+    result = wf.status(stale_after=stale_after, store=output.store)
+    output.emit(rows=result.jobs, document=result.to_dict(), show=lambda: _print_status(result))
 
 
 def register(app: typer.Typer) -> None:

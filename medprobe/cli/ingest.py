@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from medprobe.cli.common import console, store_url
-from medprobe.cli.options import DatasetOpt, FormatOpt, NoProgressOpt, OutOpt, StoreOpt
-from medprobe.cli.output import emit, resolve_format, wants_progress
+from medprobe.cli.common import console
+from medprobe.cli.options import DatasetOpt, Output, ProgressOutput, with_group
 from medprobe.schemas.vocab import Layout, NeoplasticShare, Verify
 from medprobe.workflows import ingesting as wf
 
@@ -81,7 +80,9 @@ def _summary_tables(summary: IngestSummary) -> None:
         console.print("0 failures")
 
 
+@with_group(ProgressOutput, "output")
 def ingest(
+    output: ProgressOutput,
     source: Annotated[str, typer.Argument(help="Folder, manifest or .npz to ingest.")],
     dataset: DatasetOpt,
     layout: Annotated[Layout | None, typer.Option("--layout", help="The source's published layout (required).")] = None,
@@ -116,34 +117,28 @@ def ingest(
         int | None, typer.Option("--threads", min=1, help="Hashing threads (default: CPU count)")
     ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when any file fails")] = False,
-    no_progress: NoProgressOpt = False,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """Ingest a collection: images by sha256, labels, tasks, splits; unreadable files become failures."""
-    options = {k: v for k, v in locals().items() if k not in {"fmt", "out", "store"}}
-    output = resolve_format(fmt, out)
-    options["no_progress"] = no_progress or not wants_progress(output, out)
+    options = {k: v for k, v in locals().items() if k != "output"}
+    output.check()
     failed: wf.IngestFailuresError | None = None
     try:
-        result = wf.ingest(**options, store=store_url(store))
+        result = wf.ingest(**options, no_progress=output.quiet, store=output.store)
     except wf.IngestFailuresError as e:  # --strict: show what was ingested, then fail
         result, failed = e.result, e
-    emit(output, out, rows=result.to_arrow(), document=result.to_dict(), show=lambda: _summary_tables(result.summary))
+    output.render(result, show=lambda: _summary_tables(result.summary))
     if failed is not None:
         raise failed
 
 
+@with_group(Output, "output")
 def datasets(
+    output: Output,
     dataset: Annotated[str | None, typer.Argument(help="Show only this dataset")] = None,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """List datasets: tasks, split sizes and class counts per split."""
-    result = wf.datasets(dataset=dataset, store=store_url(store))
-    emit(fmt, out, rows=result.datasets, document=result.datasets, show=lambda: _print_overviews(result.overviews))
+    result = wf.datasets(dataset=dataset, store=output.store)
+    output.emit(rows=result.datasets, document=result.datasets, show=lambda: _print_overviews(result.overviews))
 
 
 def register(app: typer.Typer) -> None:

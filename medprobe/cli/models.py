@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         fmt: FormatOpt = None,
         out: OutOpt = None,
-    ) -> None:
+    ) -> None:  # no --store: models reads none
         """List supported backends, model types and random models; with -m, describe one model."""
         result = wf.models(model=model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                            allow_pickle=allow_pickle, save=save)  # fmt: skip

@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 import click
 import typer
 
-from medprobe.cli.output import FORMATS, OutFormat
+from medprobe.cli.output import FORMATS, OutFormat, emit, resolve_format, wants_progress
 from medprobe.workflows.common import float_list, int_list, pairs, split_list, split_names
 
 # The short flags: one meaning each, in every command that has the option.
@@ -117,6 +117,39 @@ SplitOpt = Annotated[
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bar.")]
 
 
+@dataclasses.dataclass
+class Output:
+    """The options every result-printing command ends with: ``-f/--format``, ``-o/--out`` and ``-s/--store``."""
+
+    fmt: FormatOpt = None
+    out: OutOpt = None
+    store: StoreOpt = None
+
+    def check(self) -> None:
+        """Fail on a bad --format/--out before any work."""
+        resolve_format(self.fmt, self.out)
+
+    def emit(self, rows: Any, show: Callable[[], None], document: Any = None) -> None:
+        """Print or write the result (see :func:`medprobe.cli.output.emit`)."""
+        emit(self.fmt, self.out, rows=rows, document=document, show=show)
+
+    def render(self, result: Any, show: Callable[[], None]) -> None:
+        """Print or write a workflow result: its Arrow rows, its document, or ``show`` for a person."""
+        emit(self.fmt, self.out, rows=result.to_arrow(), document=result.to_dict(), show=show)
+
+
+@dataclasses.dataclass
+class ProgressOutput(Output):
+    """:class:`Output` and ``--no-progress``, for commands that show a progress bar."""
+
+    no_progress: NoProgressOpt = False
+
+    @property
+    def quiet(self) -> bool:
+        """No progress bar: asked for, or the output is not a table for a person."""
+        return self.no_progress or not wants_progress(self.fmt, self.out)
+
+
 def layers_option(universe: str, default_help: str) -> Any:
     """The ``--layers/-l`` option (``--layer`` is the same option) with help naming what negatives count from."""
     return typer.Option(
@@ -196,6 +229,8 @@ __all__ = [
     "OptionalDatasetOpt",
     "OutFormat",
     "OutOpt",
+    "Output",
+    "ProgressOutput",
     "SplitOpt",
     "StoreOpt",
     "TaskOpt",

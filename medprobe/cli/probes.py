@@ -13,19 +13,18 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from medprobe.cli.common import console, err_console, store_url
+from medprobe.cli.common import console, err_console
 from medprobe.cli.options import (
     DeviceOpt,
-    FormatOpt,
     NoProgressOpt,
     OptionalDatasetOpt,
-    OutOpt,
+    Output,
     StoreOpt,
     TaskOpt,
     layers_option,
     with_group,
 )
-from medprobe.cli.output import emit, resolve_format, wants_progress
+from medprobe.cli.output import wants_progress
 from medprobe.schemas.vocab import CGrid, ClassWeight, Method, SelectBy, Selection, SolverName, TestSplit
 from medprobe.workflows import probes as wf
 from medprobe.workflows import reporting
@@ -199,21 +198,20 @@ def _probe_command(kind: str) -> Any:
     @with_group(FeatureSetChoice, "choice")
     @with_group(ProtocolOptions, "protocol")
     @with_group(Subsampling, "sampling")
+    @with_group(Output, "output")
     def command(
         task: TaskOpt,
         choice: FeatureSetChoice,
         protocol: ProtocolOptions,
         sampling: Subsampling,
+        output: Output,
         layers: ProbeLayersOpt = None,
-        fmt: FormatOpt = None,
-        out: OutOpt = None,
-        store: StoreOpt = None,
     ) -> None:
-        resolve_format(fmt, out)  # a bad --format/--out fails before any work
+        output.check()  # a bad --format/--out fails before any work
         options = {**dataclasses.asdict(choice), **dataclasses.asdict(protocol), **dataclasses.asdict(sampling)}
-        options["no_progress"] = options["no_progress"] or not wants_progress(fmt, out)
-        result = function(task=task, layers=layers, store=store_url(store), **options)
-        emit(fmt, out, rows=result.to_arrow(), document=result.to_dict(), show=lambda: _print_probes(result))
+        options["no_progress"] = options["no_progress"] or not wants_progress(output.fmt, output.out)
+        result = function(task=task, layers=layers, store=output.store, **options)
+        output.render(result, show=lambda: _print_probes(result))
 
     command.__doc__ = (function.__doc__ or "").split("\n\n")[0]
     command.__name__ = kind
@@ -247,23 +245,22 @@ CompareLayersOpt = Annotated[
 
 
 @with_group(ProtocolOptions, "protocol")
+@with_group(Output, "output")
 def compare(
+    output: Output,
     task: TaskOpt,
     protocol: ProtocolOptions,
     feature_set: Annotated[
         list[str], typer.Option("--feature-set", help="Two or more feature set ids (comma list or repeated).")
     ],
     layers: CompareLayersOpt = None,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """Feature sets side by side on the same test images: paired bootstrap differences and p-values."""
-    resolve_format(fmt, out)
+    output.check()
     options = dataclasses.asdict(protocol)
-    options["no_progress"] = options["no_progress"] or not wants_progress(fmt, out)
-    result = wf.compare(task=task, feature_set=feature_set, layers=layers, store=store_url(store), **options)
-    emit(fmt, out, rows=result.to_arrow(), document=result.to_dict(), show=lambda: _print_comparison(result))
+    options["no_progress"] = options["no_progress"] or not wants_progress(output.fmt, output.out)
+    result = wf.compare(task=task, feature_set=feature_set, layers=layers, store=output.store, **options)
+    output.render(result, show=lambda: _print_comparison(result))
 
 
 def report(
@@ -272,7 +269,7 @@ def report(
     store: StoreOpt = None,
 ) -> None:
     """PNG plots (layer curves, ROC, label efficiency, comparisons) and a Markdown summary of runs."""
-    result = reporting.report(run_ids=run_ids, out=out, store=store_url(store))
+    result = reporting.report(run_ids=run_ids, out=out, store=store)
     for warning in result.warnings:
         err_console.print(f"[yellow]warning:[/] {warning} (flagged in summary.md)", highlight=False)
     for p in result.paths:

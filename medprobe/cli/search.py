@@ -8,18 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from medprobe.cli.common import console, store_url
+from medprobe.cli.common import console
 from medprobe.cli.options import (
     AllowPickleOpt,
     DeviceOpt,
-    FormatOpt,
-    OutOpt,
-    StoreOpt,
+    Output,
     TrustRemoteCodeOpt,
     layers_option,
     with_group,
 )
-from medprobe.cli.output import emit, resolve_format
 from medprobe.cli.probes import FeatureSetChoice
 from medprobe.workflows import similarity as wf
 
@@ -42,7 +39,9 @@ def _print_result(r: wf.SearchResult) -> None:
 
 
 @with_group(FeatureSetChoice, "choice")
+@with_group(Output, "output")
 def search(
+    output: Output,
     choice: FeatureSetChoice,
     layers: Annotated[str | None, layers_option("stored layer of the feature set", "-1, the last stored")] = None,
     image: Annotated[
@@ -56,18 +55,15 @@ def search(
     device: DeviceOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
     allow_pickle: AllowPickleOpt = False,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """The stored images most similar to one image (cosine; the query itself left out), with their labels."""
-    resolve_format(fmt, out)
+    output.check()
     result = wf.search(
         feature_set=choice.feature_set, model=choice.model, prompt=choice.prompt, pooling=choice.pooling,
         layers=layers, image=image, image_hash=image_hash, k=k, device=device, trust_remote_code=trust_remote_code,
-        allow_pickle=allow_pickle, store=store_url(store),
+        allow_pickle=allow_pickle, store=output.store,
     )  # fmt: skip
-    emit(fmt, out, rows=result.to_arrow(), document=result.to_dict(), show=lambda: _print_result(result))
+    output.render(result, show=lambda: _print_result(result))
 
 
 def register(app: typer.Typer) -> None:

@@ -11,17 +11,16 @@ import pyarrow as pa
 import typer
 from rich.table import Table
 
-from medprobe.cli.common import console, open_store, store_url
+from medprobe.cli.common import console, open_store
 from medprobe.cli.options import (
-    FormatOpt,
-    NoProgressOpt,
     OptionalDatasetOpt,
-    OutOpt,
+    Output,
+    ProgressOutput,
     StoreOpt,
     layers_option,
     split_list,
+    with_group,
 )
-from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.cli.tables import arrow_to_rich
 from medprobe.errors import CorruptDataError, InvalidInputError
 from medprobe.workflows import storage as wf
@@ -45,11 +44,12 @@ def parse_duration(text: str) -> dt.timedelta:
     return dt.timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: value})
 
 
-def info(fmt: FormatOpt = None, out: OutOpt = None, store: StoreOpt = None) -> None:
+@with_group(Output, "output")
+def info(output: Output) -> None:
     """Tables, row counts, bytes and feature sets of the store."""
     from medprobe.featurestore import store_info
 
-    rep = store_info(open_store(store))
+    rep = store_info(open_store(output.store))
 
     def show() -> None:
         console.print(f"[bold]store[/] {rep.url}  format version {rep.format_version}")
@@ -65,22 +65,20 @@ def info(fmt: FormatOpt = None, out: OutOpt = None, store: StoreOpt = None) -> N
         else:
             console.print("no feature sets yet")
 
-    emit(fmt, out, rows=[dataclasses.asdict(t) for t in rep.tables], document=dataclasses.asdict(rep), show=show)
+    output.emit(rows=[dataclasses.asdict(t) for t in rep.tables], document=dataclasses.asdict(rep), show=show)
 
 
+@with_group(ProgressOutput, "output")
 def verify(
+    output: ProgressOutput,
     quick: Annotated[bool, typer.Option(help="Check structure only, do not read every chunk.")] = False,
-    no_progress: NoProgressOpt = False,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """Check that every manifest row resolves to readable data (chunk checksums included)."""
     from medprobe.featurestore import verify_store
     from medprobe.progress import progress_bar
 
-    s = open_store(store)
-    with progress_bar("segments", transient=True, disable=no_progress or not wants_progress(fmt, out)) as bar:
+    s = open_store(output.store)
+    with progress_bar("segments", transient=True, disable=output.quiet) as bar:
         task = bar.add_task("verify", total=None)
 
         def advance(done: int, total: int) -> None:
@@ -97,23 +95,22 @@ def verify(
         )
 
     document = {**dataclasses.asdict(rep), "ok": rep.ok}
-    emit(fmt, out, rows=[{"problem": p} for p in rep.problems], document=document, show=show)
+    output.emit(rows=[{"problem": p} for p in rep.problems], document=document, show=show)
     if not rep.ok:
         raise CorruptDataError(f"store verify found {len(rep.problems)} problem(s); see above")
 
 
+@with_group(Output, "output")
 def quarantine_cmd(
+    output: Output,
     quick: Annotated[bool, typer.Option(help="Check structure only, do not read every chunk.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be moved.")] = False,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """Move aside what verify finds broken (unreadable fragments; manifests of missing or corrupt segments) into
     <store>/quarantine/, so the rest reads and `extract` redoes the lost rows. Nothing is deleted."""
     from medprobe.featurestore import quarantine, verify_store
 
-    s = open_store(store)
+    s = open_store(output.store)
     rep = quarantine(s, verify_store(s, read_data=not quick), dry_run=dry_run)
     verb = "would move" if dry_run else "moved"
 
@@ -126,21 +123,20 @@ def quarantine_cmd(
         )
 
     rows = [{"from": src, "to": dst} for src, dst in rep.moved]
-    emit(fmt, out, rows=rows, document={"moved": rows, "rows_hidden": rep.rows_hidden, "dry_run": dry_run},
+    output.emit(rows=rows, document={"moved": rows, "rows_hidden": rep.rows_hidden, "dry_run": dry_run},
          show=show)  # fmt: skip
 
 
+@with_group(Output, "output")
 def gc(
+    output: Output,
     grace: Annotated[str, typer.Option(help="Only remove uncommitted data older than this.")] = "24h",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed.")] = False,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """Remove uncommitted segments and temp files older than a grace period; committed data is kept."""
     from medprobe.featurestore import gc_store
 
-    s = open_store(store)
+    s = open_store(output.store)
     rep = gc_store(s, parse_duration(grace), dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
 
@@ -155,26 +151,25 @@ def gc(
     rows = [{"kind": "segment", "path": p} for p in rep.removed_segments]
     rows += [{"kind": "temp_file", "path": p} for p in rep.removed_temp_files]
     rows += [{"kind": "superseded_fragment", "path": p} for p in rep.removed_superseded]
-    emit(fmt, out, rows=rows, document=document, show=show)
+    output.emit(rows=rows, document=document, show=show)
 
 
+@with_group(Output, "output")
 def compact(
+    output: Output,
     table: Annotated[
         list[str] | None, typer.Option("--table", help="Tables to compact (default: every table).")
     ] = None,
     min_fragments: Annotated[
         int, typer.Option("--min-fragments", min=2, help="Compact a table only when it has this many fragments.")
     ] = 16,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """Rewrite each table's many small fragments as one, atomically (readers see old or new, never both)."""
     from medprobe.featurestore import compact_table
     from medprobe.schemas import TABLES
 
-    resolve_format(fmt, out)
-    s = open_store(store)
+    output.check()
+    s = open_store(output.store)
     names = split_list(table) or list(TABLES)
     reports = [compact_table(s, name, min_fragments=min_fragments) for name in names]
     rows = [dataclasses.asdict(r) for r in reports]
@@ -188,19 +183,18 @@ def compact(
         console.print(t)
         console.print("replaced fragments stay until `medprobe store gc` (after its grace period)")
 
-    emit(fmt, out, rows=rows, document={"tables": rows}, show=show)
+    output.emit(rows=rows, document={"tables": rows}, show=show)
 
 
+@with_group(Output, "output")
 def sql(
+    output: Output,
     query: Annotated[str, typer.Argument(help="A read-only SQL query (DuckDB dialect) over the store's tables.")],
     max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 200,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """Run a read-only SQL query over images, dataset_images, feature_sets, activations, runs, ..."""
-    result = wf.sql(query=query, max_rows=max_rows, store=store_url(store)).table
-    emit(fmt, out, rows=result, show=lambda: console.print(arrow_to_rich(result, max_rows=max_rows)))
+    result = wf.sql(query=query, max_rows=max_rows, store=output.store).table
+    output.emit(rows=result, show=lambda: console.print(arrow_to_rich(result, max_rows=max_rows)))
 
 
 def export(
@@ -215,7 +209,7 @@ def export(
 ) -> None:
     """Write one layer's rows as X (rows x hidden) and image_hash arrays to an .npz file."""
     res = wf.export(feature_set=feature_set, out=out, layers=layers, dataset=dataset, split=split,
-                    store=store_url(store))  # fmt: skip
+                    store=store)  # fmt: skip
     console.print(f"wrote layer {res.layer}: {res.rows_written:,} rows x {res.hidden} to {out}", highlight=False)
     if res.missing:
         console.print(f"[yellow]{res.missing:,} selected images have no activations for this layer[/]")

@@ -7,18 +7,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from medprobe.cli.common import console, err_console, store_url
+from medprobe.cli.common import console, err_console
 from medprobe.cli.options import (
     AllowPickleOpt,
     DeviceOpt,
-    FormatOpt,
     ModelOpt,
-    NoProgressOpt,
-    OutOpt,
+    Output,
+    ProgressOutput,
     StoreOpt,
     TrustRemoteCodeOpt,
+    with_group,
 )
-from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.schemas.vocab import ComputeDType, Split, VqaLayout, VqaMode
 from medprobe.workflows import vqa as wf
 from medprobe.workflows.common import N_BOOT
@@ -32,19 +31,18 @@ def _fmt(entry: dict | None) -> str:
     return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
 
 
+@with_group(Output, "output")
 def ingest(
+    output: Output,
     source: Annotated[str, typer.Argument(help="Items file (.jsonl/.csv/.tsv), VQA-RAD folder or NEJM folder.")],
     name: Annotated[str, typer.Option("--name", help="Name of the item set in the store.")],
     layout: Annotated[
         VqaLayout | None, typer.Option("--layout", help="The source's layout (default: detected).")
     ] = None,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """Items into vqa_items; images content-addressed into images (unreadable ones: failures rows)."""
-    resolve_format(fmt, out)
-    summary = wf.ingest(source=source, name=name, layout=layout, store=store_url(store))
+    output.check()
+    summary = wf.ingest(source=source, name=name, layout=layout, store=output.store)
     document = summary.to_dict()
 
     def show() -> None:
@@ -59,11 +57,13 @@ def ingest(
             table.add_row(what, str(n))
         console.print(table)
 
-    emit(fmt, out, rows=[{k: v for k, v in document.items() if not isinstance(v, dict)}], document=document,
+    output.emit(rows=[{k: v for k, v in document.items() if not isinstance(v, dict)}], document=document,
          show=show)  # fmt: skip
 
 
+@with_group(ProgressOutput, "output")
 def run(
+    output: ProgressOutput,
     items: ItemSetOpt,
     model: ModelOpt,
     mode: Annotated[VqaMode, typer.Option("--mode", help="How the answer is read.")] = VqaMode.loglik,
@@ -90,19 +90,15 @@ def run(
     dtype: Annotated[ComputeDType | None, typer.Option("--dtype", help="Compute dtype.")] = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
     allow_pickle: AllowPickleOpt = False,
-    no_progress: NoProgressOpt = False,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """Ask a VLM every item (resumable: the same command continues a killed run); accuracy with CIs."""
-    resolve_format(fmt, out)
+    output.check()
     result = wf.run(
         items=items, model=model, mode=mode, shots=shots, fixed_shots=fixed_shots, circular=circular, split=split,
         shots_seed=shots_seed, boot_seed=boot_seed, max_new_tokens=max_new_tokens, limit=limit,
         save_activations=save_activations, n_boot=n_boot, device=device, dtype=dtype,
         trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-        no_progress=no_progress or not wants_progress(fmt, out), store=store_url(store),
+        no_progress=output.quiet, store=output.store,
     )  # fmt: skip
     doc = result.to_dict()
 
@@ -131,21 +127,20 @@ def run(
         if doc["already_done"]:
             err_console.print(f"resumed: {doc['already_done']} predictions were already stored", highlight=False)
 
-    emit(fmt, out, rows=result.rows(), document=doc, show=show)
+    output.emit(rows=result.rows(), document=doc, show=show)
 
 
+@with_group(Output, "output")
 def compare(
+    output: Output,
     run_a: Annotated[str, typer.Argument(help="Run id of A.")],
     run_b: Annotated[str, typer.Argument(help="Run id of B (the reference).")],
     n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CI.")] = N_BOOT,
     boot_seed: Annotated[int, typer.Option("--boot-seed", help="Seed of the bootstrap replicates.")] = 0,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """Two runs on the same items: accuracy A - B (paired, group-clustered bootstrap) and McNemar's test."""
-    resolve_format(fmt, out)
-    result = wf.compare(run_a=run_a, run_b=run_b, n_boot=n_boot, boot_seed=boot_seed, store=store_url(store))
+    output.check()
+    result = wf.compare(run_a=run_a, run_b=run_b, n_boot=n_boot, boot_seed=boot_seed, store=output.store)
     doc = result.to_dict()
 
     def show() -> None:
@@ -158,7 +153,7 @@ def compare(
                       f"{doc['p_mcnemar']:.3g}")  # fmt: skip
         console.print(table)
 
-    emit(fmt, out, rows=[doc], document=doc, show=show)
+    output.emit(rows=[doc], document=doc, show=show)
 
 
 def report(
@@ -167,7 +162,7 @@ def report(
     store: StoreOpt = None,
 ) -> None:
     """PNG plots (accuracy per category, letter distribution, reliability) and a Markdown summary."""
-    for path in wf.report(run_ids=run_ids, out=out, store=store_url(store)).paths:
+    for path in wf.report(run_ids=run_ids, out=out, store=store).paths:
         console.print(path)
 
 

@@ -7,19 +7,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from medprobe.cli.common import console, store_url
+from medprobe.cli.common import console
 from medprobe.cli.options import (
     AllowPickleOpt,
     DeviceOpt,
-    FormatOpt,
     ModelOpt,
-    NoProgressOpt,
     OptionalDatasetOpt,
-    OutOpt,
-    StoreOpt,
+    ProgressOutput,
     TaskOpt,
+    with_group,
 )
-from medprobe.cli.output import emit, resolve_format, wants_progress
 from medprobe.cli.probes import format_entry
 from medprobe.schemas.vocab import ComputeDType, TestSplit
 from medprobe.workflows import zero_shot as wf
@@ -41,7 +38,9 @@ def _print_result(r: wf.ZeroshotResult) -> None:
     console.print(table)
 
 
+@with_group(ProgressOutput, "output")
 def zeroshot(
+    output: ProgressOutput,
     task: TaskOpt,
     model: ModelOpt,
     dataset: OptionalDatasetOpt = None,
@@ -59,10 +58,6 @@ def zeroshot(
         ComputeDType | None, typer.Option("--dtype", help="Compute dtype (default: bf16 on CUDA, fp32 on CPU).")
     ] = None,
     allow_pickle: AllowPickleOpt = False,
-    no_progress: NoProgressOpt = False,
-    fmt: FormatOpt = None,
-    out: OutOpt = None,
-    store: StoreOpt = None,
 ) -> None:
     """Zero-shot classification (CLIP, SigLIP, open_clip): image embeddings vs class prompts, no training.
 
@@ -70,13 +65,13 @@ def zeroshot(
     per image) and text embeddings are kept too, so a rerun costs nothing; results land in probe_results
     (method zeroshot) beside the probes.
     """
-    resolve_format(fmt, out)
+    output.check()
     result = wf.zeroshot(
         task=task, model=model, dataset=dataset, templates=templates, test_split=test_split,
         allow_missing=allow_missing, n_boot=n_boot, boot_seed=boot_seed, device=device, dtype=dtype,
-        allow_pickle=allow_pickle, no_progress=no_progress or not wants_progress(fmt, out), store=store_url(store),
+        allow_pickle=allow_pickle, no_progress=output.quiet, store=output.store,
     )  # fmt: skip
-    emit(fmt, out, rows=result.to_arrow(), document=result.to_dict(), show=lambda: _print_result(result))
+    output.render(result, show=lambda: _print_result(result))
 
 
 def register(app: typer.Typer) -> None:

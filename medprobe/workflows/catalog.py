@@ -42,7 +42,8 @@ def models(
     trust_remote_code: bool = False, allow_pickle: bool = False, save: str | None = None,
 ) -> ModelsResult:  # fmt: skip
     """List the supported backends, model types and random models; with ``model``, describe that model (layers,
-    hidden sizes, poolings, preprocessing; no images are run). ``save`` writes a ``tiny-random/*`` or
+    hidden sizes, poolings, preprocessing; no images are run), loaded on ``device`` in ``dtype`` with
+    ``trust_remote_code`` and ``allow_pickle`` as for extraction. ``save`` writes a ``tiny-random/*`` or
     ``random-full/*`` model to a directory in its hub layout, to try the local-directory path offline."""
     from medprobe.extractor import catalog
     from medprobe.extractor.loading import load_adapter, model_backend

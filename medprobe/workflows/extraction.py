@@ -228,7 +228,14 @@ def submit(
     commit_every: int = 256, commit_seconds: float = 60.0, limit: int | None = None,
     study_preprocessing: bool = False, shards: int = 16, store: StoreArg = None,
 ) -> SubmitResult:  # fmt: skip
-    """Queue an extraction job (the options of :func:`extract`) in ``shards`` shards for ``worker`` processes."""
+    """Queue an extraction job in ``shards`` shards for ``worker`` processes (any machine that opens the store).
+
+    Args:
+        dataset, model, prompt, prompt_preset, layers, pooling, batch_size, dtype, device, decode_workers, decode,
+        split, storage_dtype, trust_remote_code, allow_pickle, quantization, device_map, commit_every,
+        commit_seconds, limit, study_preprocessing: what to extract and how, as in :func:`extract`.
+        shards: split the job into this many shards (by image hash); store: a store URL or an open ``FeatureStore``.
+    """
     from medprobe.extractor.jobs import JobQueue
     from medprobe.extractor.plan import check_dataset
 
@@ -266,7 +273,8 @@ def worker(
     """Run queued extraction jobs until ``stop`` is set (or, with ``exit_when_idle``, the queue is empty).
 
     poll: seconds between looks at an empty queue; heartbeat: seconds between heartbeats; stale_after: take over a
-    shard whose heartbeat is this many seconds old; echo: where progress lines go.
+    shard whose heartbeat is this many seconds old; echo: where progress lines go; no_progress: no progress bar;
+    store: a store URL or an open ``FeatureStore``.
     """
     from medprobe.extractor.worker import run_worker
 
@@ -290,7 +298,8 @@ class StatusResult(Result):
 
 
 def status(*, stale_after: float = 120.0, store: StoreArg = None) -> StatusResult:
-    """Queued extraction jobs and recent extraction runs; stale_after: the heartbeat age that counts as dead."""
+    """Queued extraction jobs and recent extraction runs of ``store``; stale_after: the heartbeat age (seconds) that
+    counts as dead."""
     from medprobe.extractor.status import job_rows, recent_runs
 
     st = open_store(store)

@@ -121,7 +121,7 @@ class DatasetsResult(Result):
 
 
 def datasets(*, dataset: str | None = None, store: StoreArg = None) -> DatasetsResult:
-    """List datasets (or one): tasks, split sizes and class counts per split."""
+    """List the datasets of ``store`` (or only ``dataset``): tasks, split sizes and class counts per split."""
     from medprobe.ingestion.overview import dataset_overviews
 
     overviews = dataset_overviews(open_store(store), dataset)

@@ -7,7 +7,7 @@ its run in ``runs`` and returns a typed result with the numbers the CLI prints.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -251,21 +251,11 @@ def _run_probes(kind: str, store: StoreArg, task: str, layers: str | None, featu
     )  # fmt: skip
 
 
-def train(
-    *, task: str, layers: str | int | None = None, feature_set: str | None = None, model: str | None = None,
-    prompt: str | None = None, pooling: str | None = None, dataset: str | None = None,
-    method: str | Method = Method.probe, k: ListArg = None, solver: str | SolverName = SolverName.torch,
-    c_grid: ListArg = None, selection: str | Selection = Selection.cv, grid: str | CGrid = CGrid.adaptive,
-    select_by: str | SelectBy | None = None, cv: int = 5, test_split: str | TestSplit = TestSplit.test,
-    class_weight: str | ClassWeight = ClassWeight.none, allow_missing: bool = False,
-    allow_group_overlap: bool = False, n_boot: int = N_BOOT, boot_seed: int = 0, device: str | None = None,
-    train_fraction: ListArg = None, seeds: ListArg = None, no_progress: bool = False, store: StoreArg = None,
-) -> ProbeRunResult:  # fmt: skip
-    """Fit one probe (one feature set, one layer, one task): C by CV, refit, test once with bootstrap CIs.
-
+PROBE_PARAMETERS = """
     Args:
         task: the task name (see ``medprobe datasets``).
-        layers: the stored layer to probe (default -1, the last stored; negative counts from the last).
+        layers: train: the stored layer to probe (default -1, the last stored; negative counts from the last);
+            sweep: the layers (default every stored layer, ``"all"``; also ``"0,4,-1"``, ``"2-10"``, ``"2:10:2"``).
         feature_set: the feature set id; or name it by ``model`` (and ``prompt``, ``pooling``).
         dataset: the dataset of the task, when several datasets have it.
         method: ``probe`` (L2 logistic regression) or ``knn`` (cosine kNN, k chosen from ``k``).
@@ -286,32 +276,41 @@ def train(
         seeds: subsample seeds of fractions below 1 (default 0,1,2).
         no_progress: no progress bar.
         store: a store URL or an open ``FeatureStore`` (default ``$MEDPROBE_STORE`` or ``./medprobe-store``).
-    """
-    protocol = ProtocolArgs(dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split,
-                            class_weight, allow_missing, allow_group_overlap, n_boot, boot_seed, device)  # fmt: skip
-    return _run_probes("train", store, task, None if layers is None else str(layers), feature_set, model, prompt,
-                       pooling, protocol, train_fraction, seeds, no_progress)  # fmt: skip
+"""
 
 
-def sweep(
-    *, task: str, layers: str | int | None = None, feature_set: str | None = None, model: str | None = None,
-    prompt: str | None = None, pooling: str | None = None, dataset: str | None = None,
-    method: str | Method = Method.probe, k: ListArg = None, solver: str | SolverName = SolverName.torch,
-    c_grid: ListArg = None, selection: str | Selection = Selection.cv, grid: str | CGrid = CGrid.adaptive,
-    select_by: str | SelectBy | None = None, cv: int = 5, test_split: str | TestSplit = TestSplit.test,
-    class_weight: str | ClassWeight = ClassWeight.none, allow_missing: bool = False,
-    allow_group_overlap: bool = False, n_boot: int = N_BOOT, boot_seed: int = 0, device: str | None = None,
-    train_fraction: ListArg = None, seeds: ListArg = None, no_progress: bool = False, store: StoreArg = None,
-) -> ProbeRunResult:  # fmt: skip
-    """Probe every layer of a feature set (the per-layer metric curve); all layers x folds x C in one solve.
+def _probe_workflow(kind: str, summary: str) -> Callable[..., ProbeRunResult]:
+    """``train`` or ``sweep``: one signature (the commands' options); they differ in their default layers."""
 
-    The parameters are :func:`train`'s; ``layers`` defaults to every stored layer (``"all"``; also ``"0,4,-1"``,
-    ``"2-10"``, ``"2:10:2"``). The result's ``layer`` is the layer chosen by the selection score on training rows.
-    """
-    protocol = ProtocolArgs(dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split,
-                            class_weight, allow_missing, allow_group_overlap, n_boot, boot_seed, device)  # fmt: skip
-    return _run_probes("sweep", store, task, None if layers is None else str(layers), feature_set, model, prompt,
-                       pooling, protocol, train_fraction, seeds, no_progress)  # fmt: skip
+    def workflow(
+        *, task: str, layers: str | int | None = None, feature_set: str | None = None, model: str | None = None,
+        prompt: str | None = None, pooling: str | None = None, dataset: str | None = None,
+        method: str | Method = Method.probe, k: ListArg = None, solver: str | SolverName = SolverName.torch,
+        c_grid: ListArg = None, selection: str | Selection = Selection.cv, grid: str | CGrid = CGrid.adaptive,
+        select_by: str | SelectBy | None = None, cv: int = 5, test_split: str | TestSplit = TestSplit.test,
+        class_weight: str | ClassWeight = ClassWeight.none, allow_missing: bool = False,
+        allow_group_overlap: bool = False, n_boot: int = N_BOOT, boot_seed: int = 0, device: str | None = None,
+        train_fraction: ListArg = None, seeds: ListArg = None, no_progress: bool = False, store: StoreArg = None,
+    ) -> ProbeRunResult:  # fmt: skip
+        protocol = ProtocolArgs(dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split,
+                                class_weight, allow_missing, allow_group_overlap, n_boot, boot_seed,
+                                device)  # fmt: skip
+        return _run_probes(kind, store, task, None if layers is None else str(layers), feature_set, model, prompt,
+                           pooling, protocol, train_fraction, seeds, no_progress)  # fmt: skip
+
+    workflow.__name__ = workflow.__qualname__ = kind
+    workflow.__doc__ = summary + "\n" + PROBE_PARAMETERS
+    return workflow
+
+
+train = _probe_workflow(
+    "train", "Fit one probe (one feature set, one layer, one task): C by CV, refit, test once with bootstrap CIs."
+)
+sweep = _probe_workflow(
+    "sweep",
+    "Probe every layer of a feature set (the per-layer metric curve); all layers x folds x C in one solve. The "
+    "result's ``layer`` is the layer chosen by the selection score on training rows.",
+)
 
 
 @dataclass
@@ -374,7 +373,9 @@ def compare(
         feature_set: two or more feature set ids (a list, or a comma-separated string); the first is the reference.
         layers: one layer per feature set (e.g. ``[8, -1]``; negative counts from that set's last stored layer);
             default: each set's best layer by CV.
-        The other parameters are :func:`train`'s.
+        dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split, class_weight,
+        allow_missing (compare on the images common to all sets), allow_group_overlap, n_boot, boot_seed, device,
+        no_progress, store: as in :func:`train`.
     """
     from medprobe.featurestore import start_run
     from medprobe.trainer.compare import best_layer, compare_probes
@@ -406,8 +407,9 @@ def compare(
 
 
 def load_probe(probe_id: str, *, store: StoreArg = None) -> StoredProbe:
-    """A stored probe read back (weights and standardisation): ``predict_proba`` on raw features of its feature set
-    and layer, e.g. ``store.read(p.feature_set_id, p.layer, hashes)``."""
+    """The stored probe ``probe_id`` (a ``probe_results`` row) read back with its weights and standardisation:
+    ``predict_proba`` on raw features of its feature set and layer, e.g. ``store.read(p.feature_set_id, p.layer,
+    hashes)``; ``store``: a store URL or an open ``FeatureStore``."""
     from medprobe.trainer.stored import load_probe as read_probe
 
     return read_probe(open_store(store), probe_id)

@@ -60,8 +60,9 @@ class ExportResult(Result):
 
 def export(*, feature_set: str, out: str, layers: str | int = "-1", dataset: str | None = None,
            split: str | None = None, store: StoreArg = None) -> ExportResult:  # fmt: skip
-    """Write one stored layer of a feature set (default -1, the last stored) as X and image_hash to an .npz file;
-    ``dataset`` (and ``split``) restrict the rows; ``missing`` counts selected images without activations."""
+    """Write one stored layer of ``feature_set`` (``layers``: default -1, the last stored) as X and image_hash to the
+    .npz file ``out``; ``dataset`` (and ``split``) restrict the rows; the result's ``missing`` counts selected images
+    without activations; ``store``: a store URL or an open ``FeatureStore``."""
     from medprobe.featurestore import export_npz
 
     st = open_store(store)

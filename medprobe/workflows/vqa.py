@@ -130,7 +130,9 @@ class VqaCompareResult(Result):
 
 def compare(*, run_a: str, run_b: str, n_boot: int = N_BOOT, boot_seed: int = 0,
             store: StoreArg = None) -> VqaCompareResult:  # fmt: skip
-    """Accuracy of run A minus run B (the reference) on the items both answered, with a paired CI and p-values."""
+    """Accuracy of run ``run_a`` minus run ``run_b`` (the reference) on the items both answered: a paired,
+    group-clustered bootstrap CI (``n_boot`` replicates, ``boot_seed``) and McNemar's test; ``store``: a store URL
+    or an open ``FeatureStore``."""
     from medprobe.vqa.paired import compare_runs
 
     return VqaCompareResult(**compare_runs(open_store(store), run_a, run_b, n_boot=n_boot, seed=boot_seed))
@@ -149,7 +151,8 @@ class VqaReportResult(Result):
 
 
 def report(*, run_ids: Sequence[str], out: str = "vqa-report", store: StoreArg = None) -> VqaReportResult:
-    """PNG plots (accuracy per category, letter distribution, reliability) and a Markdown summary of VQA runs."""
+    """PNG plots (accuracy per category, letter distribution, reliability) and a Markdown summary of the VQA runs
+    ``run_ids``, written into the folder ``out``; ``store``: a store URL or an open ``FeatureStore``."""
     from medprobe.vqa.plots import write_vqa_report
 
     paths = write_vqa_report(open_store(store), list(run_ids), out)

@@ -40,10 +40,11 @@ CSV = FormatOptions(label_columns=("label",), group_column="patient")
 def test_rerun_is_a_noop_and_overlap_reuses_images(tmp_path, store) -> None:
     rows = _collection(tmp_path, 20)
     first = ingest(store, _manifest(tmp_path / "a.csv", rows), "csv", "a", CSV, QUIET)
-    assert first.images_new == 20 and first.memberships_new == 20 and first.wrote_anything
+    assert first.images_new == 20 and first.memberships_new == 20
     before = _raw_counts(store)
     again = ingest(store, tmp_path / "a.csv", "csv", "a", CSV, QUIET)
-    assert not again.wrote_anything and again.already_in_dataset == 20
+    assert again.images_new == again.memberships_new == again.tasks_new == again.failures_new == 0
+    assert again.already_in_dataset == 20
     assert _raw_counts(store) == before
     # a second collection sharing 10 of the files (and 5 new ones)
     rows_b = rows[10:] + _collection(tmp_path, 5, seed0=100)

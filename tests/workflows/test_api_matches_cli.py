@@ -9,10 +9,9 @@ import pydoc
 from typing import Any
 
 import pytest
-import typer
 
 import medprobe
-from medprobe.cli.main import build_app
+from tests.cli.test_conventions import COMMANDS  # every command of the CLI, by its name
 
 # command -> the workflow function it calls
 API: dict[str, Any] = {
@@ -43,22 +42,6 @@ RENDERED_OUT = {"ingest", "datasets", "models", "extract", "submit", "worker", "
                 "zeroshot", "search", "sql", "vqa ingest", "vqa run", "vqa compare"}  # fmt: skip
 
 
-def _commands() -> dict[str, Any]:
-    root = typer.main.get_command(build_app())
-    out: dict[str, Any] = {}
-
-    def walk(cmd: Any, prefix: str) -> None:
-        if hasattr(cmd, "commands"):
-            for name, sub in cmd.commands.items():
-                walk(sub, f"{prefix} {name}".strip())
-        else:
-            out[prefix] = cmd
-
-    walk(root, "")
-    return out
-
-
-COMMANDS = _commands()
 
 
 def _plain(value: Any) -> Any:
@@ -105,6 +88,7 @@ def test_every_workflow_takes_a_store_and_is_documented(command: str) -> None:
     assert function.__doc__ and len(function.__doc__.strip()) > 40, command
     for name in params:
         assert name in text, f"{command}: help() does not mention {name}"
+        assert name in function.__doc__, f"{command}: the docstring does not say what {name} is"
 
 
 def test_the_store_option_also_works_before_the_subcommand(tmp_path, capsys) -> None:
