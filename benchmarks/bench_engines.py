@@ -57,7 +57,7 @@ def main() -> None:
 
     import ray
 
-    from medprobe.extractor import engines
+    from medprobe.engines import shards as engines
     from medprobe.extractor.pipeline import ExtractOptions, extract
     from medprobe.featurestore import FeatureStore
 

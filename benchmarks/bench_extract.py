@@ -87,7 +87,7 @@ def reference(store, adapter, paths: list[Path], prompt: str | None, dtype: str)
     row = feature_set_row(ident, prompt=prompt, pooling="reference_mean", compute_dtype=dtype, storage_dtype="float16")
     store.register_feature_set(row)
     model = adapter.model
-    from medprobe.extractor.models.image_encoder import BlockEncoderAdapter, block_output
+    from medprobe.adapters.models.image_encoder import BlockEncoderAdapter, block_output
 
     hooked: list[torch.Tensor] = []
     handles = []
@@ -146,7 +146,7 @@ def reference(store, adapter, paths: list[Path], prompt: str | None, dtype: str)
 def child(model: str, method: str, n: int, workdir: Path, batch_size: str, workers: int, decode: str) -> dict:
     import torch
 
-    from medprobe.extractor.loading import load_adapter
+    from medprobe.adapters.loading import load_adapter
     from medprobe.extractor.pipeline import ExtractOptions, extract
     from medprobe.featurestore import FeatureStore
 
@@ -159,7 +159,7 @@ def child(model: str, method: str, n: int, workdir: Path, batch_size: str, worke
     prompt_opts = {"prompt_preset": PROMPT_PRESET} if adapter.identity.takes_prompt else {}
     t0 = time.perf_counter()
     if method == "reference":
-        from medprobe.extractor.prompts import resolve_prompt
+        from medprobe.adapters.prompts import resolve_prompt
 
         prompt = resolve_prompt(preset=PROMPT_PRESET) if adapter.identity.takes_prompt else None
         done = reference(store, adapter, paths, prompt, dtype)

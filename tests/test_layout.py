@@ -16,19 +16,24 @@ ROOT = Path(__file__).resolve().parents[1] / "medprobe"
 # The workflow layer (``workflows``) sits on top of ingest, extractor, trainer and vqa; the CLI sits on top of it
 # and imports none of their internals.
 FORBIDDEN = {
-    "schemas": {"featurestore", "ingestion", "extractor", "trainer", "cli", "synthetic", "imaging", "layerspec", "vqa",
+    "schemas": {"featurestore", "ingestion", "adapters", "extractor", "engines", "trainer", "cli", "synthetic",
+                "imaging", "layerspec", "vqa", "workflows"},
+    "featurestore": {"ingestion", "adapters", "extractor", "engines", "trainer", "cli", "synthetic", "imaging",
+                     "layerspec", "vqa", "workflows"},
+    "imaging": {"featurestore", "ingestion", "adapters", "extractor", "engines", "trainer", "cli", "synthetic", "vqa",
                 "workflows"},
-    "featurestore": {"ingestion", "extractor", "trainer", "cli", "synthetic", "imaging", "layerspec", "vqa",
-                     "workflows"},
-    "imaging": {"featurestore", "ingestion", "extractor", "trainer", "cli", "synthetic", "vqa", "workflows"},
-    "layerspec": {"featurestore", "ingestion", "extractor", "trainer", "cli", "synthetic", "vqa", "workflows"},
-    "ingestion": {"extractor", "trainer", "cli", "synthetic", "vqa", "workflows"},
-    "extractor": {"ingestion", "trainer", "cli", "synthetic", "vqa", "workflows"},
-    "trainer": {"ingestion", "extractor", "cli", "synthetic", "vqa", "workflows"},
-    "synthetic": {"ingestion", "trainer", "cli", "vqa", "workflows"},
-    "vqa": {"ingestion", "trainer", "cli", "synthetic"},
+    "layerspec": {"featurestore", "ingestion", "adapters", "extractor", "engines", "trainer", "cli", "synthetic",
+                  "vqa", "workflows"},
+    "ingestion": {"adapters", "extractor", "engines", "trainer", "cli", "synthetic", "vqa", "workflows"},
+    # models as their own package: the extraction pipeline, the engines, zero-shot and VQA use it, never the reverse
+    "adapters": {"ingestion", "extractor", "engines", "trainer", "cli", "synthetic", "vqa", "workflows"},
+    "extractor": {"ingestion", "engines", "trainer", "cli", "synthetic", "vqa", "workflows"},
+    "engines": {"ingestion", "trainer", "cli", "synthetic", "vqa", "workflows"},
+    "trainer": {"ingestion", "adapters", "extractor", "engines", "cli", "synthetic", "vqa", "workflows"},
+    "synthetic": {"ingestion", "extractor", "engines", "trainer", "cli", "vqa", "workflows"},
+    "vqa": {"ingestion", "engines", "trainer", "cli", "synthetic"},
     "workflows": {"cli"},
-    "cli": {"ingestion", "extractor", "trainer", "vqa", "synthetic", "imaging", "layerspec"},
+    "cli": {"ingestion", "adapters", "extractor", "engines", "trainer", "vqa", "synthetic", "imaging", "layerspec"},
 }
 # ``medprobe.vqa`` re-exports its workflow functions (``medprobe.vqa.run``): its __init__ is the one vqa module that
 # may import the workflow layer.
@@ -97,7 +102,9 @@ def test_areas_import_only_downstream(module: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", sorted(m for m in MODULES if _area(m) in {"extractor", "trainer", "ingestion", "cli", "workflows"})
+    "module",
+    sorted(m for m in MODULES if _area(m) in {"adapters", "extractor", "engines", "trainer", "ingestion", "cli",
+                                              "workflows"}),
 )
 def test_the_store_is_used_through_its_public_api(module: str) -> None:
     for target in GRAPH[module]:

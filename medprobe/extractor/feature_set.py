@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from medprobe.extractor.adapter import ModelIdentity
+from medprobe.adapters.adapter import ModelIdentity
 from medprobe.featurestore import stable_hash
 from medprobe.schemas import FeatureSetRow
 

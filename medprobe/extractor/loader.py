@@ -6,7 +6,7 @@ its batch goes on.
 
 With ``device_decode`` the workers leave plain JPEGs encoded and skip preprocessing: the batch carries ``pending``
 images (encoded bytes or decoded uint8 tensors) that the pipeline decodes and preprocesses on the model's device
-(:mod:`medprobe.extractor.device_decode`).
+(:mod:`medprobe.adapters.device_decode`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medprobe.extractor.adapter import Preprocessor
-from medprobe.extractor.device_decode import (
+from medprobe.adapters.adapter import Preprocessor
+from medprobe.adapters.device_decode import (
     JPEG_MAGIC,
     DevicePreprocess,
     decode_batch,

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
+from medprobe.adapters.adapter import POOLINGS, Adapter
+from medprobe.adapters.device_decode import DevicePreprocess, torchvision_available
 from medprobe.errors import InvalidInputError
-from medprobe.extractor.adapter import POOLINGS, Adapter
 from medprobe.extractor.cpu_memory import keep_freed_memory
-from medprobe.extractor.device_decode import DevicePreprocess, torchvision_available
 from medprobe.extractor.feature_set import feature_set_rows
 from medprobe.extractor.loader import ImageRefs, LoadedBatch, finish_on_device, make_loader
 from medprobe.extractor.plan import Plan, check_dataset, plan_images
@@ -127,7 +127,7 @@ def check_writable(store: FeatureStore) -> None:
 
 def load_model(options: ExtractOptions) -> Adapter:
     """Load the adapter named by ``options.model`` on the resolved device and dtype."""
-    from medprobe.extractor.loading import load_adapter
+    from medprobe.adapters.loading import load_adapter
 
     return load_adapter(
         options.model,
@@ -142,7 +142,7 @@ def load_model(options: ExtractOptions) -> Adapter:
 
 def resolve_prompt(adapter: Adapter, options: ExtractOptions) -> str | None:
     """The prompt text for the preprocessor (--prompt or --prompt-preset), None for vision-only models."""
-    from medprobe.extractor.prompts import resolve_prompt as prompt_text
+    from medprobe.adapters.prompts import resolve_prompt as prompt_text
 
     if not adapter.identity.takes_prompt:
         if options.prompt is not None or options.prompt_preset is not None:

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from medprobe.adapters.adapter import Adapter
 from medprobe.errors import MedprobeError
-from medprobe.extractor.adapter import Adapter
 
 
 class OutOfMemory(MedprobeError):

@@ -26,7 +26,7 @@ def embed_file(
     allow_pickle: bool = False,
 ) -> np.ndarray:
     """The ``(hidden,)`` feature of the image file at ``path`` at ``layer`` of feature set ``fs``."""
-    from medprobe.extractor.loading import load_adapter
+    from medprobe.adapters.loading import load_adapter
 
     data = read_file_bytes(path)
     image = decode_image(data, source=path)  # an undecodable file fails here, before any model is loaded

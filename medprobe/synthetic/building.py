@@ -84,7 +84,7 @@ def seeded(build: Callable[[], Built]) -> Built:
 
 
 def instantiate(model_cls: Any, config: object, device: str | None = None, dtype: str = "fp32") -> torch.nn.Module:
-    from medprobe.extractor.loading import torch_dtype
+    from medprobe.adapters.loading import torch_dtype
 
     with torch.device(device or "cpu"):
         model = model_cls._from_config(config, dtype=torch_dtype(dtype))

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medprobe.extractor.adapter import Adapter
+from medprobe.adapters.adapter import Adapter
 
 # a ViT small enough for CI: 32 px images in 8 px patches, 2 blocks of width 32, class + 2 register tokens
 TINY_VIT_ARGS: dict[str, Any] = {
@@ -56,7 +56,7 @@ class TimmBuild(EncoderBuild):
     model_args: dict[str, Any] = field(default_factory=dict)
 
     def adapter(self, model_id: str, revision: str) -> Adapter:
-        from medprobe.extractor.models.timm_encoder import TimmAdapter
+        from medprobe.adapters.models.timm_encoder import TimmAdapter
 
         return TimmAdapter(self.model, model_id=model_id, revision=revision)
 
@@ -78,7 +78,7 @@ class OpenClipBuild(EncoderBuild):
     model_cfg: dict[str, Any]
 
     def adapter(self, model_id: str, revision: str) -> Adapter:
-        from medprobe.extractor.models.open_clip_encoder import OpenClipAdapter
+        from medprobe.adapters.models.open_clip_encoder import OpenClipAdapter
 
         return OpenClipAdapter(
             self.model, self.preprocess, self.tokenizer, model_id=model_id, revision=revision, arch=model_id

@@ -22,7 +22,7 @@ import torch
 from medprobe.errors import NotFoundError
 
 if TYPE_CHECKING:
-    from medprobe.extractor.adapter import Adapter
+    from medprobe.adapters.adapter import Adapter
 
 
 from medprobe.synthetic import towers, vlms
@@ -74,7 +74,7 @@ def random_from_config(name: str, *, full_size: bool = False, device: str | None
 
 def random_encoder(name: str, *, full_size: bool = False, device: str | None = None, dtype: str = "fp32") -> Any:
     """Build the random timm / open_clip encoder ``name`` (seeded): an ``encoders.EncoderBuild``."""
-    from medprobe.extractor.loading import torch_dtype
+    from medprobe.adapters.loading import torch_dtype
     from medprobe.synthetic.encoders import FULL_ENCODERS, TINY_ENCODERS, build_encoder
 
     table = FULL_ENCODERS if full_size else TINY_ENCODERS
@@ -122,8 +122,8 @@ def load_random(spec: str, *, device: str = "cpu", dtype: str = "fp32") -> Adapt
 
     Registered under the ``medprobe.model_families`` entry-point group, so ``load_adapter`` finds it by prefix.
     """
-    from medprobe.extractor.loading import adapter_from_model
-    from medprobe.extractor.models.base import sha256_of_state
+    from medprobe.adapters.loading import adapter_from_model
+    from medprobe.adapters.models.base import sha256_of_state
 
     name, full = _split_spec(spec)
     # a full-size model is too large to hash: its revision names the recipe instead
@@ -132,7 +132,7 @@ def load_random(spec: str, *, device: str = "cpu", dtype: str = "fp32") -> Adapt
         encoder = random_encoder(name, full_size=full, device=device, dtype=dtype)
         return encoder.adapter(spec, recipe or "sha256:" + sha256_of_state(encoder.model))
     if name in CONTRASTIVE and not full:  # the image side; zero-shot loads the saved directory (text tower too)
-        from medprobe.extractor.contrastive import HFContrastiveAdapter
+        from medprobe.adapters.contrastive import HFContrastiveAdapter
 
         pair = random_contrastive(name, device=device, dtype=dtype)
         image_processor: Any = pair.processor[0]  # type: ignore[index]

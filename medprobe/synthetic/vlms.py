@@ -127,7 +127,7 @@ def _qwen_text(tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
 def qwen2_vl(full: bool, device: str | None, dtype: str) -> Built:
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    from medprobe.extractor.models.qwen2_vl import Qwen2VLImageOnlyProcessor
+    from medprobe.adapters.models.qwen2_vl import Qwen2VLImageOnlyProcessor
 
     tokenizer = _qwen_tokenizer()
     processor = Qwen2VLImageOnlyProcessor(
@@ -150,7 +150,7 @@ def qwen2_vl(full: bool, device: str | None, dtype: str) -> Built:
 def qwen2_5_vl(full: bool, device: str | None, dtype: str) -> Built:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from medprobe.extractor.models.qwen2_vl import Qwen2_5_VLImageOnlyProcessor
+    from medprobe.adapters.models.qwen2_vl import Qwen2_5_VLImageOnlyProcessor
 
     tokenizer = _qwen_tokenizer()
     processor = Qwen2_5_VLImageOnlyProcessor(
@@ -342,7 +342,7 @@ SMOLVLM_CHAT_TEMPLATE = (
 def smolvlm(full: bool, device: str | None, dtype: str) -> Built:
     from transformers import LlamaConfig, SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessor
 
-    from medprobe.extractor.models.idefics2 import SmolVLMImageOnlyProcessor
+    from medprobe.adapters.models.idefics2 import SmolVLMImageOnlyProcessor
 
     tokenizer = byte_level_tokenizer([*_IDEFICS_SPECIAL, "<global-img>", "<|im_start|>"], {"image_token": "<image>"})
     size = VISION["image_size"]

@@ -83,7 +83,7 @@ def _exemplars(spec: VqaRunSpec, items: list[Item], item: Item) -> list[Item]:
 
 def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True) -> dict[str, Any]:
     """Score (or resume) the run; returns its document (run id, counts, metrics)."""
-    from medprobe.extractor.loading import load_adapter
+    from medprobe.adapters.loading import load_adapter
     from medprobe.extractor.pipeline import ExtractOptions
 
     if spec.mode not in MODES:

@@ -25,17 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from medprobe.adapters.adapter import Adapter, Capability
+from medprobe.adapters.models.base import move_batch
 from medprobe.errors import InvalidInputError
-from medprobe.extractor.adapter import Adapter
-from medprobe.extractor.models.base import move_batch
 
 MODES = ("loglik", "letter", "generate")
-# adapters whose prompt key-value cache is reused across options (each checked against a direct computation)
-PROMPT_CACHE_FAMILIES: frozenset[str] = frozenset({
-    "llava", "image-text-to-text", "idefics2", "idefics3", "smolvlm", "qwen2-vl", "qwen2.5-vl", "gemma3", "paligemma",
-})  # fmt: skip
-# Idefics (v1) needs the image at every step and Mllama's cross-attention mask must grow with the text: both score
-# prompt + option in one batch instead.
+# Adapters say whether the prompt's key-value cache may be reused across options (``reuses_prompt_cache``, each
+# family checked against a direct computation); Idefics (v1) and Mllama score prompt + option in one batch instead.
 
 
 @dataclass
@@ -55,7 +51,7 @@ class VlmScorer:
     def __init__(self, adapter: Adapter) -> None:
         pre: Any = adapter.preprocessor
         model: Any = getattr(adapter, "model", None)
-        if not hasattr(pre, "run_processor") or model is None or not hasattr(model, "generate"):
+        if not adapter.supports(Capability.option_scoring) or model is None:
             raise InvalidInputError(
                 f"model {adapter.identity.model_id} ({adapter.identity.adapter}) is not a vision-language model that "
                 "answers in text; VQA needs an image-text-to-text model (LLaVA, Idefics, Qwen-VL, MedGemma, ...)"
@@ -73,7 +69,7 @@ class VlmScorer:
 
     def inputs(self, images: Sequence[Image.Image], text: str, copies: int) -> dict[str, torch.Tensor]:
         """Processor tensors of ``copies`` identical (image, prompt) rows, on the CPU."""
-        from medprobe.extractor.models.vision_tower import to_rgb
+        from medprobe.adapters.models.vision_tower import to_rgb
 
         if len(images) != 1:
             raise InvalidInputError(f"this scorer shows one image per question; the item has {len(images)}")
@@ -95,15 +91,15 @@ class VlmScorer:
     def loglik(self, images: Sequence[Image.Image], text: str, options: Sequence[str]) -> Scored:
         """Log-probability of each option's text after the prompt.
 
-        Families in ``PROMPT_CACHE_FAMILIES`` run the prompt (with its image) once and score every option from its
-        key-value cache; the others run prompt + option for all options as one right-padded batch. Both equal a
-        direct one-option computation (tests, 1e-4).
+        Adapters that reuse the prompt cache (``reuses_prompt_cache``) run the prompt (with its image) once and
+        score every option from its key-value cache; the others run prompt + option for all options as one
+        right-padded batch. Both equal a direct one-option computation (tests, 1e-4).
         """
         prefix = self._prefix(text)
         conts = [self._ids(prefix + o.strip()) for o in options]
         if any(not c for c in conts):
             raise InvalidInputError("an option's text is empty; every option needs text to score")
-        if self.adapter.identity.adapter in PROMPT_CACHE_FAMILIES:
+        if self.adapter.reuses_prompt_cache:
             return self._loglik_cached(images, text, conts)
         base = self.inputs(images, text, len(options))
         ids, mask = base["input_ids"], base["attention_mask"]
@@ -142,8 +138,8 @@ class VlmScorer:
         shape = (value.shape[0], width, *value.shape[2:])
         if key == "cross_attention_mask":
             return value[:, -1:].expand(shape).clone()
-        if key == "token_type_ids" and self.adapter.identity.adapter == "paligemma":
-            return torch.ones(shape, dtype=value.dtype)
+        if key == "token_type_ids":
+            return torch.full(shape, self.adapter.answer_token_type, dtype=value.dtype)
         return torch.zeros(shape, dtype=value.dtype)
 
     def _loglik_cached(self, images: Sequence[Image.Image], text: str, conts: list[list[int]]) -> Scored:

@@ -45,8 +45,8 @@ def models(
     hidden sizes, poolings, preprocessing; no images are run), loaded on ``device`` in ``dtype`` with
     ``trust_remote_code`` and ``allow_pickle`` as for extraction. ``save`` writes a ``tiny-random/*`` or
     ``random-full/*`` model to a directory in its hub layout, to try the local-directory path offline."""
-    from medprobe.extractor import catalog
-    from medprobe.extractor.loading import load_adapter, model_backend
+    from medprobe.adapters import catalog
+    from medprobe.adapters.loading import load_adapter, parse_model_spec
 
     if model is None:
         if save is not None:
@@ -54,14 +54,15 @@ def models(
         from medprobe.synthetic.models import spec_names
 
         return ModelsResult(supported=catalog.supported(spec_names()))
+    spec = parse_model_spec(model)
     if save is not None:
-        if model_backend(model) != "family":
+        if spec.backend != "family":
             raise InvalidInputError(f"--save writes random models only (tiny-random/*, random-full/*), not {model!r}")
         from medprobe.synthetic.models import save_random
 
         return ModelsResult(saved=str(save_random(model, save)))
-    backend = model_backend(model).replace("family", "random")
-    adapter = load_adapter(model, device=device or "cpu", dtype=choice(ComputeDType, dtype, "--dtype").value,
+    backend = spec.backend.replace("family", "random")
+    adapter = load_adapter(spec, device=device or "cpu", dtype=choice(ComputeDType, dtype, "--dtype").value,
                            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)  # fmt: skip
     return ModelsResult(description=catalog.describe(adapter, backend))
 

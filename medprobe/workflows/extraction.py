@@ -117,7 +117,7 @@ def _default_log_dir(store_url: str) -> str:
 def _on_engine(st: FeatureStore, opts: ExtractOptions, eng: EngineArgs, engine: Engine,
                show_progress: bool) -> dict[str, Any]:  # fmt: skip
     """ray / slurm: the pending shards on the engine, with a progress bar fed by finished shards."""
-    from medprobe.extractor import engines
+    from medprobe.engines import shards as engines
     from medprobe.featurestore import start_run
     from medprobe.progress import progress_bar
 
@@ -236,7 +236,7 @@ def submit(
         commit_seconds, limit, study_preprocessing: what to extract and how, as in :func:`extract`.
         shards: split the job into this many shards (by image hash); store: a store URL or an open ``FeatureStore``.
     """
-    from medprobe.extractor.jobs import JobQueue
+    from medprobe.engines.jobs import JobQueue
     from medprobe.extractor.plan import check_dataset
 
     opts = extract_options(
@@ -276,7 +276,7 @@ def worker(
     shard whose heartbeat is this many seconds old; echo: where progress lines go; no_progress: no progress bar;
     store: a store URL or an open ``FeatureStore``.
     """
-    from medprobe.extractor.worker import run_worker
+    from medprobe.engines.worker import run_worker
 
     st = open_store(store)
     stats = run_worker(st, stop=stop or threading.Event(), poll_s=poll, heartbeat_s=heartbeat, stale_s=stale_after,
@@ -300,7 +300,7 @@ class StatusResult(Result):
 def status(*, stale_after: float = 120.0, store: StoreArg = None) -> StatusResult:
     """Queued extraction jobs and recent extraction runs of ``store``; stale_after: the heartbeat age (seconds) that
     counts as dead."""
-    from medprobe.extractor.status import job_rows, recent_runs
+    from medprobe.engines.status import job_rows, recent_runs
 
     st = open_store(store)
     return StatusResult(jobs=job_rows(st, stale_s=stale_after), runs=recent_runs(st), store_url=st.url)

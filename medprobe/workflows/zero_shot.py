@@ -67,7 +67,7 @@ def zeroshot(
         device, dtype, allow_pickle: how the model loads and runs; no_progress: no progress bar.
         store: a store URL or an open ``FeatureStore``.
     """
-    from medprobe.extractor.contrastive import load_contrastive, text_embeddings
+    from medprobe.adapters.contrastive import load_contrastive, text_embeddings
     from medprobe.extractor.pipeline import ExtractOptions, extract, resolve_request
     from medprobe.featurestore import start_run
     from medprobe.trainer.data import probe_kind, resolve_task

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from medprobe.extractor.adapter import POOLINGS
-from medprobe.extractor.loading import load_adapter
-from medprobe.extractor.models.base import text_config
+from medprobe.adapters.adapter import POOLINGS
+from medprobe.adapters.loading import load_adapter
+from medprobe.adapters.models.base import text_config
 
 VISION = ["clip", "siglip", "vit", "dinov2", "dinov2-registers"]
 # non-patch tokens first: CLS (CLIP, ViT, DINOv2), plus 4 registers in the tiny DINOv2-with-registers

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medprobe.extractor.loading import load_adapter
+from medprobe.adapters.loading import load_adapter
 
 pytestmark = [
     pytest.mark.gpu,

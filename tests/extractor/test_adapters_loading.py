@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from medprobe.adapters.loading import adapter_from_model, load_adapter, supported_model_types
 from medprobe.errors import InvalidInputError, MedprobeError, NotFoundError
-from medprobe.extractor.loading import adapter_from_model, load_adapter, supported_model_types
 from medprobe.synthetic.models import TINY_BUILDERS, random_from_config
 
 PROMPT = "Describe the knee."

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from medprobe.extractor.loading import load_adapter
+from medprobe.adapters.loading import load_adapter
 from medprobe.extractor.pipeline import ExtractOptions, extract
 from medprobe.featurestore import FeatureStore
 from medprobe.ingestion.pipeline import IngestOptions, ingest

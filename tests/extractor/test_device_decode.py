@@ -12,16 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-from medprobe.errors import InvalidInputError
-from medprobe.extractor.device_decode import (
+from medprobe.adapters.device_decode import (
     decode_batch,
     encoded_tensor,
     pil_to_chw,
     torchvision_available,
     travels_encoded,
 )
+from medprobe.adapters.loading import load_adapter
+from medprobe.errors import InvalidInputError
 from medprobe.extractor.loader import decode_on_cpu
-from medprobe.extractor.loading import load_adapter
 from medprobe.extractor.pipeline import ExtractOptions, extract, resolve_decode
 from medprobe.featurestore import FeatureStore
 from medprobe.imaging import ImageReadError, decode_image, open_image_header

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from medprobe.adapters.loading import load_adapter, plugin_names
+from medprobe.adapters.plugins.efficientnet_lite import MEAN, N_BLOCKS, STD
 from medprobe.errors import InvalidInputError
-from medprobe.extractor.loading import load_adapter, plugin_names
-from medprobe.extractor.plugins.efficientnet_lite import MEAN, N_BLOCKS, STD
 from tests.helpers.paths import KNEE
 
 N_IMAGES = 50

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from medprobe.adapters.loading import load_adapter, model_backend
 from medprobe.errors import InvalidInputError, NotFoundError
-from medprobe.extractor.loading import load_adapter, model_backend
 from medprobe.featurestore import FeatureStore
 from medprobe.imaging import load_image
 from medprobe.synthetic.models import save_random
@@ -97,7 +97,7 @@ def test_an_unreachable_hub_repo_is_a_one_line_not_found(monkeypatch) -> None:
 
 
 def test_an_architecture_without_a_block_list_says_how_to_add_one() -> None:
-    from medprobe.extractor.models.timm_encoder import TimmAdapter
+    from medprobe.adapters.models.timm_encoder import TimmAdapter
 
     model = load_adapter("tiny-random/timm-vit").model
     model.feature_info = []

@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
+from medprobe.adapters.loading import load_adapter, model_backend
 from medprobe.extractor.feature_set import feature_set_row
-from medprobe.extractor.loading import load_adapter, model_backend
 from medprobe.synthetic.encoders import TINY_ENCODERS
 from medprobe.synthetic.models import save_random
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medprobe.engines import shards as engines
 from medprobe.errors import InvalidInputError
-from medprobe.extractor import engines
 from medprobe.extractor.pipeline import ExtractOptions, extract
 from medprobe.featurestore import FeatureStore
 from tests.helpers.datasets import make_dataset

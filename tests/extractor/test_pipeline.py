@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from medprobe.adapters.loading import load_adapter
 from medprobe.errors import InvalidInputError, NotFoundError
 from medprobe.extractor.feature_set import feature_set_row
-from medprobe.extractor.loading import load_adapter
 from medprobe.extractor.pipeline import ExtractOptions, extract
 from medprobe.extractor.runner import OutOfMemory
 from medprobe.featurestore import store as store_module

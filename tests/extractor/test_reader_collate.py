@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medprobe.extractor.adapter import Preprocessor
+from medprobe.adapters.adapter import Preprocessor
 from medprobe.extractor.loader import Decoded, collate
 
 

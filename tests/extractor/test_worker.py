@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medprobe.cli.main import build_app
-from medprobe.extractor.jobs import ClaimLost, JobQueue
+from medprobe.engines.jobs import ClaimLost, JobQueue
 from medprobe.extractor.pipeline import ExtractOptions
 from medprobe.extractor.plan import shard_of
 from medprobe.featurestore import FeatureStore

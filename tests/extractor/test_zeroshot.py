@@ -165,7 +165,7 @@ def test_open_clip_binary_from_a_templates_file(store, tmp_path, models, capsys)
     file.write_text(json.dumps(spec))
     doc = _zeroshot(capsys, store, "-t", "finding", "-m", str(models["open_clip-vit"]), "--templates", str(file))
     hashes, ours = _stored(store, doc["probe_id"])
-    from medprobe.extractor.contrastive import load_contrastive
+    from medprobe.adapters.contrastive import load_contrastive
 
     adapter, _ = load_contrastive(str(models["open_clip-vit"]))
     model = adapter.model

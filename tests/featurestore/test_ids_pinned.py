@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-from medprobe.extractor.adapter import ModelIdentity
+from medprobe.adapters.adapter import ModelIdentity
 from medprobe.extractor.feature_set import feature_set_row
 from medprobe.featurestore.ids import canonical_json, config_json, stable_hash
 
@@ -59,7 +59,7 @@ def test_feature_set_ids_are_unchanged() -> None:
 
 
 def test_efficientnet_lite0_feature_set_id_is_unchanged() -> None:
-    from medprobe.extractor.loading import load_adapter
+    from medprobe.adapters.loading import load_adapter
 
     ident = load_adapter("efficientnet-lite0").identity
     row = feature_set_row(

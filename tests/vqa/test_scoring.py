@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medprobe.extractor.loading import load_adapter
+from medprobe.adapters.loading import load_adapter
 from medprobe.featurestore import FeatureStore
 from medprobe.vqa import runner as run_module
 from medprobe.vqa.parse import parse_answer

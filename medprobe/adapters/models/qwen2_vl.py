@@ -15,7 +15,8 @@ from transformers import ProcessorMixin
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
 
-from medprobe.extractor.models.decoder import DecoderVLMAdapter, VLMPreprocessor
+from medprobe.adapters.models.decoder import DecoderVLMAdapter, VLMPreprocessor
+from medprobe.adapters.models.registry import register_family
 
 
 def _init_image_only(
@@ -57,6 +58,7 @@ class QwenPreprocessor(VLMPreprocessor):
         return f"<|vision_start|>{self.image_token}<|vision_end|>{prompt}"
 
 
+@register_family("qwen2_vl", name="qwen2-vl", processor=Qwen2VLImageOnlyProcessor)
 class Qwen2VLAdapter(DecoderVLMAdapter):
     family = "qwen2-vl"
     preprocessor_class = QwenPreprocessor
@@ -68,5 +70,6 @@ class Qwen2VLAdapter(DecoderVLMAdapter):
         return super().image_mask(inputs)
 
 
+@register_family("qwen2_5_vl", name="qwen2.5-vl", processor=Qwen2_5_VLImageOnlyProcessor)
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     family = "qwen2.5-vl"

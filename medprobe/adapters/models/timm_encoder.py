@@ -20,16 +20,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from medprobe.errors import InvalidInputError, ModelError, ModelNotFoundError
-from medprobe.extractor.models.base import sha256_of_state
-from medprobe.extractor.models.image_encoder import (
+from medprobe.adapters.models.base import sha256_of_state
+from medprobe.adapters.models.image_encoder import (
     BlockEncoderAdapter,
     BlockLayout,
     TransformPreprocessor,
     describe_transform,
 )
-from medprobe.extractor.models.timm_recipes import create_kwargs
-from medprobe.extractor.weights import PICKLE_HINT, hub_file, hub_weights, local_weights, weights_revision
+from medprobe.adapters.models.timm_recipes import create_kwargs
+from medprobe.adapters.weights import PICKLE_HINT, hub_file, hub_weights, local_weights, weights_revision
+from medprobe.errors import InvalidInputError, ModelError, ModelNotFoundError
 
 ADAPTER = "timm"
 SPEC_PREFIX = "timm/"

@@ -8,7 +8,8 @@ state at the single ``<|image|>`` position; ``last`` is usually what to probe.
 
 from __future__ import annotations
 
-from medprobe.extractor.models.decoder import DecoderVLMAdapter, VLMPreprocessor
+from medprobe.adapters.models.decoder import DecoderVLMAdapter, VLMPreprocessor
+from medprobe.adapters.models.registry import register_family
 
 
 class MllamaPreprocessor(VLMPreprocessor):
@@ -20,6 +21,8 @@ class MllamaPreprocessor(VLMPreprocessor):
         return f"{self.image_token}{prompt}"
 
 
+@register_family("mllama", name="mllama")  # Llama 3.2 Vision
 class MllamaAdapter(DecoderVLMAdapter):
     family = "mllama"
+    reuses_prompt_cache = False  # the cross-attention mask must grow with the text
     preprocessor_class = MllamaPreprocessor

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from medprobe.extractor.models.decoder import DecoderVLMAdapter, VLMPreprocessor
+from medprobe.adapters.models.decoder import DecoderVLMAdapter, VLMPreprocessor
+from medprobe.adapters.models.registry import register_family
 
 
 class PaliGemmaPreprocessor(VLMPreprocessor):
@@ -14,6 +15,8 @@ class PaliGemmaPreprocessor(VLMPreprocessor):
         return f"{self.image_token}{prompt}"
 
 
+@register_family("paligemma", name="paligemma")
 class PaliGemmaAdapter(DecoderVLMAdapter):
     family = "paligemma"
+    answer_token_type = 1  # the answer is PaliGemma's suffix (attended causally)
     preprocessor_class = PaliGemmaPreprocessor

@@ -22,15 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from medprobe.errors import InvalidInputError
-from medprobe.extractor.adapter import Adapter
-from medprobe.extractor.models.image_encoder import BlockEncoderAdapter, BlockLayout
-from medprobe.extractor.models.vision_tower import (
+from medprobe.adapters.adapter import Adapter, Capability
+from medprobe.adapters.models.image_encoder import BlockEncoderAdapter, BlockLayout
+from medprobe.adapters.models.vision_tower import (
     LAYER_SEMANTICS_ENCODERS,
     ImageOnlyPreprocessor,
     find_encoder_layers,
     prefix_tokens,
 )
+from medprobe.errors import InvalidInputError
 from medprobe.featurestore import stable_hash
 from medprobe.schemas.tables import TextEmbeddingRow
 
@@ -63,6 +63,8 @@ class TextTower:
 
 class HFContrastiveAdapter(BlockEncoderAdapter):
     """A transformers CLIPModel / SiglipModel image tower: its blocks, then ``get_image_features`` as the last layer."""
+
+    capabilities = frozenset({Capability.pooled_features, Capability.text_embeddings})
 
     def __init__(self, model: nn.Module, image_processor: Any, *, family: str, model_id: str, revision: str) -> None:
         vision: Any = model.vision_model
@@ -124,8 +126,8 @@ def _load_hf_contrastive(spec: str, *, device: str, dtype: str, allow_pickle: bo
     import transformers
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
-    from medprobe.extractor.loading import _hub_repo, torch_dtype
-    from medprobe.extractor.models.base import model_revision
+    from medprobe.adapters.loading import _hub_repo, torch_dtype
+    from medprobe.adapters.models.base import model_revision
 
     repo = _hub_repo(spec)
     config = AutoConfig.from_pretrained(repo)
@@ -158,11 +160,14 @@ def load_contrastive(
     spec: str, *, device: str = "cpu", dtype: str = "fp32", allow_pickle: bool = False
 ) -> tuple[Adapter, TextTower]:
     """The image adapter and text tower of the CLIP-family model ``spec``; InvalidInputError for other models."""
-    from medprobe.extractor.loading import load_adapter, model_backend
+    from medprobe.adapters.loading import load_adapter, parse_model_spec
 
-    backend = model_backend(spec)
+    parsed = parse_model_spec(spec)
+    backend = parsed.backend
     if backend == "open_clip":
-        adapter: Any = load_adapter(spec, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        adapter: Any = load_adapter(parsed, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        if not adapter.supports(Capability.text_embeddings):
+            raise InvalidInputError(NO_TEXT_TOWER.format(spec=spec, what="an open_clip model without a text tower"))
         model: Any = adapter.model
         bias = getattr(model, "logit_bias", None)
         tower = TextTower(

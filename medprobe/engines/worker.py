@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from medprobe.engines.jobs import Claim, ClaimLost, Heartbeat, JobQueue
 from medprobe.errors import MedprobeError
-from medprobe.extractor.jobs import Claim, ClaimLost, Heartbeat, JobQueue
 from medprobe.extractor.pipeline import (
     Stopped,
     check_writable,
@@ -90,7 +90,7 @@ def _run_shard(
     store: FeatureStore, claim: Claim, *, stop: threading.Event, heartbeat_s: float, show: bool
 ) -> dict[str, Any]:
     """The claimed shard through the engines' shard function, with the claim's heartbeat and ownership checks."""
-    from medprobe.extractor.engines import extract_shard
+    from medprobe.engines.shards import extract_shard
 
     started = time.monotonic()
     committed = 0

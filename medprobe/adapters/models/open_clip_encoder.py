@@ -22,16 +22,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from medprobe.errors import InvalidInputError, ModelError, ModelNotFoundError
-from medprobe.extractor.models.base import sha256_of_state
-from medprobe.extractor.models.image_encoder import (
+from medprobe.adapters.adapter import Capability
+from medprobe.adapters.models.base import sha256_of_state
+from medprobe.adapters.models.image_encoder import (
     BlockEncoderAdapter,
     BlockLayout,
     TransformPreprocessor,
     describe_transform,
 )
-from medprobe.extractor.models.timm_encoder import timm_blocks, timm_layout
-from medprobe.extractor.weights import (
+from medprobe.adapters.models.timm_encoder import timm_blocks, timm_layout
+from medprobe.adapters.weights import (
     PICKLE_HINT,
     hub_file,
     hub_weights,
@@ -39,6 +39,7 @@ from medprobe.extractor.weights import (
     local_weights,
     weights_revision,
 )
+from medprobe.errors import InvalidInputError, ModelError, ModelNotFoundError
 
 ADAPTER = "open_clip"
 SPEC_PREFIX = "open_clip:"
@@ -104,6 +105,8 @@ def embedding_width(visual: nn.Module) -> int:
 
 class OpenClipAdapter(BlockEncoderAdapter):
     """An open_clip model's image tower per block, ``encode_image`` as the last layer; text tower kept."""
+
+    capabilities = frozenset({Capability.pooled_features, Capability.text_embeddings})
 
     def __init__(
         self, model: nn.Module, preprocess: Any, tokenizer: Any, *, model_id: str, revision: str, arch: str

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from medprobe.adapters.adapter import Adapter, ModelIdentity, Preprocessor
+from medprobe.adapters.models.base import sha256_of_files
+from medprobe.adapters.models.vision_tower import to_rgb
 from medprobe.errors import InvalidInputError
-from medprobe.extractor.adapter import Adapter, ModelIdentity, Preprocessor
-from medprobe.extractor.models.base import sha256_of_files
-from medprobe.extractor.models.vision_tower import to_rgb
 from medprobe.featurestore import config_json
 
 MODEL_NAME = "efficientnet-lite0"
@@ -148,7 +148,7 @@ def build(device: str = "cpu", dtype: str = "fp32") -> EfficientNetLiteAdapter:
     """Entry point of the ``medprobe.models`` plugin ``efficientnet-lite0``."""
     from pathlib import Path
 
-    from medprobe.extractor.loading import torch_dtype
+    from medprobe.adapters.loading import torch_dtype
 
     revision = "sha256:" + sha256_of_files([Path(weights_path())])
     return EfficientNetLiteAdapter(load_model(), revision=revision, device=device, dtype=torch_dtype(dtype))

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from medprobe.adapters.models.base import sha256_of_files
 from medprobe.errors import ModelError, ModelNotFoundError
-from medprobe.extractor.models.base import sha256_of_files
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pth.tar")
 PICKLE_HINT = (

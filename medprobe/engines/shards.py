@@ -22,7 +22,7 @@ from medprobe.extractor.pipeline import ExtractOptions, Stopped, check_dataset, 
 from medprobe.extractor.plan import plan_images, shard_of
 
 if TYPE_CHECKING:
-    from medprobe.extractor.adapter import Adapter
+    from medprobe.adapters.adapter import Adapter
     from medprobe.featurestore import FeatureStore
 
 FAULT_ENV = "MEDPROBE_FAULT_ONCE"  # tests: a marker path; a shard's first commit kills its process once

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from medprobe.extractor.adapter import Adapter
+from medprobe.adapters.adapter import Adapter
 
 # backend -> (spec forms, example specs of the field's models, what layers are)
 BACKENDS: dict[str, tuple[str, str, str]] = {
@@ -42,15 +42,16 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
 
 def supported(random_specs: list[str]) -> list[dict[str, Any]]:
     """One row per backend, transformers model type, plugin and random spec (``random_specs``): what loads."""
-    from medprobe.extractor.loading import plugin_names, supported_model_types
-    from medprobe.extractor.models import FAMILIES
+    from medprobe.adapters.loading import plugin_names, supported_model_types
+    from medprobe.adapters.models import families
 
     rows: list[dict[str, Any]] = [
         {"backend": name, "kind": "backend", "name": name, "spec": forms, "examples": examples, "layers": layers}
         for name, (forms, examples, layers) in BACKENDS.items()
     ]
+    registered = families()
     for model_type in supported_model_types():
-        adapter = FAMILIES[model_type].adapter.rsplit(":", 1)[-1]
+        adapter = registered[model_type].adapter.__name__
         rows.append(
             {
                 "backend": "transformers",

@@ -1,4 +1,4 @@
-"""``load_adapter(spec)``: a model spec -> a ready :class:`~medprobe.extractor.adapter.Adapter`.
+"""``load_adapter(spec)``: a model spec -> a ready :class:`~medprobe.adapters.adapter.Adapter`.
 
 A spec is one of:
 
@@ -11,9 +11,9 @@ A spec is one of:
   ``open_clip_config.json`` -> open_clip; a ``config.json`` naming an ``architecture`` -> timm; a
   ``config.json`` naming a ``model_type`` -> transformers;
 * a Hugging Face model id, loaded with the ``Auto*`` classes and dispatched on ``AutoConfig``'s
-  ``model_type`` (see ``medprobe.extractor.models.FAMILIES``).
+  ``model_type`` (see ``medprobe.adapters.models.registry``).
 
-Weights load from safetensors; a pickle checkpoint only with ``allow_pickle`` (``medprobe.extractor.weights``);
+Weights load from safetensors; a pickle checkpoint only with ``allow_pickle`` (``medprobe.adapters.weights``);
 a repository's own code runs only with ``trust_remote_code``.
 """
 
@@ -22,17 +22,18 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from medprobe.adapters.adapter import Adapter
+from medprobe.adapters.models import Family, families, generic
+from medprobe.adapters.models.base import model_revision
+from medprobe.adapters.weights import PICKLE_HINT, local_weights
 from medprobe.errors import InvalidInputError, ModelError, ModelNotFoundError
-from medprobe.extractor.adapter import Adapter
-from medprobe.extractor.models import FAMILIES, GENERIC, VISION_ADAPTER, Family, resolve
-from medprobe.extractor.models.base import model_revision
-from medprobe.extractor.weights import PICKLE_HINT, local_weights
 from medprobe.schemas.vocab import QUANTIZATIONS
 
 # what transformers' from_pretrained looks for, safetensors first (shards: any *.safetensors, then any pickle)
@@ -68,11 +69,29 @@ def plugin_names() -> list[str]:
 
 def supported_model_types() -> list[str]:
     """Hugging Face ``model_type`` values with a dedicated adapter."""
-    return sorted(FAMILIES)
+    return sorted(families())
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model spec parsed once: what was given and which loader serves it."""
+
+    text: str  # as the user wrote it (the feature sets' model_id)
+    backend: str  # family | plugin | timm | open_clip | transformers
+
+    @property
+    def repo(self) -> str:
+        """What the loader opens: the hub repo of ``hf-hub:<org>/<name>``, else the spec itself."""
+        return _hub_repo(self.text)
+
+
+def parse_model_spec(spec: str | ModelSpec) -> ModelSpec:
+    """``spec`` with its backend decided (a local directory or ``hf-hub:`` repo by the config file it holds)."""
+    return spec if isinstance(spec, ModelSpec) else ModelSpec(spec, model_backend(spec))
 
 
 def load_adapter(
-    model_spec: str,
+    model_spec: str | ModelSpec,
     *,
     device: str = "cpu",
     dtype: str = "fp32",
@@ -90,21 +109,22 @@ def load_adapter(
     torch_dtype(dtype)  # validate early
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise InvalidInputError(f"unknown quantization {quantization!r}; choose from {', '.join(QUANTIZATIONS)}")
-    backend = model_backend(model_spec)
+    spec = parse_model_spec(model_spec)
+    backend, text = spec.backend, spec.text
     if backend != "transformers" and (quantization or device_map):
-        raise InvalidInputError(f"quantization and device_map apply to Hugging Face checkpoints, not to {model_spec!r}")
+        raise InvalidInputError(f"quantization and device_map apply to Hugging Face checkpoints, not to {text!r}")
     if backend == "family":
-        families = {ep.name: ep for ep in entry_points(group=FAMILY_GROUP)}
-        load_family: Callable[..., Adapter] = families[model_spec.split("/", 1)[0]].load()
-        return load_family(model_spec, device=device, dtype=dtype)
+        loaders = {ep.name: ep for ep in entry_points(group=FAMILY_GROUP)}
+        load_family: Callable[..., Adapter] = loaders[text.split("/", 1)[0]].load()
+        return load_family(text, device=device, dtype=dtype)
     if backend == "plugin":
         plugins = {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
-        build: Callable[..., Adapter] = plugins[model_spec].load()
+        build: Callable[..., Adapter] = plugins[text].load()
         return build(device=device, dtype=dtype)
     if backend in ("timm", "open_clip"):
-        return _load_encoder(backend, model_spec, device=device, dtype=torch_dtype(dtype), allow_pickle=allow_pickle)
+        return _load_encoder(backend, text, device=device, dtype=torch_dtype(dtype), allow_pickle=allow_pickle)
     return _load_hf(
-        _hub_repo(model_spec),
+        spec.repo,
         device=device,
         dtype=dtype,
         trust_remote_code=trust_remote_code,
@@ -123,7 +143,7 @@ def model_backend(spec: str) -> str:
 
     A local directory and an ``hf-hub:`` repo are told apart by the config file they hold (see the module doc).
     """
-    from medprobe.extractor.models import open_clip_encoder, timm_encoder
+    from medprobe.adapters.models import open_clip_encoder, timm_encoder
 
     if "/" in spec and spec.split("/", 1)[0] in {ep.name for ep in entry_points(group=FAMILY_GROUP)}:
         return "family"
@@ -166,7 +186,7 @@ def _hub_repo(spec: str) -> str:
 
 
 def _load_encoder(backend: str, spec: str, *, device: str, dtype: torch.dtype, allow_pickle: bool) -> Adapter:
-    from medprobe.extractor.models import open_clip_encoder, timm_encoder
+    from medprobe.adapters.models import open_clip_encoder, timm_encoder
 
     if spec.startswith(timm_encoder.SPEC_PREFIX):
         return timm_encoder.load_timm_name(spec, device=device, dtype=dtype, allow_pickle=allow_pickle)
@@ -189,22 +209,19 @@ def adapter_from_model(
 ) -> Adapter:
     """Wrap an already-built Hugging Face model and its processor in the adapter of its ``model_type``."""
     family = _family(model.config, model_id)
-    adapter_cls = resolve(family.adapter)
-    revision = revision or model_revision(model, source)
-    if family.adapter == VISION_ADAPTER:
-        return adapter_cls(model, processor, family=family.name, model_id=model_id, revision=revision)
-    return adapter_cls(model, processor, model_id=model_id, revision=revision)
+    return family.wrap(model, processor, model_id=model_id, revision=revision or model_revision(model, source))
 
 
 # ----------------------------------------------------------------------------- Hugging Face checkpoints
 def _family(config: Any, spec: str) -> Family:
     model_type = getattr(config, "model_type", None)
-    if model_type in FAMILIES:
-        return FAMILIES[model_type]
+    registered = families()
+    if model_type in registered:
+        return registered[model_type]
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-        return GENERIC
+        return generic()
     raise ModelError(
         f"model {spec!r} has architecture {model_type!r}, which medprobe cannot extract from; supported: "
         f"{', '.join(supported_model_types())}, any other image-text-to-text model with a decoder stack, "
@@ -260,8 +277,7 @@ def _load_processor(family: Family, spec: str, trust_remote_code: bool) -> Any:
         return AutoImageProcessor.from_pretrained(spec)
     if family.processor == "auto":
         return AutoProcessor.from_pretrained(spec, trust_remote_code=trust_remote_code)
-    processor_cls: Any = resolve(family.processor)
-    return processor_cls.from_pretrained(spec)
+    return family.processor.from_pretrained(spec)
 
 
 def _load_hf(

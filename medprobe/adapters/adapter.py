@@ -14,7 +14,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -56,15 +57,34 @@ class ModelIdentity:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
+class Capability(StrEnum):
+    """What a loaded model can do; workflows ask for a capability, never for a family's name."""
+
+    pooled_features = "pooled_features"  # per-layer pooled hidden states of images (extract, search)
+    text_embeddings = "text_embeddings"  # a text tower in the image embedding space (zeroshot)
+    option_scoring = "option_scoring"  # answers in text: option log-likelihoods, letters, generations (vqa)
+
+
 class Adapter(ABC):
     """One loaded model, ready to extract pooled per-layer activations."""
 
+    #: what this model can do (:class:`Capability`)
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.pooled_features})
+    #: with ``option_scoring``: whether option scoring may run the prompt (with its image) once and score every
+    #: option from its key-value cache (no for families whose text must see the image at every step)
+    reuses_prompt_cache: ClassVar[bool] = False
+    #: with ``option_scoring``: the token type of answer text after the prompt (PaliGemma marks its suffix 1)
+    answer_token_type: ClassVar[int] = 0
     identity: ModelIdentity
     device: torch.device
     preprocessor: Preprocessor
     #: ``--batch-size auto``'s start on a CPU (None: the pipeline's default). Convolutional nets run fastest on
     #: CPUs at small batches, whose activations stay in cache.
     cpu_batch_size: int | None = None
+
+    def supports(self, capability: Capability) -> bool:
+        """Whether this model can do ``capability``."""
+        return capability in self.capabilities
 
     def preprocess(self, images: Sequence[Image.Image], prompt: str | None) -> dict[str, torch.Tensor]:
         """Turn a batch of decoded RGB images (and the prompt) into CPU tensors.

@@ -15,11 +15,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from medprobe.adapters.adapter import Adapter, ModelIdentity, Preprocessor
+from medprobe.adapters.device_decode import DevicePreprocess, hf_device_preprocess
+from medprobe.adapters.models.base import compute_dtype, move_batch
+from medprobe.adapters.models.capture import PooledCapture
+from medprobe.adapters.models.registry import register_family
 from medprobe.errors import InvalidInputError
-from medprobe.extractor.adapter import Adapter, ModelIdentity, Preprocessor
-from medprobe.extractor.device_decode import DevicePreprocess, hf_device_preprocess
-from medprobe.extractor.models.base import compute_dtype, move_batch
-from medprobe.extractor.models.capture import PooledCapture
 from medprobe.featurestore import config_json
 
 LAYER_SEMANTICS = (
@@ -131,3 +132,16 @@ class VisionTowerAdapter(Adapter):
         inputs = move_batch({"pixel_values": batch["pixel_values"]}, self.device, self.dtype)
         with torch.no_grad():
             return self.model(**inputs, output_hidden_states=True).hidden_states
+
+
+# the vision towers: one adapter, told which family it wraps (their feature-set ids name the family)
+for _types, _name, _model_class in (
+    (("clip", "clip_vision_model"), "clip", "CLIPVisionModel"),
+    (("siglip", "siglip_vision_model"), "siglip", "SiglipVisionModel"),
+    (("vit",), "vit", "ViTModel"),  # Phikon
+    (("dinov2",), "dinov2", "Dinov2Model"),  # RAD-DINO, DINOv2
+    (("dinov2_with_registers",), "dinov2-registers", "Dinov2WithRegistersModel"),
+):
+    register_family(*_types, name=_name, model_class=_model_class, processor="image", names_family=True)(
+        VisionTowerAdapter
+    )

@@ -13,7 +13,8 @@ from typing import Any
 
 from PIL import Image
 
-from medprobe.extractor.models.decoder import LAYER_SEMANTICS, DecoderVLMAdapter, VLMPreprocessor
+from medprobe.adapters.models.decoder import LAYER_SEMANTICS, DecoderVLMAdapter, VLMPreprocessor
+from medprobe.adapters.models.registry import register_family
 
 
 class IdeficsPreprocessor(VLMPreprocessor):
@@ -28,8 +29,10 @@ class IdeficsPreprocessor(VLMPreprocessor):
         return self.processor(text=samples, return_tensors="pt", padding="longest")
 
 
+@register_family("idefics", name="idefics", model_class="IdeficsForVisionText2Text")
 class IdeficsAdapter(DecoderVLMAdapter):
     family = "idefics"
+    reuses_prompt_cache = False  # the image attention must cover every answer token
     preprocessor_class = IdeficsPreprocessor
     layer_semantics = (
         LAYER_SEMANTICS.replace("image_mean = mean over image-token positions", "image_mean = the <image> token")

@@ -25,12 +25,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from medprobe.adapters.adapter import Adapter, ModelIdentity, Preprocessor
+from medprobe.adapters.device_decode import DevicePreprocess, compose_device_preprocess
+from medprobe.adapters.models.base import compute_dtype
+from medprobe.adapters.models.capture import PooledCapture
+from medprobe.adapters.models.vision_tower import to_rgb
 from medprobe.errors import InvalidInputError
-from medprobe.extractor.adapter import Adapter, ModelIdentity, Preprocessor
-from medprobe.extractor.device_decode import DevicePreprocess, compose_device_preprocess
-from medprobe.extractor.models.base import compute_dtype
-from medprobe.extractor.models.capture import PooledCapture
-from medprobe.extractor.models.vision_tower import to_rgb
 from medprobe.featurestore import config_json
 
 TOKEN_POOLINGS = ("cls", "image_mean", "mean")

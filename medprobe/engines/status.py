@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from medprobe.extractor.jobs import JobQueue
+from medprobe.engines.jobs import JobQueue
 from medprobe.featurestore import effective_status
 
 if TYPE_CHECKING:

@@ -6,7 +6,8 @@ The processor wants one list of images per sample; image-token positions are the
 
 from __future__ import annotations
 
-from medprobe.extractor.models.decoder import DecoderVLMAdapter, VLMPreprocessor
+from medprobe.adapters.models.decoder import DecoderVLMAdapter, VLMPreprocessor
+from medprobe.adapters.models.registry import register_family
 
 
 class Gemma3Preprocessor(VLMPreprocessor):
@@ -19,6 +20,7 @@ class Gemma3Preprocessor(VLMPreprocessor):
         return f"<start_of_turn>user\n{boi}{prompt}<end_of_turn>\n<start_of_turn>model\n"
 
 
+@register_family("gemma3", name="gemma3")  # MedGemma
 class Gemma3Adapter(DecoderVLMAdapter):
     family = "gemma3"
     preprocessor_class = Gemma3Preprocessor

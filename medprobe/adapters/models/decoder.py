@@ -18,19 +18,19 @@ from PIL import Image
 from torch import nn
 from transformers import PreTrainedModel
 
-from medprobe.errors import InvalidInputError
-from medprobe.extractor.adapter import Adapter, ModelIdentity, Preprocessor
-from medprobe.extractor.models.base import (
+from medprobe.adapters.adapter import Adapter, Capability, ModelIdentity, Preprocessor
+from medprobe.adapters.models.base import (
     compute_dtype,
     find_layer_list,
     input_device,
     move_batch,
     text_config,
 )
-from medprobe.extractor.models.capture import PooledCapture
-from medprobe.extractor.models.pooling import TokenMasks, pool_tokens
-from medprobe.extractor.models.vision_tower import to_rgb
-from medprobe.extractor.prompts import apply_chat_template
+from medprobe.adapters.models.capture import PooledCapture
+from medprobe.adapters.models.pooling import TokenMasks, pool_tokens
+from medprobe.adapters.models.vision_tower import to_rgb
+from medprobe.adapters.prompts import apply_chat_template
+from medprobe.errors import InvalidInputError
 from medprobe.featurestore import config_json
 
 LAYER_SEMANTICS = (
@@ -103,6 +103,8 @@ class DecoderVLMAdapter(Adapter):
     family: ClassVar[str] = "image-text-to-text"
     preprocessor_class: ClassVar[type[VLMPreprocessor]] = VLMPreprocessor
     layer_semantics: ClassVar[str] = LAYER_SEMANTICS
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.pooled_features, Capability.option_scoring})
+    reuses_prompt_cache: ClassVar[bool] = True  # except Idefics (v1) and Mllama (cross-attention to the image)
 
     def __init__(self, model: PreTrainedModel, processor: Any, *, model_id: str, revision: str):
         self.model = model.eval()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from medprobe.extractor.models.decoder import DecoderVLMAdapter, VLMPreprocessor
+from medprobe.adapters.models.decoder import DecoderVLMAdapter, VLMPreprocessor
+from medprobe.adapters.models.registry import register_family
 
 
 class LlavaPreprocessor(VLMPreprocessor):
@@ -12,6 +13,7 @@ class LlavaPreprocessor(VLMPreprocessor):
         return f"USER: {self.image_token}\n{prompt} ASSISTANT:"
 
 
+@register_family("llava", name="llava")
 class LlavaAdapter(DecoderVLMAdapter):
     family = "llava"
     preprocessor_class = LlavaPreprocessor

@@ -11,7 +11,8 @@ from typing import Any
 from transformers import ProcessorMixin
 from transformers.models.smolvlm.processing_smolvlm import SmolVLMProcessor
 
-from medprobe.extractor.models.decoder import DecoderVLMAdapter, VLMPreprocessor
+from medprobe.adapters.models.decoder import DecoderVLMAdapter, VLMPreprocessor
+from medprobe.adapters.models.registry import register_family
 
 
 class Idefics2Preprocessor(VLMPreprocessor):
@@ -23,11 +24,13 @@ class Idefics2Preprocessor(VLMPreprocessor):
         return f"User:{self.image_token}{prompt}<end_of_utterance>\nAssistant:"
 
 
+@register_family("idefics2", name="idefics2")
 class Idefics2Adapter(DecoderVLMAdapter):
     family = "idefics2"
     preprocessor_class = Idefics2Preprocessor
 
 
+@register_family("idefics3", name="idefics3")
 class Idefics3Adapter(DecoderVLMAdapter):
     family = "idefics3"
     preprocessor_class = Idefics2Preprocessor
@@ -60,6 +63,7 @@ class SmolVLMImageOnlyProcessor(SmolVLMProcessor):
         return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
 
 
+@register_family("smolvlm", name="smolvlm", processor=SmolVLMImageOnlyProcessor)
 class SmolVLMAdapter(DecoderVLMAdapter):
     family = "smolvlm"
     preprocessor_class = Idefics2Preprocessor
