@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from medprobe.engines.jobs import Claim, ClaimLost, Heartbeat, JobQueue
+from medprobe.engines.shards import ShardRunner
 from medprobe.errors import MedprobeError
 from medprobe.extractor.pipeline import (
     Stopped,
@@ -53,6 +54,7 @@ def run_worker(
     """
     check_writable(store)
     queue = JobQueue(store, stale_s=stale_s)
+    runner = ShardRunner()  # this worker's model stays loaded across the shards it claims
     stats = WorkerStats(worker_id=f"{socket.gethostname()}-{os.getpid()}-{new_id()[-12:]}")
     while not stop.is_set():
         claim = queue.claim_next(stats.worker_id)
@@ -63,7 +65,7 @@ def run_worker(
             continue
         echo(f"worker {stats.worker_id}: job {claim.job.job_id} shard {claim.shard + 1}/{claim.job.n_shards}")
         try:
-            summary = _run_shard(store, claim, stop=stop, heartbeat_s=heartbeat_s, show=show_progress)
+            summary = _run_shard(store, claim, runner, stop=stop, heartbeat_s=heartbeat_s, show=show_progress)
         except Stopped as s:
             claim.release()
             stats.stopped = True
@@ -87,10 +89,9 @@ def run_worker(
 
 
 def _run_shard(
-    store: FeatureStore, claim: Claim, *, stop: threading.Event, heartbeat_s: float, show: bool
+    store: FeatureStore, claim: Claim, runner: ShardRunner, *, stop: threading.Event, heartbeat_s: float, show: bool
 ) -> dict[str, Any]:
-    """The claimed shard through the engines' shard function, with the claim's heartbeat and ownership checks."""
-    from medprobe.engines.shards import extract_shard
+    """The claimed shard through the engines' shard runner, with the claim's heartbeat and ownership checks."""
 
     started = time.monotonic()
     committed = 0
@@ -111,8 +112,8 @@ def _run_shard(
                 raise hb.error
             claim.check_owner()
 
-        return extract_shard(
-            store.url, claim.job.options.model_dump(), claim.shard, claim.job.n_shards, engine="worker", store=store,
+        return runner.run(
+            store, claim.job.options, claim.shard, claim.job.n_shards, "worker",
             stop=stop, on_commit=on_commit, before_commit=before_commit, on_start=on_start, show_progress=show,
             run_params={"job_id": claim.job.job_id},
         )  # fmt: skip

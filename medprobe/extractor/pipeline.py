@@ -407,6 +407,54 @@ def run_extraction(
     return summary
 
 
+def extract_shard(
+    store: FeatureStore,
+    options: ExtractOptions,
+    *,
+    adapter: Adapter | None = None,
+    shard: tuple[int, int] = (0, 1),
+    engine: str = "local",
+    stop: threading.Event | None = None,
+    show_progress: bool = True,
+    on_start: Callable[[str, Plan], None] | None = None,
+    on_commit: Callable[[int], None] | None = None,
+    before_commit: Callable[[], None] | None = None,
+    run_params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The shard function every engine runs (this process, Ray actors, SLURM tasks, queue workers): extract what
+    shard ``shard = (i, n)`` of the selection still misses (the whole selection with the default ``(0, 1)``),
+    recorded as one ``runs`` row; returns the summary with its ``run_id``. Idempotent: a second run finds the rows
+    committed. ``on_start(run_id, plan)`` is called once planned; ``on_commit`` after each commit and
+    ``before_commit`` before it (a queue worker keeps its claim alive with them)."""
+    from medprobe.featurestore import start_run
+
+    check_writable(store)
+    check_dataset(store, options.dataset)
+    adapter = adapter or load_model(options)
+    request = resolve_request(adapter, options)
+    for row in request.feature_sets.values():
+        store.register_feature_set(row)
+    plan = plan_images(store, options.dataset, list(request.feature_set_ids.values()), request.layers,
+                       splits=options.split, shard=None if shard == (0, 1) else shard, limit=options.limit)  # fmt: skip
+    placed = {} if shard == (0, 1) and engine == "local" else {"engine": engine, "shard": shard[0],
+                                                                  "n_shards": shard[1], "host_pid": os.getpid()}
+    params = {**options.model_dump(), **placed, "resolved_layers": request.layers,
+              "feature_sets": request.feature_set_ids, **(run_params or {})}  # fmt: skip
+    with start_run(store, "extract", params) as run:
+        if on_start is not None:
+            on_start(run.run_id, plan)
+        try:
+            run.summary.update(run_extraction(
+                store, adapter, request, options, run_id=run.run_id, shard=None if shard == (0, 1) else shard,
+                stop=stop, show_progress=show_progress, on_commit=on_commit, before_commit=before_commit, plan=plan,
+            ))  # fmt: skip
+        except Stopped as s:
+            run.summary.update(s.args[0])
+            raise
+        run.summary["run_id"] = run.run_id
+    return run.summary
+
+
 def extract(
     store: FeatureStore,
     options: ExtractOptions,
@@ -415,23 +463,5 @@ def extract(
     show_progress: bool = True,
     adapter: Adapter | None = None,
 ) -> dict[str, Any]:
-    """Check the store and dataset, load the model, and run one recorded extraction (a ``runs`` row)."""
-    from medprobe.featurestore import start_run
-
-    check_writable(store)
-    check_dataset(store, options.dataset)
-    adapter = adapter or load_model(options)
-    request = resolve_request(adapter, options)
-    params = {**options.model_dump(), "resolved_layers": request.layers, "feature_sets": request.feature_set_ids}
-    with start_run(store, "extract", params) as run:
-        try:
-            run.summary.update(
-                run_extraction(
-                    store, adapter, request, options, run_id=run.run_id, stop=stop, show_progress=show_progress
-                )
-            )
-        except Stopped as s:
-            run.summary.update(s.args[0])
-            raise
-        run.summary["run_id"] = run.run_id
-    return run.summary
+    """One whole extraction in this process (the shard function with the single shard); returns the summary."""
+    return extract_shard(store, options, adapter=adapter, stop=stop, show_progress=show_progress)

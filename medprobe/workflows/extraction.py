@@ -117,30 +117,25 @@ def _default_log_dir(store_url: str) -> str:
 def _on_engine(st: FeatureStore, opts: ExtractOptions, eng: EngineArgs, engine: Engine,
                show_progress: bool) -> dict[str, Any]:  # fmt: skip
     """ray / slurm: the pending shards on the engine, with a progress bar fed by finished shards."""
-    from medprobe.engines import shards as engines
+    from medprobe.engines.distributors import Distributor, Ray, Slurm, distribute
     from medprobe.featurestore import start_run
     from medprobe.progress import progress_bar
 
     st.check_writable()
+    distributor: Distributor
+    if engine is Engine.ray:
+        distributor = Ray(address=eng.address, workers=eng.workers or 1, gpus_per_worker=eng.gpus_per_worker,
+                          cpus_per_worker=eng.cpus_per_worker)  # fmt: skip
+    else:
+        distributor = Slurm(
+            log_dir=eng.log_dir or _default_log_dir(st.url), partition=eng.partition, gpus_per_task=eng.gpus_per_task,
+            array_parallelism=eng.array_parallelism, timeout_min=eng.timeout_min,
+            cluster=choice(SlurmCluster, eng.slurm_cluster, "--slurm-cluster").value,
+        )  # fmt: skip
     params = {**opts.model_dump(), "engine": engine.value, "shards": eng.shards}
     with start_run(st, "extract", params) as run, progress_bar("shards", disable=not show_progress) as bar:
         task = bar.add_task(f"extract {opts.dataset} on {engine.value}", total=None)
-
-        def on_shard(result: dict) -> None:
-            bar.advance(task, 1)
-
-        if engine is Engine.ray:
-            summary = engines.run_ray(
-                st, opts, n_shards=eng.shards, address=eng.address, workers=eng.workers or 1,
-                gpus_per_worker=eng.gpus_per_worker, cpus_per_worker=eng.cpus_per_worker, on_shard=on_shard,
-            )  # fmt: skip
-        else:
-            summary = engines.run_slurm(
-                st, opts, n_shards=eng.shards, log_dir=eng.log_dir or _default_log_dir(st.url),
-                partition=eng.partition, gpus_per_task=eng.gpus_per_task, array_parallelism=eng.array_parallelism,
-                timeout_min=eng.timeout_min, cluster=choice(SlurmCluster, eng.slurm_cluster, "--slurm-cluster").value,
-                on_shard=on_shard,
-            )  # fmt: skip
+        summary = distribute(st, opts, distributor, n_shards=eng.shards, on_shard=lambda _: bar.advance(task, 1))
         run.summary.update(summary)
     return {"run_id": run.run_id, **summary}
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medprobe.engines import shards as engines
-from medprobe.errors import InvalidInputError
+from medprobe.engines.distributors import InProcess, Ray, Slurm, distribute
+from medprobe.errors import InvalidInputError, MedprobeError
 from medprobe.extractor.pipeline import ExtractOptions, extract
 from medprobe.featurestore import FeatureStore
 from tests.helpers.datasets import make_dataset
+from tests.helpers.faults import DieOnceAfterCommit
 
 MODEL = "tiny-random/clip"
 
@@ -78,17 +79,19 @@ def test_ray_engine_equals_local_survives_a_killed_actor_and_reruns_nothing(tmp_
     ray = pytest.importorskip("ray")
     store = _store(tmp_path, "ray")
     marker = tmp_path / "fault-marker"
+    root = str(Path(__file__).resolve().parents[2])  # the actors import the fault hook from tests.helpers
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024, log_to_driver=False,
-             runtime_env={"env_vars": {engines.FAULT_ENV: str(marker), "OMP_NUM_THREADS": "1"}})  # fmt: skip
+             runtime_env={"env_vars": {"PYTHONPATH": root, "OMP_NUM_THREADS": "1"}})  # fmt: skip
     try:
         with pytest.raises(InvalidInputError, match="the Ray cluster has 0 GPUs"):
-            engines.run_ray(store, _options(), n_shards=4, gpus_per_worker=1)
-        summary = engines.run_ray(store, _options(), n_shards=4, workers=2, max_retries=2)
+            distribute(store, _options(), Ray(gpus_per_worker=1), n_shards=4)
+        pool = Ray(workers=2, max_retries=2, fault=DieOnceAfterCommit(str(marker)))
+        summary = distribute(store, _options(), pool, n_shards=4)
         assert marker.exists()  # an actor died after its first commit and its shard was retried
         assert summary["shards_pending"] == 4 and summary["images_committed"] == 20 - 3
         assert _raw_duplicates(store) == 0
         _same(_rows(store), local_rows)
-        again = engines.run_ray(store, _options(), n_shards=4, workers=2)
+        again = distribute(store, _options(), Ray(workers=2), n_shards=4)
         assert again["shards_pending"] == 0 and again["images_committed"] == 0
     finally:
         ray.shutdown()
@@ -97,22 +100,50 @@ def test_ray_engine_equals_local_survives_a_killed_actor_and_reruns_nothing(tmp_
 def test_slurm_engine_with_submitits_local_executor(tmp_path, local_rows, deadline) -> None:
     pytest.importorskip("submitit")
     store = _store(tmp_path, "slurm")
-    if engines.shutil.which("sbatch") is None:
+    import shutil
+
+    logs = str(tmp_path / "logs")
+    if shutil.which("sbatch") is None:
         with pytest.raises(InvalidInputError, match="needs SLURM's sbatch"):
-            engines.run_slurm(store, _options(), n_shards=3, log_dir=str(tmp_path / "logs"))
-    summary = engines.run_slurm(store, _options(), n_shards=3, log_dir=str(tmp_path / "logs"), cluster="local")
+            distribute(store, _options(), Slurm(log_dir=logs), n_shards=3)
+    summary = distribute(store, _options(), Slurm(log_dir=logs, cluster="local"), n_shards=3)
     assert summary["shards_pending"] == 3 and summary["images_committed"] == 20
     _same(_rows(store), local_rows)
     assert any((tmp_path / "logs").iterdir())  # submitit's logs beside the run
-    again = engines.run_slurm(store, _options(), n_shards=3, log_dir=str(tmp_path / "logs"), cluster="local")
+    again = distribute(store, _options(), Slurm(log_dir=logs, cluster="local"), n_shards=3)
     assert again["shards_pending"] == 0
+
+
+def test_in_process_shards_equal_the_local_engine_and_a_fault_hook_stops_one(tmp_path, local_rows) -> None:
+    store = _store(tmp_path, "inprocess")
+    runner_fault = InProcess(store=store)
+    runner_fault.runner.fault = _RaiseOnce()
+    with pytest.raises(MedprobeError, match="injected fault"):  # the writer names what stopped it
+        distribute(store, _options(), runner_fault, n_shards=3)
+    summary = distribute(store, _options(), InProcess(store=store), n_shards=3)  # reruns only what is missing
+    assert summary["engine"] == "local" and 0 < summary["shards_pending"] <= 3
+    assert summary["images_committed"] < 20 and _raw_duplicates(store) == 0
+    _same(_rows(store), local_rows)
+    assert distribute(store, _options(), InProcess(store=store), n_shards=3)["shards_pending"] == 0
+
+
+class _RaiseOnce:
+    """A fault hook: the first commit of this process raises (the shard stops with what it committed)."""
+
+    def __init__(self) -> None:
+        self.fired = False
+
+    def __call__(self, n: int) -> None:
+        if not self.fired:
+            self.fired = True
+            raise RuntimeError("injected fault after the first commit")
 
 
 def test_engines_need_a_shared_store(tmp_path: Path) -> None:
     store = FeatureStore.open("memory://engines-shared", create=True)
     make_dataset(store, "toy", tmp_path / "img", 4)
     with pytest.raises(InvalidInputError, match="not an in-memory store"):
-        engines.run_slurm(store, _options(), n_shards=2, log_dir=str(tmp_path), cluster="local")
+        distribute(store, _options(), Slurm(log_dir=str(tmp_path), cluster="local"), n_shards=2)
 
 
 def test_extract_cli_on_the_slurm_engine_and_status(tmp_path: Path, capsys, deadline) -> None:
@@ -142,10 +173,10 @@ def test_an_unreachable_ray_address_fails_fast(tmp_path: Path) -> None:
     store = _store(tmp_path, "unreachable")
     start = time.monotonic()
     with pytest.raises(InvalidInputError, match="no Ray cluster answers there"):
-        engines.run_ray(store, _options(), n_shards=2, address="127.0.0.1:1")
+        distribute(store, _options(), Ray(address="127.0.0.1:1"), n_shards=2)
     assert time.monotonic() - start < 15
     with pytest.raises(InvalidInputError, match="give local, auto or HOST:PORT"):
-        engines.run_ray(store, _options(), n_shards=2, address="nonsense")
+        distribute(store, _options(), Ray(address="nonsense"), n_shards=2)
 
 
 def test_missing_engine_packages_say_what_to_install(tmp_path: Path, monkeypatch) -> None:
@@ -155,6 +186,6 @@ def test_missing_engine_packages_say_what_to_install(tmp_path: Path, monkeypatch
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     monkeypatch.setitem(sys.modules, "submitit", None)
     with pytest.raises(InvalidInputError, match=r"pip install 'medprobe\[ray\]'"):
-        engines.run_ray(store, _options(), n_shards=2)
+        distribute(store, _options(), Ray(), n_shards=2)
     with pytest.raises(InvalidInputError, match=r"pip install 'medprobe\[slurm\]'"):
-        engines.run_slurm(store, _options(), n_shards=2, log_dir=str(tmp_path))
+        distribute(store, _options(), Slurm(log_dir=str(tmp_path)), n_shards=2)
