@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,6 +33,7 @@ from medprobe.imaging import (
 )
 from medprobe.ingestion.records import SourceRecord
 from medprobe.progress import progress_bar
+from medprobe.schemas import ImageRow
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
@@ -121,6 +123,8 @@ def probe_record(
             except ValueError as e:
                 return Probe(reason="corrupt", error=str(e))
             copy = True
+        elif record.data is not None:
+            data, copy = record.data, True  # embedded bytes: the store keeps them
         else:
             data = read_file_bytes(record.uri or "")
         digest = sha256_hex(data)
@@ -140,9 +144,36 @@ def probe_record(
         copied = sink.put(digest, info.format, data)
         if copied is not None:
             uri, in_store = copied, True
-        elif record.pixels is not None:
+        elif record.pixels is not None or record.data is not None:
             uri, in_store = "store:" + blob_path(digest, info.format), True
     return Probe(image_hash=digest, n_bytes=len(data), info=info, uri=uri, in_store=in_store)
+
+
+def add_images(
+    store: FeatureStore, records: Sequence[SourceRecord], *, known: set[str], copy: bool = False,
+    verify: Verify | str = Verify.structure, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
+    show_progress: bool = False,
+) -> list[Probe]:
+    """The one way images enter the store (collections and VQA items alike): every record read, hashed (sha256)
+    and checked on a thread pool, its bytes copied into the store's blobs when asked (always for arrays and
+    embedded bytes, once per hash: ``known`` holds the hashes the store already has). Returns one probe per record,
+    in order; a failure is a probe with a reason, never an exception. The caller writes the rows
+    (:func:`image_row`) with its own transaction."""
+    sink = BlobSink(store, known)
+    work = partial(probe_record, verify=verify, max_pixels=max_pixels, copy=copy, sink=sink)
+    return list(parallel_map(work, records, workers=workers, show_progress=show_progress))
+
+
+def image_row(probe: Probe, record: SourceRecord) -> ImageRow:
+    """The ``images`` row of a record that probed ok."""
+    info = probe.info
+    if probe.image_hash is None or info is None:
+        raise ValueError(f"{record.source_path}: only an image that was read can become an images row")
+    return ImageRow(
+        image_hash=probe.image_hash, uri=probe.uri or record.uri or record.source_path, in_store=probe.in_store,
+        width=info.width, height=info.height, mode=info.mode, bit_depth=info.bit_depth, format=info.format,
+        n_bytes=probe.n_bytes,
+    )  # fmt: skip
 
 
 def parallel_map(

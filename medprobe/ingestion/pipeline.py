@@ -14,7 +14,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,7 @@ from medprobe.errors import InvalidInputError
 from medprobe.featurestore import canonical_json, new_id, start_run
 from medprobe.imaging import DEFAULT_MAX_PIXELS, Verify, set_pixel_limit
 from medprobe.ingestion.formats import parse_source
-from medprobe.ingestion.hashing import BlobSink, Probe, parallel_map, probe_record
+from medprobe.ingestion.hashing import Probe, add_images, image_row
 from medprobe.ingestion.lock import dataset_lock
 from medprobe.ingestion.records import FormatOptions, ParsedSource, SourceRecord, TaskSpec, natural_key
 from medprobe.ingestion.splits import SplitPlan, assign_splits, rarest_label_strata
@@ -232,10 +231,10 @@ def _ingest_locked(
 def _probe_all(
     store: FeatureStore, parsed: ParsedSource, options: IngestOptions, stored: _Stored, summary: IngestSummary
 ) -> list[Probe]:
-    sink = BlobSink(store, stored.image_hashes)
-    work = partial(probe_record, verify=options.verify, max_pixels=options.max_pixels, copy=options.copy, sink=sink)
     t0 = time.perf_counter()
-    probes = list(parallel_map(work, parsed.records, workers=options.workers, show_progress=options.show_progress))
+    probes = add_images(store, parsed.records, known=stored.image_hashes, copy=options.copy, verify=options.verify,
+                        max_pixels=options.max_pixels, workers=options.workers,
+                        show_progress=options.show_progress)  # fmt: skip
     summary.hash_seconds = time.perf_counter() - t0
     summary.bytes_read = sum(p.n_bytes for p in probes)
     return probes
@@ -366,19 +365,7 @@ def _final_tasks(
 
 
 def _image_row(m: _Member) -> ImageRow:
-    info = m.probe.info
-    assert info is not None  # a probe that is ok has inspected the image
-    return ImageRow(
-        image_hash=m.image_hash,
-        uri=m.probe.uri or m.record.uri or m.record.source_path,
-        in_store=m.probe.in_store,
-        width=info.width,
-        height=info.height,
-        mode=info.mode,
-        bit_depth=info.bit_depth,
-        format=info.format,
-        n_bytes=m.probe.n_bytes,
-    )
+    return image_row(m.probe, m.record)
 
 
 def _append_members(

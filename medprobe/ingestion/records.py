@@ -30,7 +30,8 @@ def default_metric(task_type: str) -> Metric:
 class SourceRecord:
     """One image of a source collection and its labels, before anything is read.
 
-    Exactly one of ``uri`` (a file to read) and ``pixels`` (an array, PNG-encoded into the store) is set.
+    Exactly one of ``uri`` (a file to read), ``pixels`` (an array, PNG-encoded into the store) and ``data`` (encoded
+    image bytes embedded in the source, e.g. base64 in a VQA TSV, kept in the store) is set.
     ``labels`` maps a task name to a class name, or to a list of findings for a multilabel task.
     """
 
@@ -41,6 +42,7 @@ class SourceRecord:
     uri: str | None = None
     pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
     expected_sha256: str | None = None
+    data: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ questions (VQA-RAD) or already in an image dataset is stored once. An unreadable
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +14,11 @@ from typing import TYPE_CHECKING
 
 from medprobe.errors import InvalidInputError
 from medprobe.featurestore import new_id
-from medprobe.imaging import ImageReadError, blob_path, inspect_image, read_file_bytes
+from medprobe.ingestion.hashing import add_images, image_row
+from medprobe.ingestion.records import SourceRecord
 from medprobe.schemas import FailureRow, ImageRow
 from medprobe.schemas.tables import VqaItemRow
-from medprobe.vqa.items import ReadReport, detect_layout, read_items
+from medprobe.vqa.items import ReadReport, SourceItem, detect_layout, read_items
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
@@ -45,6 +45,34 @@ def _same(row: VqaItemRow, old: dict) -> bool:
     return all(getattr(row, k) == old.get(k) for k in keys)
 
 
+def _add_item_images(store: FeatureStore, src: Path, name: str, items: list[SourceItem]
+                     ) -> tuple[dict[object, str | None], list[ImageRow], list[FailureRow]]:  # fmt: skip
+    """The items' images through the one image ingest (hash, check, embedded bytes into the store's blobs): each
+    image's hash (None: unreadable), the new ``images`` rows and a ``failures`` row per unreadable image."""
+    known = set(store.sql("SELECT image_hash FROM images").column("image_hash").to_pylist())
+    before = set(known)
+    sources = {id(p) if isinstance(p, bytes) else p: (it.item_id, p) for it in items for p in it.images}
+    records = [
+        SourceRecord(source_path=f"{src.name}: item {item_id} (embedded image)", labels={}, data=image)
+        if isinstance(image, bytes) else SourceRecord(source_path=str(image), labels={}, uri=str(image.resolve()))
+        for item_id, image in sources.values()
+    ]  # fmt: skip
+    probes = add_images(store, records, known=known)
+    hashes: dict[object, str | None] = {}  # image path (or id of embedded bytes) -> hash
+    images: list[ImageRow] = []
+    failures: list[FailureRow] = []
+    for key, record, probe in zip(sources, records, probes, strict=True):
+        hashes[key] = probe.image_hash if probe.ok else None
+        if not probe.ok:
+            failures.append(FailureRow(failure_id=new_id("failure"), stage="vqa-ingest", dataset=name,
+                                       path=record.source_path, reason=probe.reason or "corrupt",
+                                       error=probe.error or ""))  # fmt: skip
+        elif probe.image_hash not in before:
+            before.add(probe.image_hash or "")
+            images.append(image_row(probe, record))
+    return hashes, images, failures
+
+
 def ingest_items(store: FeatureStore, source: str | Path, name: str, layout: str | None = None) -> VqaIngestSummary:
     """Read ``source`` (layout detected unless given) into the item set ``name``."""
     if not name or any(c in name for c in "/\\'\""):
@@ -54,32 +82,7 @@ def ingest_items(store: FeatureStore, source: str | Path, name: str, layout: str
     report = ReadReport()
     items = list(read_items(src, layout, report))
     summary = VqaIngestSummary(item_set=name, layout=layout, items_read=len(items))
-    known = set(store.sql("SELECT image_hash FROM images").column("image_hash").to_pylist())
-    hashes: dict[object, str | None] = {}  # image path (or id of embedded bytes) -> hash
-    images: list[ImageRow] = []
-    failures: list[FailureRow] = []
-    sources = {id(p) if isinstance(p, bytes) else p: (it.item_id, p) for it in items for p in it.images}
-    for key, (item_id, image) in sources.items():
-        where = str(image) if isinstance(image, Path) else f"{src.name}: item {item_id} (embedded image)"
-        try:
-            data = image if isinstance(image, bytes) else read_file_bytes(str(image))
-            info = inspect_image(data, source=where)
-        except ImageReadError as e:
-            hashes[key] = None
-            failures.append(FailureRow(failure_id=new_id("failure"), stage="vqa-ingest", dataset=name,
-                                       path=where, reason=e.reason, error=str(e)))  # fmt: skip
-            continue
-        h = hashlib.sha256(data).hexdigest()
-        hashes[key] = h
-        if h not in known:
-            known.add(h)
-            if isinstance(image, bytes):  # embedded: the store keeps the bytes (as `ingest --copy` does)
-                uri, in_store = store.put_bytes(blob_path(h, info.format), data), True
-            else:
-                uri, in_store = str(image.resolve()), False
-            images.append(ImageRow(image_hash=h, uri=uri, in_store=in_store, width=info.width, height=info.height,
-                                   mode=info.mode, bit_depth=info.bit_depth, format=info.format,
-                                   n_bytes=len(data)))  # fmt: skip
+    hashes, images, failures = _add_item_images(store, src, name, items)
     old = {
         r["item_id"]: r
         for r in store.sql("SELECT * FROM vqa_items WHERE item_set = ?", [name]).to_pylist()
