@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from medprobe.errors import NotFoundError
+from medprobe.errors import InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
@@ -38,10 +38,17 @@ def shard_of(image_hash: str, n_shards: int) -> int:
 
 
 def check_dataset(store: FeatureStore, dataset: str) -> None:
-    """Raise NotFoundError naming the known datasets unless ``dataset`` has images in the store."""
-    n = store.sql("SELECT count(*) AS n FROM dataset_images WHERE dataset = ?", [dataset]).column("n")[0].as_py()
-    if n:
+    """Raise NotFoundError naming the known datasets unless ``dataset`` has images in the store (InvalidInputError
+    for a dataset of VQA items, whose rows are not images)."""
+    rows = store.sql("SELECT row_kind, count(*) AS n FROM dataset_images WHERE dataset = ? GROUP BY 1", [dataset])
+    counts = {r["row_kind"]: r["n"] for r in rows.to_pylist()}
+    if counts.get("image"):
         return
+    if counts:
+        raise InvalidInputError(
+            f"dataset {dataset!r} holds VQA items, not images (row kind {', '.join(sorted(counts))}): its rows are the "
+            "answer-position states `medprobe vqa run --save-activations` stores; probe them with `medprobe sweep`"
+        )
     known = store.sql("SELECT DISTINCT dataset FROM dataset_images ORDER BY 1").column("dataset").to_pylist()
     raise NotFoundError(
         f"unknown dataset {dataset!r} (no images in the store); known datasets: {', '.join(known) or 'none'}; "

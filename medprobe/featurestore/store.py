@@ -102,18 +102,33 @@ class FeatureStore:
     def _migrate_for_writing(self) -> None:
         """Before the first write into an older-format store, mark it current (the migration).
 
-        Every format change so far reads older fragments as they are (``schemas.version.CHANGES``), so migrating is
-        rewriting the marker; it must happen before a write that an older reader would misread.
+        Older fragments read as they are (``schemas.version.CHANGES``: an absent column reads as its default), so
+        migrating is rewriting the marker, except where a default would be wrong: format 4 re-appends the members of
+        VQA datasets as ``vqa_item`` rows first (a kill before the marker is rewritten repeats that, harmlessly: the
+        latest row wins). It must happen before a write that an older reader would misread.
         """
         version = int(self.info["format_version"])
         if version >= FORMAT_VERSION:
             return
+        if version < 4:
+            self._mark_vqa_item_rows()
         info = dict(self.info)
         info["format_version"] = FORMAT_VERSION
         info.setdefault("migrations", []).append({"from": version, "to": FORMAT_VERSION, "at": utcnow().isoformat()})
         with naming_the_store(self.url, "migrating the store's format marker"):
             write_atomic(self.loc, self.loc.path(MARKER), json.dumps(info, indent=1).encode())
         self.info = info
+
+    def _mark_vqa_item_rows(self) -> None:
+        """Format 4: the members of datasets of format 'vqa' (VQA items registered as probe rows) say so."""
+        rows = self.catalog.query(
+            "SELECT di.* REPLACE ('vqa_item' AS row_kind, now()::TIMESTAMPTZ AS ingested_at) FROM dataset_images di "
+            "JOIN datasets d USING (dataset) WHERE d.format = 'vqa' AND di.row_kind = 'image'"
+        )
+        if rows.num_rows:
+            with naming_the_store(self.url, "migrating VQA item rows to format 4"):
+                append_fragment(self.loc, "dataset_images", to_arrow("dataset_images", rows))
+            self.catalog.refresh(["dataset_images"])
 
     @property
     def url(self) -> str:

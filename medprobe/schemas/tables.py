@@ -126,6 +126,9 @@ class DatasetImageRow(Row):
     labels: str  # JSON object {task: value}; value is a class name, or a list of findings
     ingested_at: dt.datetime = Field(default_factory=utcnow)
     retired: bool = False  # format 2: the member left the dataset (its file's bytes changed); history kept
+    # format 4: what the row is: an image (image_hash is its sha256), or a VQA item registered as a probe row by
+    # `vqa run --save-activations` (image_hash is then the item's key, not an image's hash)
+    row_kind: str = "image"
 
 
 DATASET_IMAGES = pa.schema(
@@ -138,6 +141,7 @@ DATASET_IMAGES = pa.schema(
         ("labels", pa.string()),
         ("ingested_at", TS),
         ("retired", pa.bool_()),  # absent from format-1 fragments: read as false
+        ("row_kind", pa.string()),  # absent from format-1..3 fragments: read as 'image' (format-3 VQA rows: migrated)
     ]
 )
 

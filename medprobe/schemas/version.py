@@ -5,7 +5,7 @@ layout changes in a way an older reader would misread. A reader refuses a store
 whose version is newer than its own.
 """
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 # What each version added, and what opening an older store for writing does about it (``FeatureStore``
 # migrates by rewriting the marker: every change so far reads older fragments as they are).
@@ -14,7 +14,12 @@ FORMAT_VERSION = 3
 #   3: probe_results gains ``method`` (absent -> 'probe') and ``k``, and ``c`` may be NULL (knn and zeroshot rows);
 #      the ``text_embeddings``, ``vqa_items`` and ``vqa_predictions`` tables. A format-2 reader would take
 #      knn/zeroshot rows for probes.
+#   4: dataset_images gains ``row_kind`` (absent -> 'image'): the members of a ``vqa-<items>`` dataset (written by
+#      ``vqa run --save-activations``) say they are VQA items keyed by an item key, not images. Opening a format-3
+#      store for writing re-appends the members of datasets of format 'vqa' with row_kind 'vqa_item' (the latest
+#      row wins), then rewrites the marker. A format-3 reader would take those rows for images.
 CHANGES = {
     2: "dataset_images.retired; latest membership row wins; runs.pid",
     3: "probe_results.method and .k (knn, zeroshot rows); text_embeddings, vqa_items, vqa_predictions tables",
+    4: "dataset_images.row_kind (image | vqa_item); format-3 VQA item rows migrated",
 }

@@ -111,6 +111,13 @@ class Engine(StrEnum):
     slurm = "slurm"
 
 
+class RowKind(StrEnum):
+    """What a ``dataset_images`` row is: an image (keyed by its sha256), or a VQA item registered as a probe row."""
+
+    image = "image"
+    vqa_item = "vqa_item"
+
+
 class SlurmCluster(StrEnum):
     """Which submitit executor runs ``--engine slurm``: a SLURM cluster (sbatch), or this machine (``local``: one
     process per task; ``debug``: in this process), to try the engine without a cluster."""

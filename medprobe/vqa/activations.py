@@ -3,9 +3,10 @@
 For every item of the set (all splits, so probes have training rows), the prompt the run uses for the item
 (exemplars, vignette, question, options in source order, the opened assistant turn) goes through the adapter once,
 and every layer's hidden state at the answer position (pooling ``last``: the last prompt token) is committed. Rows are
-keyed by an item key (``sha256("vqa-item:<set>:<id>")``) in place of an image hash, and a dataset ``vqa-<set>`` with a
-task ``answer`` (the gold letter) and the items' splits and groups is registered, so ``medprobe sweep -d vqa-<set>
--t answer --feature-set <id>`` fits probes on them: the layer curve of what the model knows when it answers.
+keyed by an item key (``sha256("vqa-item:<set>:<id>")``; the members say ``row_kind = 'vqa_item'``), and a dataset
+``vqa-<set>`` with a task ``answer`` (the gold letter) and the items' splits and groups is registered, so
+``medprobe sweep -d vqa-<set> -t answer --feature-set <id>`` fits probes on them: the layer curve of what the model
+knows when it answers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from medprobe.extractor.feature_set import feature_set_row
 from medprobe.schemas import DatasetImageRow, DatasetRow, TaskRow
+from medprobe.schemas.vocab import RowKind
 from medprobe.vqa.prompting import PROMPT_VERSION, Item, question_text
 from medprobe.vqa.scoring import VlmScorer
 
@@ -54,7 +56,8 @@ def register_dataset(store: FeatureStore, item_set: str, items: Sequence[Item]) 
     have = set(store.sql("SELECT image_hash FROM dataset_images WHERE dataset = ?", [name]).column(0).to_pylist())
     rows = [
         DatasetImageRow(dataset=name, image_hash=item_key(item_set, it.item_id), split=it.split,
-                        group_id=it.group_id, source_path=it.item_id, labels=json.dumps({"answer": it.answer}))
+                        group_id=it.group_id, source_path=it.item_id, labels=json.dumps({"answer": it.answer}),
+                        row_kind=RowKind.vqa_item)
         for it in items if item_key(item_set, it.item_id) not in have
     ]  # fmt: skip
     store.append("dataset_images", rows)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
+from medprobe.errors import InvalidInputError
 from medprobe.featurestore import FeatureStore
 from medprobe.schemas import TABLES
 from medprobe.schemas.tables import ProbeResultRow
@@ -35,3 +37,37 @@ def test_many_fragments_of_one_table(tmp_path) -> None:
     for i in range(60):
         store.append("probe_results", [_row(f"p{i:03d}")])
     assert store.sql("SELECT count(DISTINCT probe_id) FROM probe_results").column(0)[0].as_py() == 60
+
+
+def test_format_3_vqa_item_rows_are_migrated_to_their_row_kind(tmp_path) -> None:
+    import json
+
+    from medprobe.extractor.plan import check_dataset
+    from medprobe.schemas.tables import DatasetImageRow, DatasetRow
+
+    url = str(tmp_path / "s")
+    store = FeatureStore.open(url, create=True)
+    store.append("datasets", [DatasetRow(dataset="vqa-x", format="vqa", source="vqa_items:x", split_policy="shipped"),
+                              DatasetRow(dataset="imgs", format="csv", source="m.csv", split_policy="shipped")])
+    fields = [f for f in TABLES["dataset_images"].schema if f.name != "row_kind"]
+    folder = tmp_path / "s" / "tables" / "dataset_images"
+    folder.mkdir(parents=True, exist_ok=True)
+    for dataset, key in (("vqa-x", "a" * 64), ("imgs", "b" * 64)):  # written by format 3: no row_kind column
+        row = DatasetImageRow(dataset=dataset, image_hash=key, split="train", source_path="p", labels="{}")
+        old = pa.table({f.name: [getattr(row, f.name)] for f in fields}, schema=pa.schema(fields))
+        pq.write_table(old, folder / f"20260101T00000000000{len(dataset)}-000000000000.parquet")
+    marker = tmp_path / "s" / "medprobe.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "format_version": 3}))
+    store = FeatureStore.open(url, create=False)
+    kinds = "SELECT dataset, row_kind FROM dataset_images ORDER BY dataset"
+    assert store.sql(kinds).to_pylist() == [{"dataset": "imgs", "row_kind": "image"},
+                                            {"dataset": "vqa-x", "row_kind": "image"}]  # read as the default
+    store.append("failures", [])  # nothing written: no migration
+    store.append("datasets", [DatasetRow(dataset="other", format="csv", source="n.csv", split_policy="shipped")])
+    store = FeatureStore.open(url, create=False)  # a fresh reader sees the migration
+    assert store.sql(kinds).to_pylist() == [{"dataset": "imgs", "row_kind": "image"},
+                                            {"dataset": "vqa-x", "row_kind": "vqa_item"}]  # fmt: skip
+    assert json.loads(marker.read_text())["format_version"] == 4
+    check_dataset(store, "imgs")
+    with pytest.raises(InvalidInputError, match="holds VQA items, not images"):
+        check_dataset(store, "vqa-x")
