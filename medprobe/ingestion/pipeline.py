@@ -48,6 +48,7 @@ class IngestOptions:
     split_plan: SplitPlan = field(default_factory=SplitPlan)
     min_positives: int = 50  # multilabel findings with fewer training positives are dropped
     show_progress: bool = True
+    run_params: dict[str, Any] | None = None  # what `runs` records (the caller's options, by their names)
 
 
 @dataclass
@@ -216,9 +217,9 @@ def _ingest_locked(
         "format": fmt,
         "dataset": dataset,
         "format_options": dataclasses.asdict(format_options),
-        "options": {k: v for k, v in dataclasses.asdict(options).items() if k != "show_progress"},
+        "options": {k: v for k, v in dataclasses.asdict(options).items() if k not in ("show_progress", "run_params")},
     }
-    with start_run(store, "ingest", params) as run:
+    with start_run(store, "ingest", options.run_params or params) as run:
         summary.run_id = run.run_id
         probes = _probe_all(store, parsed, options, stored, summary)
         with store.transaction():  # every row of this ingest becomes visible at once, or none (a kill, an error)

@@ -86,10 +86,20 @@ def ingest(
         metrics=pairs(metric, "--metric"), class_names=tuple(split_list(class_names)), multilabel_separator=separator,
         fold_splits=folds, neoplastic_share=choice(NeoplasticShare, neoplastic_share, "--neoplastic-share").value,
     )  # fmt: skip
+    run_params = {
+        "source": source, "dataset": dataset, "layout": chosen.value, "path_column": path_column,
+        "label_column": split_list(label_column), "split_column": split_column, "group_column": group_column,
+        "root": root, "task": task, "task_type": split_list(task_type), "metric": split_list(metric),
+        "class_names": split_list(class_names), "separator": separator, "fold_splits": split_list(fold_splits),
+        "neoplastic_share": format_options.neoplastic_share, "test_fraction": test_fraction,
+        "val_fraction": val_fraction, "split_seed": split_seed, "min_positives": min_positives, "copy": copy,
+        "verify": choice(Verify, verify, "--verify").value, "max_pixels": max_pixels, "threads": threads,
+        "strict": strict,
+    }  # recorded in `runs` under the options' names
     options = IngestOptions(
         copy=copy, verify=choice(Verify, verify, "--verify"), max_pixels=max_pixels, workers=threads,
         split_plan=SplitPlan(test_fraction=test_fraction, val_fraction=val_fraction, seed=split_seed),
-        min_positives=min_positives, show_progress=not no_progress,
+        min_positives=min_positives, show_progress=not no_progress, run_params=run_params,
     )  # fmt: skip
     summary = run_ingest(open_store(store, create=True), source, chosen.value, dataset, format_options, options)
     result = IngestResult(dataset=summary.dataset, run_id=summary.run_id, records=summary.records,

@@ -138,6 +138,11 @@ def test_a_study_through_the_api_equals_the_same_study_through_the_cli(tmp_path:
     # the runs record their parameters under the options' names
     params = json.loads(a.sql("SELECT params FROM runs WHERE run_id = ?", [sweep.run_id]).column(0)[0].as_py())
     assert params["test_split"] == "val" and params["cv"] == 3 and params["boot_seed"] == 0 and "grid" in params
+    ingest_params = json.loads(a.sql("SELECT params FROM runs WHERE run_id = ?", [api["ingest"].run_id]
+                                     ).column(0)[0].as_py())  # fmt: skip
+    assert ingest_params["label_column"] == ["oa"] and ingest_params["group_column"] == "patient_id"
+    vqa_params = json.loads(a.sql("SELECT params FROM runs WHERE run_id = ?", [api["vqa"].run_id]).column(0)[0].as_py())
+    assert vqa_params["shots_seed"] == 0 and "seed" not in vqa_params
 
 
 def test_stored_probe_weights_read_back_give_the_stored_predictions(tmp_path: Path) -> None:
