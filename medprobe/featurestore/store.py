@@ -26,6 +26,7 @@ from medprobe.featurestore.fsio import (
     write_atomic,
 )
 from medprobe.featurestore.ids import new_id
+from medprobe.featurestore.migration import mark_vqa_item_rows
 from medprobe.featurestore.rowindex import LayerRows, Where
 from medprobe.featurestore.segments import SegmentReader, aligned_empty, check_fits_float16, write_segment
 from medprobe.schemas import FORMAT_VERSION, STORAGE_DTYPES, TABLES, FeatureSetRow, Row, utcnow
@@ -111,24 +112,14 @@ class FeatureStore:
         if version >= FORMAT_VERSION:
             return
         if version < 4:
-            self._mark_vqa_item_rows()
+            with naming_the_store(self.url, "migrating VQA item rows to format 4"):
+                mark_vqa_item_rows(self.loc, self.catalog)
         info = dict(self.info)
         info["format_version"] = FORMAT_VERSION
         info.setdefault("migrations", []).append({"from": version, "to": FORMAT_VERSION, "at": utcnow().isoformat()})
         with naming_the_store(self.url, "migrating the store's format marker"):
             write_atomic(self.loc, self.loc.path(MARKER), json.dumps(info, indent=1).encode())
         self.info = info
-
-    def _mark_vqa_item_rows(self) -> None:
-        """Format 4: the members of datasets of format 'vqa' (VQA items registered as probe rows) say so."""
-        rows = self.catalog.query(
-            "SELECT di.* REPLACE ('vqa_item' AS row_kind, now()::TIMESTAMPTZ AS ingested_at) FROM dataset_images di "
-            "JOIN datasets d USING (dataset) WHERE d.format = 'vqa' AND di.row_kind = 'image'"
-        )
-        if rows.num_rows:
-            with naming_the_store(self.url, "migrating VQA item rows to format 4"):
-                append_fragment(self.loc, "dataset_images", to_arrow("dataset_images", rows))
-            self.catalog.refresh(["dataset_images"])
 
     @property
     def url(self) -> str:
