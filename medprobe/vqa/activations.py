@@ -16,10 +16,9 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
 from medprobe.extractor.feature_set import feature_set_row
+from medprobe.extractor.runner import Runner
+from medprobe.extractor.writer import Committer, HostBatch
 from medprobe.schemas import DatasetImageRow, DatasetRow, TaskRow
 from medprobe.schemas.vocab import RowKind
 from medprobe.vqa.prompting import PROMPT_VERSION, Item, question_text
@@ -85,15 +84,14 @@ def save_answer_states(
     layers = list(range(ident.n_layers))
     have = set(store.existing(row.feature_set_id, layers[-1:]).column("image_hash").to_pylist())
     todo = [it for it in items if item_key(item_set, it.item_id) not in have]
-    for start in range(0, len(todo), CHUNK):
-        chunk = todo[start : start + CHUNK]
-        per_layer: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
-        for it in chunk:
+    # the extraction's own forward step and writer: host arrays checked per (pooling, layer), segments committed
+    # on the writer's thread every CHUNK items (data first, then the manifest that makes them visible)
+    runner = Runner(adapter, layers, ["last"], {"last": row.feature_set_id})
+    committer = Committer(store, storage_dtype="float32", commit_every=CHUNK, dataset=dataset_name(item_set))
+    try:
+        for it in todo:  # one item per forward pass: each item's prompt (exemplars, question) is its own
             batch = scorer.inputs(load_images(it), question_text(it, 0, exemplars_of(it)), 1)
-            with torch.no_grad():
-                out = adapter.forward_pooled(batch, layers, ["last"])
-            for layer in layers:
-                per_layer[layer].append(out[("last", layer)][0].float().cpu().numpy())
-        store.commit_segment(row.feature_set_id, [item_key(item_set, it.item_id) for it in chunk],
-                             {layer: np.stack(v) for layer, v in per_layer.items()}, dtype="float32")  # fmt: skip
+            committer.put(HostBatch([item_key(item_set, it.item_id)], runner.forward(batch, 1), []))
+    finally:
+        committer.close()
     return row.feature_set_id

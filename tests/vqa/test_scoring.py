@@ -229,6 +229,10 @@ def test_save_activations_feeds_a_probe_sweep(store: FeatureStore, tmp_path: Pat
 
     assert store.sql("SELECT count(DISTINCT image_hash) FROM activations WHERE feature_set_id = ?",
                      [fs]).column(0)[0].as_py() == 24  # fmt: skip
+    kinds = store.sql("SELECT DISTINCT row_kind FROM dataset_images WHERE dataset = ?", [saved["dataset"]])
+    assert kinds.column(0).to_pylist() == ["vqa_item"]  # the rows say they are VQA items, not images
+    code, _, err = run_cli(capsys, "extract", "-d", saved["dataset"], "-m", "tiny-random/clip", "--store", store.url)
+    assert code == 3 and "holds VQA items, not images" in err
     # the stored state is the model's hidden state at the last prompt token (layer 0 = hidden_states[1])
     scorer = VlmScorer(load_adapter("tiny-random/llava"))
     item = Item.from_row(store.sql("SELECT * FROM vqa_items WHERE item_id = 'q05'").to_pylist()[0])
