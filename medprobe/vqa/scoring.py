@@ -76,8 +76,12 @@ class VlmScorer:
         out = self.pre.run_processor(to_rgb(list(images)) * copies, self.prompt(text))
         return {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in self.pre.drop_keys}
 
-    def _prefix(self, text: str) -> str:
-        return "" if self.prompt(text)[-1:].isspace() else " "
+    def _prefix(self, images: Sequence[Image.Image], text: str) -> str:
+        """The space an answer starts with: none when the tokens the model sees end in whitespace (a chat template's
+        newline, or the one PaliGemma's processor appends after the prompt text), else one."""
+        ids = self.inputs(images, text, 1)["input_ids"][0]
+        tail = str(self.tokenizer.decode(ids[-1:]))
+        return "" if tail[-1:].isspace() else " "
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -95,7 +99,7 @@ class VlmScorer:
         score every option from its key-value cache; the others run prompt + option for all options as one
         right-padded batch. Both equal a direct one-option computation (tests, 1e-4).
         """
-        prefix = self._prefix(text)
+        prefix = self._prefix(images, text)
         conts = [self._ids(prefix + o.strip()) for o in options]
         if any(not c for c in conts):
             raise InvalidInputError("an option's text is empty; every option needs text to score")
@@ -132,11 +136,12 @@ class VlmScorer:
         return Scored(loglik_sum=sums, loglik_mean=means, n_tokens=counts)
 
     def _suffix_values(self, key: str, value: torch.Tensor, width: int) -> torch.Tensor:
-        """What a per-token input holds at the option's (answer text) positions: Mllama's cross-attention mask
-        continues the prompt's last row (text attends to the image, as in generation); PaliGemma marks the answer as
-        its suffix (token type 1, attended causally); other token-type inputs mark text (0)."""
+        """What a per-token input holds at the option's (answer text) positions: a mask of the images each token
+        attends to (Mllama's cross-attention mask, Idefics' image attention mask) continues the prompt's last row, as
+        in generation and as the processor gives for prompt + answer text; PaliGemma marks the answer as its suffix
+        (token type 1, attended causally); other token-type inputs mark text (0)."""
         shape = (value.shape[0], width, *value.shape[2:])
-        if key == "cross_attention_mask":
+        if key in ("cross_attention_mask", "image_attention_mask"):  # which images a token attends to
             return value[:, -1:].expand(shape).clone()
         if key == "token_type_ids":
             return torch.full(shape, self.adapter.answer_token_type, dtype=value.dtype)
@@ -175,9 +180,9 @@ class VlmScorer:
             counts.append(len(c))
         return Scored(loglik_sum=sums, loglik_mean=means, n_tokens=counts)
 
-    def letter_ids(self, text: str, letters: Sequence[str]) -> list[int]:
+    def letter_ids(self, images: Sequence[Image.Image], text: str, letters: Sequence[str]) -> list[int]:
         """The token of each shown letter as it would follow the prompt."""
-        prefix = self._prefix(text)
+        prefix = self._prefix(images, text)
         out = []
         for letter in letters:
             ids = self._ids(prefix + letter)
@@ -194,7 +199,7 @@ class VlmScorer:
 
     def letter(self, images: Sequence[Image.Image], text: str, letters: Sequence[str]) -> Scored:
         """Softmax over the letters' logits at the answer position (one forward pass)."""
-        token_ids = self.letter_ids(text, letters)
+        token_ids = self.letter_ids(images, text, letters)
         logits = self._forward(self.inputs(images, text, 1))[0, -1]
         probs = torch.softmax(logits[torch.tensor(token_ids)].double(), dim=0)
         return Scored(letter_probs=[float(p) for p in probs])

@@ -22,16 +22,36 @@ IMAGE = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), d
 TEXT = "Question: Is there a fracture?\nA. yes\nB. no\nAnswer with the letter of the correct option."
 
 
+# families whose tokens carry a mask of the images they attend to: their reference is the processor itself, run on
+# the prompt + answer text (what it gives there is what generation gives: the answer sees the image)
+IMAGE_MASK_FAMILIES = ("idefics", "mllama")
+
+
+def _processor_loglik(scorer: VlmScorer, option: str) -> float:
+    """One option alone, independently of the scorer's input building: the processor on prompt + option text."""
+    base = scorer.inputs([IMAGE], TEXT, 1)
+    length = base["input_ids"].shape[1]
+    full_text = scorer.prompt(TEXT) + scorer._prefix([IMAGE], TEXT) + option
+    full = {k: v for k, v in scorer.pre.run_processor([IMAGE], full_text).items()
+            if isinstance(v, torch.Tensor) and k not in scorer.pre.drop_keys}  # fmt: skip
+    ids = full["input_ids"][0]
+    assert torch.equal(ids[:length], base["input_ids"][0])  # the prompt's tokens are the same
+    cont = ids[length:].tolist()
+    with torch.no_grad():
+        logp = scorer.model(**full).logits.float().log_softmax(-1)
+    return float(sum(logp[0, length - 1 + i, t] for i, t in enumerate(cont)))
+
+
 def _direct_loglik(scorer: VlmScorer, option: str) -> float:
     """One option alone: prompt + option ids through the model, no batching, no padding."""
+    if scorer.adapter.identity.adapter in IMAGE_MASK_FAMILIES:
+        return _processor_loglik(scorer, option)
     inputs = scorer.inputs([IMAGE], TEXT, 1)
     length = inputs["input_ids"].shape[1]
-    cont = scorer.tokenizer(scorer._prefix(TEXT) + option, add_special_tokens=False)["input_ids"]
-    for key, value in list(inputs.items()):  # per-token inputs over the answer text: see _suffix_values
+    cont = scorer.tokenizer(scorer._prefix([IMAGE], TEXT) + option, add_special_tokens=False)["input_ids"]
+    for key, value in list(inputs.items()):  # per-token inputs over the answer text
         if key not in ("input_ids", "attention_mask") and value.shape[:2] == (1, length):
-            if key == "cross_attention_mask":  # Mllama: the answer attends to the image like the prompt's end
-                extra = value[:, -1:].repeat(1, len(cont), *[1] * (value.ndim - 2))
-            elif key == "token_type_ids" and scorer.adapter.identity.adapter == "paligemma":
+            if key == "token_type_ids" and scorer.adapter.identity.adapter == "paligemma":
                 extra = torch.ones((1, len(cont)), dtype=value.dtype)  # the answer is PaliGemma's suffix
             else:
                 extra = torch.zeros((1, len(cont), *value.shape[2:]), dtype=value.dtype)
@@ -58,9 +78,16 @@ def test_loglik_and_letter_equal_a_direct_computation(name: str) -> None:
     np.testing.assert_allclose(scored.loglik_mean, np.array(direct) / np.array(scored.n_tokens), atol=1e-4)
     with torch.no_grad():
         logits = scorer.model(**scorer.inputs([IMAGE], TEXT, 1)).logits.float()[0, -1]
-    ids = scorer.letter_ids(TEXT, ["A", "B"])
+    ids = scorer.letter_ids([IMAGE], TEXT, ["A", "B"])
     expected = torch.softmax(logits[ids].double(), 0).numpy()
     np.testing.assert_allclose(scorer.letter([IMAGE], TEXT, ["A", "B"]).letter_probs, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "prefix"), [("paligemma", ""), ("llava", " "), ("qwen2-vl", "")])
+def test_the_answer_space_is_decided_from_the_tokens_the_model_sees(name: str, prefix: str) -> None:
+    scorer = VlmScorer(load_adapter(f"tiny-random/{name}"))
+    # PaliGemma's processor appends a newline to the prompt text: its answers start without a space
+    assert scorer._prefix([IMAGE], TEXT) == prefix
 
 
 def test_a_vision_encoder_is_refused() -> None:
