@@ -13,9 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from medprobe.errors import InvalidInputError, NotFoundError
+from medprobe.errors import CorruptDataError, InvalidInputError, NotFoundError
 from medprobe.featurestore import stable_hash, start_run
-from medprobe.imaging import load_image
 from medprobe.progress import progress_bar
 from medprobe.schemas.tables import VqaPredictionRow
 from medprobe.vqa.metrics import vqa_metrics
@@ -70,6 +69,13 @@ def load_items(store: FeatureStore, item_set: str) -> list[Item]:
     return [Item.from_row(r) for r in rows]
 
 
+def items_digest(items: list[Item]) -> str:
+    """The sha256 of what the model is asked: every item's question, context, options, answer, split, group and
+    image hashes."""
+    return stable_hash([[it.item_id, list(it.image_hashes), it.question, it.context, [list(o) for o in it.options],
+                         it.answer, it.split, it.group_id] for it in items])  # fmt: skip
+
+
 def _exemplars(spec: VqaRunSpec, items: list[Item], item: Item) -> list[Item]:
     if spec.fixed_shots:
         by_id = {i.item_id: i for i in items}
@@ -108,6 +114,9 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
         "shots": spec.shots, "fixed_shots": list(spec.fixed_shots), "seed": spec.seed, "circular": spec.circular,
         "split": spec.split, "prompt": PROMPT_VERSION, "max_new_tokens": spec.max_new_tokens if spec.mode ==
         "generate" else None, "limit": spec.limit,
+        # the items' content (questions, options, answers, images; exemplars too): a set re-ingested with other
+        # content under the same name is a new run, never a resume of answers to other questions
+        "items_sha256": items_digest(items),
     }  # fmt: skip
     run_id = "vqa-" + stable_hash(config)[:20]
     done = {
@@ -157,7 +166,7 @@ def _score_work(store: FeatureStore, spec: VqaRunSpec, scorer: VlmScorer, items:
         for it, rot in work:
             exemplars = _exemplars(spec, items, it)
             exemplar_ids[it.item_id] = [e.item_id for e in exemplars]
-            images = [_load(store, _uri(uris, h)) for h in it.image_hashes]
+            images = [_load(store, _uri(uris, h), h) for h in it.image_hashes]
             text = question_text(it, rot, exemplars)
             shown = shown_options(it, rot)
             scored = _score(scorer, spec, images, text, shown)
@@ -179,20 +188,25 @@ def _save_states(store: FeatureStore, spec: VqaRunSpec, scorer: VlmScorer, items
     label = f"item set {spec.item_set}, shots {spec.shots}, fixed {list(spec.fixed_shots)}, seed {spec.seed}"
     feature_set_id = save_answer_states(
         store, scorer, spec.item_set, items, lambda it: _exemplars(spec, items, it),
-        lambda it: [_load(store, _uri(uris, h)) for h in it.image_hashes], prompt_label=label,
+        lambda it: [_load(store, _uri(uris, h), h) for h in it.image_hashes], prompt_label=label,
         compute_dtype=compute_dtype,
     )  # fmt: skip
     return {"feature_set_id": feature_set_id, "dataset": dataset_name(spec.item_set)}
 
 
-def _load(store: FeatureStore, uri: str) -> Any:
-    """A decoded image from a path/URL or from the store's own blobs (``store:`` URIs)."""
+def _load(store: FeatureStore, uri: str, image_hash: str) -> Any:
+    """A decoded image from a path/URL or from the store's own blobs (``store:`` URIs), checked against the hash it
+    was ingested with: a file changed on disk since is refused, never scored under its old hash."""
     from medprobe.featurestore import STORE_URI
-    from medprobe.imaging import decode_image
+    from medprobe.imaging import decode_image, read_file_bytes
 
-    if uri.startswith(STORE_URI):
-        return decode_image(store.read_bytes(uri), source=uri)
-    return load_image(uri)
+    data = store.read_bytes(uri) if uri.startswith(STORE_URI) else read_file_bytes(uri)
+    if hashlib.sha256(data).hexdigest() != image_hash:
+        raise CorruptDataError(
+            f"{uri}: its bytes changed since `medprobe vqa ingest` (sha256 is no longer {image_hash[:12]}...); "
+            "re-run vqa ingest for this item set"
+        )
+    return decode_image(data, source=uri)
 
 
 def _uri(uris: dict[str, str], image_hash: str) -> str:
