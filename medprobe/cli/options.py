@@ -19,6 +19,7 @@ import click
 import typer
 
 from medprobe.cli.output import FORMATS, OutFormat, emit, resolve_format, wants_progress
+from medprobe.errors import InvalidInputError
 from medprobe.workflows.common import float_list, int_list, pairs, split_list, split_names
 
 # The short flags: one meaning each, in every command that has the option.
@@ -126,16 +127,20 @@ class Output:
     store: StoreOpt = None
 
     def check(self) -> None:
-        """Fail on a bad --format/--out before any work."""
+        """Fail on a bad --format/--out before any work; --out never writes into the store (its files are the
+        store's own: a fragment or marker written there by hand would be read as data)."""
         resolve_format(self.fmt, self.out)
+        if self.out is not None:
+            refuse_out_in_store(self.out, self.store)
 
     def emit(self, rows: Any, show: Callable[[], None], document: Any = None) -> None:
         """Print or write the result (see :func:`medprobe.cli.output.emit`)."""
+        self.check()
         emit(self.fmt, self.out, rows=rows, document=document, show=show)
 
     def render(self, result: Any, show: Callable[[], None]) -> None:
         """Print or write a workflow result: its Arrow rows, its document, or ``show`` for a person."""
-        emit(self.fmt, self.out, rows=result.to_arrow(), document=result.to_dict(), show=show)
+        self.emit(rows=result.to_arrow(), document=result.to_dict(), show=show)
 
 
 @dataclasses.dataclass
@@ -148,6 +153,23 @@ class ProgressOutput(Output):
     def quiet(self) -> bool:
         """No progress bar: asked for, or the output is not a table for a person."""
         return self.no_progress or not wants_progress(self.fmt, self.out)
+
+
+def refuse_out_in_store(out: str, store: str | None) -> None:
+    """InvalidInputError when ``out`` lies inside the store folder (``store``, or the default store)."""
+    import os
+
+    from medprobe.featurestore import default_store_url
+
+    root = (store or default_store_url()).removeprefix("file://")
+    if "://" in root or "://" in out:
+        if out.rstrip("/").startswith(root.rstrip("/") + "/"):
+            raise InvalidInputError(f"--out {out} lies inside the store {root}; write results outside it")
+        return
+    real_root, real_out = os.path.realpath(root), os.path.realpath(out)
+    if real_out == real_root or real_out.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise InvalidInputError(f"--out {out} lies inside the store {root}; write results outside it (the store's "
+                                "files are its data: a file written there would be read as a fragment or marker)")
 
 
 def layers_option(universe: str, default_help: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -93,6 +94,10 @@ class Catalog:
         # user SQL reads the store and nothing else: no read_text('/etc/passwd'), read_csv, glob or ATTACH of
         # paths outside it (a shared store's users must not read each other's files through it)
         root = loc.full_url(loc.path()).rstrip("/") + "/"
+        # DuckDB may always read its temp directory (default: ./.tmp of the working directory, anyone's files):
+        # give it a private, empty one of its own
+        self._spill = tempfile.TemporaryDirectory(prefix="medprobe-duckdb-")
+        self.con.execute(f"SET temp_directory = {_quote(self._spill.name)}")
         self.con.execute(f"SET allowed_directories = [{_quote(root)}]")
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")

@@ -11,8 +11,10 @@ from medprobe.trainer.protocol import LOWER_IS_BETTER
 
 
 def best_layer(outcomes: Sequence[ProbeOutcome]) -> ProbeOutcome:
-    """The full-data probe whose chosen C has the best mean selection score (training rows only)."""
-    full = [o for o in outcomes if o.setting.fraction == 1.0]
+    """Among the probes of the largest training fraction (1 unless a label-efficiency run left it out), the one whose
+    chosen C has the best mean selection score (training rows only)."""
+    largest = max(o.setting.fraction for o in outcomes)
+    full = [o for o in outcomes if o.setting.fraction == largest]
     scored = [o for o in full if o.cv_mean is not None]
     if not scored:
         return full[0]

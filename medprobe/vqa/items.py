@@ -67,9 +67,10 @@ class ReadReport:
 
 
 def detect_layout(source: Path) -> str:
-    """``table`` for a file, ``vqa-rad`` for a folder with its JSON, else ``nejm`` for a folder of case folders."""
+    """``table`` for a file (``vqa-rad`` for VQA-RAD's published JSON), ``vqa-rad`` for a folder with its JSON, else
+    ``nejm`` for a folder of case folders."""
     if source.is_file():
-        return "table"
+        return "vqa-rad" if source.name == VQA_RAD_JSON else "table"
     if not source.is_dir():
         raise InvalidInputError(f"{source}: no such file or folder")
     if (source / VQA_RAD_JSON).is_file():
@@ -224,9 +225,13 @@ def two_alternatives(question: str, answer: str) -> tuple[str, str] | None:
     return None
 
 
-def _read_vqa_rad(folder: Path, report: ReadReport) -> Iterator[SourceItem]:
-    records = json.loads((folder / VQA_RAD_JSON).read_text())
-    images = folder / VQA_RAD_IMAGES
+def _read_vqa_rad(source: Path, report: ReadReport) -> Iterator[SourceItem]:
+    """VQA-RAD from its folder, or from its published JSON file (the images are in the folder beside it)."""
+    json_file = source if source.is_file() else source / VQA_RAD_JSON
+    if not json_file.is_file():
+        raise InvalidInputError(f"{source}: not VQA-RAD's folder (no {VQA_RAD_JSON!r} in it) nor that file")
+    records = json.loads(json_file.read_text())
+    images = json_file.parent / VQA_RAD_IMAGES
     for r in records:
         if str(r.get("answer_type", "")).strip().upper() != "CLOSED":
             report.skip("open question (not multiple choice)", str(r.get("qid")))

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from medprobe.errors import InvalidInputError, ReadOnlySQLError
+from medprobe.featurestore import FeatureStore
 from medprobe.schemas import DatasetImageRow
 from tests.helpers.cli import run_cli
 from tests.helpers.features import activations, image_hash, open_with_feature_set
@@ -138,3 +139,28 @@ def test_sql_reads_nothing_outside_the_store(sql_store, query, tmp_path):
     with pytest.raises(InvalidInputError, match=r"reads only the store"):
         sql_store.sql(query.format(outside=outside))
     assert sql_store.sql("SELECT count(*) FROM activations")[0][0].as_py() > 0  # the store itself still reads
+
+
+def test_sql_cannot_read_duckdbs_default_temp_directory(tmp_path, monkeypatch) -> None:
+    """DuckDB may always read its temp directory; medprobe gives it a private, empty one (not ./.tmp)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / ".tmp" / "secret.csv").write_text("a,b\n1,2\n")
+    store = FeatureStore.open(str(tmp_path / "s"), create=True)
+    with pytest.raises(InvalidInputError, match="reads only the store"):
+        store.sql("SELECT * FROM read_csv('.tmp/secret.csv')")
+
+
+@pytest.mark.parametrize("target", ["tables/dataset_images/x.parquet", "medprobe.json", "."])
+def test_sql_out_never_writes_into_the_store(tmp_path, capsys, target: str) -> None:
+    from tests.helpers.cli import run_cli
+
+    url = str(tmp_path / "s")
+    FeatureStore.open(url, create=True)
+    before = (tmp_path / "s" / "medprobe.json").read_text()
+    out = str(tmp_path / "s" / target) if target != "." else str(tmp_path / "s" / "x.csv")
+    code, _, err = run_cli(capsys, "-s", url, "sql", "SELECT 1 AS n", "-o", out, "-f", "parquet")
+    assert code == 3 and "lies inside the store" in err, err
+    assert (tmp_path / "s" / "medprobe.json").read_text() == before
+    assert not (tmp_path / "s" / "tables" / "dataset_images" / "x.parquet").exists()
+    assert FeatureStore.open(url).sql("SELECT count(*) FROM dataset_images").column(0)[0].as_py() == 0

@@ -235,3 +235,14 @@ def test_test_split_val_holds_out_val_and_fits_on_train_only(synth_store, capsys
     # C cannot be chosen on the split that is held out
     code, _, err = run_cli(capsys, *args, "--test-split", "val", "--selection", "val")
     assert code != 0 and "cannot pick C" in err
+
+
+def test_a_label_efficiency_run_without_the_full_fraction(synth_store, capsys):
+    """--train-fraction 0.5 alone (no 1): the run finishes, and its best probe is among the 0.5 probes."""
+    code, out, err = run_cli(capsys, "sweep", "--task", "grade", "--feature-set", "fs-synth", "-l", "0,1",
+                             "--train-fraction", "0.5", "--seeds", "0,1", "-f", "json", "--store", synth_store.url,
+                             *FAST)  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(out)
+    assert {p["train_fraction"] for p in doc["probes"]} == {0.5} and len(doc["probes"]) == 4
+    assert doc["probe_id"] in {p["probe_id"] for p in doc["probes"]}

@@ -117,6 +117,10 @@ def test_vqa_rad_closed_test_questions(store: FeatureStore, shared_dir: Path) ->
     assert all(len(json.loads(r["options"])) == 2 for r in items)
     yes_no = [r for r in items if json.loads(r["options"]) == {"A": "yes", "B": "no"}]
     assert len(yes_no) == 251
+    # the published JSON file itself (not its folder) reads the same items, with or without --layout
+    for layout in ("vqa-rad", None):
+        again = ingest_items(store, source / "VQA_RAD Dataset Public.json", "vqa-rad", layout)
+        assert again.by_split == {"train": 1003, "test": 270} and again.items_new == 0, layout
 
 
 def test_a_tsv_with_base64_images_keeps_them_in_the_store(store: FeatureStore, tmp_path: Path, capsys) -> None:
