@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from medprobe.errors import InvalidInputError
 
@@ -152,11 +153,32 @@ def _images_of(value: object, base: Path) -> list[Path | bytes]:
     return out
 
 
+def _json_rows(path: Path, text: str, *, whole: bool) -> list[Any]:
+    """The rows of a .json file (one array) or .jsonl file (one object a line); a malformed one is named by line."""
+    if whole:
+        try:
+            rows = json.loads(text)
+        except ValueError as e:
+            raise InvalidInputError(f"{path}: not valid JSON ({e}); fix the file or save it as .jsonl") from None
+        if not isinstance(rows, list):
+            raise InvalidInputError(f"{path}: a .json items file holds one array of item objects")
+        return rows
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:
+            raise InvalidInputError(f"{path}, line {number}: not valid JSON ({e}); fix that line") from None
+    return rows
+
+
 def _read_table(path: Path) -> Iterator[SourceItem]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         text = path.read_text()
-        rows = json.loads(text) if suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
+        rows = _json_rows(path, text, whole=suffix == ".json")
     elif suffix in (".csv", ".tsv"):
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))

@@ -60,6 +60,10 @@ def models(
             raise InvalidInputError(f"--save writes random models only (tiny-random/*, random-full/*), not {model!r}")
         from medprobe.synthetic.models import save_random
 
+        target = Path(save)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            what = "a file" if not target.is_dir() else "a folder that is not empty"
+            raise InvalidInputError(f"--save {save} is {what}: name a new or empty folder (nothing was written)")
         return ModelsResult(saved=str(save_random(model, save)))
     backend = spec.backend.replace("family", "random")
     adapter = load_adapter(spec, device=device or "cpu", dtype=choice(ComputeDType, dtype, "--dtype").value,

@@ -40,6 +40,14 @@ def open_store(store: StoreArg = None, *, create: bool = False) -> FeatureStore:
     return opened
 
 
+def check_out_folder(out: str) -> None:
+    """InvalidInputError unless ``out`` can be the folder a report writes (absent, or a folder)."""
+    import os
+
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InvalidInputError(f"--out {out} is a file; a report writes a folder (PNGs and summary.md): name a folder")
+
+
 def split_list(values: ListArg) -> list[str]:
     """A list option's items: each value split on commas, blanks dropped (``["a,b", "c"]`` -> ``[a, b, c]``)."""
     if values is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from medprobe.workflows.common import StoreArg, open_store
+from medprobe.workflows.common import StoreArg, check_out_folder, open_store
 from medprobe.workflows.results import Result
 
 
@@ -32,6 +32,7 @@ def report(*, run_ids: Sequence[str], out: str = "medprobe-report", store: Store
     """
     from medprobe.trainer.report import incomplete_runs, write_report
 
+    check_out_folder(out)
     st = open_store(store)
     ids = list(run_ids)
     warnings = incomplete_runs(st, ids)

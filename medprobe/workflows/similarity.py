@@ -59,12 +59,17 @@ def _memberships(store: Any, hashes: list[str]) -> dict[str, list[dict[str, Any]
 
 
 def label_mix(neighbours: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Per task: how many neighbours carry each label value (multilabel findings counted one by one)."""
+    """Per task: how many neighbour images carry each label value (multilabel findings counted one by one). An
+    image that is a member of several datasets counts once per value, not once per membership."""
     mix: dict[str, Counter[str]] = {}
+    seen: set[tuple[str, str, str]] = set()
     for n in neighbours:
         for task, value in (n.get("labels") or {}).items():
             for v in value if isinstance(value, list) else [value]:
-                mix.setdefault(task, Counter())[str(v)] += 1
+                key = (str(n.get("image_hash")), task, str(v))
+                if key not in seen:
+                    seen.add(key)
+                    mix.setdefault(task, Counter())[str(v)] += 1
     return {task: dict(sorted(c.items())) for task, c in sorted(mix.items())}
 
 

@@ -10,7 +10,15 @@ from typing import Any
 
 from medprobe.schemas.vocab import ComputeDType, Split, VqaLayout, VqaMode
 from medprobe.trainer.defaults import N_BOOT
-from medprobe.workflows.common import ListArg, StoreArg, choice, open_store, optional_choice, split_list
+from medprobe.workflows.common import (
+    ListArg,
+    StoreArg,
+    check_out_folder,
+    choice,
+    open_store,
+    optional_choice,
+    split_list,
+)
 from medprobe.workflows.results import Result, jsonable
 
 
@@ -155,5 +163,6 @@ def report(*, run_ids: Sequence[str], out: str = "vqa-report", store: StoreArg =
     ``run_ids``, written into the folder ``out``; ``store``: a store URL or an open ``FeatureStore``."""
     from medprobe.vqa.plots import write_vqa_report
 
+    check_out_folder(out)
     paths = write_vqa_report(open_store(store), list(run_ids), out)
     return VqaReportResult(out=out, paths=[str(p) for p in paths])
