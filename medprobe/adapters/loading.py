@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -77,7 +77,7 @@ class ModelSpec:
     """A model spec parsed once: what was given and which loader serves it."""
 
     text: str  # as the user wrote it (the feature sets' model_id)
-    backend: str  # family | plugin | timm | open_clip | transformers
+    backend: Backend
 
     @property
     def repo(self) -> str:
@@ -134,11 +134,12 @@ def load_adapter(
     )
 
 
-BACKENDS = ("transformers", "timm", "open_clip", "plugin", "family")
+#: which loader serves a spec (``medprobe models`` lists each, the built-in random ``family`` as "random")
+Backend = Literal["transformers", "timm", "open_clip", "plugin", "family"]
 HF_HUB = "hf-hub:"
 
 
-def model_backend(spec: str) -> str:
+def model_backend(spec: str) -> Backend:
     """Which loader serves ``spec``: ``family``, ``plugin``, ``timm``, ``open_clip`` or ``transformers``.
 
     A local directory and an ``hf-hub:`` repo are told apart by the config file they hold (see the module doc).

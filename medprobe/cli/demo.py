@@ -11,7 +11,7 @@ import typer
 from medprobe.cli.common import console, default_store_url, open_store
 from medprobe.cli.options import StoreOpt
 from medprobe.errors import MedprobeError
-from medprobe.workflows.catalog import demo_data
+from medprobe.workflows.modelinfo import demo_data
 
 DEMO_DATASET = "demo-synthetic-tissue"
 DEMO_TASK = "tissue"

@@ -12,7 +12,7 @@ from medprobe.cli.common import console
 from medprobe.cli.options import AllowPickleOpt, DeviceOpt, FormatOpt, OutOpt, TrustRemoteCodeOpt
 from medprobe.cli.output import emit
 from medprobe.schemas.vocab import ComputeDType
-from medprobe.workflows import catalog as wf
+from medprobe.workflows import modelinfo as wf
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,6 @@
 arguments, recording its run and returning a typed result. The CLI is a thin layer over these functions; a notebook
 calls them directly (``import medprobe; medprobe.sweep(task="kl_grade", model="efficientnet-lite0")``)."""
 
-from medprobe.workflows.catalog import ModelsResult, demo_data, models
 from medprobe.workflows.common import StoreWarning, open_store
 from medprobe.workflows.extraction import (
     ExtractionStopped,
@@ -16,6 +15,7 @@ from medprobe.workflows.extraction import (
     worker,
 )
 from medprobe.workflows.ingesting import DatasetsResult, IngestFailuresError, IngestResult, datasets, ingest
+from medprobe.workflows.modelinfo import ModelsResult, demo_data, models
 from medprobe.workflows.probes import CompareResult, ProbeRunResult, compare, load_probe, sweep, train
 from medprobe.workflows.reporting import ReportResult, report
 from medprobe.workflows.results import Result

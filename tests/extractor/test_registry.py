@@ -55,3 +55,12 @@ def test_loaded_adapters_declare_what_they_can_do() -> None:
     llava = load_adapter("tiny-random/llava")
     assert clip.supports(Capability.pooled_features) and not clip.supports(Capability.option_scoring)
     assert llava.supports(Capability.option_scoring) and not llava.supports(Capability.text_embeddings)
+
+
+def test_the_backends_models_lists_are_the_loaders() -> None:
+    from typing import get_args
+
+    from medprobe.adapters.loading import Backend
+    from medprobe.adapters.supported import BACKENDS
+
+    assert set(BACKENDS) == (set(get_args(Backend)) - {"family"}) | {"random"}  # `family` is listed as "random"

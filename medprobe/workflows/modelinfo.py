@@ -45,7 +45,7 @@ def models(
     hidden sizes, poolings, preprocessing; no images are run), loaded on ``device`` in ``dtype`` with
     ``trust_remote_code`` and ``allow_pickle`` as for extraction. ``save`` writes a ``tiny-random/*`` or
     ``random-full/*`` model to a directory in its hub layout, to try the local-directory path offline."""
-    from medprobe.adapters import catalog
+    from medprobe.adapters import supported
     from medprobe.adapters.loading import load_adapter, parse_model_spec
 
     if model is None:
@@ -53,7 +53,7 @@ def models(
             raise InvalidInputError("--save needs -m tiny-random/<name> or -m random-full/<name>")
         from medprobe.synthetic.models import spec_names
 
-        return ModelsResult(supported=catalog.supported(spec_names()))
+        return ModelsResult(supported=supported.supported(spec_names()))
     spec = parse_model_spec(model)
     if save is not None:
         if spec.backend != "family":
@@ -68,7 +68,7 @@ def models(
     backend = spec.backend.replace("family", "random")
     adapter = load_adapter(spec, device=device or "cpu", dtype=choice(ComputeDType, dtype, "--dtype").value,
                            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)  # fmt: skip
-    return ModelsResult(description=catalog.describe(adapter, backend))
+    return ModelsResult(description=supported.describe(adapter, backend))
 
 
 def demo_data(out: str | Path, *, patients: int = 36) -> Path:
