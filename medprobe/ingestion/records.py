@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -195,19 +196,43 @@ def find_file(root: Path, names: Sequence[str], what: str) -> Path:
 
 
 def read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Header and rows of a CSV (UTF-8, BOM tolerated; .gz read transparently)."""
+    """Header and rows of a CSV (UTF-8, BOM tolerated; .gz read transparently). Quoting is strict: an unbalanced
+    quote fails naming the line where the last good row ended, instead of swallowing the rest of the file."""
     import csv
     import gzip
 
     opener = gzip.open if path.suffix == ".gz" else open
+    rows: list[dict[str, str]] = []
+    last_good = 1
     try:
         with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
+            reader = csv.DictReader(f, strict=True)
+            for row in reader:
+                rows.append(row)
+                last_good = reader.line_num
             header = list(reader.fieldnames or [])
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except csv.Error as e:
+        raise InvalidInputError(f"{path}, line {last_good + 1}: cannot read as CSV: {e} (an unbalanced quote "
+                                "there?); fix the file and ingest again") from e  # fmt: skip
+    except (OSError, UnicodeDecodeError) as e:
         raise InvalidInputError(f"{path}: cannot read as CSV: {e}") from e
     return header, rows
+
+
+def canonical_label(raw: str) -> str | None:
+    """The one rule for a label cell (csv manifests, --class-names): surrounding whitespace is dropped; empty and
+    NaN are missing (None); a number is written by its value, so ``1``, ``1.0`` and ``01`` are the class "1" and
+    ``0.50`` is "0.5"; any other text is kept as written."""
+    text = raw.strip()
+    if not text or text.lower() == "nan":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(value):
+        return text
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def require_columns(path: Path, header: Sequence[str], columns: Iterable[str | None]) -> None:

@@ -13,6 +13,7 @@ from medprobe.ingestion.records import (
     SourceRecord,
     TaskSpec,
     abs_uri,
+    canonical_label,
     infer_type,
     read_csv_rows,
     require_columns,
@@ -76,9 +77,9 @@ def parse(source: Path, options: FormatOptions) -> ParsedSource:
                     findings = parse_findings(raw, options.multilabel_separator)
                     labels[column] = findings
                     values[column].update(findings)
-                elif raw:
-                    labels[column] = raw
-                    values[column].add(raw)
+                elif (value := canonical_label(raw)) is not None:  # numbers by value; empty and NaN: missing
+                    labels[column] = value
+                    values[column].add(value)
             split = None
             if options.split_column and (row.get(options.split_column) or "").strip():
                 split = normalise_split(row[options.split_column], where=where)
@@ -102,7 +103,8 @@ def parse(source: Path, options: FormatOptions) -> ParsedSource:
         if column in multilabel:
             tasks.append(options.task_for(column, "multilabel", None))
             continue
-        classes = list(options.class_names) if options.class_names else sorted_classes(values[column])
+        declared = [canonical_label(c) or c for c in options.class_names]
+        classes = declared if declared else sorted_classes(values[column])
         tasks.append(options.task_for(column, infer_type(classes), classes))
         if set(values[column]) - set(classes):  # rows whose value is not a declared class
             allowed = set(classes)
