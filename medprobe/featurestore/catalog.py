@@ -32,8 +32,8 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-_DUCK_TYPES = {pa.bool_(): "BOOLEAN", pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
-               pa.float64(): "DOUBLE"}  # fmt: skip
+_DUCK_TYPES = {pa.bool_(): "BOOLEAN", pa.string(): "VARCHAR", pa.int8(): "TINYINT", pa.int16(): "SMALLINT",
+               pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float32(): "FLOAT", pa.float64(): "DOUBLE"}  # fmt: skip
 
 
 def _duck_type(t: pa.DataType) -> str:
@@ -79,6 +79,36 @@ def _dedup_view_sql(spec: TableSpec) -> str:
     )
 
 
+def _family(t: pa.DataType) -> str:
+    """The kind of values an Arrow type holds (widths, time zones' spelling and list field names aside)."""
+    if pa.types.is_dictionary(t):
+        return _family(t.value_type)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"list<{_family(t.value_type)}>"
+    for kind, test in (("int", pa.types.is_integer), ("float", pa.types.is_floating), ("bool", pa.types.is_boolean),
+                       ("str", lambda x: pa.types.is_string(x) or pa.types.is_large_string(x)),
+                       ("time", pa.types.is_timestamp), ("bytes", pa.types.is_binary)):  # fmt: skip
+        if test(t):
+            return kind
+    return str(t)
+
+
+def _check_schema(schema: pa.Schema, spec: TableSpec) -> None:
+    """ValueError unless a fragment holds the table's required columns, and only columns of the table, each holding
+    the kind of values the table's does (a fragment of an older format may lack the columns a newer one added)."""
+    for field in schema:
+        index = spec.schema.get_field_index(field.name)
+        if index < 0:
+            raise ValueError(f"not a {spec.name} fragment: it has a column {field.name!r} the table does not")
+        want = spec.schema.field(index).type
+        if _family(field.type) != _family(want):
+            raise ValueError(f"not a {spec.name} fragment: column {field.name!r} is {field.type}, not {want}")
+    fields = spec.model.model_fields
+    required = [n for n in spec.schema.names if n in fields and fields[n].is_required() and n not in schema.names]
+    if required:
+        raise ValueError(f"not a {spec.name} fragment: it lacks the column(s) {required}")
+
+
 class Catalog:
     """One DuckDB connection with a ``raw_<table>`` and a deduplicated ``<table>`` view per table.
 
@@ -121,7 +151,7 @@ class Catalog:
         with self.lock:
             for name in tables or TABLES:
                 spec = TABLES[name]
-                files = self._visible(name, self._readable(e["name"] for e in list_fragments(self.loc, name)))
+                files = self._visible(name, self._readable((e["name"] for e in list_fragments(self.loc, name)), spec))
                 if files == self._files[name]:
                     continue
                 raw = _ident(f"raw_{name}")
@@ -168,9 +198,11 @@ class Catalog:
         hidden = self.superseded.get(table)
         return tuple(f for f in files if posixpath.basename(f) not in hidden) if hidden else files
 
-    def _readable(self, paths: Iterable[str]) -> tuple[str, ...]:
-        """The fragments whose Parquet footer reads; the others go to ``unreadable`` and stay out of the views
-        (``medprobe store verify`` names them, ``medprobe store quarantine`` moves them aside)."""
+    def _readable(self, paths: Iterable[str], spec: TableSpec) -> tuple[str, ...]:
+        """The fragments whose Parquet footer reads and whose columns are the table's (by name and type; a column a
+        newer format added may be absent); the others go to ``unreadable`` and stay out of the views (``medprobe
+        store verify`` names them, ``medprobe store quarantine`` moves them aside): one foreign or wrongly typed
+        file never breaks the table."""
         out = []
         pending: set[str] = set()  # transactions found uncommitted in this pass: one marker check each
         for path in paths:
@@ -188,7 +220,9 @@ class Catalog:
             if path not in self._columns:
                 try:
                     with self.loc.fs.open(path, "rb") as f:
-                        columns = frozenset(pq.read_metadata(f).schema.to_arrow_schema().names)
+                        schema = pq.read_metadata(f).schema.to_arrow_schema()
+                    columns = frozenset(schema.names)
+                    _check_schema(schema, spec)
                 except FileNotFoundError:
                     continue  # moved aside since it was listed
                 except (OSError, ValueError) as e:

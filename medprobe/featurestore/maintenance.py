@@ -109,14 +109,17 @@ def verify_store(
     for name in TABLES:
         for frag in list_fragments(store.loc, name):
             report.fragments_checked += 1
+            why = store.catalog.unreadable.get(frag["name"])  # a foreign or wrongly typed fragment the views skip
             try:
                 with store.loc.fs.open(frag["name"], "rb") as f:
                     pq.read_metadata(f)
             except (OSError, ValueError) as e:
+                why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            if why is not None:
                 report.unreadable_fragments.append(frag["name"])
                 report.problems.append(
-                    f"table {name}: fragment {frag['name']} unreadable ({str(e).splitlines()[0][:200]}); "
-                    "`medprobe store quarantine` moves it aside"
+                    f"table {name}: fragment {frag['name']} unreadable ({why}); `medprobe store quarantine` moves it "
+                    "aside"
                 )
     segs = store.catalog.query(
         "SELECT segment_id, any_value(feature_set_id) AS feature_set_id, list(DISTINCT layer) AS layers, "

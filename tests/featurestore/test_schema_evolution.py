@@ -71,3 +71,26 @@ def test_format_3_vqa_item_rows_are_migrated_to_their_row_kind(tmp_path) -> None
     check_dataset(store, "imgs")
     with pytest.raises(InvalidInputError, match="holds VQA items, not images"):
         check_dataset(store, "vqa-x")
+
+
+def test_a_foreign_or_wrongly_typed_fragment_is_named_and_left_out(tmp_path, capsys) -> None:
+    from tests.helpers.cli import run_cli
+
+    url = str(tmp_path / "s")
+    store = FeatureStore.open(url, create=True)
+    store.append("probe_results", [_row("p1")])
+    folder = tmp_path / "s" / "tables" / "probe_results"
+    pq.write_table(pa.table({"x": pa.array([1, 2], pa.int16())}), folder / "20260101T000000000001-aaaaaaaaaaaa.parquet")
+    typed = pa.table({f.name: [getattr(_row("p2"), f.name)] for f in TABLES["probe_results"].schema})
+    typed = typed.set_column(typed.schema.get_field_index("layer"), "layer", pa.array(["zero"]))  # string, not int
+    pq.write_table(typed, folder / "20260101T000000000002-bbbbbbbbbbbb.parquet")
+    store = FeatureStore.open(url, create=False)
+    assert store.sql("SELECT probe_id FROM probe_results").column(0).to_pylist() == ["p1"]
+    assert len(store.unreadable_fragments) == 2
+    assert any("has a column 'x'" in why for why in store.unreadable_fragments.values())
+    assert any("column 'layer' is string" in why for why in store.unreadable_fragments.values())
+    code, _, err = run_cli(capsys, "store", "verify", "--store", url)
+    assert code == 4 and "aaaaaaaaaaaa" in err + _ and "Traceback" not in err
+    code, _, err = run_cli(capsys, "store", "quarantine", "--store", url)
+    assert code == 0, err
+    assert FeatureStore.open(url).unreadable_fragments == {}
