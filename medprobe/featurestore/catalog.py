@@ -101,7 +101,7 @@ def _check_schema(schema: pa.Schema, spec: TableSpec) -> None:
         if index < 0:
             raise ValueError(f"not a {spec.name} fragment: it has a column {field.name!r} the table does not")
         want = spec.schema.field(index).type
-        if _family(field.type) != _family(want):
+        if not pa.types.is_null(field.type) and _family(field.type) != _family(want):  # an all-NULL column fits any
             raise ValueError(f"not a {spec.name} fragment: column {field.name!r} is {field.type}, not {want}")
     fields = spec.model.model_fields
     required = [n for n in spec.schema.names if n in fields and fields[n].is_required() and n not in schema.names]

@@ -245,7 +245,28 @@ def gc_store(
                 report.removed_superseded.append(entry["name"])
                 if not dry_run:
                     store.loc.fs.rm(entry["name"])
+    for path in _stale_temp_files(store, now, grace):  # e.g. a blob half-copied by a killed `ingest --copy`
+        report.removed_temp_files.append(path)
+        if not dry_run:
+            store.loc.fs.rm(path)
     return report
+
+
+_NO_TEMP_WALK = {"segments", "tables", "quarantine"}  # segments: their own rule above; tables: above; quarantine: kept
+
+
+def _stale_temp_files(store: FeatureStore, now: dt.datetime, grace: dt.timedelta) -> list[str]:
+    """Temporary files of atomic writes (``.<name>.<pid>-<hex>.tmp``) older than ``grace`` anywhere else in the store
+    (blobs/, files/, txns/, locks/): what a process killed mid-write leaves."""
+    out = []
+    for top in list_files(store.loc, store.loc.path()):
+        if posixpath.basename(top["name"].rstrip("/")) in _NO_TEMP_WALK or top.get("type") != "directory":
+            continue
+        for path in store.loc.fs.find(top["name"]):
+            base = posixpath.basename(path)
+            if base.startswith(".") and base.endswith(".tmp") and _age(store, path, "", now) >= grace:
+                out.append(path)
+    return out
 
 
 @dataclass

@@ -98,3 +98,21 @@ def test_quarantine_after_compaction_hides_the_broken_segment(tmp_path) -> None:
     assert left == ["fs-synth"] and rep.rows_hidden > 0
     kept = store.loc.fs.ls(store.loc.path("quarantine", "activations"))
     assert any(posixpath.basename(k).endswith("-excluded.parquet") for k in kept)  # moved aside, not deleted
+
+
+def test_gc_removes_the_half_written_blob_of_a_killed_copy_and_keeps_blobs(tmp_path) -> None:
+    import os
+
+    store = FeatureStore.open(str(tmp_path / "s"), create=True)
+    kept = store.put_bytes("blobs/images/ab/" + "ab" * 32 + ".png", b"png bytes")
+    folder = tmp_path / "s" / "blobs" / "images" / "cd"
+    folder.mkdir(parents=True)
+    half = folder / f".{'cd' * 32}.png.4242-deadbeef.tmp"  # what a killed `ingest --copy` leaves behind
+    half.write_bytes(b"half")
+    old = dt.datetime.now().timestamp() - 2 * 3600
+    os.utime(half, (old, old))
+    young = folder / f".{'ce' * 32}.png.4243-deadbeef.tmp"  # a live writer's: younger than the grace period
+    young.write_bytes(b"writing")
+    report = gc_store(store, dt.timedelta(hours=1))
+    assert [os.path.basename(p) for p in report.removed_temp_files] == [half.name]
+    assert not half.exists() and young.exists() and store.read_bytes(kept) == b"png bytes"
