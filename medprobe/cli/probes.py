@@ -179,6 +179,11 @@ def _print_probes(result: wf.ProbeRunResult) -> None:
             err_console.print(f"[yellow]warning:[/] {key}: {why}")
     for line in not_converged_warnings(result.outcomes):
         err_console.print(f"[yellow]warning:[/] {line}", highlight=False)
+    if result.n_missing_labels or result.n_missing_features:
+        err_console.print(
+            f"[yellow]note:[/] --allow-missing left out {result.n_missing_features} image(s) without features and "
+            f"{result.n_missing_labels} without a {result.task!r} label", highlight=False,
+        )  # fmt: skip
     best = next(o for o in result.outcomes if o.probe_id == result.probe_id)
     console.print(
         f"{'k' if result.method == 'knn' else 'C'} and the best layer chosen by {best.select_by} ({result.selection}, "

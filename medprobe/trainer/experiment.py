@@ -185,6 +185,7 @@ def run_experiment(
     feats = read_features(store, spec.feature_set_id, spec.layers, hashes)
     if spec.method == "knn":
         knn = _run_knn(spec, data, feats, pool, test, show_progress)
+        _note_missing(knn, data)
         write_outcomes(store, spec, run_id, knn, 0.0, ProtocolTiming())
         return knn
     if spec.method != "probe":
@@ -222,8 +223,15 @@ def run_experiment(
         bar.update(task_bar, completed=len(spec.layers) * n_cols)  # the adaptive grid skips the C values past the turn
         outcomes = [_tested(r, layers[r.layer_pos], spec, data, feats, test) for r in results]
     per_probe = (timing.select_seconds + timing.refit_seconds) / max(1, len(outcomes))
+    _note_missing(outcomes, data)
     write_outcomes(store, spec, run_id, outcomes, per_probe, timing)
     return outcomes
+
+
+def _note_missing(outcomes: list[ProbeOutcome], data: TaskData) -> None:
+    """Record with every result how many of the dataset's images ``--allow-missing`` left out, and why."""
+    for o in outcomes:
+        o.extra.update({"n_missing_labels": data.n_missing_labels, "n_missing_features": data.n_missing_features})
 
 
 def _tested(r: ProtocolResult, layer: int, spec: ExperimentSpec, data: TaskData, feats: dict[int, np.ndarray],

@@ -207,6 +207,8 @@ class ProbeRunResult(Result):
     k: int | None
     test: dict[str, Any]
     probes: list[dict[str, Any]]
+    n_missing_labels: int = 0  # extracted images of the dataset left out for having no label (--allow-missing)
+    n_missing_features: int = 0  # images of the dataset left out for having no features (--allow-missing)
     selection: str = field(default="cv", repr=False)
     outcomes: list[ProbeOutcome] = field(default_factory=list, repr=False, compare=False)
 
@@ -248,6 +250,8 @@ def _run_probes(kind: str, store: StoreArg, task: str, layers: str | None, featu
         task=spec.task.task, class_names=list(spec.task.class_names), layer=best.layer, probe_id=best.probe_id,
         method=best.method, C=best.C, k=best.k, test=metrics_doc(best.metrics),
         probes=[_probe_doc(o) for o in outcomes], selection=spec.selection, outcomes=outcomes,
+        n_missing_labels=int(best.extra.get("n_missing_labels", 0)),
+        n_missing_features=int(best.extra.get("n_missing_features", 0)),
     )  # fmt: skip
 
 

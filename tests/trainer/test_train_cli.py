@@ -162,8 +162,14 @@ def test_missing_labels_refused_then_allowed(synth_store, capsys):
     args = ["train", "--task", "grade", "--feature-set", "fs-synth", "-l", "3", "--store", synth_store.url, *FAST]
     code, _, err = run_cli(capsys, *args)
     assert code != 0 and "5 of 245 extracted images have no 'grade' label" in err and "--allow-missing" in err
-    code, _, err = run_cli(capsys, *args, "--allow-missing", "-f", "json")
+    code, out, err = run_cli(capsys, *args, "--allow-missing", "-f", "json")
     assert code == 0, err
+    doc = json.loads(out)  # the rows left out are counted in the result, and stored with it
+    assert doc["n_missing_labels"] == 5 and doc["n_missing_features"] == 0
+    stored = synth_store.sql("SELECT metrics FROM probe_results WHERE probe_id = ?", [doc["probe_id"]])
+    assert json.loads(stored.column(0)[0].as_py())["n_missing_labels"] == 5
+    code, _, err = run_cli(capsys, *args, "--allow-missing")
+    assert code == 0 and "--allow-missing left out 0 image(s) without features and 5 without a 'grade' label" in err
 
 
 def test_nan_features_are_refused_with_the_rows_named(tmp_path, capsys):
