@@ -10,7 +10,7 @@ import contextlib
 import posixpath
 from dataclasses import dataclass
 
-from medprobe.featurestore.fsio import Location, create_exclusive, list_files, resolve, write_atomic
+from medprobe.featurestore.fsio import Location, create_exclusive, list_files, resolve, take_over, write_atomic
 
 STORE_URI = "store:"  # image URIs of bytes copied into the store: "store:" + path relative to the store root
 
@@ -39,6 +39,10 @@ class FileArea:
     def create_exclusive(self, relpath: str, data: bytes) -> bool:
         """Create a file unless it exists; True when this call created it."""
         return create_exclusive(self.loc, self._path(relpath), data)
+
+    def take_over(self, relpath: str, seen: bytes, data: bytes) -> bool:
+        """Replace a stale lock file whose content was ``seen`` by ``data`` (see :func:`fsio.take_over`)."""
+        return take_over(self.loc, self._path(relpath), seen, data)
 
     def remove(self, relpath: str) -> None:
         """Remove a file if it exists."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import secrets
@@ -126,6 +127,32 @@ def fsync_tree(path: str) -> None:
     paths.append(os.path.dirname(os.path.abspath(path)))
     with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
         list(pool.map(_fsync_path, paths))
+
+
+def take_over(loc: Location, path: str, seen: bytes, data: bytes) -> bool:
+    """Replace the lock file ``path``, whose content was ``seen`` (its holder is gone), by ``data``; True when this call
+    holds it now. On local disks the takeover cannot race: the stale file is renamed aside (one rename of it
+    succeeds), a file renamed by mistake (a live holder's, created since ``seen`` was read) is put back, and the new
+    lock is created exclusively. Elsewhere it is remove-then-create, which object stores cannot make atomic."""
+    if not loc.is_local:
+        with contextlib.suppress(FileNotFoundError):
+            loc.fs.rm(path)
+        return create_exclusive(loc, path, data)
+    aside = f"{path}.{os.getpid()}-{secrets.token_hex(4)}.stale"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False  # another process took it over first
+    try:
+        with open(aside, "rb") as f:
+            taken = f.read()
+        if taken != seen:  # a live lock, created after ours was read: give it back
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+            return False
+    finally:
+        os.unlink(aside)
+    return create_exclusive(loc, path, data)
 
 
 def list_files(loc: Location, path: str) -> list[dict]:

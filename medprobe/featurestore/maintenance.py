@@ -282,6 +282,28 @@ class CompactReport:
 COMPACT_LOCK = "locks/compact-{table}.lock"
 
 
+def _take_compact_lock(store: FeatureStore, lock: str) -> bool:
+    """Create the compaction lock, or take it over from a compaction whose process is gone (killed on this host)."""
+    import os
+    import socket
+
+    from medprobe.featurestore.fsio import create_exclusive, take_over
+    from medprobe.featurestore.runs import process_gone
+    from medprobe.schemas import utcnow
+
+    body = json.dumps({"at": utcnow().isoformat(), "pid": os.getpid(), "host": socket.gethostname()}).encode()
+    if create_exclusive(store.loc, lock, body):
+        return True
+    try:
+        seen = bytes(store.loc.fs.cat_file(lock))
+        holder = json.loads(seen)
+    except FileNotFoundError:
+        return create_exclusive(store.loc, lock, body)  # released meanwhile
+    except ValueError:
+        return False
+    return process_gone(holder.get("host"), holder.get("pid")) and take_over(store.loc, lock, seen, body)
+
+
 def compact_table(
     store: FeatureStore, table: str, *, min_fragments: int = 16, exclude_segments: frozenset[str] = frozenset()
 ) -> CompactReport:
@@ -293,7 +315,7 @@ def compact_table(
     ``quarantine/activations/`` (nothing is deleted). One compaction per table at a time (a lock file).
     """
     from medprobe.featurestore.fragments import TXN_PREFIX, append_fragment
-    from medprobe.featurestore.fsio import create_exclusive, write_atomic
+    from medprobe.featurestore.fsio import write_atomic
     from medprobe.featurestore.ids import new_id
     from medprobe.schemas import utcnow
 
@@ -303,7 +325,7 @@ def compact_table(
         raise InvalidInputError("exclude_segments applies to the activations table only")
     store.check_writable()
     lock = store.loc.path(COMPACT_LOCK.format(table=table))
-    if not create_exclusive(store.loc, lock, json.dumps({"at": utcnow().isoformat()}).encode()):
+    if not _take_compact_lock(store, lock):
         raise InvalidInputError(f"another compaction of {table} holds {lock}; wait for it, or remove the file if no "
                                 "compaction is running")  # fmt: skip
     try:

@@ -45,17 +45,20 @@ def dataset_lock(store: FeatureStore, dataset: str) -> Iterator[None]:
     name = f"ingest-{dataset.encode().hex()}.json"  # any dataset name becomes a safe file name
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": dt.datetime.now(dt.UTC).isoformat()}
     body = json.dumps(me).encode()
-    for _ in range(2):
+    for _ in range(3):
         if area.create_exclusive(name, body):
             break
         raw = area.read(name)
+        if raw is None:
+            continue  # released meanwhile: try again
         holder = json.loads(raw) if raw else {}
-        if raw is not None and not _abandoned(holder):
+        if not _abandoned(holder):
             raise DatasetBusyError(
                 f"dataset {dataset!r} is being changed by another ingest (pid {holder.get('pid')} on "
                 f"{holder.get('host')}, since {holder.get('since')}); wait for it to finish and run this again"
             )
-        area.remove(name)  # the holder died without releasing it
+        if area.take_over(name, raw, body):  # the holder died without releasing it; one taker wins
+            break
     else:
         raise DatasetBusyError(f"dataset {dataset!r}: could not take its ingest lock; run this again")
     try:

@@ -93,3 +93,71 @@ def test_a_shipped_split_that_leaks_a_patient_is_reported(tmp_path, store, capsy
     assert code == 0 and "1 patient group(s) are in more than one split" in out
     code, _, err = run_cli(capsys, *args, "--strict")
     assert code != 0 and "more than one split (--strict)" in err
+
+
+def _take_stale_lock(url: str, barrier: object, holders: object) -> None:
+    """One racer: at the barrier, take the dataset's lock (left by a dead process); count the holders."""
+    import time
+
+    store = FeatureStore.open(url, create=False)
+    barrier.wait()  # type: ignore[attr-defined]
+    try:
+        with dataset_lock(store, "d"):
+            with holders.get_lock():  # type: ignore[attr-defined]
+                holders.value += 1  # type: ignore[attr-defined]
+            time.sleep(0.5)  # hold it while the others try
+    except DatasetBusyError:
+        pass
+
+
+def test_racing_takeovers_of_a_stale_lock_leave_one_holder(store: FeatureStore) -> None:
+    import json
+    import multiprocessing as mp
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+    ctx = mp.get_context("spawn")
+    area = store.file_area("locks")
+    for _trial in range(3):
+        stale = {"pid": int(dead), "host": socket.gethostname(), "since": "2026-01-01T00:00:00+00:00"}
+        area.write_atomic(f"ingest-{b'd'.hex()}.json", json.dumps(stale).encode())
+        barrier, holders = ctx.Barrier(6), ctx.Value("i", 0)
+        racers = [ctx.Process(target=_take_stale_lock, args=(store.url, barrier, holders)) for _ in range(6)]
+        for p in racers:
+            p.start()
+        for p in racers:
+            p.join(60)
+        assert holders.value == 1
+        assert area.read(f"ingest-{b'd'.hex()}.json") is None  # the one holder released it
+        assert not [n for n, _ in area.entries() if n.endswith(".stale")]
+
+
+def test_a_compaction_killed_while_holding_its_lock_does_not_block_the_next(store: FeatureStore) -> None:
+    import json
+    import socket
+
+    from medprobe.featurestore import compact_table
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+    lock = {"at": "2026-01-01T00:00:00+00:00", "pid": int(dead), "host": socket.gethostname()}
+    store.file_area("locks").write_atomic("compact-failures.lock", json.dumps(lock).encode())
+    report = compact_table(store, "failures", min_fragments=2)
+    assert report.table == "failures"
+    live = {"at": "2026-01-01T00:00:00+00:00", "pid": os.getpid(), "host": socket.gethostname()}
+    store.file_area("locks").write_atomic("compact-failures.lock", json.dumps(live).encode())
+    with pytest.raises(Exception, match="another compaction of failures holds"):
+        compact_table(store, "failures", min_fragments=2)
+
+
+def test_a_takeover_never_removes_a_lock_created_since_the_stale_one_was_read(store: FeatureStore) -> None:
+    """The interleaving that gave two holders: B reads the stale lock, A takes it over, then B acts on what it read."""
+    area = store.file_area("locks")
+    area.write_atomic("x.lock", b"stale")
+    seen_by_a = seen_by_b = area.read("x.lock")
+    assert seen_by_a is not None and seen_by_b is not None
+    assert area.take_over("x.lock", seen_by_a, b"A")
+    assert not area.take_over("x.lock", seen_by_b, b"B")  # remove-then-create would delete A's live lock here
+    assert area.read("x.lock") == b"A"
+    assert not area.take_over("y.lock", b"gone", b"C")  # released meanwhile: nothing to take over
