@@ -173,10 +173,11 @@ class Slurm:
     fault: FaultHook | None = None
     name: str = "slurm"
     shared_store: bool = True
+    _executor: Any = field(default=None, init=False, repr=False, compare=False)  # built once, by prepare()
 
     def prepare(self) -> None:
         """submitit installed, and sbatch on PATH for a SLURM cluster."""
-        self.executor()
+        self._executor = self.executor()
 
     def executor(self) -> Any:
         """The submitit executor with this array's parameters."""
@@ -199,7 +200,8 @@ class Slurm:
     def run(self, store_url: str, options: ExtractOptions, shards: list[int], n_shards: int,
             on_shard: OnShard) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
         n = len(shards)
-        jobs = self.executor().map_array(run_task, [store_url] * n, [options.model_dump()] * n, shards,
+        executor = self._executor or self.executor()
+        jobs = executor.map_array(run_task, [store_url] * n, [options.model_dump()] * n, shards,
                                          [n_shards] * n, ["slurm"] * n, [self.fault] * n)  # fmt: skip
         results = []
         for job, shard in zip(jobs, shards, strict=True):

@@ -345,9 +345,9 @@ def run_extraction(
     (``stop`` set: raises :class:`Stopped` afterwards) or fails.
     """
     t_start = time.perf_counter()
-    for row in request.feature_sets.values():
-        store.register_feature_set(row)
-    if plan is None:
+    if plan is None:  # a caller that passes its plan has registered the feature sets it planned for
+        for row in request.feature_sets.values():
+            store.register_feature_set(row)
         fs_ids = list(request.feature_set_ids.values())
         plan = plan_images(
             store, options.dataset, fs_ids, request.layers, splits=options.split, shard=shard, limit=options.limit

@@ -76,11 +76,10 @@ class VlmScorer:
         out = self.pre.run_processor(to_rgb(list(images)) * copies, self.prompt(text))
         return {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in self.pre.drop_keys}
 
-    def _prefix(self, images: Sequence[Image.Image], text: str) -> str:
-        """The space an answer starts with: none when the tokens the model sees end in whitespace (a chat template's
-        newline, or the one PaliGemma's processor appends after the prompt text), else one."""
-        ids = self.inputs(images, text, 1)["input_ids"][0]
-        tail = str(self.tokenizer.decode(ids[-1:]))
+    def _prefix_after(self, prompt_ids: torch.Tensor) -> str:
+        """The space an answer starts with: none when the prompt's tokens, as the model sees them, end in whitespace
+        (a chat template's newline, or the one PaliGemma's processor appends after the prompt text), else one."""
+        tail = str(self.tokenizer.decode(prompt_ids[-1:]))
         return "" if tail[-1:].isspace() else " "
 
     def _ids(self, text: str) -> list[int]:
@@ -99,13 +98,14 @@ class VlmScorer:
         score every option from its key-value cache; the others run prompt + option for all options as one
         right-padded batch. Both equal a direct one-option computation (tests, 1e-4).
         """
-        prefix = self._prefix(images, text)
+        # the processor runs once: the prompt alone (cached scoring), or one copy per option
+        base = self.inputs(images, text, 1 if self.adapter.reuses_prompt_cache else len(options))
+        prefix = self._prefix_after(base["input_ids"][0])
         conts = [self._ids(prefix + o.strip()) for o in options]
         if any(not c for c in conts):
             raise InvalidInputError("an option's text is empty; every option needs text to score")
         if self.adapter.reuses_prompt_cache:
-            return self._loglik_cached(images, text, conts)
-        base = self.inputs(images, text, len(options))
+            return self._loglik_cached(base, conts)
         ids, mask = base["input_ids"], base["attention_mask"]
         n, length = ids.shape
         if not bool(mask.all()):
@@ -147,10 +147,10 @@ class VlmScorer:
             return torch.full(shape, self.adapter.answer_token_type, dtype=value.dtype)
         return torch.zeros(shape, dtype=value.dtype)
 
-    def _loglik_cached(self, images: Sequence[Image.Image], text: str, conts: list[list[int]]) -> Scored:
+    def _loglik_cached(self, prompt_inputs: Mapping[str, torch.Tensor], conts: list[list[int]]) -> Scored:
         """The prompt once; each option's tokens from the prompt's cache, repeated over the options."""
         dtype = getattr(self.adapter, "dtype", torch.float32)
-        prompt = move_batch(self.inputs(images, text, 1), self.device, dtype)
+        prompt = move_batch(dict(prompt_inputs), self.device, dtype)
         length, n, width = prompt["input_ids"].shape[1], len(conts), max(len(c) for c in conts)
         with torch.no_grad():
             out = self.model(**prompt, use_cache=True)
@@ -180,9 +180,8 @@ class VlmScorer:
             counts.append(len(c))
         return Scored(loglik_sum=sums, loglik_mean=means, n_tokens=counts)
 
-    def letter_ids(self, images: Sequence[Image.Image], text: str, letters: Sequence[str]) -> list[int]:
-        """The token of each shown letter as it would follow the prompt."""
-        prefix = self._prefix(images, text)
+    def _letter_tokens(self, prefix: str, letters: Sequence[str]) -> list[int]:
+        """The token of each shown letter as it would follow the prompt (after ``prefix``)."""
         out = []
         for letter in letters:
             ids = self._ids(prefix + letter)
@@ -199,8 +198,9 @@ class VlmScorer:
 
     def letter(self, images: Sequence[Image.Image], text: str, letters: Sequence[str]) -> Scored:
         """Softmax over the letters' logits at the answer position (one forward pass)."""
-        token_ids = self.letter_ids(images, text, letters)
-        logits = self._forward(self.inputs(images, text, 1))[0, -1]
+        inputs = self.inputs(images, text, 1)
+        token_ids = self._letter_tokens(self._prefix_after(inputs["input_ids"][0]), letters)
+        logits = self._forward(inputs)[0, -1]
         probs = torch.softmax(logits[torch.tensor(token_ids)].double(), dim=0)
         return Scored(letter_probs=[float(p) for p in probs])
 

@@ -27,11 +27,16 @@ TEXT = "Question: Is there a fracture?\nA. yes\nB. no\nAnswer with the letter of
 IMAGE_MASK_FAMILIES = ("idefics", "mllama")
 
 
+def _prefix(scorer: VlmScorer) -> str:
+    """The space the scorer puts before an answer to TEXT."""
+    return scorer._prefix_after(scorer.inputs([IMAGE], TEXT, 1)["input_ids"][0])
+
+
 def _processor_loglik(scorer: VlmScorer, option: str) -> float:
     """One option alone, independently of the scorer's input building: the processor on prompt + option text."""
     base = scorer.inputs([IMAGE], TEXT, 1)
     length = base["input_ids"].shape[1]
-    full_text = scorer.prompt(TEXT) + scorer._prefix([IMAGE], TEXT) + option
+    full_text = scorer.prompt(TEXT) + _prefix(scorer) + option
     full = {k: v for k, v in scorer.pre.run_processor([IMAGE], full_text).items()
             if isinstance(v, torch.Tensor) and k not in scorer.pre.drop_keys}  # fmt: skip
     ids = full["input_ids"][0]
@@ -48,7 +53,7 @@ def _direct_loglik(scorer: VlmScorer, option: str) -> float:
         return _processor_loglik(scorer, option)
     inputs = scorer.inputs([IMAGE], TEXT, 1)
     length = inputs["input_ids"].shape[1]
-    cont = scorer.tokenizer(scorer._prefix([IMAGE], TEXT) + option, add_special_tokens=False)["input_ids"]
+    cont = scorer.tokenizer(_prefix(scorer) + option, add_special_tokens=False)["input_ids"]
     for key, value in list(inputs.items()):  # per-token inputs over the answer text
         if key not in ("input_ids", "attention_mask") and value.shape[:2] == (1, length):
             if key == "token_type_ids" and scorer.adapter.identity.adapter == "paligemma":
@@ -78,7 +83,7 @@ def test_loglik_and_letter_equal_a_direct_computation(name: str) -> None:
     np.testing.assert_allclose(scored.loglik_mean, np.array(direct) / np.array(scored.n_tokens), atol=1e-4)
     with torch.no_grad():
         logits = scorer.model(**scorer.inputs([IMAGE], TEXT, 1)).logits.float()[0, -1]
-    ids = scorer.letter_ids([IMAGE], TEXT, ["A", "B"])
+    ids = scorer._letter_tokens(_prefix(scorer), ["A", "B"])
     expected = torch.softmax(logits[ids].double(), 0).numpy()
     np.testing.assert_allclose(scorer.letter([IMAGE], TEXT, ["A", "B"]).letter_probs, expected, atol=1e-6)
 
@@ -87,7 +92,7 @@ def test_loglik_and_letter_equal_a_direct_computation(name: str) -> None:
 def test_the_answer_space_is_decided_from_the_tokens_the_model_sees(name: str, prefix: str) -> None:
     scorer = VlmScorer(load_adapter(f"tiny-random/{name}"))
     # PaliGemma's processor appends a newline to the prompt text: its answers start without a space
-    assert scorer._prefix([IMAGE], TEXT) == prefix
+    assert _prefix(scorer) == prefix
 
 
 def test_a_vision_encoder_is_refused() -> None:
