@@ -171,3 +171,48 @@ def test_models_lists_backends_model_types_and_random_models(capsys) -> None:
     assert {"tiny-random/timm-vit", "tiny-random/open_clip-timm", "random-full/timm-vit", "efficientnet-lite0"} <= names
     code, _, err = run_cli(capsys, "models", "--save", "x")
     assert code != 0 and "--save needs -m" in err
+
+
+# ----------------------------------------------------------------------------- a local model's identity
+@pytest.mark.parametrize(
+    ("spec", "config"),
+    [("tiny-random/vit", "config.json"), ("tiny-random/timm-vit", "config.json"),
+     ("tiny-random/open_clip-vit", "open_clip_config.json")],
+)  # fmt: skip
+def test_a_local_models_identity_covers_its_config_not_its_readme(spec, config, tmp_path) -> None:
+    directory = save_random(spec, tmp_path / "m")
+    before = load_adapter(str(directory)).identity.model_revision
+    (directory / "README.md").write_text("# a model card edit\n")
+    (directory / ".git").mkdir()
+    (directory / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    assert load_adapter(str(directory)).identity.model_revision == before
+    data = json.loads((directory / config).read_text())
+    data["medprobe_test_edit"] = 1  # any byte of the config, whether or not this library reads the key
+    (directory / config).write_text(json.dumps(data))
+    assert load_adapter(str(directory)).identity.model_revision != before
+
+
+def test_editing_a_local_config_that_changes_the_numbers_gives_a_new_feature_set(tmp_path, capsys) -> None:
+    """The hostile check: `layer_norm_eps` edited in config.json must not extend the old feature set."""
+    directory = save_random("tiny-random/vit", tmp_path / "m")
+    url = str(tmp_path / "store")
+    store = FeatureStore.open(url)
+    from tests.helpers.datasets import make_dataset
+
+    hashes = make_dataset(store, "d", tmp_path / "imgs", 4)
+    args = ("extract", "-s", url, "-d", "d", "-m", str(directory), "--pooling", "image_mean", "-l", "-1",
+            "--decode-workers", "0", "--no-progress", "-f", "json")  # fmt: skip
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    first = json.loads(out)
+    config = json.loads((directory / "config.json").read_text())
+    config["layer_norm_eps"] = 0.5
+    (directory / "config.json").write_text(json.dumps(config))
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    second = json.loads(out)
+    fs_a, fs_b = first["feature_sets"]["image_mean"], second["feature_sets"]["image_mean"]
+    assert fs_a != fs_b and second["images_committed"] == 4
+    store.refresh()
+    layer = store.layers(fs_a)[-1]
+    assert np.abs(store.read(fs_a, layer, hashes) - store.read(fs_b, layer, hashes)).max() > 1e-3

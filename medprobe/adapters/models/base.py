@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,6 @@ import torch
 from torch import nn
 
 from medprobe.errors import InvalidInputError
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 _AVOID_IN_PATH = ("vision", "visual", "perceiver", "resampler", "connector", "projector", "image", "audio")
 
@@ -90,15 +89,41 @@ def sha256_of_state(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+# files of a model directory that never change its numbers: documentation, licences, version control
+_NOT_MODEL_FILES = re.compile(r"(?i)^(readme|license|licence|notice|citation)([._-].*)?$|.*\.md$")
+
+
+def model_files(directory: Path) -> list[Path]:
+    """Every file under ``directory`` that can change what the model computes: weights, ``config.json``,
+    processor and tokenizer files, chat templates, custom code. Hidden entries (``.git``, ``.cache``) and
+    documentation (README, LICENSE, ``*.md``) are left out."""
+    files = []
+    for path in sorted(directory.rglob("*")):
+        rel = path.relative_to(directory).parts
+        if any(part.startswith(".") for part in rel) or not path.is_file() or _NOT_MODEL_FILES.match(path.name):
+            continue
+        files.append(path)
+    return files
+
+
+def local_revision(directory: Path) -> str:
+    """A local model directory's identity: ``sha256:`` over the relative names and bytes of its
+    :func:`model_files`, so an edit to any file that changes the numbers gives a new feature set."""
+    digest = hashlib.sha256()
+    for path in model_files(directory):
+        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        digest.update(sha256_of_files([path]).encode())
+    return "sha256:" + digest.hexdigest()
+
+
 def model_revision(model: nn.Module, source: str | Path | None) -> str:
-    """The config's ``_commit_hash`` when there is one, else sha256 of the weight files (or tensors)."""
+    """The config's ``_commit_hash`` when there is one; for a local directory :func:`local_revision`;
+    else sha256 of the model's tensors."""
     commit = getattr(getattr(model, "config", None), "_commit_hash", None)
     if commit:
         return str(commit)
     if source is not None and Path(source).is_dir():
-        files = [p for p in Path(source).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
-        if files:
-            return "sha256:" + sha256_of_files(files)
+        return local_revision(Path(source))
     return "sha256:" + sha256_of_state(model)
 
 

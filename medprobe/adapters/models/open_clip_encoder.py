@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from medprobe.adapters.adapter import Capability
-from medprobe.adapters.models.base import sha256_of_state
+from medprobe.adapters.models.base import local_revision, sha256_of_state
 from medprobe.adapters.models.image_encoder import (
     BlockEncoderAdapter,
     BlockLayout,
@@ -166,10 +166,10 @@ def load_open_clip_dir(
         raise ModelNotFoundError(f"open_clip model directory {str(directory)!r} has no {CONFIG_FILE}")
     if "model_cfg" not in json.loads(config.read_text()):
         raise InvalidInputError(f"{config} has no model_cfg: it is not an open_clip config")
-    weights = local_weights(directory, WEIGHT_FILES, allow_pickle=allow_pickle, config=CONFIG_FILE)
+    local_weights(directory, WEIGHT_FILES, allow_pickle=allow_pickle, config=CONFIG_FILE)  # present and allowed
     model, preprocess, tokenizer = _create(f"local-dir:{directory}", None, device=device, dtype=dtype)
     return OpenClipAdapter(
-        model, preprocess, tokenizer, model_id=model_id, revision=weights_revision(weights), arch=model_id
+        model, preprocess, tokenizer, model_id=model_id, revision=local_revision(directory), arch=model_id
     )
 
 

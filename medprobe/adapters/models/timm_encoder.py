@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medprobe.adapters.models.base import sha256_of_state
+from medprobe.adapters.models.base import local_revision, sha256_of_state
 from medprobe.adapters.models.image_encoder import (
     BlockEncoderAdapter,
     BlockLayout,
@@ -150,9 +150,9 @@ def load_timm_dir(
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise ModelNotFoundError(f"timm model directory {str(directory)!r} has no {CONFIG_FILE}")
-    weights = local_weights(directory, WEIGHT_FILES, allow_pickle=allow_pickle, config=CONFIG_FILE)
+    local_weights(directory, WEIGHT_FILES, allow_pickle=allow_pickle, config=CONFIG_FILE)  # present and allowed
     model = _create(f"local-dir:{directory}", device=device, dtype=dtype)
-    return TimmAdapter(model, model_id=model_id, revision=weights_revision(weights))
+    return TimmAdapter(model, model_id=model_id, revision=local_revision(directory))
 
 
 def load_timm_hub(repo_id: str, *, device: str, dtype: torch.dtype, allow_pickle: bool) -> TimmAdapter:
