@@ -170,6 +170,7 @@ def extract(
     """Extract pooled per-layer activations of a dataset's images into the store (resumable)."""
     output.check()
     options = {**dataclasses.asdict(settings), **dataclasses.asdict(eng)}
+    missing: wf.ImagesMissingError | None = None
     with graceful_stop() as stop:
         try:
             result = wf.extract(**options, no_progress=output.quiet,
@@ -178,6 +179,8 @@ def extract(
             console.print(summary_table(s.summary))
             err_console.print("stopped: everything forwarded is committed; rerun the same command to resume")
             raise typer.Exit(130) from None
+        except wf.ImagesMissingError as e:  # show what was extracted, then fail
+            result, missing = e.result, e
     doc = result.to_dict()
     if "engine" in doc:
         title = f"extraction on {doc['engine']}"
@@ -185,6 +188,8 @@ def extract(
     else:
         show = lambda: console.print(summary_table(doc))  # noqa: E731
     output.emit(rows=result.to_arrow(), document=doc, show=show)
+    if missing is not None:
+        raise missing
 
 
 @with_group(ExtractSettings, "settings")

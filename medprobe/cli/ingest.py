@@ -32,6 +32,9 @@ def _summary_tables(summary: IngestSummary) -> None:
         ("already in this dataset", summary.already_in_dataset),
         ("labels corrected (the new ones now count)", summary.labels_changed),
         ("members retired (their file changed)", summary.retired),
+        ("members retired (no longer in the source)", summary.removed),
+        ("members now from this source (were from another)", summary.moved),
+        ("images re-pointed (their old file is gone)", summary.repointed),
         ("conflicting duplicate rows (first kept)", summary.conflicts),
         ("new dataset memberships", summary.memberships_new),
         ("failures", summary.failures),
@@ -118,7 +121,10 @@ def ingest(
     ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when any file fails")] = False,
 ) -> None:
-    """Ingest a collection: images by sha256, labels, tasks, splits; unreadable files become failures."""
+    """Ingest a collection: images by sha256, labels, tasks, splits; unreadable files become failures.
+
+    A re-ingest makes the dataset's members from this source equal to it: members it no longer holds (or holds
+    only unreadable) are retired, a moved folder is re-pointed; members from other sources are kept."""
     options = {k: v for k, v in locals().items() if k != "output"}
     output.check()
     failed: wf.IngestFailuresError | None = None

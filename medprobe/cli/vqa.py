@@ -50,7 +50,9 @@ def ingest(
         table.add_column("what")
         table.add_column("count", justify="right")
         for what, n in (("items read", summary.items_read), ("items new", summary.items_new),
-                        ("items unchanged", summary.items_unchanged), ("images new", summary.images_new),
+                        ("items unchanged", summary.items_unchanged),
+                        ("items retired (no longer in the source)", summary.items_retired),
+                        ("images new", summary.images_new),
                         ("items left out: unreadable image", summary.failures),
                         *((f"split {k}", v) for k, v in sorted(summary.by_split.items())),
                         *((f"skipped: {k}", v) for k, v in summary.skipped.items())):  # fmt: skip

@@ -309,6 +309,8 @@ def _summary(
         "images_forwarded": runner.n_images,
         "images_committed": committer.n_committed,
         "failures": committer.n_failures,
+        "failures_by_reason": dict(sorted(committer.failures_by_reason.items())),
+        "first_missing": committer.first_missing,
         "forward_batches": runner.n_forward,
         "segments": committer.n_segments,
         "batch_size": size.value,

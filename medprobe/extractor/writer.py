@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -76,6 +77,8 @@ class Committer:
         self.n_committed = 0  # images committed (all feature sets of a flush)
         self.n_segments = 0
         self.n_failures = 0
+        self.failures_by_reason: Counter[str] = Counter()
+        self.first_missing: str | None = None  # the first file found missing (a moved folder?)
         self._buffer: list[HostBatch] = []
         self._buffered = 0
         self._first_at: float | None = None
@@ -169,6 +172,9 @@ class Committer:
         ]
         self.store.append("failures", rows)
         self.n_failures += len(rows)
+        self.failures_by_reason.update(f.reason for f in failures)
+        if self.first_missing is None:
+            self.first_missing = next((f.uri for f in failures if f.reason == "missing"), None)
         self.write_s += time.perf_counter() - t0
 
     def _flush(self) -> None:

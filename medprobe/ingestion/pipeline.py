@@ -1,15 +1,19 @@
 """Ingest orchestration: parse a source, hash and inspect its images, assign splits, write the store's rows.
 
-Writes ``images`` (new hashes only), ``tasks`` (new tasks only), ``dataset_images`` (new memberships only),
-one ``datasets`` row when the dataset changed, and ``failures`` rows for what could not be read (each
-(path, reason) once per dataset). Re-running the same ingest therefore writes nothing; rows already stored never
-change (tables keep the first row per key).
+An ingest makes the dataset equal to its source: it writes ``images`` (new hashes, and a new row for a known
+image whose stored file is gone when the source now has it elsewhere: a moved folder is re-pointed),
+``tasks`` (new tasks only), ``dataset_images`` (new memberships, corrected labels, and a retiring row for each
+member the source no longer holds, or holds only unreadable; ``add_only`` keeps those), one ``datasets`` row
+when the dataset changed, and ``failures`` rows for what could not be read (each (path, reason) once per
+dataset). Re-running the same ingest therefore writes nothing; rows are never rewritten (the latest row per key
+wins, every earlier one stays in ``raw_<table>``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -25,7 +29,7 @@ from medprobe.imaging import DEFAULT_MAX_PIXELS, Verify, set_pixel_limit
 from medprobe.ingestion.formats import parse_source
 from medprobe.ingestion.hashing import Probe, add_images, image_row
 from medprobe.ingestion.lock import dataset_lock
-from medprobe.ingestion.records import FormatOptions, ParsedSource, SourceRecord, TaskSpec, natural_key
+from medprobe.ingestion.records import FormatOptions, ParsedSource, SourceRecord, TaskSpec, abs_uri, natural_key
 from medprobe.ingestion.splits import SplitPlan, assign_splits, rarest_label_strata
 from medprobe.schemas import DatasetImageRow, DatasetRow, FailureRow, ImageRow, TaskRow, utcnow
 
@@ -67,6 +71,9 @@ class IngestSummary:
     already_in_dataset: int = 0
     labels_changed: int = 0  # members whose labels this source corrects (the new labels win; history kept)
     retired: int = 0  # members whose file now holds other bytes (the old image leaves the dataset)
+    removed: int = 0  # members the source no longer holds (or holds only unreadable): retired, history kept
+    moved: int = 0  # members last ingested from another source, now from this one
+    repointed: int = 0  # known images whose stored file is gone, now read from where this source has them
     conflicts: int = 0  # rows naming an image already seen in this source with other labels or split
     memberships_new: int = 0
     tasks_new: int = 0
@@ -111,23 +118,46 @@ class _Stored:
     failures: set[tuple[str | None, str]]
     has_dataset_row: bool = False  # a ``datasets`` row exists (a killed ingest may have left members without it)
     members: dict[str, dict[str, Any]] = field(default_factory=dict)  # image_hash -> its dataset_images row
-    by_path: dict[str, str] = field(default_factory=dict)  # source_path -> image_hash of the current member
+    uris: dict[str, str] = field(default_factory=dict)  # image_hash -> uri, members' images read from outside
+    own: set[str] = field(default_factory=set)  # members last ingested from this source
 
 
 def _column(table: pa.Table, name: str) -> list[Any]:
     return table.column(name).to_pylist()
 
 
-def _read_stored(store: FeatureStore, dataset: str) -> _Stored:
+def source_key(source: str | Path) -> str:
+    """How a source is recorded with its members: an absolute local path, or the URL as given."""
+    text = str(source)
+    return text.rstrip("/") if "://" in text else abs_uri(text)
+
+
+def _read_stored(store: FeatureStore, dataset: str, source: str) -> _Stored:
     images = set(_column(store.sql("SELECT image_hash FROM images"), "image_hash"))
     rows = store.sql("SELECT * FROM dataset_images WHERE dataset = ?", [dataset]).to_pylist()
-    splits, pinned, members, by_path = {}, {}, {}, {}
-    for row in rows:
+    splits, pinned, members = {}, {}, {}
+    # former members keep their split if the source brings them back (a generated split stays stable)
+    former = store.sql(
+        "SELECT image_hash, split, group_id FROM raw_dataset_images WHERE dataset = ? QUALIFY row_number() OVER "
+        "(PARTITION BY image_hash ORDER BY ingested_at DESC, source_path) = 1 AND coalesce(retired, false)",
+        [dataset],
+    ).to_pylist()
+    for row in [*former, *rows]:
         h, g = row["image_hash"], row["group_id"]
         splits[h] = row["split"]
         pinned[g if g is not None else f"img:{h}"] = row["split"]
-        members[h] = row
-        by_path[row["source_path"]] = h
+    members = {row["image_hash"]: row for row in rows}
+    # rows of format 4 and older have no source: theirs is the dataset's only source, if it has one
+    sources = {source_key(s) for s in _column(store.sql("SELECT source FROM datasets WHERE dataset = ?", [dataset]),
+                                              "source")}  # fmt: skip
+    legacy = sources == {source}
+    own = {h for h, row in members.items() if row.get("source") == source or (row.get("source") is None and legacy)}
+    located = store.sql(
+        "SELECT i.image_hash, i.uri FROM images i JOIN dataset_images d USING (image_hash) "
+        "WHERE d.dataset = ? AND NOT i.in_store",
+        [dataset],
+    )
+    uris = dict(zip(_column(located, "image_hash"), _column(located, "uri"), strict=True))
     tasks = {}
     for row in store.sql("SELECT * FROM tasks WHERE dataset = ?", [dataset]).to_pylist():
         tasks[row["task"]] = TaskSpec(
@@ -140,7 +170,7 @@ def _read_stored(store: FeatureStore, dataset: str) -> _Stored:
     f = store.sql("SELECT path, reason FROM failures WHERE dataset = ? AND stage = 'ingest'", [dataset])
     failures = set(zip(_column(f, "path"), _column(f, "reason"), strict=True))
     has_row = bool(store.sql("SELECT count(*) FROM datasets WHERE dataset = ?", [dataset]).column(0)[0].as_py())
-    return _Stored(images, splits, pinned, tasks, failures, has_row, members, by_path)
+    return _Stored(images, splits, pinned, tasks, failures, has_row, members, uris, own)
 
 
 def _check_task(parsed: TaskSpec, stored: TaskSpec | None) -> TaskSpec:
@@ -209,7 +239,7 @@ def _ingest_locked(
     started: float,
 ) -> IngestSummary:
     store.refresh()
-    stored = _read_stored(store, dataset)
+    stored = _read_stored(store, dataset, source_key(source))
     summary = IngestSummary(dataset=dataset, format=fmt, source=str(source), records=len(parsed.records))
     summary.excluded = dict(parsed.excluded)
     params = {
@@ -376,6 +406,7 @@ def _append_members(
     tasks: list[TaskSpec],
     stored: _Stored,
     summary: IngestSummary,
+    source: str,
 ) -> dict[str, dict[str, Counter[str]]]:
     """Append new images, then the new memberships that name them, in bounded fragments; returns label counts
     per split and task."""
@@ -402,7 +433,6 @@ def _append_members(
 
     counts: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
     written_images: set[str] = set()
-    kept_hashes = {m.image_hash for m in kept}
     for m in kept:
         h = m.image_hash
         labels = labels_of(m.record)
@@ -411,40 +441,72 @@ def _append_members(
                 counts[m.split][name][str(v)] += 1
         if h in stored.image_hashes:
             summary.images_reused += 1
+            if _moved(stored.uris.get(h), m.probe.uri) and h not in written_images:
+                written_images.add(h)  # its stored file is gone: read it from where this source has it
+                image_rows.append(_image_row(m))
+                summary.repointed += 1
         elif h not in written_images:
             written_images.add(h)
             image_rows.append(_image_row(m))
-        old_hash = stored.by_path.get(m.record.source_path)
-        if old_hash is not None and old_hash != h and old_hash not in kept_hashes:
-            # the file at this path now holds other bytes: one path, one member; the old image leaves the dataset
-            member_rows.append(
-                DatasetImageRow(**{**stored.members[old_hash], "retired": True, "ingested_at": utcnow()})
-            )
-            summary.retired += 1
-        if h in stored.splits:
-            if canonical_json(labels) == stored.members[h]["labels"]:
-                summary.already_in_dataset += 1
-                continue
-            summary.labels_changed += 1  # a corrected label: the new row wins, the old one stays in raw_
-            member_rows.append(
-                DatasetImageRow(**{**stored.members[h], "labels": canonical_json(labels), "ingested_at": utcnow()})
-            )
+        row = _member_row(dataset, source, m, canonical_json(labels), stored, summary)
+        if row is not None:
+            member_rows.append(row)
             flush()
-            continue
-        summary.memberships_new += 1
-        member_rows.append(
-            DatasetImageRow(
-                dataset=dataset,
-                image_hash=h,
-                split=m.split,
-                group_id=m.record.group_id,
-                source_path=m.record.source_path,
-                labels=canonical_json(labels),
-            )
-        )
-        flush()
+    member_rows.extend(_retirements(kept, stored, summary))
     flush(force=True)
     return counts
+
+
+def _member_row(
+    dataset: str, source: str, m: _Member, labels: str, stored: _Stored, summary: IngestSummary
+) -> DatasetImageRow | None:
+    """The membership row this record needs: a new member, a corrected label, a member now from this source (or
+    at another path in it); None when the stored row already says all of it."""
+    old = stored.members.get(m.image_hash)
+    if old is None:
+        summary.memberships_new += 1
+        return DatasetImageRow(dataset=dataset, image_hash=m.image_hash, split=m.split, group_id=m.record.group_id,
+                               source_path=m.record.source_path, labels=labels, source=source)  # fmt: skip
+    same_labels = labels == old["labels"]
+    if same_labels and old.get("source") == source and old["source_path"] == m.record.source_path:
+        summary.already_in_dataset += 1
+        return None
+    if same_labels:
+        summary.already_in_dataset += 1
+        summary.moved += old.get("source") not in (None, source)
+    else:
+        summary.labels_changed += 1  # a corrected label: the new row wins, the old one stays in raw_
+    return DatasetImageRow(**{**old, "labels": labels, "source": source, "source_path": m.record.source_path,
+                              "ingested_at": utcnow()})  # fmt: skip
+
+
+def _moved(stored_uri: str | None, uri: str | None) -> bool:
+    """Whether a known image's stored file is gone while this source has the same bytes at ``uri``."""
+    if stored_uri is None or uri is None or stored_uri == uri or stored_uri.startswith("store:"):
+        return False
+    if "://" not in stored_uri:
+        return not os.path.exists(stored_uri)
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(stored_uri)
+    return not fs.exists(path)
+
+
+def _retirements(kept: list[_Member], stored: _Stored, summary: IngestSummary) -> list[DatasetImageRow]:
+    """A retiring row for each member of this source that it no longer holds: its file now holds other bytes
+    (``retired``), or its row is gone or unreadable (``removed``). Members of other sources are left alone;
+    history stays in ``raw_dataset_images``."""
+    kept_hashes = {m.image_hash for m in kept}
+    kept_paths = {m.record.source_path for m in kept}
+    rows = []
+    for h in sorted(stored.own - kept_hashes):
+        row = stored.members[h]
+        if row["source_path"] in kept_paths:
+            summary.retired += 1
+        else:
+            summary.removed += 1
+        rows.append(DatasetImageRow(**{**row, "retired": True, "ingested_at": utcnow()}))
+    return rows
 
 
 def _failure_rows(
@@ -500,9 +562,16 @@ def _write(
     ]
     if task_rows:
         store.append("tasks", task_rows)
-    counts = _append_members(store, dataset, kept, final_tasks, stored, summary)
+    if not kept and stored.own:
+        raise InvalidInputError(
+            f"{source}: not one image of the source could be read ({len(failures)} failure(s)), so none of the "
+            f"{len(stored.own)} members of dataset {dataset!r} from it is retired; check the path (an unmounted "
+            "folder?)"
+        )
+    counts = _append_members(store, dataset, kept, final_tasks, stored, summary, source_key(source))
     failure_rows, reasons = _failure_rows(failures, stored, dataset, run_id)
-    changed = summary.memberships_new or task_rows or summary.labels_changed or summary.retired
+    changed = (summary.memberships_new or task_rows or summary.labels_changed or summary.retired or summary.removed
+               or summary.repointed or summary.moved)  # fmt: skip
     if changed or (kept and not stored.has_dataset_row):  # a rerun completes an ingest killed before this row
         options_json = json.dumps(params, sort_keys=True, default=str)
         store.append(

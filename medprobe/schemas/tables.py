@@ -129,6 +129,8 @@ class DatasetImageRow(Row):
     # format 4: what the row is: an image (image_hash is its sha256), or a VQA item registered as a probe row by
     # `vqa run --save-activations` (image_hash is then the item's key, not an image's hash)
     row_kind: str = "image"
+    # format 5: the ingest source (absolute path or URL) the member was last ingested from; NULL in older rows
+    source: str | None = None
 
 
 DATASET_IMAGES = pa.schema(
@@ -142,6 +144,7 @@ DATASET_IMAGES = pa.schema(
         ("ingested_at", TS),
         ("retired", pa.bool_()),  # absent from format-1 fragments: read as false
         ("row_kind", pa.string()),  # absent from format-1..3 fragments: read as 'image' (format-3 VQA rows: migrated)
+        ("source", pa.string()),  # absent from format-1..4 fragments: NULL
     ]
 )
 
@@ -445,6 +448,7 @@ class VqaItemRow(Row):
     split: str  # train | val | test
     source_path: str | None = None
     ingested_at: dt.datetime = Field(default_factory=utcnow)
+    retired: bool = False  # format 5: a re-ingest found the item no longer in the source; history kept
 
 
 VQA_ITEMS = pa.schema(
@@ -461,6 +465,7 @@ VQA_ITEMS = pa.schema(
         ("split", pa.string()),
         ("source_path", pa.string()),
         ("ingested_at", TS),
+        ("retired", pa.bool_()),  # absent from format-3/4 fragments: read as false
     ]
 )
 
@@ -520,7 +525,8 @@ class TableSpec:
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
-        TableSpec("images", IMAGES, ImageRow, ("image_hash",), ("ingested_at", "uri")),
+        # format 5: the latest row wins (a re-ingest re-points an image whose file moved)
+        TableSpec("images", IMAGES, ImageRow, ("image_hash",), ("ingested_at DESC", "uri")),
         TableSpec("datasets", DATASETS, DatasetRow),
         TableSpec("tasks", TASKS, TaskRow, ("dataset", "task"), ("created_at",)),
         TableSpec(
@@ -551,7 +557,14 @@ TABLES: dict[str, TableSpec] = {
             ("created_at",),
         ),
         TableSpec("text_embeddings", TEXT_EMBEDDINGS, TextEmbeddingRow, ("model_key", "text"), ("created_at",)),
-        TableSpec("vqa_items", VQA_ITEMS, VqaItemRow, ("item_set", "item_id"), ("ingested_at DESC",)),
+        TableSpec(
+            "vqa_items",
+            VQA_ITEMS,
+            VqaItemRow,
+            ("item_set", "item_id"),
+            ("ingested_at DESC",),
+            "NOT coalesce(retired, false)",  # format 5: a re-ingest retires items that left the source
+        ),
         TableSpec(
             "vqa_predictions", VQA_PREDICTIONS, VqaPredictionRow, ("run_id", "item_id", "rotation"), ("created_at",)
         ),

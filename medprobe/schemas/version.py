@@ -5,7 +5,7 @@ layout changes in a way an older reader would misread. A reader refuses a store
 whose version is newer than its own.
 """
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 # What each version added, and what opening an older store for writing does about it (``FeatureStore``
 # migrates by rewriting the marker: every change so far reads older fragments as they are).
@@ -18,8 +18,14 @@ FORMAT_VERSION = 4
 #      ``vqa run --save-activations``) say they are VQA items keyed by an item key, not images. Opening a format-3
 #      store for writing re-appends the members of datasets of format 'vqa' with row_kind 'vqa_item' (the latest
 #      row wins), then rewrites the marker. A format-3 reader would take those rows for images.
+#   5: a re-ingest makes a source's members equal to it: dataset_images gains ``source`` (the ingest source the
+#      member was last ingested from; absent -> NULL, read as the dataset's only source when it has one),
+#      vqa_items gains ``retired`` (absent -> false; latest row wins), and the latest ``images`` row per hash wins
+#      (a moved file is re-pointed). Nothing to rewrite; a format-4 reader would read a moved image's old path and
+#      show retired items.
 CHANGES = {
     2: "dataset_images.retired; latest membership row wins; runs.pid",
     3: "probe_results.method and .k (knn, zeroshot rows); text_embeddings, vqa_items, vqa_predictions tables",
     4: "dataset_images.row_kind (image | vqa_item); format-3 VQA item rows migrated",
+    5: "dataset_images.source, vqa_items.retired; the latest images row wins (re-ingest retires and re-points)",
 }

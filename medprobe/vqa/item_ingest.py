@@ -2,7 +2,9 @@
 
 Images are identified by the sha256 of their bytes, as ``medprobe ingest`` does, so an image shared by several
 questions (VQA-RAD) or already in an image dataset is stored once. An unreadable image becomes a ``failures`` row
-(stage ``vqa-ingest``) and its item is left out; nothing else is lost. Re-ingesting the same source writes nothing.
+(stage ``vqa-ingest``) and its item is left out; nothing else is lost. Re-ingesting the same source writes nothing;
+re-ingesting a changed source makes the item set equal to it: changed items win, items it no longer holds (or whose
+images are now unreadable) are retired (the latest row wins; history stays in ``raw_vqa_items``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from medprobe.errors import InvalidInputError
 from medprobe.featurestore import new_id
 from medprobe.ingestion.hashing import add_images, image_row
 from medprobe.ingestion.records import SourceRecord
-from medprobe.schemas import FailureRow, ImageRow
+from medprobe.schemas import FailureRow, ImageRow, utcnow
 from medprobe.schemas.tables import VqaItemRow
 from medprobe.vqa.items import ReadReport, SourceItem, detect_layout, read_items
 
@@ -33,6 +35,7 @@ class VqaIngestSummary:
     items_read: int = 0
     items_new: int = 0
     items_unchanged: int = 0
+    items_retired: int = 0  # in the item set before, not in the source now (or its image is unreadable)
     images_new: int = 0
     failures: int = 0
     by_split: dict[str, int] = field(default_factory=dict)
@@ -88,6 +91,7 @@ def ingest_items(store: FeatureStore, source: str | Path, name: str, layout: str
         for r in store.sql("SELECT * FROM vqa_items WHERE item_set = ?", [name]).to_pylist()
     }
     rows = []
+    current: set[str] = set()
     for it in items:
         hs = [hashes[id(p) if isinstance(p, bytes) else p] for p in it.images]
         if any(h is None for h in hs):
@@ -99,14 +103,18 @@ def ingest_items(store: FeatureStore, source: str | Path, name: str, layout: str
             category=it.category, split=it.split, source_path=it.source_path,
         )  # fmt: skip
         summary.by_split[it.split] = summary.by_split.get(it.split, 0) + 1
+        current.add(it.item_id)
         if it.item_id in old and _same(row, old[it.item_id]):
             summary.items_unchanged += 1
             continue
         rows.append(row)
+    gone = [VqaItemRow(**{**old[i], "retired": True, "ingested_at": utcnow()}) for i in sorted(set(old) - current)]
+    summary.items_retired = len(gone)
+    rows += gone
     with store.transaction():  # images, items and failures become visible together
         store.append("images", images)
         store.append("vqa_items", rows)
         store.append("failures", failures)
-    summary.items_new, summary.images_new = len(rows), len(images)
+    summary.items_new, summary.images_new = len(rows) - len(gone), len(images)
     summary.skipped, summary.skipped_examples = report.skipped, report.examples
     return summary

@@ -6,6 +6,7 @@ from medprobe.workflows.common import StoreWarning, open_store
 from medprobe.workflows.extraction import (
     ExtractionStopped,
     ExtractResult,
+    ImagesMissingError,
     StatusResult,
     SubmitResult,
     WorkerResult,
@@ -29,6 +30,7 @@ __all__ = [
     "ExportResult",
     "ExtractResult",
     "ExtractionStopped",
+    "ImagesMissingError",
     "IngestFailuresError",
     "IngestResult",
     "ModelsResult",

@@ -33,6 +33,15 @@ class ExtractionStopped(KeyboardInterrupt):
         self.summary = summary
 
 
+class ImagesMissingError(InvalidInputError):
+    """Image files of the dataset are gone from where they were ingested (a moved or deleted folder); the other
+    images were extracted and committed, and ``result`` says so."""
+
+    def __init__(self, message: str, result: ExtractResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 @dataclass
 class ExtractResult(Result):
     """One extraction: counts, rate, seconds per stage and the feature set id of each pooling.
@@ -175,6 +184,9 @@ def extract(
         submitit's local executor, for a try without a cluster).
         no_progress: no progress bar; store: a store URL or an open ``FeatureStore``.
         stop: an event that, once set, commits the batch in flight and raises :class:`ExtractionStopped`.
+
+    Raises :class:`ImagesMissingError` (after committing the rest) when image files are gone from where they were
+    ingested: a moved folder is re-pointed by re-ingesting it.
     """
     from medprobe.extractor.pipeline import Stopped
     from medprobe.extractor.pipeline import extract as run_local
@@ -199,9 +211,18 @@ def extract(
             summary = run_local(st, opts, stop=stop, show_progress=not no_progress)
         except Stopped as s:
             raise ExtractionStopped(s.args[0]) from None
-    return ExtractResult(run_id=summary.get("run_id"), images_committed=int(summary.get("images_committed", 0)),
-                         failures=int(summary.get("failures", 0)), feature_sets=dict(summary.get("feature_sets", {})),
-                         summary=summary)  # fmt: skip
+    result = ExtractResult(run_id=summary.get("run_id"), images_committed=int(summary.get("images_committed", 0)),
+                           failures=int(summary.get("failures", 0)), feature_sets=dict(summary.get("feature_sets", {})),
+                           summary=summary)  # fmt: skip
+    missing = int(summary.get("failures_by_reason", {}).get("missing", 0))
+    if missing:
+        raise ImagesMissingError(
+            f"{missing} image file(s) of dataset {dataset!r} are missing (first: {summary.get('first_missing')}); "
+            f"if the folder moved, re-ingest it from where it is now (medprobe ingest NEW_PATH --layout ... -d "
+            f"{dataset}) and rerun extract; the other images are committed",
+            result,
+        )
+    return result
 
 
 @dataclass

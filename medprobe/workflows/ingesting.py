@@ -58,6 +58,10 @@ def ingest(
 ) -> IngestResult:  # fmt: skip
     """Ingest a collection: images by sha256, labels, tasks, splits; unreadable files become ``failures`` rows.
 
+    A dataset may hold several sources (one ingest each). Re-ingesting a source makes the dataset's members from
+    it equal to it: members it no longer holds, or holds only unreadable, are retired (history kept), a known
+    image whose file is gone is re-pointed to where the source has it now, corrected labels win.
+
     Args:
         source: a folder, manifest or .npz; dataset: the dataset's name in the store.
         layout: the source's published layout (``csv``, ``knee``, ``imagefolder``, ``ham10000``, ...; required).

@@ -31,6 +31,7 @@ class VqaIngestResult(Result):
     items_read: int
     items_new: int
     items_unchanged: int
+    items_retired: int
     images_new: int
     failures: int
     by_split: dict[str, int]

@@ -8,7 +8,7 @@ import pytest
 
 from medprobe.errors import InvalidInputError
 from medprobe.featurestore import FeatureStore
-from medprobe.schemas import TABLES
+from medprobe.schemas import FORMAT_VERSION, TABLES
 from medprobe.schemas.tables import ProbeResultRow
 
 
@@ -67,7 +67,7 @@ def test_format_3_vqa_item_rows_are_migrated_to_their_row_kind(tmp_path) -> None
     store = FeatureStore.open(url, create=False)  # a fresh reader sees the migration
     assert store.sql(kinds).to_pylist() == [{"dataset": "imgs", "row_kind": "image"},
                                             {"dataset": "vqa-x", "row_kind": "vqa_item"}]  # fmt: skip
-    assert json.loads(marker.read_text())["format_version"] == 4
+    assert json.loads(marker.read_text())["format_version"] == FORMAT_VERSION
     check_dataset(store, "imgs")
     with pytest.raises(InvalidInputError, match="holds VQA items, not images"):
         check_dataset(store, "vqa-x")
