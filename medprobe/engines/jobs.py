@@ -8,10 +8,10 @@ Layout (every file JSON)::
     jobs/<job_id>/failed.json            the job cannot run (unknown model, bad layer spec, ...)
 
 Image ``h`` belongs to shard ``int(h[:8], 16) % n_shards``, so shards never overlap and two workers never
-extract the same image. A claim is a file created with O_EXCL (``fsio.create_exclusive``); a claim
-whose heartbeat is older than ``stale_s`` (or that its owner released on shutdown) is taken over by
-creating generation ``gen + 1`` the same way, so exactly one worker wins each shard. Atomic on local
-folders; object stores without conditional writes cannot make claims atomic.
+extract the same image. A claim is a file created exclusively (``featurestore.exclusive.create_exclusive``: O_EXCL
+on local folders, a conditional PUT on S3); a claim whose heartbeat is older than ``stale_s`` (or that its owner
+released on shutdown) is taken over by creating generation ``gen + 1`` the same way, so exactly one worker wins each
+shard. A store that cannot create files exclusively is refused (``StoreWriteError``).
 """
 
 from __future__ import annotations

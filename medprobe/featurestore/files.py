@@ -10,7 +10,8 @@ import contextlib
 import posixpath
 from dataclasses import dataclass
 
-from medprobe.featurestore.fsio import Location, create_exclusive, list_files, resolve, take_over, write_atomic
+from medprobe.featurestore.exclusive import create_exclusive, take_over
+from medprobe.featurestore.fsio import Location, list_files, resolve, write_atomic
 
 STORE_URI = "store:"  # image URIs of bytes copied into the store: "store:" + path relative to the store root
 
@@ -41,7 +42,7 @@ class FileArea:
         return create_exclusive(self.loc, self._path(relpath), data)
 
     def take_over(self, relpath: str, seen: bytes, data: bytes) -> bool:
-        """Replace a stale lock file whose content was ``seen`` by ``data`` (see :func:`fsio.take_over`)."""
+        """Replace a stale lock file whose content was ``seen`` by ``data`` (see :func:`exclusive.take_over`)."""
         return take_over(self.loc, self._path(relpath), seen, data)
 
     def remove(self, relpath: str) -> None:

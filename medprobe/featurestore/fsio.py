@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import posixpath
 import secrets
@@ -39,14 +38,20 @@ class Location:
 
 
 def resolve(url: str) -> Location:
-    """Parse a store URL (folder, ``memory://x``, ``s3://bucket/prefix``) into a :class:`Location`."""
-    fs, root = fsspec.core.url_to_fs(url)
+    """Parse a store URL (folder, ``memory://x``, ``s3://bucket/prefix``) into a :class:`Location`.
+
+    Object stores are opened without fsspec's listing cache: a store handle must see what other processes wrote
+    (``refresh()``, a worker polling for jobs), and every listing medprobe makes is one it needs fresh.
+    """
+    protocol = fsspec.core.split_protocol(url)[0]
+    options = {"use_listings_cache": False} if protocol not in (None, "file", "local", "memory") else {}
+    fs, root = fsspec.core.url_to_fs(url, **options)
     if isinstance(fs, LocalFileSystem):
         root = os.path.abspath(root)
     return Location(fs=fs, root=root.rstrip("/") or "/", url=url)
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -54,7 +59,7 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _durable_temp(path: str, data: bytes) -> str:
+def durable_temp(path: str, data: bytes) -> str:
     """A fsynced temporary file holding ``data`` beside local ``path`` (its folder created); returns its path."""
     parent = posixpath.dirname(path)
     os.makedirs(parent, exist_ok=True)
@@ -74,36 +79,12 @@ def write_atomic(loc: Location, path: str, data: bytes) -> None:
     """
     parent = posixpath.dirname(path)
     if loc.is_local:
-        tmp = _durable_temp(path, data)
+        tmp = durable_temp(path, data)
         os.replace(tmp, path)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     else:
         loc.fs.makedirs(parent, exist_ok=True)
         loc.fs.pipe_file(path, data)
-
-
-def create_exclusive(loc: Location, path: str, data: bytes) -> bool:
-    """Create ``path`` with ``data`` only if it does not exist; True when this call created it.
-
-    Atomic on local disks (O_EXCL). On other filesystems it is check-then-put, which
-    object stores without conditional writes cannot make atomic.
-    """
-    parent = posixpath.dirname(path)
-    if loc.is_local:
-        tmp = _durable_temp(path, data)
-        try:
-            os.link(tmp, path)  # fails if path exists; the content is complete when it appears
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
-        _fsync_dir(parent)
-        return True
-    if loc.fs.exists(path):
-        return False
-    loc.fs.makedirs(parent, exist_ok=True)
-    loc.fs.pipe_file(path, data)
-    return True
 
 
 def _fsync_path(path: str) -> None:
@@ -127,32 +108,6 @@ def fsync_tree(path: str) -> None:
     paths.append(os.path.dirname(os.path.abspath(path)))
     with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
         list(pool.map(_fsync_path, paths))
-
-
-def take_over(loc: Location, path: str, seen: bytes, data: bytes) -> bool:
-    """Replace the lock file ``path``, whose content was ``seen`` (its holder is gone), by ``data``; True when this call
-    holds it now. On local disks the takeover cannot race: the stale file is renamed aside (one rename of it
-    succeeds), a file renamed by mistake (a live holder's, created since ``seen`` was read) is put back, and the new
-    lock is created exclusively. Elsewhere it is remove-then-create, which object stores cannot make atomic."""
-    if not loc.is_local:
-        with contextlib.suppress(FileNotFoundError):
-            loc.fs.rm(path)
-        return create_exclusive(loc, path, data)
-    aside = f"{path}.{os.getpid()}-{secrets.token_hex(4)}.stale"
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return False  # another process took it over first
-    try:
-        with open(aside, "rb") as f:
-            taken = f.read()
-        if taken != seen:  # a live lock, created after ours was read: give it back
-            with contextlib.suppress(FileExistsError):
-                os.link(aside, path)
-            return False
-    finally:
-        os.unlink(aside)
-    return create_exclusive(loc, path, data)
 
 
 def list_files(loc: Location, path: str) -> list[dict]:

@@ -287,7 +287,7 @@ def _take_compact_lock(store: FeatureStore, lock: str) -> bool:
     import os
     import socket
 
-    from medprobe.featurestore.fsio import create_exclusive, take_over
+    from medprobe.featurestore.exclusive import create_exclusive, take_over
     from medprobe.featurestore.runs import process_gone
     from medprobe.schemas import utcnow
 

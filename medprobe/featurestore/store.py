@@ -15,11 +15,11 @@ import pyarrow as pa
 
 from medprobe.errors import CorruptDataError, InvalidInputError, NotFoundError, StoreFormatError
 from medprobe.featurestore.catalog import Catalog
+from medprobe.featurestore.exclusive import create_exclusive
 from medprobe.featurestore.files import STORE_URI, FileArea, StoreBlobs
 from medprobe.featurestore.fragments import TXN_PREFIX, append_fragment, to_arrow, txn_marker
 from medprobe.featurestore.fsio import (
     Location,
-    create_exclusive,
     is_credentials_error,
     naming_the_store,
     resolve,
@@ -83,7 +83,7 @@ class FeatureStore:
                 raise NotFoundError(f"no medprobe store at {url} (no {MARKER}); create one by ingesting data")
             body = {"format_version": FORMAT_VERSION, "created_at": utcnow().isoformat()}
             with naming_the_store(url, "creating the store"):
-                create_exclusive(loc, marker, json.dumps(body, indent=1).encode())
+                create_exclusive(loc, marker, json.dumps(body, indent=1).encode(), required=False)
         return cls(loc)
 
     def _check_format(self) -> dict[str, Any]:

@@ -121,3 +121,85 @@ def test_missing_credentials_name_the_bucket(s3_url: str, monkeypatch, tmp_path:
     fsspec.get_filesystem_class("s3").clear_instance_cache()
     code, _, err = run_cli(capsys, "datasets", "--store", s3_url)
     assert code != 0 and f"bucket {BUCKET!r} are missing or refused" in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- locks and freshness on S3
+_RACE = """
+import json, sys, time
+from medprobe.featurestore.fsio import resolve
+from medprobe.featurestore.exclusive import create_exclusive, take_over
+url, path, mode, start = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+loc = resolve(url)
+body = json.dumps({"me": sys.argv[5]}).encode()
+while time.time() < start:
+    time.sleep(0.001)
+won = create_exclusive(loc, loc.path(path), body) if mode == "create" else take_over(loc, loc.path(path), b"stale", body)
+print(json.dumps(won))
+"""
+
+
+def _race(s3_url: str, path: str, mode: str, n: int) -> list[bool]:
+    import time
+
+    start = time.time() + 4  # every process imported and connected: they start together
+    procs = [subprocess.Popen([sys.executable, "-c", _RACE, s3_url, path, mode, str(start), str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]  # fmt: skip
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        results.append(json.loads(out))
+    return results
+
+
+def test_locks_on_s3_are_exclusive_under_racing_processes(s3_url: str) -> None:
+    """Conditional writes: of eight processes creating (or taking over) one lock at once, exactly one wins."""
+    from medprobe.featurestore.fsio import resolve
+
+    for trial in range(2):
+        assert sum(_race(s3_url, f"locks/create-{trial}.json", "create", 8)) == 1
+    loc = resolve(s3_url)
+    for trial in range(2):
+        loc.fs.pipe_file(loc.path(f"locks/stale-{trial}.json"), b"stale")  # a dead holder's lock
+        assert sum(_race(s3_url, f"locks/stale-{trial}.json", "take", 8)) == 1
+
+
+def test_an_endpoint_that_ignores_conditional_writes_is_refused(s3_url: str, monkeypatch, tmp_path, capsys) -> None:
+    import s3fs
+
+    real = s3fs.S3FileSystem._pipe_file
+
+    async def ignores_conditions(self, path, data, *args, mode="overwrite", **kwargs):  # an old S3-compatible server
+        kwargs.pop("IfMatch", None)
+        return await real(self, path, data, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_pipe_file", ignores_conditions)
+    src = _folder(tmp_path / "src")
+    code, _, err = run_cli(capsys, "ingest", str(src), "--layout", "imagefolder", "-d", "toy", "--no-progress",
+                           "--store", s3_url)  # fmt: skip
+    assert code == 4 and "ignores conditional writes" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_store_handle_on_s3_sees_other_writers(s3_url: str, tmp_path: Path, capsys) -> None:
+    """s3fs's listing cache must not hide what another process wrote: not after refresh(), not in a new open, and
+    not from a worker polling for jobs."""
+    from medprobe.engines.jobs import JobQueue
+    from medprobe.featurestore import FeatureStore
+
+    src = _folder(tmp_path / "src")
+    code, _, err = run_cli(capsys, "ingest", str(src / "train"), "--layout", "imagefolder", "-d", "a", "--copy",
+                           "--no-progress", "--store", s3_url)  # fmt: skip
+    assert code == 0, err
+    store = FeatureStore.open(s3_url)
+    queue = JobQueue(store)
+    assert store.sql("SELECT count(DISTINCT dataset) FROM dataset_images").column(0)[0].as_py() == 1
+    assert queue.job_ids() == []
+    other = [sys.executable, "-m", "medprobe.cli.main", "--store", s3_url]
+    for args in (["ingest", str(src / "test"), "--layout", "imagefolder", "-d", "b", "--copy", "--no-progress"],
+                 ["submit", "-d", "a", "-m", "tiny-random/clip", "--shards", "2"]):  # fmt: skip
+        done = subprocess.run(other + args, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    store.refresh()
+    assert store.sql("SELECT count(DISTINCT dataset) FROM dataset_images").column(0)[0].as_py() == 2
+    assert FeatureStore.open(s3_url).sql("SELECT count(*) FROM datasets").column(0)[0].as_py() == 2
+    assert len(queue.job_ids()) == 1
