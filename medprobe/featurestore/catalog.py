@@ -12,11 +12,13 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+from duckdb.sqltypes import BIGINT, BOOLEAN, VARCHAR
 import pyarrow.parquet as pq
 
 from medprobe.errors import InvalidInputError, ReadOnlySQLError
 from medprobe.featurestore.fragments import list_fragments, txn_marker, txn_of
 from medprobe.featurestore.fsio import Location
+from medprobe.featurestore.runs import process_gone
 from medprobe.schemas import TABLES, TableSpec
 
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -72,8 +74,9 @@ def _dedup_view_sql(spec: TableSpec) -> str:
     tiebreak = [f"{_ident(f.name)} ASC" for f in spec.schema if f.name not in used and not pa.types.is_list(f.type)]
     order_by = ", ".join(ordered + tiebreak) or "1"
     partition = ", ".join(_ident(k) for k in spec.key)
+    shown = f" REPLACE ({spec.shown})" if spec.shown else ""
     return (
-        f"SELECT * EXCLUDE (_medprobe_rank) FROM (SELECT *, row_number() OVER "
+        f"SELECT * EXCLUDE (_medprobe_rank){shown} FROM (SELECT *, row_number() OVER "
         f"(PARTITION BY {partition} ORDER BY {order_by}) AS _medprobe_rank FROM {raw}) "
         f"WHERE _medprobe_rank = 1{visible}"
     )
@@ -128,6 +131,8 @@ class Catalog:
         # give it a private, empty one of its own
         self._spill = tempfile.TemporaryDirectory(prefix="medprobe-duckdb-")
         self.con.execute(f"SET temp_directory = {_quote(self._spill.name)}")
+        # the runs view shows a run whose process is gone as abandoned, as `status` and `report` do
+        self.con.create_function("medprobe_process_gone", process_gone, [VARCHAR, BIGINT], BOOLEAN)
         self.con.execute(f"SET allowed_directories = [{_quote(root)}]")
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")

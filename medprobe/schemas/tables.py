@@ -238,6 +238,8 @@ FAILURES = pa.schema(
 )
 
 RunStatus = Literal["running", "finished", "failed", "interrupted"]
+# what the ``runs`` view shows for a run stored as running whose process is gone (on this host)
+ABANDONED_STATUS_SQL = "CASE WHEN status = 'running' AND medprobe_process_gone(host, pid) THEN 'abandoned' ELSE status END"
 
 
 class RunRow(Row):
@@ -520,6 +522,7 @@ class TableSpec:
     key: tuple[str, ...] = ()  # empty: an append-only log, every row is visible
     order: tuple[str, ...] = ()  # which duplicate wins: the first by these columns (ASC/DESC allowed)
     visible: str | None = None  # SQL condition on the winning row: a row that fails it hides its key
+    shown: str | None = None  # SQL ``REPLACE`` list: what the view shows instead of a stored column
 
 
 TABLES: dict[str, TableSpec] = {
@@ -546,7 +549,8 @@ TABLES: dict[str, TableSpec] = {
             ("segment_id", "row"),
         ),
         TableSpec("failures", FAILURES, FailureRow),
-        TableSpec("runs", RUNS, RunRow, ("run_id",), ("updated_at DESC", "status")),
+        TableSpec("runs", RUNS, RunRow, ("run_id",), ("updated_at DESC", "status"),
+                  shown=f"{ABANDONED_STATUS_SQL} AS status"),  # fmt: skip
         TableSpec("probe_results", PROBE_RESULTS, ProbeResultRow, ("probe_id",), ("created_at",)),
         TableSpec("predictions", PREDICTIONS, PredictionRow, ("probe_id", "image_hash"), ()),
         TableSpec(

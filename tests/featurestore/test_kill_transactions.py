@@ -70,3 +70,6 @@ def test_a_killed_sweep_never_shows_results_without_predictions(tmp_path) -> Non
 
     assert {effective_status(r) for r in runs} <= {"abandoned", "finished"}
     assert any(effective_status(r) == "abandoned" for r in runs)
+    # the runs view says so itself (SQL users see what `status` and `report` show), the stored rows stay as written
+    assert {r["status"] for r in runs} == {effective_status(r) for r in runs}
+    assert "abandoned" not in s.sql("SELECT status FROM raw_runs").column(0).to_pylist()
