@@ -107,7 +107,8 @@ def quarantine_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be moved.")] = False,
 ) -> None:
     """Move aside what verify finds broken (unreadable fragments; manifests of missing or corrupt segments) into
-    <store>/quarantine/, so the rest reads and `extract` redoes the lost rows. Nothing is deleted."""
+    <store>/quarantine/, so the rest reads and `extract` redoes the lost rows; restore commit markers that runs
+    record as committed. Nothing is deleted."""
     from medprobe.featurestore import quarantine, verify_store
 
     s = open_store(output.store)
@@ -117,14 +118,16 @@ def quarantine_cmd(
     def show() -> None:
         for src, dst in rep.moved:
             console.print(f"{verb} {src} -> {dst}", highlight=False, soft_wrap=True)
+        for marker in rep.restored_markers:
+            console.print(f"{'would restore' if dry_run else 'restored'} {marker}", highlight=False, soft_wrap=True)
         console.print(
             f"{verb} {len(rep.moved)} file(s); {rep.rows_hidden:,} manifest row(s) whose data was gone are no "
             f"longer visible{' (rerun `medprobe extract` to redo them)' if rep.rows_hidden else ''}"
         )
 
     rows = [{"from": src, "to": dst} for src, dst in rep.moved]
-    output.emit(rows=rows, document={"moved": rows, "rows_hidden": rep.rows_hidden, "dry_run": dry_run},
-         show=show)  # fmt: skip
+    doc = {"moved": rows, "restored_markers": rep.restored_markers, "rows_hidden": rep.rows_hidden, "dry_run": dry_run}
+    output.emit(rows=rows, document=doc, show=show)
 
 
 @with_group(Output, "output")

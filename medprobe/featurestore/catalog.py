@@ -12,8 +12,8 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from duckdb.sqltypes import BIGINT, BOOLEAN, VARCHAR
 import pyarrow.parquet as pq
+from duckdb.sqltypes import BIGINT, BOOLEAN, VARCHAR
 
 from medprobe.errors import InvalidInputError, ReadOnlySQLError
 from medprobe.featurestore.fragments import list_fragments, txn_marker, txn_of

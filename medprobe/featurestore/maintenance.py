@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 
 from medprobe.errors import CorruptDataError, InvalidInputError
 from medprobe.featurestore.fragments import list_fragments, table_dir, txn_marker, txn_of
-from medprobe.featurestore.fsio import list_files
+from medprobe.featurestore.fsio import list_files, write_atomic
 from medprobe.featurestore.ids import id_time
 from medprobe.featurestore.segments import SEGMENTS_DIR, layer_array_name, list_segment_dirs, segment_path
 from medprobe.featurestore.store import FeatureStore
-from medprobe.schemas import TABLES
+from medprobe.schemas import TABLES, utcnow
 
 
 @dataclass
@@ -90,6 +90,7 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     unreadable_fragments: list[str] = field(default_factory=list)  # fragment paths whose Parquet does not read
     broken_segments: list[str] = field(default_factory=list)  # segment ids whose data is missing or corrupt
+    lost_markers: dict[str, str] = field(default_factory=dict)  # transaction id -> the run that committed it
 
     @property
     def ok(self) -> bool:
@@ -106,6 +107,13 @@ def verify_store(
     """
     report = VerifyReport()
     store.refresh()
+    for txid, run_id in committed_by_runs(store).items():
+        if not store.loc.fs.exists(txn_marker(store.loc, txid)):
+            report.lost_markers[txid] = run_id
+            report.problems.append(
+                f"run {run_id} committed transaction {txid} but its commit marker txns/{txid}.json is gone, so the "
+                "rows it wrote are invisible; `medprobe store quarantine` restores the marker"
+            )
     for name in TABLES:
         for frag in list_fragments(store.loc, name):
             report.fragments_checked += 1
@@ -193,6 +201,14 @@ def _human(d: dt.timedelta) -> str:
     return f"{s // 3600}h" if s and s % 3600 == 0 else f"{s // 60}m" if s and s % 60 == 0 else f"{s}s"
 
 
+def committed_by_runs(store: FeatureStore) -> dict[str, str]:
+    """``{transaction id: run id}`` of every transaction a finished run records as committed (format 5 runs)."""
+    rows = store.catalog.query(
+        "SELECT run_id, unnest(transactions) AS txid FROM runs WHERE transactions IS NOT NULL"
+    ).to_pylist()
+    return {r["txid"]: r["run_id"] for r in rows}
+
+
 def gc_store(
     store: FeatureStore, grace: dt.timedelta, *, dry_run: bool = False, min_grace: dt.timedelta = MIN_GC_GRACE
 ) -> GCReport:
@@ -213,6 +229,7 @@ def gc_store(
     # a manifest fragment is named after its segment: count those too, even if unreadable
     committed |= {posixpath.basename(f["name"])[: -len(".parquet")] for f in list_fragments(store.loc, "activations")}
     now = dt.datetime.now(dt.UTC)
+    recorded = committed_by_runs(store)  # committed, whatever happened to their markers: never removed
     for sid in list_segment_dirs(store.loc):
         if sid in committed:
             report.committed += 1
@@ -229,7 +246,7 @@ def gc_store(
             base = posixpath.basename(entry["name"])
             txid = txn_of(base)
             if txid is not None and not store.loc.fs.exists(txn_marker(store.loc, txid)):
-                if _age(store, entry["name"], txid, now) >= grace:  # a transaction that never committed
+                if txid not in recorded and _age(store, entry["name"], txid, now) >= grace:  # never committed
                     report.removed_temp_files.append(entry["name"])
                     if not dry_run:
                         store.loc.fs.rm(entry["name"])
@@ -366,6 +383,7 @@ QUARANTINE_DIR = "quarantine"
 @dataclass
 class QuarantineReport:
     moved: list[tuple[str, str]] = field(default_factory=list)  # (from, to)
+    restored_markers: list[str] = field(default_factory=list)  # commit markers rewritten from the runs record
     rows_hidden: int = 0  # manifest rows whose data was gone: extraction will redo them
 
 
@@ -373,9 +391,15 @@ def quarantine(store: FeatureStore, report: VerifyReport, *, dry_run: bool = Fal
     """Move aside (never delete) what ``verify`` found broken: unreadable fragments of any table, and the manifest
     fragments of segments whose data is missing or corrupt, so their rows become missing and re-extractable.
 
-    Files go to ``<store>/quarantine/<table>/`` under their own names.
+    Files go to ``<store>/quarantine/<table>/`` under their own names. A commit marker that is gone while the run
+    that committed the transaction records it is written again (the transaction's rows become visible again).
     """
     out = QuarantineReport()
+    for txid, run_id in sorted(report.lost_markers.items()):
+        out.restored_markers.append(txn_marker(store.loc, txid))
+        if not dry_run:
+            body = json.dumps({"committed_by_run": run_id, "restored_at": utcnow().isoformat()}).encode()
+            write_atomic(store.loc, txn_marker(store.loc, txid), body)
     targets = list(report.unreadable_fragments)
     if report.broken_segments:
         counts = store.catalog.query(

@@ -69,6 +69,7 @@ class Run:
         self.summary: dict[str, Any] = {}
         self.started_at = utcnow()
         self._versions = json.dumps(package_versions(), sort_keys=True)
+        self._first_txn = len(store.committed_transactions)  # the transactions committed from here on are this run's
 
     def _row(self, status: RunStatus) -> RunRow:
         return RunRow(
@@ -84,6 +85,7 @@ class Run:
             params=canonical_json(self.params),
             summary=canonical_json(self.summary),
             pid=os.getpid(),
+            transactions=self.store.committed_transactions[self._first_txn :] or None,
         )
 
     def __enter__(self) -> Run:

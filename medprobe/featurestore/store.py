@@ -52,6 +52,7 @@ class FeatureStore:
         self.segments = SegmentReader(loc)
         self._known_feature_sets: dict[str, FeatureSetRow] = {}
         self._txn: str | None = None  # the open transaction's id (see :meth:`transaction`)
+        self.committed_transactions: list[str] = []  # committed through this handle (runs record theirs)
         # (feature set, layer) -> (activations fragment list, stored rows in image_hash order)
         self._manifest_cache: OrderedDict[tuple[str, int], tuple[tuple[str, ...], LayerRows]] = OrderedDict()
 
@@ -163,6 +164,7 @@ class FeatureStore:
             body = json.dumps({"committed_at": utcnow().isoformat(), "pid": os.getpid()}).encode()
             with naming_the_store(self.url, "committing a transaction"):
                 write_atomic(self.loc, txn_marker(self.loc, self._txn), body)
+            self.committed_transactions.append(self._txn)
         finally:
             self._txn = None
             self.catalog.refresh()

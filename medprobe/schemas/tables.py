@@ -239,7 +239,9 @@ FAILURES = pa.schema(
 
 RunStatus = Literal["running", "finished", "failed", "interrupted"]
 # what the ``runs`` view shows for a run stored as running whose process is gone (on this host)
-ABANDONED_STATUS_SQL = "CASE WHEN status = 'running' AND medprobe_process_gone(host, pid) THEN 'abandoned' ELSE status END"
+ABANDONED_STATUS_SQL = (
+    "CASE WHEN status = 'running' AND medprobe_process_gone(host, pid) THEN 'abandoned' ELSE status END"
+)
 
 
 class RunRow(Row):
@@ -258,6 +260,8 @@ class RunRow(Row):
     params: str = "{}"  # JSON of the run's options
     summary: str = "{}"  # JSON of the run's outcome (counts, rates)
     pid: int | None = None  # format 2: the process, so a run whose process died shows as abandoned
+    # format 5: the transactions the run committed; `store verify` checks their commit markers still exist
+    transactions: list[str] | None = None
 
 
 RUNS = pa.schema(
@@ -275,6 +279,7 @@ RUNS = pa.schema(
         ("params", pa.string()),
         ("summary", pa.string()),
         ("pid", pa.int64()),  # absent from format-1 fragments: NULL
+        ("transactions", pa.list_(pa.string())),  # absent from format-1..4 fragments: NULL
     ]
 )
 
@@ -549,8 +554,9 @@ TABLES: dict[str, TableSpec] = {
             ("segment_id", "row"),
         ),
         TableSpec("failures", FAILURES, FailureRow),
-        TableSpec("runs", RUNS, RunRow, ("run_id",), ("updated_at DESC", "status"),
-                  shown=f"{ABANDONED_STATUS_SQL} AS status"),  # fmt: skip
+        TableSpec(
+            "runs", RUNS, RunRow, ("run_id",), ("updated_at DESC", "status"), shown=f"{ABANDONED_STATUS_SQL} AS status"
+        ),
         TableSpec("probe_results", PROBE_RESULTS, ProbeResultRow, ("probe_id",), ("created_at",)),
         TableSpec("predictions", PREDICTIONS, PredictionRow, ("probe_id", "image_hash"), ()),
         TableSpec(
