@@ -57,3 +57,8 @@ class ModelError(InvalidInputError, exit_code=EXIT_MODEL):
 
 class ModelNotFoundError(ModelError, NotFoundError, exit_code=EXIT_MODEL):
     """A model spec names no local checkpoint and no model that can be fetched."""
+
+
+class StoreWarning(UserWarning):
+    """Something in the store deserves attention but does not stop the work (an unreadable fragment, a search index
+    that failed its checksum and was rebuilt). The CLI shows it as one line on stderr."""

@@ -5,8 +5,9 @@ the index is exact (``IndexFlatIP``, brute force); beyond, an HNSW graph (``Inde
 approximate, which the result says. An index is keyed by the manifest state it was built from (a digest of the
 sorted image hashes the layer has), stored under ``indexes/<feature set>/<layer>/<state>.faiss`` with its row order
 beside it, and rebuilt only when that state changed (rows were added or removed); the superseded files are removed.
-Writes are atomic and the row order is written before the index that makes it usable, so a killed build leaves
-either the old index or none (then the next search builds it).
+Each index carries a checksum (``<state>.sha256``: sha256 of the index bytes and the row order), written last: a
+load that finds it missing or different rebuilds the index (and says so), and ``store verify`` checks it. Writes are
+atomic, so a killed build leaves either the old index or an unchecked one (then the next search builds it).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import posixpath
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medprobe.errors import CorruptDataError, InvalidInputError
+from medprobe.errors import InvalidInputError, StoreWarning
 
 if TYPE_CHECKING:
     from medprobe.featurestore.store import FeatureStore
@@ -117,28 +119,57 @@ def build_index(store: FeatureStore, feature_set_id: str, layer: int, *, batch_r
     return NeighbourIndex(index, hashes, kind, state_of(hashes), built=True)  # keyed by what it holds
 
 
+def index_checksum(blob: bytes, hashes: bytes) -> str:
+    """sha256 over an index's serialised bytes and its row order (what ``<state>.sha256`` holds)."""
+    digest = hashlib.sha256(blob)
+    digest.update(b"\0")
+    digest.update(hashes)
+    return digest.hexdigest()
+
+
 def _save(store: FeatureStore, feature_set_id: str, layer: int, ix: NeighbourIndex) -> None:
     import faiss
 
     base = posixpath.join(_dir(feature_set_id, layer), ix.state)
-    store.put_bytes(base + ".hashes", "\n".join(ix.hashes).encode())  # the row order first ...
-    store.put_bytes(base + ".faiss", faiss.serialize_index(ix.index).tobytes())  # ... then what makes it usable
+    blob, hashes = faiss.serialize_index(ix.index).tobytes(), "\n".join(ix.hashes).encode()
+    store.put_bytes(base + ".hashes", hashes)
+    store.put_bytes(base + ".faiss", blob)
+    store.put_bytes(base + ".sha256", index_checksum(blob, hashes).encode())  # last: what makes it usable
+
+
+def _read_verified(store: FeatureStore, base: str) -> tuple[bytes, bytes] | str:
+    """The index bytes and row order of ``base`` (a path under the store, no suffix), or why they cannot be
+    trusted."""
+    try:
+        blob = store.read_bytes("store:" + base + ".faiss")
+        hashes = store.read_bytes("store:" + base + ".hashes")
+        expected = store.read_bytes("store:" + base + ".sha256").decode().strip()
+    except FileNotFoundError:
+        return "its row order or checksum file is missing"
+    if index_checksum(blob, hashes) != expected:
+        return "its bytes do not match its checksum"
+    return blob, hashes
+
+
+def check_index(store: FeatureStore, base: str) -> str | None:
+    """Why the stored index ``base`` cannot be trusted; None when its files are there and match their checksum."""
+    got = _read_verified(store, base)
+    return got if isinstance(got, str) else None
 
 
 def _load(store: FeatureStore, feature_set_id: str, layer: int, state: str) -> NeighbourIndex | None:
     import faiss
 
     base = posixpath.join(_dir(feature_set_id, layer), state)
-    try:
-        blob = store.read_bytes("store:" + base + ".faiss")
-        hashes = store.read_bytes("store:" + base + ".hashes").decode().split("\n")
-    except FileNotFoundError:
+    if not store.loc.fs.exists(store.loc.path(base + ".faiss")):
         return None
+    got = _read_verified(store, base)
+    if isinstance(got, str):
+        warnings.warn(f"search index {base}.faiss cannot be trusted ({got}); rebuilding it", StoreWarning,
+                      stacklevel=3)  # fmt: skip
+        return None
+    blob, hashes = got[0], got[1].decode().split("\n")
     index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
-    if index.ntotal != len(hashes):
-        raise CorruptDataError(
-            f"search index {base}.faiss holds {index.ntotal} rows but its row list {len(hashes)}; delete both files"
-        )
     if isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = HNSW_EF_SEARCH
     return NeighbourIndex(index, hashes, index_kind(len(hashes)), state, built=False)

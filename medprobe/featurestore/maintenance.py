@@ -91,6 +91,8 @@ class VerifyReport:
     unreadable_fragments: list[str] = field(default_factory=list)  # fragment paths whose Parquet does not read
     broken_segments: list[str] = field(default_factory=list)  # segment ids whose data is missing or corrupt
     lost_markers: dict[str, str] = field(default_factory=dict)  # transaction id -> the run that committed it
+    broken_indexes: list[str] = field(default_factory=list)  # search indexes (path without suffix) failing checks
+    indexes_checked: int = 0
 
     @property
     def ok(self) -> bool:
@@ -129,6 +131,7 @@ def verify_store(
                     f"table {name}: fragment {frag['name']} unreadable ({why}); `medprobe store quarantine` moves it "
                     "aside"
                 )
+    _verify_indexes(store, report)
     segs = store.catalog.query(
         "SELECT segment_id, any_value(feature_set_id) AS feature_set_id, list(DISTINCT layer) AS layers, "
         "max(row) AS max_row, count(*) AS n FROM raw_activations GROUP BY segment_id ORDER BY segment_id"
@@ -199,6 +202,27 @@ MIN_GC_GRACE = dt.timedelta(minutes=15)  # far longer than one segment write (se
 def _human(d: dt.timedelta) -> str:
     s = int(d.total_seconds())
     return f"{s // 3600}h" if s and s % 3600 == 0 else f"{s // 60}m" if s and s % 60 == 0 else f"{s}s"
+
+
+def _verify_indexes(store: FeatureStore, report: VerifyReport) -> None:
+    """Every stored search index must match its checksum (a load would rebuild it; verify says so)."""
+    from medprobe.featurestore.index import INDEX_DIR, check_index
+
+    root = store.loc.path(INDEX_DIR)
+    try:
+        paths = [p for p in store.loc.fs.find(root) if p.endswith(".faiss")]
+    except FileNotFoundError:
+        return
+    for path in sorted(paths):
+        base = posixpath.relpath(path[: -len(".faiss")], store.loc.path())
+        report.indexes_checked += 1
+        why = check_index(store, base)
+        if why is not None:
+            report.broken_indexes.append(base)
+            report.problems.append(
+                f"search index {base}.faiss: {why}; the next `medprobe search` rebuilds it, `medprobe store "
+                "quarantine` moves it aside"
+            )
 
 
 def committed_by_runs(store: FeatureStore) -> dict[str, str]:
@@ -416,6 +440,14 @@ def quarantine(store: FeatureStore, report: VerifyReport, *, dry_run: bool = Fal
         ]
         if compacted and not dry_run:  # their rows live in a compacted fragment: rewrite it without them
             compact_table(store, "activations", exclude_segments=compacted)
+    for base in report.broken_indexes:  # each file of the index, to quarantine/indexes/<feature set>/<layer>/
+        for suffix in (".faiss", ".hashes", ".sha256"):
+            src = store.loc.path(base + suffix)
+            dst = store.loc.path(QUARANTINE_DIR, base + suffix)
+            out.moved.append((src, dst))
+            if not dry_run and store.loc.fs.exists(src):
+                store.loc.fs.makedirs(posixpath.dirname(dst), exist_ok=True)
+                store.loc.fs.mv(src, dst)
     for src in dict.fromkeys(targets):
         table = posixpath.basename(posixpath.dirname(src))
         dst = store.loc.path(QUARANTINE_DIR, table, posixpath.basename(src))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import TypeVar
 
-from medprobe.errors import InvalidInputError
+from medprobe.errors import InvalidInputError, StoreWarning
 from medprobe.featurestore import FeatureStore, default_store_url
 from medprobe.trainer.defaults import N_BOOT
 
@@ -16,10 +16,6 @@ ListArg = str | Sequence[str | int | float] | None
 E = TypeVar("E", bound=Enum)
 __all__ = ["N_BOOT", "ListArg", "StoreArg", "StoreWarning", "choice", "float_list", "int_list", "open_store",
            "optional_choice", "pairs", "split_list", "split_names"]  # fmt: skip
-
-
-class StoreWarning(UserWarning):
-    """Something in the store deserves attention but does not stop the work (an unreadable fragment)."""
 
 
 def open_store(store: StoreArg = None, *, create: bool = False) -> FeatureStore:

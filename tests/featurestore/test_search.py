@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,7 +55,35 @@ def test_search_returns_exact_neighbours_and_reuses_the_stored_index(synth_store
     assert after["index"]["built"] is True and after["index"]["state"] != first["index"]["state"]
     assert [n["image_hash"] for n in after["neighbours"]][:7] == _brute_force(store, 2, query, 7)
     folder = store.loc.path("indexes", "fs-synth", "2")
-    assert len(store.loc.fs.ls(folder)) == 2  # one index and its row list
+    assert len(store.loc.fs.ls(folder)) == 3  # one index, its row list and its checksum
+
+
+def test_a_corrupted_index_is_found_by_verify_and_rebuilt_by_search(synth_store, capsys):
+    """The hostile check: a corrupted FAISS file gave wrong neighbours with exit 0 and verify said OK."""
+    store = synth_store
+    query = store.sql("SELECT image_hash FROM dataset_images ORDER BY image_hash LIMIT 1").column(0)[0].as_py()
+    first = _search(capsys, store, "--hash", query, "-l", "1", "--k", "5")
+    base = store.loc.path("indexes", "fs-synth", "1", first["index"]["state"])
+    with open(base + ".faiss", "r+b") as f:  # still a valid index, other vectors: wrong neighbours if trusted
+        f.seek(-4000, 2)
+        data = bytearray(f.read())
+        f.seek(-4000, 2)
+        f.write(bytes(b ^ 0x5A for b in data))
+    code, out, _ = run_cli(capsys, "store", "verify", "--store", store.url)
+    assert code == 4 and "do not match its checksum" in out
+    code, out, err = run_cli(capsys, "search", "--feature-set", "fs-synth", "-f", "json", "--store", store.url,
+                             "--hash", query, "-l", "1", "--k", "5")  # fmt: skip
+    assert code == 0 and "cannot be trusted" in err and "rebuilding" in err, err
+    again = json.loads(out)
+    assert again["index"]["built"] is True and again["neighbours"] == first["neighbours"]
+    assert [n["image_hash"] for n in again["neighbours"]][:5] == _brute_force(store, 1, query, 5)
+    code, _, err = run_cli(capsys, "store", "verify", "--store", store.url)
+    assert code == 0, err
+    Path(base + ".sha256").write_text("0" * 64)  # a damaged checksum: quarantine moves the index aside
+    code, out, _ = run_cli(capsys, "store", "quarantine", "-f", "json", "--store", store.url)
+    assert code == 0 and any(m["from"].endswith(".faiss") for m in json.loads(out)["moved"])
+    code, _, err = run_cli(capsys, "store", "verify", "--store", store.url)
+    assert code == 0, err
 
 
 def test_search_bad_queries(synth_store, capsys, tmp_path):
