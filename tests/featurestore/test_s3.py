@@ -133,7 +133,10 @@ loc = resolve(url)
 body = json.dumps({"me": sys.argv[5]}).encode()
 while time.time() < start:
     time.sleep(0.001)
-won = create_exclusive(loc, loc.path(path), body) if mode == "create" else take_over(loc, loc.path(path), b"stale", body)
+if mode == "create":
+    won = create_exclusive(loc, loc.path(path), body)
+else:
+    won = take_over(loc, loc.path(path), b"stale", body)
 print(json.dumps(won))
 """
 
