@@ -5,9 +5,12 @@ rows and hands those to a distributor. Every distributor runs the same shard fun
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -87,7 +90,8 @@ class Ray:
 
     def prepare(self) -> None:
         """Ray reachable, with enough GPUs for the pool."""
-        self.connect()
+        with stdout_to_stderr():
+            self.connect()
 
     def connect(self) -> Any:
         """Ray, initialised (here or on the cluster at ``address``), with enough GPUs for the pool."""
@@ -112,6 +116,11 @@ class Ray:
 
     def run(self, store_url: str, options: ExtractOptions, shards: list[int], n_shards: int,
             on_shard: OnShard) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+        with stdout_to_stderr():  # Ray's messages never mix into a command's -f json/csv output
+            return self._run(store_url, options, shards, n_shards, on_shard)
+
+    def _run(self, store_url: str, options: ExtractOptions, shards: list[int], n_shards: int,
+             on_shard: OnShard) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
         ray = self.connect()
         from ray.exceptions import RayActorError, RayTaskError
 
@@ -141,6 +150,28 @@ class Ray:
             for actor in actors:
                 ray.kill(actor)
         return results, {"workers": len(actors)}
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send whatever is written to stdout in the block to stderr: Python's ``sys.stdout`` and file descriptor 1
+    alike (Ray's C++ core and the processes it starts inherit the descriptor), so only the command's own output
+    reaches stdout."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no descriptor 1 (an embedded interpreter): Python's stream only
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _reachable(address: str, timeout_s: float = 5.0) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,13 +77,15 @@ def local_rows(tmp_path: Path) -> dict:
     return _rows(store)
 
 
-def test_ray_engine_equals_local_survives_a_killed_actor_and_reruns_nothing(tmp_path, local_rows, deadline) -> None:
+def test_ray_engine_equals_local_survives_a_killed_actor_and_reruns_nothing(tmp_path, local_rows, deadline,
+                                                                            capfd) -> None:  # fmt: skip
     ray = pytest.importorskip("ray")
     store = _store(tmp_path, "ray")
     marker = tmp_path / "fault-marker"
     root = str(Path(__file__).resolve().parents[2])  # the actors import the fault hook from tests.helpers
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": root, "OMP_NUM_THREADS": "1"}})  # fmt: skip
+    capfd.readouterr()
     try:
         with pytest.raises(InvalidInputError, match="the Ray cluster has 0 GPUs"):
             distribute(store, _options(), Ray(gpus_per_worker=1), n_shards=4)
@@ -90,6 +94,7 @@ def test_ray_engine_equals_local_survives_a_killed_actor_and_reruns_nothing(tmp_
         assert marker.exists()  # an actor died after its first commit and its shard was retried
         assert summary["shards_pending"] == 4 and summary["images_committed"] == 20 - 3
         assert _raw_duplicates(store) == 0
+        assert capfd.readouterr().out == ""  # a dead actor's messages never reach stdout (-f json stays parseable)
         _same(_rows(store), local_rows)
         again = distribute(store, _options(), Ray(workers=2), n_shards=4)
         assert again["shards_pending"] == 0 and again["images_committed"] == 0
@@ -189,3 +194,11 @@ def test_missing_engine_packages_say_what_to_install(tmp_path: Path, monkeypatch
         distribute(store, _options(), Ray(), n_shards=2)
     with pytest.raises(InvalidInputError, match=r"pip install 'medprobe\[slurm\]'"):
         distribute(store, _options(), Slurm(log_dir=str(tmp_path)), n_shards=2)
+
+
+def test_what_ray_writes_to_stdout_goes_to_stderr() -> None:
+    code = ("import os, sys\nfrom medprobe.engines.distributors import stdout_to_stderr\nwith stdout_to_stderr():\n"
+            "    print('python'); os.write(1, b'descriptor\\n'); os.system('echo child')\nprint('after')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "after\n" and all(w in done.stderr for w in ("python", "descriptor", "child"))
