@@ -103,6 +103,9 @@ def _answer_letter(answer: str, options: dict[str, str], where: str) -> str:
     by_text = [k for k, v in options.items() if v.strip().lower() == a.lower()]
     if len(by_text) == 1:
         return by_text[0]
+    if by_text:
+        raise InvalidInputError(f"{where}: answer {answer!r} is the text of options {' and '.join(by_text)}; options "
+                                "must differ, or give the answer as a letter")  # fmt: skip
     raise InvalidInputError(f"{where}: answer {answer!r} is neither an option letter ({', '.join(options)}) nor one "
                             "option's text")  # fmt: skip
 

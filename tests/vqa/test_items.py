@@ -43,6 +43,8 @@ def test_tsv_with_option_columns_and_jsonl_with_an_options_object(tmp_path: Path
         ({"id": "1", "image": "a.png", "question": "q", "options": {"A": "x"}, "answer": "A"}, "at least two options"),
         ({"id": "1", "image": "a.png", "question": "q", "options": {"A": "x", "B": "y"}, "answer": "C"},
          "neither an option letter"),
+        ({"id": "1", "image": "a.png", "question": "q", "options": {"A": "Yes", "B": "yes "}, "answer": "yes"},
+         "is the text of options A and B; options must differ"),
         ({"id": "1", "image": "", "question": "q", "options": {"A": "x", "B": "y"}, "answer": "A"}, "names no image"),
         ({"id": "1", "image": "a.png", "question": "q", "options": {"A": "x", "B": "y"}, "answer": "A",
           "split": "dev"}, "split 'dev'"),
