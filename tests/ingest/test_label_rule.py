@@ -44,8 +44,12 @@ def test_mixed_spellings_of_one_class_make_one_class_and_nan_is_missing(tmp_path
     (tmp_path / "m.csv").write_text("path,label,split\n" + "".join(
         f"{n},{c},{'test' if i % 4 == 0 else 'train'}\n" for i, (n, c) in enumerate(zip(names, cells, strict=True))))
     store = str(tmp_path / "s")
-    medprobe.ingest(source=str(tmp_path / "m.csv"), layout="csv", dataset="d", label_column="label", store=store)
+    result = medprobe.ingest(source=str(tmp_path / "m.csv"), layout="csv", dataset="d", label_column="label",
+                             store=store)  # fmt: skip
+    assert result.summary.failures_by_reason == {"missing_label": 1}  # a failure row names the row
     st_ = medprobe.open_store(store)
+    (path,) = st_.sql("SELECT path FROM failures WHERE reason = 'missing_label'").column(0).to_pylist()
+    assert path.endswith("m.csv:8")
     assert st_.sql("SELECT class_names FROM tasks").column(0).to_pylist() == [["0", "1"]]  # not 4 classes, no NaN
     labels = st_.sql("SELECT labels FROM dataset_images ORDER BY source_path").column(0).to_pylist()
     assert labels.count('{"label":"0"}') + labels.count('{"label": "0"}') == 3

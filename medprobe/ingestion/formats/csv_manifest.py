@@ -80,6 +80,9 @@ def parse(source: Path, options: FormatOptions) -> ParsedSource:
                 elif (value := canonical_label(raw)) is not None:  # numbers by value; empty and NaN: missing
                     labels[column] = value
                     values[column].add(value)
+                else:  # kept as a member without this task's label, and counted as a failure row that says so
+                    why = f"{column!r} is {raw or 'empty'}: the image is kept without a label for this task"
+                    problems.append(Problem(where, "missing_label", why))
             split = None
             if options.split_column and (row.get(options.split_column) or "").strip():
                 split = normalise_split(row[options.split_column], where=where)
