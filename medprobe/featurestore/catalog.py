@@ -18,7 +18,7 @@ from duckdb.sqltypes import BIGINT, BOOLEAN, VARCHAR
 from medprobe.errors import InvalidInputError, ReadOnlySQLError
 from medprobe.featurestore.fragments import list_fragments, txn_marker, txn_of
 from medprobe.featurestore.fsio import Location
-from medprobe.featurestore.runs import process_gone
+from medprobe.featurestore.processes import process_gone
 from medprobe.schemas import TABLES, TableSpec
 
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from medprobe import __version__
 from medprobe.featurestore.ids import canonical_json, new_id
+from medprobe.featurestore.processes import process_gone
 from medprobe.schemas import RunRow, utcnow
 from medprobe.schemas.tables import RunStatus
 
@@ -114,19 +115,6 @@ def start_run(
 
     ``run_id`` resumes a run under its own id (its newest ``runs`` row is the one readers see)."""
     return Run(store, kind, params or {}, command, run_id)
-
-
-def process_gone(host: str | None, pid: int | None) -> bool:
-    """True when ``pid`` on ``host`` has certainly exited: it ran on this host and no such process lives now."""
-    if pid is None or host != socket.gethostname():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def effective_status(row: dict[str, Any]) -> str:
