@@ -22,6 +22,7 @@ _AREAS = (
     "medprobe.cli.models",
     "medprobe.cli.extract",
     "medprobe.cli.probes",
+    "medprobe.cli.predict",
     "medprobe.cli.search",
     "medprobe.cli.zeroshot",
     "medprobe.cli.vqa",

@@ -311,6 +311,8 @@ class ProbeResultRow(Row):
     created_at: dt.datetime = Field(default_factory=utcnow)
     method: str = "probe"  # format 3: probe | knn | zeroshot (absent from older fragments: probe)
     k: int | None = None  # format 3: the neighbours of a knn row, chosen by CV on training rows
+    # format 5: the probe whose stored weights this row applies to other data (`medprobe predict`); None: fitted here
+    applied_from: str | None = None
 
 
 PROBE_RESULTS = pa.schema(
@@ -338,6 +340,7 @@ PROBE_RESULTS = pa.schema(
         ("created_at", TS),
         ("method", pa.string()),  # absent from format-2 fragments: 'probe'
         ("k", pa.int64()),
+        ("applied_from", pa.string()),  # absent from format-1..4 fragments: NULL
     ]
 )
 

@@ -94,7 +94,8 @@ class TaskData:
         return np.flatnonzero(np.isin(self.split, splits))
 
 
-def _encode(value: Any, task: TaskRow, kind: ProbeKind, image_hash: str) -> Any:
+def encode_label(value: Any, task: TaskRow, kind: ProbeKind, image_hash: str) -> Any:
+    """A stored label as the trainer's target: a class index, or a 0/1 vector of findings (multilabel)."""
     names = list(task.class_names)
     if kind == "multilabel":
         findings = value if isinstance(value, list) else [value]
@@ -161,7 +162,7 @@ def load_task_data(
         )
     if problems and not allow_missing:
         raise InvalidInputError("; ".join(problems) + ": pass --allow-missing to train on the rest")
-    y = np.array([_encode(v, task, kind, r["image_hash"]) for r, v in labelled])
+    y = np.array([encode_label(v, task, kind, r["image_hash"]) for r, v in labelled])
     groups = [r["group_id"] for r, _ in labelled]
     return TaskData(
         task=task,

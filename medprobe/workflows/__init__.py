@@ -17,6 +17,7 @@ from medprobe.workflows.extraction import (
 )
 from medprobe.workflows.ingesting import DatasetsResult, IngestFailuresError, IngestResult, datasets, ingest
 from medprobe.workflows.modelinfo import ModelsResult, demo_data, models
+from medprobe.workflows.prediction import PredictResult, predict
 from medprobe.workflows.probes import CompareResult, ProbeRunResult, compare, load_probe, sweep, train
 from medprobe.workflows.reporting import ReportResult, report
 from medprobe.workflows.results import Result
@@ -34,6 +35,7 @@ __all__ = [
     "IngestFailuresError",
     "IngestResult",
     "ModelsResult",
+    "PredictResult",
     "ProbeRunResult",
     "ReportResult",
     "Result",
@@ -53,6 +55,7 @@ __all__ = [
     "load_probe",
     "models",
     "open_store",
+    "predict",
     "report",
     "search",
     "sql",

@@ -17,6 +17,7 @@ from tests.helpers.cli import run_cli
 # Commands that print results: each takes -f/--format table|csv|json|parquet and -o/--out FILE.
 PRINTS_RESULTS = {
     "ingest",
+    "predict",
     "datasets",
     "models",
     "search",
