@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from medprobe.trainer.calibration import ECE_BINS, calibration_replicates
 from medprobe.trainer.defaults import N_BOOT
 from medprobe.trainer.metrics import SCALAR_METRICS, one_vs_rest, point_metrics, predicted_labels
 from medprobe.trainer.solvers.base import ProbeKind
@@ -115,7 +116,8 @@ def metrics_with_ci(
     n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> dict:
-    """{metric: {value, ci_low, ci_high}, auc_per_class: {class: {...}}, undefined: {key: reason}}."""
+    """{metric: {value, ci_low, ci_high}, auc_per_class: {class: {...}}, brier and ece (calibration, with
+    ``ece_bins``), undefined: {key: reason}}."""
     point = point_metrics(y, proba, kind, class_names)
     W = multiplicities(len(y), n_boot, seed)
     reps = replicate_metrics(y, proba, kind, len(class_names), W)
@@ -123,6 +125,11 @@ def metrics_with_ci(
     out["auc_per_class"] = {
         name: _entry(point.auc_per_class[name], reps[f"auc:{k}"], n_boot) for k, name in enumerate(class_names)
     }
+    calibration = calibration_replicates(y, proba, kind, np.ones((1, len(y))))
+    boot_calibration = calibration_replicates(y, proba, kind, W)
+    for name in ("brier", "ece"):
+        out[name] = _entry(float(calibration[name][0]), boot_calibration[name], n_boot)
+    out["ece_bins"] = ECE_BINS  # equal-mass bins (medprobe.trainer.calibration says what is calibrated)
     if point.reasons:
         out["undefined"] = dict(point.reasons)
     out["n_test"] = len(y)

@@ -1,0 +1,73 @@
+"""Brier score and equal-mass ECE against direct computations (scikit-learn's Brier, a plain NumPy ECE)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import brier_score_loss
+
+from medprobe.trainer.bootstrap import metrics_with_ci
+from medprobe.trainer.calibration import ECE_BINS, calibration_replicates, equal_mass_bins
+
+
+def _plain_ece(confidence: np.ndarray, outcome: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    order = np.argsort(confidence, kind="stable")
+    total = 0.0
+    for chunk in np.array_split(order, min(n_bins, len(order))):
+        total += len(chunk) * abs(confidence[chunk].mean() - outcome[chunk].mean())
+    return total / len(order)
+
+
+def _point(y, proba, kind):
+    got = calibration_replicates(np.asarray(y), np.asarray(proba), kind, np.ones((1, len(y))))
+    return float(got["brier"][0]), float(got["ece"][0])
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 200), seed=st.integers(0, 10_000))
+def test_binary_brier_and_ece_equal_direct_computations(n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    p1 = rng.random(n)
+    y = (rng.random(n) < p1 ** 2).astype(int)  # miscalibrated on purpose
+    brier, ece = _point(y, np.stack([1 - p1, p1], 1), "binary")
+    assert brier == pytest.approx(brier_score_loss(y, p1), abs=1e-12)
+    assert ece == pytest.approx(_plain_ece(p1, y.astype(float)), abs=1e-12)
+
+
+def test_multiclass_uses_the_multiclass_brier_and_top_label_ece() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(97, 4))
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = rng.integers(0, 4, 97)
+    brier, ece = _point(y, proba, "multiclass")
+    onehot = np.eye(4)[y]
+    assert brier == pytest.approx(((proba - onehot) ** 2).sum(1).mean(), abs=1e-12)
+    assert ece == pytest.approx(_plain_ece(proba.max(1), (proba.argmax(1) == y).astype(float)), abs=1e-12)
+
+
+def test_multilabel_averages_the_findings() -> None:
+    rng = np.random.default_rng(2)
+    proba = rng.random((60, 3))
+    y = (rng.random((60, 3)) < 0.4).astype(int)
+    brier, ece = _point(y, proba, "multilabel")
+    assert brier == pytest.approx(np.mean([brier_score_loss(y[:, k], proba[:, k]) for k in range(3)]), abs=1e-12)
+    assert ece == pytest.approx(np.mean([_plain_ece(proba[:, k], y[:, k].astype(float)) for k in range(3)]), abs=1e-12)
+
+
+def test_equal_mass_bins_hold_equal_counts() -> None:
+    bins = equal_mass_bins(np.random.default_rng(0).random(25))
+    assert np.bincount(bins).tolist() == [3, 3, 3, 3, 3, 2, 2, 2, 2, 2]
+
+
+def test_every_result_carries_calibration_with_a_ci() -> None:
+    rng = np.random.default_rng(3)
+    p1 = rng.random(120)
+    y = (rng.random(120) < p1).astype(int)
+    out = metrics_with_ci(y, np.stack([1 - p1, p1], 1), "binary", ["no", "yes"], n_boot=200, seed=0)
+    assert out["ece_bins"] == ECE_BINS
+    for name in ("brier", "ece"):
+        entry = out[name]
+        assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
+    assert out["brier"]["value"] == pytest.approx(brier_score_loss(y, p1), abs=1e-12)
