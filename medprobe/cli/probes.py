@@ -25,7 +25,16 @@ from medprobe.cli.options import (
     with_group,
 )
 from medprobe.cli.output import wants_progress
-from medprobe.schemas.vocab import CGrid, ClassWeight, Method, SelectBy, Selection, SolverName, TestSplit
+from medprobe.schemas.vocab import (
+    CGrid,
+    ClassWeight,
+    ComparisonTest,
+    Method,
+    SelectBy,
+    Selection,
+    SolverName,
+    TestSplit,
+)
 from medprobe.workflows import probes as wf
 from medprobe.workflows import reporting
 from medprobe.workflows.common import N_BOOT
@@ -225,7 +234,9 @@ def _probe_command(kind: str) -> Any:
 
 def _print_comparison(result: wf.CompareResult) -> None:
     table = Table(title=f"compare {result.dataset}/{result.task}  run {result.run_id}")
-    for col in ("feature set (A)", "layer", "vs (B)", "metric", "A", "B", "A-B [95% CI]", "p boot", "p t-test"):
+    delong = any(r.p_delong is not None for r in result.comparison_rows)
+    cols = ["feature set (A)", "layer", "vs (B)", "metric", "A", "B", "A-B [95% CI]", "p boot", "p t-test"]
+    for col in cols + (["p DeLong"] if delong else []):
         table.add_column(col)
     for r in result.comparison_rows:
         diff = "-" if r.diff is None else f"{r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
@@ -233,6 +244,7 @@ def _print_comparison(result: wf.CompareResult) -> None:
             r.feature_set_a, str(r.layer_a), f"{r.feature_set_b} (l{r.layer_b})", r.metric,
             "-" if r.value_a is None else f"{r.value_a:.3f}", "-" if r.value_b is None else f"{r.value_b:.3f}", diff,
             "-" if r.p_bootstrap is None else f"{r.p_bootstrap:.3g}", "-" if r.p_ttest is None else f"{r.p_ttest:.3g}",
+            *(["-" if r.p_delong is None else f"{r.p_delong:.3g}"] if delong else []),
         )  # fmt: skip
     console.print(table)
     console.print("p t-test: the study's paired t-test over bootstrap replicates (shrinks with --n-boot)")
@@ -259,12 +271,15 @@ def compare(
         list[str], typer.Option("--feature-set", help="Two or more feature set ids (comma list or repeated).")
     ],
     layers: CompareLayersOpt = None,
+    test: Annotated[
+        ComparisonTest, typer.Option("--test", help="bootstrap, or delong: DeLong's test for AUCs beside it.")
+    ] = ComparisonTest.bootstrap,
 ) -> None:
     """Feature sets side by side on the same test images: paired bootstrap differences and p-values."""
     output.check()
     options = dataclasses.asdict(protocol)
     options["no_progress"] = options["no_progress"] or not wants_progress(output.fmt, output.out)
-    result = wf.compare(task=task, feature_set=feature_set, layers=layers, store=output.store, **options)
+    result = wf.compare(task=task, feature_set=feature_set, layers=layers, test=test, store=output.store, **options)
     output.render(result, show=lambda: _print_comparison(result))
 
 

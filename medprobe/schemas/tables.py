@@ -389,6 +389,9 @@ class ProbeComparisonRow(Row):
     n_test: int
     n_boot: int
     created_at: dt.datetime = Field(default_factory=utcnow)
+    # format 5: DeLong's test of two correlated AUCs (`compare --test delong`: the binary AUC, and `auc:<class>` rows
+    # one-vs-rest); ci_low/ci_high of an `auc:<class>` row are DeLong's normal CI
+    p_delong: float | None = None
 
 
 PROBE_COMPARISONS = pa.schema(
@@ -413,6 +416,7 @@ PROBE_COMPARISONS = pa.schema(
         ("n_test", pa.int64()),
         ("n_boot", pa.int64()),
         ("created_at", TS),
+        ("p_delong", pa.float64()),  # absent from format-3/4 fragments: NULL
     ]
 )
 

@@ -166,6 +166,13 @@ class SelectBy(StrEnum):
     log_loss = "log_loss"
 
 
+class ComparisonTest(StrEnum):
+    """How ``compare`` tests AUC differences: the paired bootstrap alone, or DeLong's test beside it."""
+
+    bootstrap = "bootstrap"
+    delong = "delong"
+
+
 class TestSplit(StrEnum):
     """The split scored once as the test set (``val`` for datasets that ship only train/val)."""
 

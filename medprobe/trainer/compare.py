@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 from medprobe.schemas.tables import ProbeComparisonRow, TaskRow
 from medprobe.trainer.bootstrap import N_BOOT, paired_comparison
+from medprobe.trainer.delong import delong_test
 from medprobe.trainer.experiment import ProbeOutcome
+from medprobe.trainer.metrics import one_vs_rest
 from medprobe.trainer.protocol import LOWER_IS_BETTER
 
 
@@ -29,8 +31,11 @@ def compare_probes(
     *,
     n_boot: int = N_BOOT,
     seed: int = 0,
+    delong: bool = False,
 ) -> list[ProbeComparisonRow]:
-    """Each probe against the first (the reference), paired on the same test images, for every metric."""
+    """Each probe against the first (the reference), paired on the same test images, for every metric; with
+    ``delong``, DeLong's test beside the bootstrap: on the binary AUC row, and one ``auc:<class>`` row per class
+    (one-vs-rest) for multiclass and multilabel tasks."""
     (ref_fs, ref), rows = probes[0], []
     for fs, other in probes[1:]:
         if other.test_hashes != ref.test_hashes:
@@ -62,4 +67,27 @@ def compare_probes(
                     n_boot=n_boot,
                 )
             )
+        if delong:
+            _add_delong(rows, other, ref, list(task.class_names))
     return rows
+
+
+def _add_delong(rows: list[ProbeComparisonRow], a: ProbeOutcome, b: ProbeOutcome, class_names: list[str]) -> None:
+    """DeLong's p-value on the pair's binary AUC row, or an ``auc:<class>`` row per class (one-vs-rest)."""
+    truth = one_vs_rest(a.y_test, a.kind, len(class_names))
+    if a.kind == "binary":
+        test = delong_test(truth[:, 1], a.proba[:, 1], b.proba[:, 1])
+        for i, row in enumerate(rows):
+            if row.probe_a == a.probe_id and row.metric == "macro_auc" and test is not None:
+                rows[i] = row.model_copy(update={"p_delong": test.p_value})
+        return
+    template = next(r for r in rows if r.probe_a == a.probe_id)
+    for k, name in enumerate(class_names):
+        test = delong_test(truth[:, k], a.proba[:, k], b.proba[:, k])
+        if test is None:
+            continue  # the test rows hold one side of this class only: no AUC
+        rows.append(template.model_copy(update={
+            "metric": f"auc:{name}", "value_a": test.auc_a, "value_b": test.auc_b, "diff": test.diff,
+            "ci_low": test.ci_low, "ci_high": test.ci_high, "p_bootstrap": None, "p_ttest": None,
+            "p_delong": test.p_value,
+        }))  # fmt: skip

@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from medprobe.errors import InvalidInputError
 from medprobe.layerspec import resolve_layer, resolve_layers
-from medprobe.schemas.vocab import CGrid, ClassWeight, Method, SelectBy, Selection, SolverName, TestSplit
+from medprobe.schemas.vocab import (
+    CGrid,
+    ClassWeight,
+    ComparisonTest,
+    Method,
+    SelectBy,
+    Selection,
+    SolverName,
+    TestSplit,
+)
 from medprobe.trainer.defaults import DEFAULT_C_GRID, N_BOOT
 from medprobe.workflows.common import (
     ListArg,
@@ -368,7 +377,7 @@ def compare(
     select_by: str | SelectBy | None = None, cv: int = 5, test_split: str | TestSplit = TestSplit.test,
     class_weight: str | ClassWeight = ClassWeight.none, allow_missing: bool = False,
     allow_group_overlap: bool = False, n_boot: int = N_BOOT, boot_seed: int = 0, device: str | None = None,
-    no_progress: bool = False, store: StoreArg = None,
+    test: str | ComparisonTest = ComparisonTest.bootstrap, no_progress: bool = False, store: StoreArg = None,
 ) -> CompareResult:  # fmt: skip
     """Feature sets side by side on the same test images: paired bootstrap differences and p-values.
 
@@ -380,6 +389,8 @@ def compare(
         dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split, class_weight,
         allow_missing (compare on the images common to all sets), allow_group_overlap, n_boot, boot_seed, device,
         no_progress, store: as in :func:`train`.
+        test: ``bootstrap`` (the paired bootstrap of every metric), or ``delong`` (DeLong's test for correlated AUCs
+            beside it: ``p_delong`` on the binary AUC row, ``auc:<class>`` rows one-vs-rest otherwise).
     """
     from medprobe.featurestore import start_run
     from medprobe.trainer.compare import best_layer, compare_probes
@@ -390,14 +401,17 @@ def compare(
     st = open_store(store)
     ids = split_list(feature_set)
     specs, common = _compare_specs(st, task, ids, split_list(layers), protocol)
-    params = {"feature_sets": ids, "layers": [s.layers for s in specs], **run_params(specs[0])}
+    chosen_test = choice(ComparisonTest, test, "--test")
+    params = {"feature_sets": ids, "layers": [s.layers for s in specs], "test": chosen_test.value,
+              **run_params(specs[0])}  # fmt: skip
     with start_run(st, "compare", params) as run:
         chosen = []
         with st.transaction():  # the compared probes and their comparison rows appear together, or not at all
             for s in specs:
                 outs = run_experiment(st, s, run.run_id, only_hashes=common, show_progress=not no_progress)
                 chosen.append((s.feature_set_id, best_layer(outs)))
-            rows = compare_probes(run.run_id, specs[0].task, chosen, n_boot=protocol.n_boot, seed=protocol.boot_seed)
+            rows = compare_probes(run.run_id, specs[0].task, chosen, n_boot=protocol.n_boot, seed=protocol.boot_seed,
+                                  delong=chosen_test is ComparisonTest.delong)  # fmt: skip
             st.append("probe_comparisons", rows)
         run.summary.update({"n_comparisons": len(rows), "n_test": len(chosen[0][1].test_hashes)})
     return CompareResult(
