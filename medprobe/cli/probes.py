@@ -123,6 +123,14 @@ class ProtocolOptions:
     n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CIs.")] = N_BOOT
     boot_seed: Annotated[int, typer.Option("--boot-seed", help="Seed of the bootstrap replicates.")] = 0
     device: DeviceOpt = None
+    operating_points: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--operating-points",
+            help="Thresholds chosen on out-of-fold training predictions: youden, sens=S, spec=S (comma list; "
+            "default youden,sens=0.9,spec=0.9).",
+        ),
+    ] = None
 
 
 @dataclass
@@ -171,6 +179,26 @@ def not_converged_warnings(outcomes: list[Any]) -> list[str]:
     return lines
 
 
+def _print_clinical(o: Any) -> None:
+    """Calibration and operating points of one probe (the best layer's)."""
+    m = o.metrics
+    if "brier" in m:
+        console.print(f"layer {o.layer}: calibration Brier {format_entry(m['brier'])}, ECE ({m.get('ece_bins')} "
+                      f"equal-mass bins) {format_entry(m['ece'])}", highlight=False)  # fmt: skip
+    points = m.get("operating_points")
+    if not points:
+        return
+    table = Table(title=f"layer {o.layer}: operating points (thresholds from out-of-fold training predictions)")
+    for col in ("class", "rule", "threshold", "sensitivity", "specificity", "PPV", "NPV", "F1"):
+        table.add_column(col)
+    for name, rows in points.items():
+        for p in rows:
+            cells = [format_entry(p[r]) if r in p else "-" for r in ("sensitivity", "specificity", "ppv", "npv", "f1")]
+            threshold = "-" if p["threshold"] is None else f"{p['threshold']:.3f}"
+            table.add_row(name, p["rule"], threshold, *cells)
+    console.print(table)
+
+
 def _print_probes(result: wf.ProbeRunResult) -> None:
     table = Table(title=f"{result.kind}: {result.dataset}/{result.task}  run {result.run_id}")
     for col in ("layer", "fraction", "seed", "chosen", "cv", "macro AUC [95% CI]", "bal. acc", "macro F1", "acc"):
@@ -194,6 +222,7 @@ def _print_probes(result: wf.ProbeRunResult) -> None:
             f"{result.n_missing_labels} without a {result.task!r} label", highlight=False,
         )  # fmt: skip
     best = next(o for o in result.outcomes if o.probe_id == result.probe_id)
+    _print_clinical(best)
     console.print(
         f"{'k' if result.method == 'knn' else 'C'} and the best layer chosen by {best.select_by} ({result.selection}, "
         f"training rows only): layer {result.layer}; run id: {result.run_id}"

@@ -97,7 +97,9 @@ def _interval(values: np.ndarray) -> tuple[float | None, float | None, int]:
     return float(lo), float(hi), int(ok.size)
 
 
-def _entry(value: float | None, reps: np.ndarray, n_boot: int) -> dict:
+def ci_entry(value: float | None, reps: np.ndarray, n_boot: int) -> dict:
+    """``{value, ci_low, ci_high}`` of a point value and its bootstrap replicates (undefined replicates left out
+    and counted in ``n_replicates``)."""
     if value is None:
         return {"value": None, "ci_low": None, "ci_high": None}
     lo, hi, n_ok = _interval(reps)
@@ -121,14 +123,14 @@ def metrics_with_ci(
     point = point_metrics(y, proba, kind, class_names)
     W = multiplicities(len(y), n_boot, seed)
     reps = replicate_metrics(y, proba, kind, len(class_names), W)
-    out: dict = {m: _entry(point.values[m], reps[m], n_boot) for m in SCALAR_METRICS}
+    out: dict = {m: ci_entry(point.values[m], reps[m], n_boot) for m in SCALAR_METRICS}
     out["auc_per_class"] = {
-        name: _entry(point.auc_per_class[name], reps[f"auc:{k}"], n_boot) for k, name in enumerate(class_names)
+        name: ci_entry(point.auc_per_class[name], reps[f"auc:{k}"], n_boot) for k, name in enumerate(class_names)
     }
     calibration = calibration_replicates(y, proba, kind, np.ones((1, len(y))))
     boot_calibration = calibration_replicates(y, proba, kind, W)
     for name in ("brier", "ece"):
-        out[name] = _entry(float(calibration[name][0]), boot_calibration[name], n_boot)
+        out[name] = ci_entry(float(calibration[name][0]), boot_calibration[name], n_boot)
     out["ece_bins"] = ECE_BINS  # equal-mass bins (medprobe.trainer.calibration says what is calibrated)
     if point.reasons:
         out["undefined"] = dict(point.reasons)

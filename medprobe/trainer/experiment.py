@@ -15,11 +15,12 @@ from medprobe.progress import progress_bar
 from medprobe.schemas import SPLITS
 from medprobe.schemas.tables import PredictionRow, ProbeResultRow, TaskRow
 from medprobe.schemas.vocab import TestSplit
-from medprobe.trainer.bootstrap import N_BOOT, metrics_with_ci
+from medprobe.trainer.bootstrap import N_BOOT, metrics_with_ci, multiplicities
 from medprobe.trainer.data import TaskData, load_task_data, read_features
 from medprobe.trainer.defaults import DEFAULT_C_GRID
 from medprobe.trainer.knn import DEFAULT_K_GRID
 from medprobe.trainer.knn_protocol import fit_knn_protocol
+from medprobe.trainer.operating_points import DEFAULT_OPERATING_POINTS, operating_points, parse_rules
 from medprobe.trainer.protocol import ProtocolResult, ProtocolTiming, Setting, fit_protocol
 from medprobe.trainer.solvers import get_solver
 from medprobe.trainer.solvers.base import FittedProbe, ProbeKind
@@ -54,6 +55,7 @@ class ExperimentSpec:
     solver_options: dict = field(default_factory=dict)
     method: str = "probe"  # probe: logistic regression; knn: weighted k-nearest neighbours (DINOv2)
     k_grid: Sequence[int] = DEFAULT_K_GRID  # knn: the k values chosen from (one value: that k, no selection)
+    operating_points: Sequence[str] = DEFAULT_OPERATING_POINTS  # threshold rules (trainer.operating_points)
 
     @property
     def pool_splits(self) -> tuple[str, ...]:
@@ -221,7 +223,7 @@ def run_experiment(
             on_iteration=lambda done, stalled: bar.advance(task_bar, done + stalled),
         )
         bar.update(task_bar, completed=len(spec.layers) * n_cols)  # the adaptive grid skips the C values past the turn
-        outcomes = [_tested(r, layers[r.layer_pos], spec, data, feats, test) for r in results]
+        outcomes = [_tested(r, layers[r.layer_pos], spec, data, feats, pool, test) for r in results]
     per_probe = (timing.select_seconds + timing.refit_seconds) / max(1, len(outcomes))
     _note_missing(outcomes, data)
     write_outcomes(store, spec, run_id, outcomes, per_probe, timing)
@@ -235,10 +237,17 @@ def _note_missing(outcomes: list[ProbeOutcome], data: TaskData) -> None:
 
 
 def _tested(r: ProtocolResult, layer: int, spec: ExperimentSpec, data: TaskData, feats: dict[int, np.ndarray],
-            test: np.ndarray) -> ProbeOutcome:  # fmt: skip
-    """A selected and refitted probe scored once on the test rows, with bootstrap CIs."""
+            pool: np.ndarray, test: np.ndarray) -> ProbeOutcome:  # fmt: skip
+    """A selected and refitted probe scored once on the test rows, with bootstrap CIs; operating points chosen on
+    its out-of-fold training predictions and scored on the test rows with the same replicates."""
     proba = r.probe.predict_proba(feats[layer][test])  # the one pass over the test rows
     metrics = metrics_with_ci(data.y[test], proba, data.kind, data.class_names, n_boot=spec.n_boot, seed=spec.seed)
+    if r.oof_rows is not None and r.oof_proba is not None and spec.operating_points:
+        W = multiplicities(len(test), spec.n_boot, spec.seed)
+        metrics["operating_points"] = operating_points(
+            data.y[pool][r.oof_rows], r.oof_proba, data.y[test], proba, data.kind, data.class_names,
+            parse_rules(spec.operating_points), W,
+        )  # fmt: skip
     scores = [v for v in r.cv_scores[repr(r.C)] if v is not None]
     return ProbeOutcome(
         new_id("probe"), layer, r.setting, r.C, r.selection, r.cv_scores, float(np.mean(scores)) if scores else None,

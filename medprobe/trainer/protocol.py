@@ -137,6 +137,10 @@ class ProtocolResult:
     cv_log_loss: dict[str, list[float]] = field(default_factory=dict)  # {C: held-out log loss per fold}
     tied: int = 1  # C values that tied on the selection metric (broken by log loss)
     cv_not_converged: dict[str, int] = field(default_factory=dict)  # {C: fold probes not converged}
+    # out-of-fold predictions at the chosen C: each training row scored by the fold probe that did not see it
+    # (positions in the training pool, and their probabilities); operating points are chosen on these
+    oof_rows: np.ndarray | None = None
+    oof_proba: np.ndarray | None = None
 
 
 @dataclass
@@ -553,6 +557,8 @@ def _select_and_refit(
         )
         choices = _choose_C(layers, y, fitted, plan, c_grid, kind, K, metric)
         n_selection = len(layers) * len(plan.cols)
+        fold_probes = {(g, si, fi, ci): fitted[g][m] for g in range(len(layers))
+                       for m, (si, fi, ci) in enumerate(plan.cols)}  # fmt: skip
     else:
         choices, n_selection, fold_probes = _choose_C_path(
             layers, y, plan, c_grid, kind, K, metric, solver, class_weight=class_weight, on_iteration=on_iteration,
@@ -573,7 +579,22 @@ def _select_and_refit(
             st, g, refit[g][si], choices[(g, si)].C, choices[(g, si)].scores, plan.labels[si],
             len(plan.train_rows_of[si]), plan.train_rows_of[si], metric, choices[(g, si)].log_losses,
             choices[(g, si)].tied, choices[(g, si)].not_converged,
+            *_out_of_fold(layers[g], fold_probes, plan, g, si, c_grid.index(choices[(g, si)].C)),
         )
         for si, st in enumerate(settings)
         for g in range(len(layers))
     ]  # fmt: skip
+
+
+def _out_of_fold(X: np.ndarray, fold_probes: FoldProbes, plan: _SelectionPlan, g: int, si: int, ci: int
+                 ) -> tuple[np.ndarray | None, np.ndarray | None]:  # fmt: skip
+    """Each validation row of the setting's folds scored by its fold's probe at the chosen C (every training row
+    once under CV; the val rows under ``--selection val``)."""
+    rows, probas = [], []
+    for fi, va in enumerate(plan.val_rows[si]):
+        probe = fold_probes.get((g, si, fi, ci))
+        if probe is None:
+            return None, None
+        rows.append(va)
+        probas.append(probe.predict_proba(np.asarray(X)[va]))
+    return np.concatenate(rows), np.concatenate(probas)

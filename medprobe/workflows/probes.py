@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from medprobe.trainer.stored import StoredProbe
 
 TEST_METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "auc_per_class", "label_precision_at_k",
-                    "undefined")  # fmt: skip
+                    "brier", "ece", "ece_bins", "operating_points", "undefined")  # fmt: skip
 
 
 def metrics_doc(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -71,6 +71,14 @@ class ProtocolArgs:
     n_boot: int = N_BOOT
     boot_seed: int = 0
     device: str | None = None
+    operating_points: ListArg = None
+
+    def rules(self) -> list[str]:
+        """The operating-point rules, checked (default: youden, sens=0.9, spec=0.9)."""
+        from medprobe.trainer.operating_points import DEFAULT_OPERATING_POINTS, parse_rules
+
+        values = split_list(self.operating_points) or list(DEFAULT_OPERATING_POINTS)
+        return [r.label for r in parse_rules(values)]
 
     def k_grid(self) -> list[int]:
         """The k values of method knn (positive integers), or the default grid."""
@@ -120,7 +128,7 @@ class ProtocolArgs:
             class_weight=None if class_weight is ClassWeight.none else class_weight.value,
             allow_missing=self.allow_missing, allow_group_overlap=self.allow_group_overlap, n_boot=self.n_boot,
             seed=self.boot_seed, device=self.device, method=choice(Method, self.method, "--method").value,
-            k_grid=self.k_grid(),
+            k_grid=self.k_grid(), operating_points=self.rules(),
         )  # fmt: skip
 
 
@@ -145,6 +153,7 @@ def run_params(spec: ExperimentSpec) -> dict[str, Any]:
         "class_weight": spec.class_weight,
         "n_boot": spec.n_boot,
         "boot_seed": spec.seed,
+        "operating_points": list(spec.operating_points),
     }
 
 
@@ -285,6 +294,8 @@ PROBE_PARAMETERS = """
         allow_group_overlap: train even when a patient group is in both the training and the test rows.
         n_boot: bootstrap replicates of every CI; boot_seed: their seed.
         device: the torch device of the solver.
+        operating_points: threshold rules chosen on out-of-fold training predictions and scored on the test rows:
+            ``youden``, ``sens=S``, ``spec=S`` (default youden, sens=0.9, spec=0.9); per class one-vs-rest.
         train_fraction: label efficiency: fractions of the training rows (e.g. [0.01, 0.1, 1]).
         seeds: subsample seeds of fractions below 1 (default 0,1,2).
         no_progress: no progress bar.
@@ -303,11 +314,12 @@ def _probe_workflow(kind: str, summary: str) -> Callable[..., ProbeRunResult]:
         select_by: str | SelectBy | None = None, cv: int = 5, test_split: str | TestSplit = TestSplit.test,
         class_weight: str | ClassWeight = ClassWeight.none, allow_missing: bool = False,
         allow_group_overlap: bool = False, n_boot: int = N_BOOT, boot_seed: int = 0, device: str | None = None,
-        train_fraction: ListArg = None, seeds: ListArg = None, no_progress: bool = False, store: StoreArg = None,
+        operating_points: ListArg = None, train_fraction: ListArg = None, seeds: ListArg = None,
+        no_progress: bool = False, store: StoreArg = None,
     ) -> ProbeRunResult:  # fmt: skip
         protocol = ProtocolArgs(dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split,
-                                class_weight, allow_missing, allow_group_overlap, n_boot, boot_seed,
-                                device)  # fmt: skip
+                                class_weight, allow_missing, allow_group_overlap, n_boot, boot_seed, device,
+                                operating_points)  # fmt: skip
         return _run_probes(kind, store, task, None if layers is None else str(layers), feature_set, model, prompt,
                            pooling, protocol, train_fraction, seeds, no_progress)  # fmt: skip
 
@@ -377,7 +389,8 @@ def compare(
     select_by: str | SelectBy | None = None, cv: int = 5, test_split: str | TestSplit = TestSplit.test,
     class_weight: str | ClassWeight = ClassWeight.none, allow_missing: bool = False,
     allow_group_overlap: bool = False, n_boot: int = N_BOOT, boot_seed: int = 0, device: str | None = None,
-    test: str | ComparisonTest = ComparisonTest.bootstrap, no_progress: bool = False, store: StoreArg = None,
+    operating_points: ListArg = None, test: str | ComparisonTest = ComparisonTest.bootstrap, no_progress: bool = False,
+    store: StoreArg = None,
 ) -> CompareResult:  # fmt: skip
     """Feature sets side by side on the same test images: paired bootstrap differences and p-values.
 
@@ -388,7 +401,7 @@ def compare(
             default: each set's best layer by CV.
         dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split, class_weight,
         allow_missing (compare on the images common to all sets), allow_group_overlap, n_boot, boot_seed, device,
-        no_progress, store: as in :func:`train`.
+        operating_points, no_progress, store: as in :func:`train`.
         test: ``bootstrap`` (the paired bootstrap of every metric), or ``delong`` (DeLong's test for correlated AUCs
             beside it: ``p_delong`` on the binary AUC row, ``auc:<class>`` rows one-vs-rest otherwise).
     """
@@ -397,7 +410,8 @@ def compare(
     from medprobe.trainer.experiment import run_experiment
 
     protocol = ProtocolArgs(dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split,
-                            class_weight, allow_missing, allow_group_overlap, n_boot, boot_seed, device)  # fmt: skip
+                            class_weight, allow_missing, allow_group_overlap, n_boot, boot_seed, device,
+                            operating_points)  # fmt: skip
     st = open_store(store)
     ids = split_list(feature_set)
     specs, common = _compare_specs(st, task, ids, split_list(layers), protocol)
