@@ -131,6 +131,17 @@ class ProtocolOptions:
             "default youden,sens=0.9,spec=0.9).",
         ),
     ] = None
+    test_dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--test-dataset",
+            help="External test sets: datasets with the same task, scored once by the probe fitted here (comma list "
+            "or repeated).",
+        ),
+    ] = None
+    allow_overlap: Annotated[
+        bool, typer.Option("--allow-overlap", help="Score an external dataset sharing images with the training rows.")
+    ] = False
 
 
 @dataclass
@@ -199,6 +210,22 @@ def _print_clinical(o: Any) -> None:
     console.print(table)
 
 
+def _print_external(external: list[dict[str, Any]]) -> None:
+    """The best probe on each external test set."""
+    if not external:
+        return
+    table = Table(title="external test sets (the probe fitted on the training dataset, applied unchanged)")
+    for col in ("dataset", "layer", "scored", "labelled", "not extracted", "overlap", "macro AUC [95% CI]", "bal. acc",
+                "Brier", "ECE"):  # fmt: skip
+        table.add_column(col)
+    for e in external:
+        m = e["metrics"] or {}
+        cells = [format_entry(m[k]) if k in m else "-" for k in ("macro_auc", "balanced_accuracy", "brier", "ece")]
+        table.add_row(e["dataset"], str(e["layer"]), str(e["n_predicted"]), str(e["n_labelled"]),
+                      str(e["n_missing_features"]), str(e["n_overlap"]), *cells)  # fmt: skip
+    console.print(table)
+
+
 def _print_probes(result: wf.ProbeRunResult) -> None:
     table = Table(title=f"{result.kind}: {result.dataset}/{result.task}  run {result.run_id}")
     for col in ("layer", "fraction", "seed", "chosen", "cv", "macro AUC [95% CI]", "bal. acc", "macro F1", "acc"):
@@ -223,6 +250,7 @@ def _print_probes(result: wf.ProbeRunResult) -> None:
         )  # fmt: skip
     best = next(o for o in result.outcomes if o.probe_id == result.probe_id)
     _print_clinical(best)
+    _print_external(result.external)
     console.print(
         f"{'k' if result.method == 'knn' else 'C'} and the best layer chosen by {best.select_by} ({result.selection}, "
         f"training rows only): layer {result.layer}; run id: {result.run_id}"
@@ -269,8 +297,9 @@ def _print_comparison(result: wf.CompareResult) -> None:
         table.add_column(col)
     for r in result.comparison_rows:
         diff = "-" if r.diff is None else f"{r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+        metric = r.metric if r.dataset == result.dataset else f"{r.metric} on {r.dataset}"
         table.add_row(
-            r.feature_set_a, str(r.layer_a), f"{r.feature_set_b} (l{r.layer_b})", r.metric,
+            r.feature_set_a, str(r.layer_a), f"{r.feature_set_b} (l{r.layer_b})", metric,
             "-" if r.value_a is None else f"{r.value_a:.3f}", "-" if r.value_b is None else f"{r.value_b:.3f}", diff,
             "-" if r.p_bootstrap is None else f"{r.p_bootstrap:.3g}", "-" if r.p_ttest is None else f"{r.p_ttest:.3g}",
             *(["-" if r.p_delong is None else f"{r.p_delong:.3g}"] if delong else []),

@@ -99,10 +99,13 @@ def apply_probe(
     return out
 
 
-def write_applied(store: FeatureStore, applied: Applied, run_id: str) -> str:
-    """Append the ``probe_results`` row (a new probe id, ``applied_from`` the stored probe) and one ``predictions``
-    row per scored image, in one transaction; returns the new probe id."""
-    source = store.sql("SELECT * FROM probe_results WHERE probe_id = ?", [applied.probe.probe_id]).to_pylist()[0]
+def write_applied(store: FeatureStore, applied: Applied, run_id: str, base: dict[str, Any] | None = None) -> str:
+    """Append the ``probe_results`` row (a new probe id, ``applied_from`` the stored probe; the other fields from
+    ``base``, default the stored probe's row) and one ``predictions`` row per scored image, in one transaction (an
+    enclosing one, when there is one); returns the new probe id."""
+    source = base if base is not None else store.sql(
+        "SELECT * FROM probe_results WHERE probe_id = ?", [applied.probe.probe_id]
+    ).to_pylist()[0]  # fmt: skip
     probe_id = new_id("probe")
     metrics = dict(applied.metrics or {})
     metrics.update({"applied_to": applied.dataset, "splits": applied.splits, "n_predicted": len(applied.image_hashes),

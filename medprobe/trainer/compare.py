@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from medprobe.schemas.tables import ProbeComparisonRow, TaskRow
 from medprobe.trainer.bootstrap import N_BOOT, paired_comparison
 from medprobe.trainer.delong import delong_test
 from medprobe.trainer.experiment import ProbeOutcome
+from medprobe.trainer.external import ExternalResult
 from medprobe.trainer.metrics import one_vs_rest
 from medprobe.trainer.protocol import LOWER_IS_BETTER
 
@@ -91,3 +93,22 @@ def _add_delong(rows: list[ProbeComparisonRow], a: ProbeOutcome, b: ProbeOutcome
             "ci_low": test.ci_low, "ci_high": test.ci_high, "p_bootstrap": None, "p_ttest": None,
             "p_delong": test.p_value,
         }))  # fmt: skip
+
+
+def compare_external(
+    run_id: str, task: TaskRow, chosen: Sequence[tuple[str, ProbeOutcome]], scored: Sequence[ExternalResult], *,
+    n_boot: int = N_BOOT, seed: int = 0, delong: bool = False,
+) -> list[ProbeComparisonRow]:  # fmt: skip
+    """The paired comparison of the probes on one external dataset: on the labelled images every probe scored
+    (an image one feature set lacks is left out of all); the rows name the external dataset."""
+    common = set.intersection(*(set(e.image_hashes) for e in scored))
+    if not common:
+        return []
+    outcomes = []
+    for (fs, o), e in zip(chosen, scored, strict=True):
+        keep = [i for i, h in enumerate(e.image_hashes) if h in common]
+        assert e.y is not None and e.proba is not None  # there are labelled images
+        outcomes.append((fs, dataclasses.replace(o, probe_id=e.probe_id, test_hashes=[e.image_hashes[i] for i in keep],
+                                                 y_test=e.y[keep], proba=e.proba[keep])))  # fmt: skip
+    rows = compare_probes(run_id, task, outcomes, n_boot=n_boot, seed=seed, delong=delong)
+    return [r.model_copy(update={"dataset": scored[0].dataset}) for r in rows]

@@ -100,6 +100,8 @@ class ProbeOutcome:
     k: int | None = None  # knn: the neighbours used
     solver: str | None = None  # the solver column when it is not the spec's (knn; zeroshot: softmax | sigmoid)
     extra: dict = field(default_factory=dict)  # method-specific entries of the metrics JSON
+    oof_y: np.ndarray | None = None  # out-of-fold training labels and predictions at the chosen C (thresholds)
+    oof_proba: np.ndarray | None = None
 
     @property
     def converged(self) -> bool:
@@ -242,18 +244,18 @@ def _tested(r: ProtocolResult, layer: int, spec: ExperimentSpec, data: TaskData,
     its out-of-fold training predictions and scored on the test rows with the same replicates."""
     proba = r.probe.predict_proba(feats[layer][test])  # the one pass over the test rows
     metrics = metrics_with_ci(data.y[test], proba, data.kind, data.class_names, n_boot=spec.n_boot, seed=spec.seed)
-    if r.oof_rows is not None and r.oof_proba is not None and spec.operating_points:
+    oof_y = None if r.oof_rows is None else data.y[pool][r.oof_rows]
+    if oof_y is not None and r.oof_proba is not None and spec.operating_points:
         W = multiplicities(len(test), spec.n_boot, spec.seed)
         metrics["operating_points"] = operating_points(
-            data.y[pool][r.oof_rows], r.oof_proba, data.y[test], proba, data.kind, data.class_names,
-            parse_rules(spec.operating_points), W,
-        )  # fmt: skip
+            oof_y, r.oof_proba, data.y[test], proba, data.kind, data.class_names, parse_rules(spec.operating_points), W
+        )
     scores = [v for v in r.cv_scores[repr(r.C)] if v is not None]
     return ProbeOutcome(
         new_id("probe"), layer, r.setting, r.C, r.selection, r.cv_scores, float(np.mean(scores)) if scores else None,
         metrics, r.probe, [data.image_hashes[i] for i in test], data.y[test], proba, r.n_train,
         select_by=r.select_by, cv_log_loss=float(np.mean(r.cv_log_loss[repr(r.C)])) if r.cv_log_loss else None,
-        tied=r.tied, cv_not_converged=r.cv_not_converged, kind=r.probe.kind,
+        tied=r.tied, cv_not_converged=r.cv_not_converged, kind=r.probe.kind, oof_y=oof_y, oof_proba=r.oof_proba,
     )  # fmt: skip
 
 

@@ -34,7 +34,7 @@ from medprobe.workflows.common import (
     optional_choice,
     split_list,
 )
-from medprobe.workflows.results import METRIC_KEYS, Result, metric_columns
+from medprobe.workflows.results import METRIC_KEYS, Result, jsonable, metric_columns
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
@@ -72,6 +72,8 @@ class ProtocolArgs:
     boot_seed: int = 0
     device: str | None = None
     operating_points: ListArg = None
+    test_dataset: ListArg = None
+    allow_overlap: bool = False
 
     def rules(self) -> list[str]:
         """The operating-point rules, checked (default: youden, sens=0.9, spec=0.9)."""
@@ -227,6 +229,8 @@ class ProbeRunResult(Result):
     probes: list[dict[str, Any]]
     n_missing_labels: int = 0  # extracted images of the dataset left out for having no label (--allow-missing)
     n_missing_features: int = 0  # images of the dataset left out for having no features (--allow-missing)
+    # the best probe scored on each --test-dataset: {dataset, probe_id, applied_from, n_predicted, metrics, ...}
+    external: list[dict[str, Any]] = field(default_factory=list)
     selection: str = field(default="cv", repr=False)
     outcomes: list[ProbeOutcome] = field(default_factory=list, repr=False, compare=False)
 
@@ -248,6 +252,7 @@ def _run_probes(kind: str, store: StoreArg, task: str, layers: str | None, featu
     from medprobe.trainer.compare import best_layer
     from medprobe.trainer.data import resolve_feature_set
     from medprobe.trainer.experiment import run_experiment
+    from medprobe.trainer.external import check_external, score_external
 
     st = open_store(store)
     fs = resolve_feature_set(st, feature_set, model, prompt, pooling)
@@ -258,11 +263,17 @@ def _run_probes(kind: str, store: StoreArg, task: str, layers: str | None, featu
     else:
         chosen = resolve_layers("all" if layers is None else str(layers), stored, what=what)
     spec = protocol.spec(st, task, fs.feature_set_id, chosen, fractions_of(train_fraction), seeds_of(seeds))
-    with start_run(st, kind, run_params(spec)) as run:
-        outcomes = run_experiment(st, spec, run.run_id, show_progress=not no_progress)
-        best = best_layer(outcomes)
+    externals = split_list(protocol.test_dataset)
+    overlaps = check_external(st, spec, externals, protocol.allow_overlap) if externals else {}
+    params = {**run_params(spec), "test_dataset": externals, "allow_overlap": protocol.allow_overlap}
+    with start_run(st, kind, params) as run:
+        with st.transaction():  # the run's results, in-dataset and external, appear together or not at all
+            outcomes = run_experiment(st, spec, run.run_id, show_progress=not no_progress)
+            best = best_layer(outcomes)
+            scored = [score_external(st, spec, best, d, run.run_id, overlaps[d]) for d in externals]
         run.summary.update({"n_probes": len(outcomes), "best_layer": best.layer, "best_probe": best.probe_id,
-                            "test_macro_auc": best.metrics["macro_auc"]["value"]})  # fmt: skip
+                            "test_macro_auc": best.metrics["macro_auc"]["value"],
+                            "external": {e.dataset: e.probe_id for e in scored}})  # fmt: skip
     return ProbeRunResult(
         run_id=run.run_id, kind=kind, feature_set_id=spec.feature_set_id, dataset=spec.task.dataset,
         task=spec.task.task, class_names=list(spec.task.class_names), layer=best.layer, probe_id=best.probe_id,
@@ -270,6 +281,7 @@ def _run_probes(kind: str, store: StoreArg, task: str, layers: str | None, featu
         probes=[_probe_doc(o) for o in outcomes], selection=spec.selection, outcomes=outcomes,
         n_missing_labels=int(best.extra.get("n_missing_labels", 0)),
         n_missing_features=int(best.extra.get("n_missing_features", 0)),
+        external=[jsonable(e.doc()) for e in scored],
     )  # fmt: skip
 
 
@@ -296,6 +308,9 @@ PROBE_PARAMETERS = """
         device: the torch device of the solver.
         operating_points: threshold rules chosen on out-of-fold training predictions and scored on the test rows:
             ``youden``, ``sens=S``, ``spec=S`` (default youden, sens=0.9, spec=0.9); per class one-vs-rest.
+        test_dataset: external test sets: datasets with the same task and class names, each scored once (every
+            image) by the probe fitted on the training dataset (its C and layer chosen there), with its own CIs.
+        allow_overlap: score an external dataset that shares images (by sha256) with the training rows.
         train_fraction: label efficiency: fractions of the training rows (e.g. [0.01, 0.1, 1]).
         seeds: subsample seeds of fractions below 1 (default 0,1,2).
         no_progress: no progress bar.
@@ -314,12 +329,12 @@ def _probe_workflow(kind: str, summary: str) -> Callable[..., ProbeRunResult]:
         select_by: str | SelectBy | None = None, cv: int = 5, test_split: str | TestSplit = TestSplit.test,
         class_weight: str | ClassWeight = ClassWeight.none, allow_missing: bool = False,
         allow_group_overlap: bool = False, n_boot: int = N_BOOT, boot_seed: int = 0, device: str | None = None,
-        operating_points: ListArg = None, train_fraction: ListArg = None, seeds: ListArg = None,
-        no_progress: bool = False, store: StoreArg = None,
+        operating_points: ListArg = None, test_dataset: ListArg = None, allow_overlap: bool = False,
+        train_fraction: ListArg = None, seeds: ListArg = None, no_progress: bool = False, store: StoreArg = None,
     ) -> ProbeRunResult:  # fmt: skip
         protocol = ProtocolArgs(dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split,
                                 class_weight, allow_missing, allow_group_overlap, n_boot, boot_seed, device,
-                                operating_points)  # fmt: skip
+                                operating_points, test_dataset, allow_overlap)  # fmt: skip
         return _run_probes(kind, store, task, None if layers is None else str(layers), feature_set, model, prompt,
                            pooling, protocol, train_fraction, seeds, no_progress)  # fmt: skip
 
@@ -389,8 +404,8 @@ def compare(
     select_by: str | SelectBy | None = None, cv: int = 5, test_split: str | TestSplit = TestSplit.test,
     class_weight: str | ClassWeight = ClassWeight.none, allow_missing: bool = False,
     allow_group_overlap: bool = False, n_boot: int = N_BOOT, boot_seed: int = 0, device: str | None = None,
-    operating_points: ListArg = None, test: str | ComparisonTest = ComparisonTest.bootstrap, no_progress: bool = False,
-    store: StoreArg = None,
+    operating_points: ListArg = None, test_dataset: ListArg = None, allow_overlap: bool = False,
+    test: str | ComparisonTest = ComparisonTest.bootstrap, no_progress: bool = False, store: StoreArg = None,
 ) -> CompareResult:  # fmt: skip
     """Feature sets side by side on the same test images: paired bootstrap differences and p-values.
 
@@ -401,23 +416,26 @@ def compare(
             default: each set's best layer by CV.
         dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split, class_weight,
         allow_missing (compare on the images common to all sets), allow_group_overlap, n_boot, boot_seed, device,
-        operating_points, no_progress, store: as in :func:`train`.
+        operating_points, test_dataset, allow_overlap, no_progress, store: as in :func:`train`.
         test: ``bootstrap`` (the paired bootstrap of every metric), or ``delong`` (DeLong's test for correlated AUCs
             beside it: ``p_delong`` on the binary AUC row, ``auc:<class>`` rows one-vs-rest otherwise).
     """
     from medprobe.featurestore import start_run
-    from medprobe.trainer.compare import best_layer, compare_probes
+    from medprobe.trainer.compare import best_layer, compare_external, compare_probes
     from medprobe.trainer.experiment import run_experiment
+    from medprobe.trainer.external import check_external, score_external
 
     protocol = ProtocolArgs(dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split,
                             class_weight, allow_missing, allow_group_overlap, n_boot, boot_seed, device,
-                            operating_points)  # fmt: skip
+                            operating_points, test_dataset, allow_overlap)  # fmt: skip
     st = open_store(store)
     ids = split_list(feature_set)
     specs, common = _compare_specs(st, task, ids, split_list(layers), protocol)
     chosen_test = choice(ComparisonTest, test, "--test")
+    externals = split_list(protocol.test_dataset)
+    overlaps = check_external(st, specs[0], externals, protocol.allow_overlap) if externals else {}
     params = {"feature_sets": ids, "layers": [s.layers for s in specs], "test": chosen_test.value,
-              **run_params(specs[0])}  # fmt: skip
+              "test_dataset": externals, "allow_overlap": protocol.allow_overlap, **run_params(specs[0])}  # fmt: skip
     with start_run(st, "compare", params) as run:
         chosen = []
         with st.transaction():  # the compared probes and their comparison rows appear together, or not at all
@@ -426,6 +444,11 @@ def compare(
                 chosen.append((s.feature_set_id, best_layer(outs)))
             rows = compare_probes(run.run_id, specs[0].task, chosen, n_boot=protocol.n_boot, seed=protocol.boot_seed,
                                   delong=chosen_test is ComparisonTest.delong)  # fmt: skip
+            for d in externals:  # each probe on each external dataset, compared on the images all of them scored
+                scored = [score_external(st, s, o, d, run.run_id, overlaps[d]) for s, (_, o) in zip(specs, chosen,
+                                                                                                     strict=True)]
+                rows += compare_external(run.run_id, specs[0].task, chosen, scored, n_boot=protocol.n_boot,
+                                         seed=protocol.boot_seed, delong=chosen_test is ComparisonTest.delong)
             st.append("probe_comparisons", rows)
         run.summary.update({"n_comparisons": len(rows), "n_test": len(chosen[0][1].test_hashes)})
     return CompareResult(
