@@ -34,6 +34,7 @@ def _summary_tables(summary: IngestSummary) -> None:
         ("members retired (their file changed)", summary.retired),
         ("members retired (no longer in the source)", summary.removed),
         ("members now from this source (were from another)", summary.moved),
+        ("members with changed metadata", summary.metadata_changed),
         ("images re-pointed (their old file is gone)", summary.repointed),
         ("conflicting duplicate rows (first kept)", summary.conflicts),
         ("new dataset memberships", summary.memberships_new),
@@ -92,6 +93,10 @@ def ingest(
     path_column: Annotated[str | None, typer.Option(help="csv: column with image paths (default: path)")] = None,
     label_column: Annotated[
         list[str] | None, typer.Option(help="csv: label column(s), one task each (comma list or repeated)")
+    ] = None,
+    metadata_column: Annotated[
+        list[str] | None,
+        typer.Option(help="csv: columns kept as per-image metadata, e.g. age,sex,site (comma list or repeated)"),
     ] = None,
     split_column: Annotated[str | None, typer.Option(help="csv: column with train/val/test")] = None,
     group_column: Annotated[str | None, typer.Option(help="csv: patient/lesion column (grouped splits)")] = None,

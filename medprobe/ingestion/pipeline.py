@@ -73,6 +73,7 @@ class IngestSummary:
     retired: int = 0  # members whose file now holds other bytes (the old image leaves the dataset)
     removed: int = 0  # members the source no longer holds (or holds only unreadable): retired, history kept
     moved: int = 0  # members last ingested from another source, now from this one
+    metadata_changed: int = 0  # members whose metadata this source changes (the new values win)
     repointed: int = 0  # known images whose stored file is gone, now read from where this source has them
     conflicts: int = 0  # rows naming an image already seen in this source with other labels or split
     memberships_new: int = 0
@@ -448,7 +449,7 @@ def _append_members(
         elif h not in written_images:
             written_images.add(h)
             image_rows.append(_image_row(m))
-        row = _member_row(dataset, source, m, canonical_json(labels), stored, summary)
+        row = _member_row(dataset, source, m, canonical_json(labels), stored, summary)  # labels as kept
         if row is not None:
             member_rows.append(row)
             flush()
@@ -463,21 +464,26 @@ def _member_row(
     """The membership row this record needs: a new member, a corrected label, a member now from this source (or
     at another path in it); None when the stored row already says all of it."""
     old = stored.members.get(m.image_hash)
+    metadata = canonical_json(m.record.metadata) if m.record.metadata else None
     if old is None:
         summary.memberships_new += 1
         return DatasetImageRow(dataset=dataset, image_hash=m.image_hash, split=m.split, group_id=m.record.group_id,
-                               source_path=m.record.source_path, labels=labels, source=source)  # fmt: skip
+                               source_path=m.record.source_path, labels=labels, source=source,
+                               metadata=metadata)  # fmt: skip
     same_labels = labels == old["labels"]
-    if same_labels and old.get("source") == source and old["source_path"] == m.record.source_path:
+    same_rest = (old.get("source"), old["source_path"], old.get("metadata")) == (source, m.record.source_path,
+                                                                               metadata)  # fmt: skip
+    if same_labels and same_rest:
         summary.already_in_dataset += 1
         return None
     if same_labels:
         summary.already_in_dataset += 1
         summary.moved += old.get("source") not in (None, source)
+        summary.metadata_changed += old.get("metadata") != metadata
     else:
         summary.labels_changed += 1  # a corrected label: the new row wins, the old one stays in raw_
     return DatasetImageRow(**{**old, "labels": labels, "source": source, "source_path": m.record.source_path,
-                              "ingested_at": utcnow()})  # fmt: skip
+                              "metadata": metadata, "ingested_at": utcnow()})  # fmt: skip
 
 
 def _moved(stored_uri: str | None, uri: str | None) -> bool:
@@ -571,7 +577,7 @@ def _write(
     counts = _append_members(store, dataset, kept, final_tasks, stored, summary, source_key(source))
     failure_rows, reasons = _failure_rows(failures, stored, dataset, run_id)
     changed = (summary.memberships_new or task_rows or summary.labels_changed or summary.retired or summary.removed
-               or summary.repointed or summary.moved)  # fmt: skip
+               or summary.repointed or summary.moved or summary.metadata_changed)  # fmt: skip
     if changed or (kept and not stored.has_dataset_row):  # a rerun completes an ingest killed before this row
         options_json = json.dumps(params, sort_keys=True, default=str)
         store.append(

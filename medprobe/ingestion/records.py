@@ -44,6 +44,7 @@ class SourceRecord:
     pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
     expected_sha256: str | None = None
     data: bytes | None = field(default=None, compare=False, repr=False)
+    metadata: dict[str, Any] = field(default_factory=dict)  # per-image facts (age, sex, site), typed by metadata_value
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class FormatOptions:
     multilabel_separator: str | None = None
     fold_splits: dict[str, str] = field(default_factory=dict)  # PanNuke fold number -> split
     neoplastic_share: str = "area"  # PanNuke: share of all nuclei by pixel "area" or cell "count"
+    metadata_columns: tuple[str, ...] = ()  # csv manifests: columns kept as per-image metadata
 
     def task_for(
         self, name: str, type: str, class_names: Sequence[str] | None, columns: Sequence[str] | None = None
@@ -217,6 +219,30 @@ def read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     except (OSError, UnicodeDecodeError) as e:
         raise InvalidInputError(f"{path}: cannot read as CSV: {e}") from e
     return header, rows
+
+
+def metadata_value(raw: Any) -> int | float | str | None:
+    """The one rule for a metadata cell: empty and NaN are NULL (None); a number stays a number (an int when it is
+    integral, ``63`` and ``63.0`` alike); any other text is kept as written, without surrounding whitespace."""
+    if raw is None:
+        return None
+    if isinstance(raw, bool):
+        return str(raw).lower()
+    text = repr(raw) if isinstance(raw, int | float) else str(raw).strip()
+    if not text or text.lower() in ("nan", "none", "null"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(value):
+        return text
+    return int(value) if value.is_integer() else value
+
+
+def row_metadata(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
+    """``{name: metadata_value(row[column])}`` for each ``name: column`` the row has (layouts that ship metadata)."""
+    return {name: metadata_value(row.get(column)) for name, column in columns.items() if column in row}
 
 
 def canonical_label(raw: str) -> str | None:

@@ -131,6 +131,9 @@ class DatasetImageRow(Row):
     row_kind: str = "image"
     # format 5: the ingest source (absolute path or URL) the member was last ingested from; NULL in older rows
     source: str | None = None
+    # format 5: per-image metadata as a JSON object of typed values (numbers stay numbers, empty is null), e.g.
+    # {"age": 63, "sex": "F"}; SQL: metadata->>'sex', (metadata->>'age')::DOUBLE. NULL: none kept
+    metadata: str | None = None
 
 
 DATASET_IMAGES = pa.schema(
@@ -145,6 +148,7 @@ DATASET_IMAGES = pa.schema(
         ("retired", pa.bool_()),  # absent from format-1 fragments: read as false
         ("row_kind", pa.string()),  # absent from format-1..3 fragments: read as 'image' (format-3 VQA rows: migrated)
         ("source", pa.string()),  # absent from format-1..4 fragments: NULL
+        ("metadata", pa.string()),  # JSON object; absent from format-1..4 fragments: NULL
     ]
 )
 

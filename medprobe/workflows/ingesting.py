@@ -48,7 +48,8 @@ class IngestFailuresError(InvalidInputError):
 
 def ingest(
     *, source: str, dataset: str, layout: str | Layout | None = None, path_column: str | None = None,
-    label_column: ListArg = None, split_column: str | None = None, group_column: str | None = None,
+    label_column: ListArg = None, metadata_column: ListArg = None, split_column: str | None = None,
+    group_column: str | None = None,
     root: str | None = None, task: str | None = None, task_type: ListArg = None, metric: ListArg = None,
     class_names: ListArg = None, separator: str | None = None, fold_splits: ListArg = None,
     neoplastic_share: str | NeoplasticShare = NeoplasticShare.area, test_fraction: float = 0.2,
@@ -66,6 +67,8 @@ def ingest(
         source: a folder, manifest or .npz; dataset: the dataset's name in the store.
         layout: the source's published layout (``csv``, ``knee``, ``imagefolder``, ``ham10000``, ...; required).
         path_column, label_column, split_column, group_column, root, separator: csv manifests.
+        metadata_column: columns kept as per-image metadata (csv manifests; layouts that ship metadata keep theirs):
+            typed values (a number stays a number, empty is null), queryable as ``metadata->>'age'``.
         task: the task name of single-task layouts; task_type: ``TASK=binary|multiclass|ordinal|multilabel``;
         metric: ``TASK=macro_f1|macro_auc``; class_names: class names in label-index order.
         fold_splits, neoplastic_share: pannuke.
@@ -89,10 +92,12 @@ def ingest(
         group_column=group_column, root=root, task=task, task_types=pairs(task_type, "--task-type"),
         metrics=pairs(metric, "--metric"), class_names=tuple(split_list(class_names)), multilabel_separator=separator,
         fold_splits=folds, neoplastic_share=choice(NeoplasticShare, neoplastic_share, "--neoplastic-share").value,
+        metadata_columns=tuple(split_list(metadata_column)),
     )  # fmt: skip
     run_params = {
         "source": source, "dataset": dataset, "layout": chosen.value, "path_column": path_column,
-        "label_column": split_list(label_column), "split_column": split_column, "group_column": group_column,
+        "label_column": split_list(label_column), "metadata_column": split_list(metadata_column),
+        "split_column": split_column, "group_column": group_column,
         "root": root, "task": task, "task_type": split_list(task_type), "metric": split_list(metric),
         "class_names": split_list(class_names), "separator": separator, "fold_splits": split_list(fold_splits),
         "neoplastic_share": format_options.neoplastic_share, "test_fraction": test_fraction,

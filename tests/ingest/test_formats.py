@@ -228,6 +228,8 @@ def test_isic2018_one_hot_ground_truth_and_lesion_groups(tmp_path, store) -> Non
     assert rows["ISIC_0024303.jpg"]["group_id"] == "HAM_0000001"
     assert json.loads(rows["ISIC_0024303.jpg"]["labels"]) == {"diagnosis": "AKIEC"}
     assert _task(store, "isic18", "diagnosis")["class_names"] == classes
+    kept = store.sql("SELECT metadata FROM dataset_images WHERE dataset = 'isic18' AND metadata IS NOT NULL")
+    assert set(json.loads(kept.column(0)[0].as_py())) == {"age", "sex", "localization"}  # HAM10000's metadata
 
 
 @pytest.mark.parametrize("manifest", ["train.csv", "ISIC_2020_Training_GroundTruth_v2.csv"])
@@ -250,6 +252,9 @@ def test_isic2020_train_csv_groups_by_patient(tmp_path, store, manifest) -> None
     assert all(len(s) == 1 for s in by_patient.values())
     assert {json.loads(m["labels"])["melanoma"] for m in members} == {"benign", "malignant"}
     assert _task(store, "isic20", "melanoma")["primary_metric"] == "macro_auc"
+    typed = store.sql("SELECT DISTINCT metadata->>'sex' AS sex, (metadata->'age')::INTEGER AS age, metadata->>'site' "
+                      "AS site FROM dataset_images WHERE dataset = 'isic20'").to_pylist()  # fmt: skip
+    assert typed == [{"sex": "male", "age": 45, "site": "torso"}]
 
 
 # --------------------------------------------------------------------------- fundus
@@ -332,6 +337,8 @@ def test_padchest_labels_column_multilabel_dropped_by_train_counts_only(tmp_path
     assert task["type"] == "multilabel" and task["class_names"] == ["cardiomegaly", "normal", "pleural effusion"]
     members = _memberships(store, "padchest")
     assert all("pneumothorax" not in json.loads(m["labels"])["findings"] for m in members)
+    kept = store.sql("SELECT DISTINCT metadata FROM dataset_images WHERE dataset = 'padchest'").column(0).to_pylist()
+    assert [json.loads(k) for k in kept] == [{"birth_year": 1950, "projection": "PA", "sex": "M"}]
     patients = {}
     for m in members:
         patients.setdefault(m["group_id"], set()).add(m["split"])

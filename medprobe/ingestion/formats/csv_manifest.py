@@ -15,6 +15,7 @@ from medprobe.ingestion.records import (
     abs_uri,
     canonical_label,
     infer_type,
+    metadata_value,
     read_csv_rows,
     require_columns,
     sorted_classes,
@@ -55,7 +56,8 @@ def parse(source: Path, options: FormatOptions) -> ParsedSource:
         raise InvalidInputError(f"{source}: the csv format takes the manifest file, not a folder")
     path_column = options.path_column or "path"
     header, rows = read_csv_rows(source)
-    require_columns(source, header, [path_column, *options.label_columns, options.split_column, options.group_column])
+    require_columns(source, header, [path_column, *options.label_columns, options.split_column, options.group_column,
+                                     *options.metadata_columns])  # fmt: skip
     root = Path(options.root).expanduser() if options.root else source.parent
     has_sha = SHA256_COLUMN in header
     multilabel = {c for c in options.label_columns if options.task_types.get(c) == "multilabel"}
@@ -98,6 +100,7 @@ def parse(source: Path, options: FormatOptions) -> ParsedSource:
                 group_id=group,
                 uri=resolve_path(cell, root),
                 expected_sha256=(row.get(SHA256_COLUMN) or "").strip().lower() or None if has_sha else None,
+                metadata={c: metadata_value(row.get(c)) for c in options.metadata_columns},
             )
         )
 

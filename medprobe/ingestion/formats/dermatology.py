@@ -15,6 +15,7 @@ from medprobe.ingestion.records import (
     read_csv_rows,
     require_columns,
     require_dir,
+    row_metadata,
 )
 
 ISIC2018_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
@@ -36,25 +37,34 @@ def _find_all(root: Path, name: str) -> list[Path]:
     return sorted(p for p in root.rglob(name) if p.is_file())
 
 
-def _lesion_ids(root: Path) -> dict[str, str]:
+HAM10000_METADATA = {"age": "age", "sex": "sex", "localization": "localization"}
+ISIC2020_METADATA = {"age": "age_approx", "sex": "sex", "site": "anatom_site_general_challenge"}
+
+
+def _lesion_ids(root: Path) -> tuple[dict[str, str], dict[str, dict]]:
+    """Lesion id and metadata (age, sex, localization) per image, from the HAM10000 metadata CSV."""
     out: dict[str, str] = {}
+    metadata: dict[str, dict] = {}
     for name in ISIC2018_LESIONS:
         for path in _find_all(root, name):
             header, rows = read_csv_rows(path)
             image_col = "image_id" if "image_id" in header else "image"
             require_columns(path, header, [image_col, "lesion_id"])
             for row in rows:
+                image = row[image_col].strip()
                 if row.get("lesion_id"):
-                    out.setdefault(row[image_col].strip(), row["lesion_id"].strip())
-    return out
+                    out.setdefault(image, row["lesion_id"].strip())
+                metadata.setdefault(image, row_metadata(row, HAM10000_METADATA))
+    return out, metadata
 
 
 def parse_isic2018(source: Path, options: FormatOptions) -> ParsedSource:
-    """ISIC 2018 task 3: the Training/Validation/Test ground-truth CSVs (``image`` + one-hot MEL..VASC)."""
+    """ISIC 2018 task 3: the Training/Validation/Test ground-truth CSVs (``image`` + one-hot MEL..VASC); the HAM10000
+    metadata CSV, when present, gives lesion ids (grouped splits) and per-image metadata (age, sex, localization)."""
     root = require_dir(source, "the ISIC 2018 source")
     task = options.task or "diagnosis"
     images = index_images_by_stem(root, JPEG_FIRST)
-    lesions = _lesion_ids(root)
+    lesions, metadata = _lesion_ids(root)
     records: list[SourceRecord] = []
     problems: list[Problem] = []
     found_any = False
@@ -84,6 +94,7 @@ def parse_isic2018(source: Path, options: FormatOptions) -> ParsedSource:
                         split=split,
                         group_id=lesions.get(image),
                         uri=abs_uri(file),
+                        metadata=metadata.get(image, {}),
                     )
                 )
     if not found_any:
@@ -98,7 +109,8 @@ def parse_isic2018(source: Path, options: FormatOptions) -> ParsedSource:
 
 
 def parse_isic2020(source: Path, options: FormatOptions) -> ParsedSource:
-    """ISIC 2020: ``train.csv`` (``image_name``, ``patient_id``, ``target`` 0/1) and the JPEG (or DICOM) images."""
+    """ISIC 2020: ``train.csv`` (``image_name``, ``patient_id``, ``target`` 0/1) and the JPEG (or DICOM) images;
+    per-image metadata: age (``age_approx``), sex, site (``anatom_site_general_challenge``)."""
     root = require_dir(source, "the ISIC 2020 source")
     task = options.task or "melanoma"
     candidates = [p for name in ISIC2020_MANIFESTS for p in _find_all(root, name)]
@@ -126,6 +138,7 @@ def parse_isic2020(source: Path, options: FormatOptions) -> ParsedSource:
                 labels={task: "malignant" if target == "1" else "benign"},
                 group_id=row["patient_id"].strip() or None,
                 uri=abs_uri(file),
+                metadata=row_metadata(row, ISIC2020_METADATA),
             )
         )
     return ParsedSource(

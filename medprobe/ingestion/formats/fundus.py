@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from medprobe.ingestion.records import (
     read_csv_rows,
     require_columns,
     require_dir,
+    row_metadata,
 )
 
 DR_TASK = "dr_grade"
@@ -96,7 +98,7 @@ def parse_eyepacs(source: Path, options: FormatOptions) -> ParsedSource:
 
 
 def _with_split(r: SourceRecord, split: str) -> SourceRecord:
-    return SourceRecord(r.source_path, r.labels, split, r.group_id, r.uri, r.pixels, r.expected_sha256)
+    return dataclasses.replace(r, split=split)
 
 
 def parse_aptos(source: Path, options: FormatOptions) -> ParsedSource:
@@ -130,11 +132,15 @@ def parse_airogs(source: Path, options: FormatOptions) -> ParsedSource:
 ODIR_COLUMNS = ("ID", "Left-Fundus", "Right-Fundus", "Left-Diagnostic Keywords", "Right-Diagnostic Keywords")
 
 
+ODIR_METADATA = {"age": "Patient Age", "sex": "Patient Sex"}
+
+
 def parse_odir(source: Path, options: FormatOptions) -> ParsedSource:
     """ODIR-5K: the training annotations saved as CSV (ID, Left-/Right-Fundus, Left-/Right-Diagnostic Keywords).
 
     One record per eye; ``RG`` when that eye's keywords mention glaucoma (including "suspected glaucoma"),
-    else ``NRG``; the patient ``ID`` is the group.
+    else ``NRG``; the patient ``ID`` is the group; per-image metadata: age (``Patient Age``), sex (``Patient Sex``)
+    and eye (left | right).
     """
     root = require_dir(source, "the ODIR source")
     manifests = []
@@ -167,6 +173,7 @@ def parse_odir(source: Path, options: FormatOptions) -> ParsedSource:
                     labels={GLAUCOMA_TASK: "RG" if "glaucoma" in keywords else "NRG"},
                     group_id=patient or None,
                     uri=abs_uri(file),
+                    metadata={**row_metadata(row, ODIR_METADATA), "eye": side.lower()},
                 )
             )
     return ParsedSource(

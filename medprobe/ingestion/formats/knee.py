@@ -2,7 +2,7 @@
 
 Two layouts: the public OAI-derived set (Chen 2018, ``kneeKL224/{train,val,test}/{0..4}/<patient><L|R>.png``;
 the ``auto_test`` folder is skipped), or a ``labels.csv`` with columns ``path, kl_grade, split, patient_id``
-(and optionally ``sha256``, checked against the file bytes).
+(and optionally ``sha256``, checked against the file bytes, and ``side``, kept as per-image metadata).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from medprobe.ingestion.records import (
     SourceRecord,
     abs_uri,
     list_images,
+    read_csv_rows,
     require_dir,
 )
 from medprobe.ingestion.splits import is_split_name, normalise_split
@@ -46,9 +47,16 @@ def parse(source: Path, options: FormatOptions) -> ParsedSource:
             task_types={TASK: "ordinal", **options.task_types},
             metrics=options.metrics,
             class_names=GRADES,
+            metadata_columns=options.metadata_columns or _present(manifest, ("side",)),
         )
         return csv_manifest.parse(manifest, csv_options)
     return _parse_folders(require_dir(source, "the knee source"), options)
+
+
+def _present(manifest: Path, columns: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``columns`` the manifest's header has (metadata a layout keeps by default when it is there)."""
+    header, _ = read_csv_rows(manifest)
+    return tuple(c for c in columns if c in header)
 
 
 def _parse_folders(root: Path, options: FormatOptions) -> ParsedSource:

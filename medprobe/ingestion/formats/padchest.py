@@ -20,6 +20,7 @@ from medprobe.ingestion.records import (
     read_csv_rows,
     require_columns,
     require_dir,
+    row_metadata,
 )
 
 TASK = "findings"
@@ -40,8 +41,12 @@ def _manifest(root: Path) -> Path:
     return hits[0]
 
 
+PADCHEST_METADATA = {"sex": "PatientSex_DICOM", "birth_year": "PatientBirth", "projection": "Projection"}
+
+
 def parse(source: Path, options: FormatOptions) -> ParsedSource:
-    """PadChest: ``ImageID``, ``ImageDir``, ``PatientID`` (the group) and ``Labels`` ("['a', 'b']")."""
+    """PadChest: ``ImageID``, ``ImageDir``, ``PatientID`` (the group) and ``Labels`` ("['a', 'b']"); per-image
+    metadata: sex (``PatientSex_DICOM``), birth_year (``PatientBirth``), projection (``Projection``)."""
     root = require_dir(source, "the PadChest source")
     manifest = _manifest(root)
     header, rows = read_csv_rows(manifest)
@@ -79,6 +84,7 @@ def parse(source: Path, options: FormatOptions) -> ParsedSource:
                 labels={TASK: findings},
                 group_id=row["PatientID"].strip() or None,
                 uri=abs_uri(file),
+                metadata=row_metadata(row, PADCHEST_METADATA),
             )
         )
     return ParsedSource(
