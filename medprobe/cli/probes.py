@@ -139,6 +139,14 @@ class ProtocolOptions:
             "or repeated).",
         ),
     ] = None
+    subgroup: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--subgroup",
+            help="Metadata columns scored per group on the test rows: sex, site, age:4 (quartiles of the training "
+            "rows); comma list or repeated.",
+        ),
+    ] = None
     allow_overlap: Annotated[
         bool, typer.Option("--allow-overlap", help="Score an external dataset sharing images with the training rows.")
     ] = False
@@ -208,6 +216,26 @@ def _print_clinical(o: Any) -> None:
             threshold = "-" if p["threshold"] is None else f"{p['threshold']:.3f}"
             table.add_row(name, p["rule"], threshold, *cells)
     console.print(table)
+    for sg in m.get("subgroups") or []:
+        _print_subgroup(o.layer, sg)
+
+
+def _print_subgroup(layer: int, sg: dict[str, Any]) -> None:
+    """One subgroup column: each group's size and metrics, flagged groups, and the largest gap."""
+    table = Table(title=f"layer {layer}: subgroups of {sg['column']} (groups under {sg['min_size']} test rows flagged)")
+    for col in ("group", "n", "macro AUC [95% CI]", "bal. acc"):
+        table.add_column(col)
+    for g in sg["groups"]:
+        if "flagged" in g:
+            table.add_row(g["group"], str(g["n"]), g["flagged"], "-")
+        else:
+            table.add_row(g["group"], str(g["n"]), format_entry(g["macro_auc"]), format_entry(g["balanced_accuracy"]))
+    console.print(table)
+    gap = sg.get("largest_gap")
+    if gap:
+        missing = f"; {sg['n_missing']} test rows without a value left out" if sg["n_missing"] else ""
+        console.print(f"largest macro AUC gap: {gap['between'][0]} vs {gap['between'][1]} {format_entry(gap)}{missing}",
+                      highlight=False)  # fmt: skip
 
 
 def _print_external(external: list[dict[str, Any]]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -84,6 +84,7 @@ class TaskData:
     y: np.ndarray  # class index (rows,) or indicators (rows, findings)
     n_missing_labels: int = 0
     n_missing_features: int = 0
+    metadata: list[dict[str, Any]] = field(default_factory=list)  # per row: the image's metadata in this dataset
 
     @property
     def class_names(self) -> list[str]:
@@ -124,7 +125,8 @@ def load_task_data(
     """
     kind = probe_kind(task)
     rows = store.sql(
-        "SELECT image_hash, split, group_id, labels FROM dataset_images WHERE dataset = ? ORDER BY image_hash",
+        "SELECT image_hash, split, group_id, labels, metadata FROM dataset_images WHERE dataset = ? "
+        "ORDER BY image_hash",
         [task.dataset],
     ).to_pylist()
     if not rows:
@@ -173,6 +175,7 @@ def load_task_data(
         y=y,
         n_missing_labels=n_no_label,
         n_missing_features=n_no_features,
+        metadata=[json.loads(r["metadata"]) if r.get("metadata") else {} for r, _ in labelled],
     )
 
 

@@ -25,6 +25,7 @@ from medprobe.trainer.protocol import ProtocolResult, ProtocolTiming, Setting, f
 from medprobe.trainer.solvers import get_solver
 from medprobe.trainer.solvers.base import FittedProbe, ProbeKind
 from medprobe.trainer.stored import weights_bytes
+from medprobe.trainer.subgroups import assign_groups, check_subgroups, parse_subgroups, subgroup_metrics
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
@@ -56,6 +57,7 @@ class ExperimentSpec:
     method: str = "probe"  # probe: logistic regression; knn: weighted k-nearest neighbours (DINOv2)
     k_grid: Sequence[int] = DEFAULT_K_GRID  # knn: the k values chosen from (one value: that k, no selection)
     operating_points: Sequence[str] = DEFAULT_OPERATING_POINTS  # threshold rules (trainer.operating_points)
+    subgroups: Sequence[str] = ()  # metadata columns scored per group on the test rows (trainer.subgroups)
 
     @property
     def pool_splits(self) -> tuple[str, ...]:
@@ -143,6 +145,7 @@ def prepare(store: FeatureStore, spec: ExperimentSpec, only_hashes: set[str] | N
         data.image_hashes = [h for h, k in zip(data.image_hashes, keep, strict=True) if k]
         data.split, data.y = data.split[keep], data.y[keep]
         data.groups = None if data.groups is None else data.groups[keep]
+        data.metadata = [m for m, k in zip(data.metadata, keep, strict=True) if k]
     unknown = sorted(set(data.split.tolist()) - set(SPLITS))
     if unknown:
         raise InvalidInputError(f"dataset {spec.task.dataset!r} has rows in unknown splits {unknown}")
@@ -159,6 +162,10 @@ def prepare(store: FeatureStore, spec: ExperimentSpec, only_hashes: set[str] | N
         )
     _check_group_overlap(data, spec)
     pool = data.rows(spec.pool_splits)
+    if spec.subgroups:
+        test = data.rows(spec.test_split)
+        check_subgroups(parse_subgroups(spec.subgroups), [data.metadata[i] for i in pool],
+                        [data.metadata[i] for i in test])  # fmt: skip
     if not len(pool):
         raise InvalidInputError(
             f"dataset {spec.task.dataset!r} has no {'/'.join(spec.pool_splits)} rows to fit probes on"
@@ -245,11 +252,20 @@ def _tested(r: ProtocolResult, layer: int, spec: ExperimentSpec, data: TaskData,
     proba = r.probe.predict_proba(feats[layer][test])  # the one pass over the test rows
     metrics = metrics_with_ci(data.y[test], proba, data.kind, data.class_names, n_boot=spec.n_boot, seed=spec.seed)
     oof_y = None if r.oof_rows is None else data.y[pool][r.oof_rows]
-    if oof_y is not None and r.oof_proba is not None and spec.operating_points:
-        W = multiplicities(len(test), spec.n_boot, spec.seed)
-        metrics["operating_points"] = operating_points(
-            oof_y, r.oof_proba, data.y[test], proba, data.kind, data.class_names, parse_rules(spec.operating_points), W
-        )
+    W = multiplicities(len(test), spec.n_boot, spec.seed)  # the replicates of metrics_with_ci
+    rules = parse_rules(spec.operating_points)
+    oof = (oof_y, r.oof_proba, rules) if oof_y is not None and r.oof_proba is not None and rules else None
+    if oof is not None:
+        metrics["operating_points"] = operating_points(oof[0], oof[1], data.y[test], proba, data.kind,
+                                                       data.class_names, rules, W)  # fmt: skip
+    if spec.subgroups:
+        pool_meta, test_meta = [data.metadata[i] for i in pool], [data.metadata[i] for i in test]
+        metrics["subgroups"] = [
+            subgroup_metrics(
+                sg, *assign_groups(sg, pool_meta, test_meta), data.y[test], proba, data.kind, data.class_names, W, oof
+            )
+            for sg in parse_subgroups(spec.subgroups)
+        ]
     scores = [v for v in r.cv_scores[repr(r.C)] if v is not None]
     return ProbeOutcome(
         new_id("probe"), layer, r.setting, r.C, r.selection, r.cv_scores, float(np.mean(scores)) if scores else None,

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from medprobe.trainer.stored import StoredProbe
 
 TEST_METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "auc_per_class", "label_precision_at_k",
-                    "brier", "ece", "ece_bins", "operating_points", "undefined")  # fmt: skip
+                    "brier", "ece", "ece_bins", "operating_points", "subgroups", "undefined")  # fmt: skip
 
 
 def metrics_doc(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +74,7 @@ class ProtocolArgs:
     operating_points: ListArg = None
     test_dataset: ListArg = None
     allow_overlap: bool = False
+    subgroup: ListArg = None
 
     def rules(self) -> list[str]:
         """The operating-point rules, checked (default: youden, sens=0.9, spec=0.9)."""
@@ -113,6 +114,7 @@ class ProtocolArgs:
         """The trainer's spec of one feature set's layers under this protocol."""
         from medprobe.trainer.data import resolve_task
         from medprobe.trainer.experiment import ExperimentSpec
+        from medprobe.trainer.subgroups import parse_subgroups
 
         if self.cv < 2:
             raise InvalidInputError(f"--cv {self.cv}: cross-validation needs at least 2 folds")
@@ -131,6 +133,7 @@ class ProtocolArgs:
             allow_missing=self.allow_missing, allow_group_overlap=self.allow_group_overlap, n_boot=self.n_boot,
             seed=self.boot_seed, device=self.device, method=choice(Method, self.method, "--method").value,
             k_grid=self.k_grid(), operating_points=self.rules(),
+            subgroups=[s.label for s in parse_subgroups(split_list(self.subgroup))],
         )  # fmt: skip
 
 
@@ -156,6 +159,7 @@ def run_params(spec: ExperimentSpec) -> dict[str, Any]:
         "n_boot": spec.n_boot,
         "boot_seed": spec.seed,
         "operating_points": list(spec.operating_points),
+        "subgroup": list(spec.subgroups),
     }
 
 
@@ -311,6 +315,8 @@ PROBE_PARAMETERS = """
         test_dataset: external test sets: datasets with the same task and class names, each scored once (every
             image) by the probe fitted on the training dataset (its C and layer chosen there), with its own CIs.
         allow_overlap: score an external dataset that shares images (by sha256) with the training rows.
+        subgroup: metadata columns whose groups are scored on the test rows (``sex``; ``age:4``: quartiles of the
+            training rows' ages), with CIs and the largest gap between groups; groups under 20 test rows flagged.
         train_fraction: label efficiency: fractions of the training rows (e.g. [0.01, 0.1, 1]).
         seeds: subsample seeds of fractions below 1 (default 0,1,2).
         no_progress: no progress bar.
@@ -330,11 +336,12 @@ def _probe_workflow(kind: str, summary: str) -> Callable[..., ProbeRunResult]:
         class_weight: str | ClassWeight = ClassWeight.none, allow_missing: bool = False,
         allow_group_overlap: bool = False, n_boot: int = N_BOOT, boot_seed: int = 0, device: str | None = None,
         operating_points: ListArg = None, test_dataset: ListArg = None, allow_overlap: bool = False,
-        train_fraction: ListArg = None, seeds: ListArg = None, no_progress: bool = False, store: StoreArg = None,
+        subgroup: ListArg = None, train_fraction: ListArg = None, seeds: ListArg = None, no_progress: bool = False,
+        store: StoreArg = None,
     ) -> ProbeRunResult:  # fmt: skip
         protocol = ProtocolArgs(dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split,
                                 class_weight, allow_missing, allow_group_overlap, n_boot, boot_seed, device,
-                                operating_points, test_dataset, allow_overlap)  # fmt: skip
+                                operating_points, test_dataset, allow_overlap, subgroup)  # fmt: skip
         return _run_probes(kind, store, task, None if layers is None else str(layers), feature_set, model, prompt,
                            pooling, protocol, train_fraction, seeds, no_progress)  # fmt: skip
 
@@ -405,7 +412,8 @@ def compare(
     class_weight: str | ClassWeight = ClassWeight.none, allow_missing: bool = False,
     allow_group_overlap: bool = False, n_boot: int = N_BOOT, boot_seed: int = 0, device: str | None = None,
     operating_points: ListArg = None, test_dataset: ListArg = None, allow_overlap: bool = False,
-    test: str | ComparisonTest = ComparisonTest.bootstrap, no_progress: bool = False, store: StoreArg = None,
+    subgroup: ListArg = None, test: str | ComparisonTest = ComparisonTest.bootstrap, no_progress: bool = False,
+    store: StoreArg = None,
 ) -> CompareResult:  # fmt: skip
     """Feature sets side by side on the same test images: paired bootstrap differences and p-values.
 
@@ -416,7 +424,7 @@ def compare(
             default: each set's best layer by CV.
         dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split, class_weight,
         allow_missing (compare on the images common to all sets), allow_group_overlap, n_boot, boot_seed, device,
-        operating_points, test_dataset, allow_overlap, no_progress, store: as in :func:`train`.
+        operating_points, test_dataset, allow_overlap, subgroup, no_progress, store: as in :func:`train`.
         test: ``bootstrap`` (the paired bootstrap of every metric), or ``delong`` (DeLong's test for correlated AUCs
             beside it: ``p_delong`` on the binary AUC row, ``auc:<class>`` rows one-vs-rest otherwise).
     """
@@ -427,7 +435,7 @@ def compare(
 
     protocol = ProtocolArgs(dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split,
                             class_weight, allow_missing, allow_group_overlap, n_boot, boot_seed, device,
-                            operating_points, test_dataset, allow_overlap)  # fmt: skip
+                            operating_points, test_dataset, allow_overlap, subgroup)  # fmt: skip
     st = open_store(store)
     ids = split_list(feature_set)
     specs, common = _compare_specs(st, task, ids, split_list(layers), protocol)
