@@ -16,6 +16,8 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
 from medprobe.errors import NotFoundError
+from medprobe.trainer.clinical_plots import mark_operating_points, plot_reliability, plot_subgroups
+from medprobe.trainer.clinical_tables import clinical_tables
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
@@ -48,6 +50,11 @@ def _load(store: FeatureStore, run_ids: list[str]) -> tuple[list[dict], list[dic
         r["m"] = json.loads(r["metrics"])
         r["n_boot"] = r["m"].get("n_boot") or params.get(r["run_id"], {}).get("n_boot")
     return results, comps, names
+
+
+def _external(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows fitted in the runs, and the rows that apply them to other datasets (external test sets)."""
+    return [r for r in results if not r.get("applied_from")], [r for r in results if r.get("applied_from")]
 
 
 def _val(entry: dict | None, key: str = "value") -> float:
@@ -157,17 +164,19 @@ def plot_roc(store: FeatureStore, results: list[dict[str, Any]], names: dict[str
                 continue
             fpr, tpr, _ = roc_curve(T[:, k], P[:, k])
             auc = best["m"]["auc_per_class"][classes[k]]
-            ax.plot(
+            (line,) = ax.plot(
                 fpr,
                 tpr,
                 label=f"{classes[k]}: AUC {_val(auc):.3f} [{_val(auc, 'ci_low'):.3f}, {_val(auc, 'ci_high'):.3f}]",
             )
+            mark_operating_points(ax, best["m"], classes[k], line.get_color())
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
         ax.set_title(
-            f"ROC, {task}: {_label(names, fs, method)}, layer {best['layer']}\n(one-vs-rest, n_test={best['n_test']})",
-            fontsize=10,
+            f"ROC, {task}: {_label(names, fs, method)}, layer {best['layer']}\n(one-vs-rest, n_test={best['n_test']}; "
+            "markers: operating points)",
+            fontsize=9,
         )
         ax.legend(fontsize=7, loc="lower right")
         ax.grid(alpha=0.3)
@@ -273,8 +282,10 @@ def write_summary(
     out: Path,
     *,
     warnings: Sequence[str] = (),
+    external: Sequence[dict[str, Any]] = (),
 ) -> Path:
-    """summary.md: every probe's test metrics with CIs, the comparisons, and links to the plots."""
+    """summary.md: every probe's test metrics with CIs, calibration, operating points, external test sets, the
+    comparisons, and links to the plots."""
     boots = sorted({int(r["n_boot"]) for r in results if r.get("n_boot")})
     replicates = " or ".join(f"{b:,}" for b in boots) or "an unrecorded number of"
     lines = [
@@ -304,13 +315,14 @@ def write_summary(
             f"| {r['train_fraction']:g} | {r['seed']} | {chosen(r)} | {chosen_by} | {r['n_train']} | {r['n_test']} "
             f"| {_cell(m['macro_auc'])} | {_cell(m['balanced_accuracy'])} | {_cell(m['macro_f1'])} |"
         )
+    lines += clinical_tables(results, external, names)
     if comps:
         lines += [
             "",
             "## Paired comparisons (A - B on the same test images)",
             "",
-            "| A | B | metric | A | B | A-B [95% CI] | p (bootstrap) | p (study's t-test) |",
-            "|" + "---|" * 8,
+            "| A | B | metric | A | B | A-B [95% CI] | p (bootstrap) | p (study's t-test) | p (DeLong) |",
+            "|" + "---|" * 9,
         ]
         for c in comps:
             if c["diff"] is None:
@@ -318,7 +330,7 @@ def write_summary(
             lines.append(
                 f"| {names[c['feature_set_a']]} l{c['layer_a']} | {names[c['feature_set_b']]} l{c['layer_b']} "
                 f"| {c['metric']} | {c['value_a']:.3f} | {c['value_b']:.3f} | {c['diff']:+.3f} [{c['ci_low']:+.3f}, "
-                f"{c['ci_high']:+.3f}] | {c['p_bootstrap']:.3g} | {c['p_ttest']:.3g} |"
+                f"{c['ci_high']:+.3f}] | {_p(c['p_bootstrap'])} | {_p(c['p_ttest'])} | {_p(c.get('p_delong'))} |"
             )
     undefined = {k: v for r in results for k, v in r["m"].get("undefined", {}).items()}
     if undefined:
@@ -384,6 +396,7 @@ def write_report(store: FeatureStore, run_ids: list[str], out_dir: str) -> list[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, comps, names = _load(store, list(run_ids))
+    results, external = _external(results)
     warnings = incomplete_runs(store, list(run_ids))
     images = [
         p
@@ -395,4 +408,15 @@ def write_report(store: FeatureStore, run_ids: list[str], out_dir: str) -> list[
         if p is not None
     ]
     images += plot_roc(store, results, names, out)
-    return [*images, write_summary(results, comps, names, images, out, warnings=warnings)]
+    for (run_id, fs, task, method), rows in _groups(results).items():
+        if method != "probe":
+            continue
+        best, stem = _best(rows), f"{run_id}_{fs[:12]}"
+        title = f"{task}: {_label(names, fs, method)}, layer {best['layer']}"
+        images += [p for p in (plot_reliability(store, best, title, out, stem), plot_subgroups(best, title, out, stem))
+                   if p is not None]  # fmt: skip
+    return [*images, write_summary(results, comps, names, images, out, warnings=warnings, external=external)]
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"

@@ -13,26 +13,12 @@ from sklearn.preprocessing import StandardScaler
 
 import medprobe
 from medprobe.errors import InvalidInputError
-from medprobe.featurestore import FeatureStore
-from medprobe.schemas import DatasetImageRow, DatasetRow, TaskRow
 from tests.helpers.cli import run_cli
-
-
-def _copy_dataset(store: FeatureStore, name: str, splits: tuple[str, ...], classes: list[str] | None = None,
-                  task: str = "grade") -> list[dict]:  # fmt: skip
-    rows = store.sql("SELECT * FROM dataset_images WHERE dataset = 'synth' AND list_contains(?, split) ORDER BY "
-                     "image_hash", [list(splits)]).to_pylist()  # fmt: skip
-    store.append("datasets", [DatasetRow(dataset=name, format="csv", source=name, split_policy="shipped")])
-    store.append("tasks", [TaskRow(dataset=name, task=task, type="multiclass", label_columns=["grade"],
-                                   class_names=classes or ["none", "mild", "severe"],
-                                   primary_metric="macro_auc")])  # fmt: skip
-    store.append("dataset_images", [DatasetImageRow(**{**{k: v for k, v in r.items() if k not in ("ingested_at",
-                 "source")}, "dataset": name, "split": "test"}) for r in rows])  # fmt: skip
-    return rows
+from tests.helpers.datasets_copy import copy_dataset
 
 
 def test_an_external_dataset_is_scored_by_the_probe_fitted_on_the_training_dataset(synth_store, capsys) -> None:
-    external = _copy_dataset(synth_store, "site2", ("test",))  # unseen images: the synth test rows, elsewhere
+    external = copy_dataset(synth_store, "site2", ("test",))  # unseen images: the synth test rows, elsewhere
     run = medprobe.sweep(task="grade", dataset="synth", feature_set="fs-synth", layers="1,3", cv=3, c_grid="0.1,1",
                          n_boot=50, test_dataset="site2", no_progress=True, store=synth_store)  # fmt: skip
     (ext,) = run.external
@@ -64,13 +50,13 @@ def test_an_external_dataset_is_scored_by_the_probe_fitted_on_the_training_datas
 def test_bad_external_datasets_are_refused(synth_store, capsys) -> None:
     args = ["sweep", "-t", "grade", "-d", "synth", "--feature-set", "fs-synth", "-l", "3", "--cv", "3", "--c-grid",
             "0.1", "--n-boot", "20", "-s", synth_store.url, "--no-progress"]  # fmt: skip
-    _copy_dataset(synth_store, "no-task", ("test",), task="other")
+    copy_dataset(synth_store, "no-task", ("test",), task="other")
     code, _, err = run_cli(capsys, *args, "--test-dataset", "no-task")
     assert code == 3 and "has no task 'grade' (its tasks: other)" in err
-    _copy_dataset(synth_store, "renamed", ("test",), classes=["0", "1", "2"])
+    copy_dataset(synth_store, "renamed", ("test",), classes=["0", "1", "2"])
     code, _, err = run_cli(capsys, *args, "--test-dataset", "renamed")
     assert code == 3 and "['none', 'mild', 'severe'] in 'synth' but ['0', '1', '2']" in err
-    overlapping = _copy_dataset(synth_store, "overlap", ("train", "test"))
+    overlapping = copy_dataset(synth_store, "overlap", ("train", "test"))
     code, _, err = run_cli(capsys, *args, "--test-dataset", "overlap")
     n_train = sum(r["split"] == "train" for r in overlapping)
     assert code == 3 and f"{n_train} image(s) of --test-dataset 'overlap' are training images" in err
@@ -87,7 +73,7 @@ def test_compare_scores_each_probe_on_the_external_dataset(synth_store, capsys) 
     from tests.helpers.features import fill_store
 
     fill_store(synth_store, fs_id="fs-other", seed=0, offset=0.5)
-    _copy_dataset(synth_store, "site2", ("test",))
+    copy_dataset(synth_store, "site2", ("test",))
     code, out, err = run_cli(capsys, "compare", "-t", "grade", "-d", "synth", "--feature-set", "fs-synth,fs-other",
                              "-l", "3,1", "--cv", "3", "--c-grid", "0.1,1", "--n-boot", "30", "--test-dataset",
                              "site2", "-f", "json", "-s", synth_store.url, "--no-progress")  # fmt: skip
