@@ -26,6 +26,7 @@ from medprobe.cli.options import (
 )
 from medprobe.cli.output import wants_progress
 from medprobe.schemas.vocab import (
+    Calibration,
     CGrid,
     ClassWeight,
     ComparisonTest,
@@ -139,6 +140,10 @@ class ProtocolOptions:
             "or repeated).",
         ),
     ] = None
+    calibrate: Annotated[
+        Calibration,
+        typer.Option("--calibrate", help="temperature: fit one on out-of-fold training predictions, report after it."),
+    ] = Calibration.none
     subgroup: Annotated[
         list[str] | None,
         typer.Option(
@@ -204,6 +209,11 @@ def _print_clinical(o: Any) -> None:
     if "brier" in m:
         console.print(f"layer {o.layer}: calibration Brier {format_entry(m['brier'])}, ECE ({m.get('ece_bins')} "
                       f"equal-mass bins) {format_entry(m['ece'])}", highlight=False)  # fmt: skip
+    after = m.get("calibrated")
+    if after:
+        console.print(f"  after temperature {after['temperature']:.3f} ({after['fitted_on']}): Brier "
+                      f"{format_entry(after['brier'])}, ECE {format_entry(after['ece'])}, macro AUC "
+                      f"{format_entry(after['macro_auc'])}", highlight=False)  # fmt: skip
     points = m.get("operating_points")
     if not points:
         return

@@ -166,6 +166,14 @@ class SelectBy(StrEnum):
     log_loss = "log_loss"
 
 
+class Calibration(StrEnum):
+    """Post-hoc calibration reported beside the raw probabilities: none, or one temperature fitted on the out-of-fold
+    training predictions."""
+
+    none = "none"
+    temperature = "temperature"
+
+
 class ComparisonTest(StrEnum):
     """How ``compare`` tests AUC differences: the paired bootstrap alone, or DeLong's test beside it."""
 

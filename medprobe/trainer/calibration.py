@@ -77,3 +77,36 @@ def calibration_replicates(y: np.ndarray, proba: np.ndarray, kind: ProbeKind, W:
     with np.errstate(invalid="ignore", divide="ignore"):
         brier = (W @ brier_rows(y, proba, kind)) / W.sum(1)
     return {"brier": brier, "ece": weighted_ece(conf, outcome, W, n_bins)}
+
+
+def _scores(proba: np.ndarray, kind: ProbeKind) -> np.ndarray:
+    """Logits that reproduce ``proba``: log-probabilities (softmax kinds) or log-odds (multilabel sigmoids)."""
+    p = np.clip(np.asarray(proba, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p / (1 - p)) if kind == "multilabel" else np.log(p)
+
+
+def with_temperature(proba: np.ndarray, kind: ProbeKind, temperature: float) -> np.ndarray:
+    """Probabilities with their logits divided by ``temperature`` (ranks within a row are unchanged)."""
+    z = _scores(proba, kind) / temperature
+    if kind == "multilabel":
+        return 1 / (1 + np.exp(-z))
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def _nll(y: np.ndarray, proba: np.ndarray, kind: ProbeKind) -> float:
+    p = np.clip(proba, 1e-12, 1 - 1e-12)
+    if kind == "multilabel":
+        t = np.asarray(y, dtype=np.float64)
+        return float(-(t * np.log(p) + (1 - t) * np.log(1 - p)).mean())
+    return float(-np.log(p[np.arange(len(p)), np.asarray(y).astype(int)]).mean())
+
+
+def fit_temperature(y: np.ndarray, proba: np.ndarray, kind: ProbeKind) -> float:
+    """The one temperature that minimises the log loss of ``proba`` (out-of-fold predictions) on labels ``y``."""
+    from scipy.optimize import minimize_scalar
+
+    found = minimize_scalar(lambda log_t: _nll(y, with_temperature(proba, kind, float(np.exp(log_t))), kind),
+                            bounds=(-4.0, 4.0), method="bounded", options={"xatol": 1e-6})  # fmt: skip
+    return float(np.exp(found.x))

@@ -16,6 +16,7 @@ from medprobe.schemas import SPLITS
 from medprobe.schemas.tables import PredictionRow, ProbeResultRow, TaskRow
 from medprobe.schemas.vocab import TestSplit
 from medprobe.trainer.bootstrap import N_BOOT, metrics_with_ci, multiplicities
+from medprobe.trainer.calibration import fit_temperature, with_temperature
 from medprobe.trainer.data import TaskData, load_task_data, read_features
 from medprobe.trainer.defaults import DEFAULT_C_GRID
 from medprobe.trainer.knn import DEFAULT_K_GRID
@@ -58,6 +59,7 @@ class ExperimentSpec:
     k_grid: Sequence[int] = DEFAULT_K_GRID  # knn: the k values chosen from (one value: that k, no selection)
     operating_points: Sequence[str] = DEFAULT_OPERATING_POINTS  # threshold rules (trainer.operating_points)
     subgroups: Sequence[str] = ()  # metadata columns scored per group on the test rows (trainer.subgroups)
+    calibrate: str = "none"  # temperature: one temperature fitted on the out-of-fold predictions, metrics after it
 
     @property
     def pool_splits(self) -> tuple[str, ...]:
@@ -181,6 +183,17 @@ def prepare(store: FeatureStore, spec: ExperimentSpec, only_hashes: set[str] | N
     return data
 
 
+def temperature_scaled(y_oof: np.ndarray, proba_oof: np.ndarray, y_test: np.ndarray, proba: np.ndarray,
+                       kind: ProbeKind, class_names: list[str], *, n_boot: int, seed: int) -> dict:  # fmt: skip
+    """One temperature fitted on the out-of-fold predictions, and the test metrics after it (same replicates)."""
+    temperature = fit_temperature(y_oof, proba_oof, kind)
+    after = metrics_with_ci(y_test, with_temperature(proba, kind, temperature), kind, class_names, n_boot=n_boot,
+                            seed=seed)  # fmt: skip
+    keys = ("brier", "ece", "ece_bins", "macro_auc", "balanced_accuracy", "accuracy", "macro_f1")
+    return {"method": "temperature", "temperature": temperature, "fitted_on": f"{len(y_oof)} out-of-fold training "
+            "predictions", **{k: after[k] for k in keys}}  # fmt: skip
+
+
 def run_experiment(
     store: FeatureStore,
     spec: ExperimentSpec,
@@ -258,6 +271,9 @@ def _tested(r: ProtocolResult, layer: int, spec: ExperimentSpec, data: TaskData,
     if oof is not None:
         metrics["operating_points"] = operating_points(oof[0], oof[1], data.y[test], proba, data.kind,
                                                        data.class_names, rules, W)  # fmt: skip
+    if spec.calibrate == "temperature" and oof is not None:
+        metrics["calibrated"] = temperature_scaled(oof[0], oof[1], data.y[test], proba, data.kind, data.class_names,
+                                                   n_boot=spec.n_boot, seed=spec.seed)  # fmt: skip
     if spec.subgroups:
         pool_meta, test_meta = [data.metadata[i] for i in pool], [data.metadata[i] for i in test]
         metrics["subgroups"] = [

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from medprobe.errors import InvalidInputError
 from medprobe.layerspec import resolve_layer, resolve_layers
 from medprobe.schemas.vocab import (
+    Calibration,
     CGrid,
     ClassWeight,
     ComparisonTest,
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from medprobe.trainer.stored import StoredProbe
 
 TEST_METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "auc_per_class", "label_precision_at_k",
-                    "brier", "ece", "ece_bins", "operating_points", "subgroups", "undefined")  # fmt: skip
+                    "brier", "ece", "ece_bins", "operating_points", "subgroups", "calibrated", "undefined")  # fmt: skip
 
 
 def metrics_doc(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +76,7 @@ class ProtocolArgs:
     test_dataset: ListArg = None
     allow_overlap: bool = False
     subgroup: ListArg = None
+    calibrate: str | Calibration = Calibration.none
 
     def rules(self) -> list[str]:
         """The operating-point rules, checked (default: youden, sens=0.9, spec=0.9)."""
@@ -134,6 +136,7 @@ class ProtocolArgs:
             seed=self.boot_seed, device=self.device, method=choice(Method, self.method, "--method").value,
             k_grid=self.k_grid(), operating_points=self.rules(),
             subgroups=[s.label for s in parse_subgroups(split_list(self.subgroup))],
+            calibrate=choice(Calibration, self.calibrate, "--calibrate").value,
         )  # fmt: skip
 
 
@@ -160,6 +163,7 @@ def run_params(spec: ExperimentSpec) -> dict[str, Any]:
         "boot_seed": spec.seed,
         "operating_points": list(spec.operating_points),
         "subgroup": list(spec.subgroups),
+        "calibrate": spec.calibrate,
     }
 
 
@@ -317,6 +321,8 @@ PROBE_PARAMETERS = """
         allow_overlap: score an external dataset that shares images (by sha256) with the training rows.
         subgroup: metadata columns whose groups are scored on the test rows (``sex``; ``age:4``: quartiles of the
             training rows' ages), with CIs and the largest gap between groups; groups under 20 test rows flagged.
+        calibrate: ``none``, or ``temperature``: one temperature fitted on the out-of-fold training predictions;
+            the test metrics after it are reported beside the raw ones (``calibrated``).
         train_fraction: label efficiency: fractions of the training rows (e.g. [0.01, 0.1, 1]).
         seeds: subsample seeds of fractions below 1 (default 0,1,2).
         no_progress: no progress bar.
@@ -336,12 +342,13 @@ def _probe_workflow(kind: str, summary: str) -> Callable[..., ProbeRunResult]:
         class_weight: str | ClassWeight = ClassWeight.none, allow_missing: bool = False,
         allow_group_overlap: bool = False, n_boot: int = N_BOOT, boot_seed: int = 0, device: str | None = None,
         operating_points: ListArg = None, test_dataset: ListArg = None, allow_overlap: bool = False,
-        subgroup: ListArg = None, train_fraction: ListArg = None, seeds: ListArg = None, no_progress: bool = False,
+        subgroup: ListArg = None, calibrate: str | Calibration = Calibration.none, train_fraction: ListArg = None,
+        seeds: ListArg = None, no_progress: bool = False,
         store: StoreArg = None,
     ) -> ProbeRunResult:  # fmt: skip
         protocol = ProtocolArgs(dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split,
                                 class_weight, allow_missing, allow_group_overlap, n_boot, boot_seed, device,
-                                operating_points, test_dataset, allow_overlap, subgroup)  # fmt: skip
+                                operating_points, test_dataset, allow_overlap, subgroup, calibrate)  # fmt: skip
         return _run_probes(kind, store, task, None if layers is None else str(layers), feature_set, model, prompt,
                            pooling, protocol, train_fraction, seeds, no_progress)  # fmt: skip
 
@@ -412,7 +419,8 @@ def compare(
     class_weight: str | ClassWeight = ClassWeight.none, allow_missing: bool = False,
     allow_group_overlap: bool = False, n_boot: int = N_BOOT, boot_seed: int = 0, device: str | None = None,
     operating_points: ListArg = None, test_dataset: ListArg = None, allow_overlap: bool = False,
-    subgroup: ListArg = None, test: str | ComparisonTest = ComparisonTest.bootstrap, no_progress: bool = False,
+    subgroup: ListArg = None, calibrate: str | Calibration = Calibration.none,
+    test: str | ComparisonTest = ComparisonTest.bootstrap, no_progress: bool = False,
     store: StoreArg = None,
 ) -> CompareResult:  # fmt: skip
     """Feature sets side by side on the same test images: paired bootstrap differences and p-values.
@@ -424,7 +432,7 @@ def compare(
             default: each set's best layer by CV.
         dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split, class_weight,
         allow_missing (compare on the images common to all sets), allow_group_overlap, n_boot, boot_seed, device,
-        operating_points, test_dataset, allow_overlap, subgroup, no_progress, store: as in :func:`train`.
+        operating_points, test_dataset, allow_overlap, subgroup, calibrate, no_progress, store: as in :func:`train`.
         test: ``bootstrap`` (the paired bootstrap of every metric), or ``delong`` (DeLong's test for correlated AUCs
             beside it: ``p_delong`` on the binary AUC row, ``auc:<class>`` rows one-vs-rest otherwise).
     """
@@ -435,7 +443,7 @@ def compare(
 
     protocol = ProtocolArgs(dataset, method, k, solver, c_grid, selection, grid, select_by, cv, test_split,
                             class_weight, allow_missing, allow_group_overlap, n_boot, boot_seed, device,
-                            operating_points, test_dataset, allow_overlap, subgroup)  # fmt: skip
+                            operating_points, test_dataset, allow_overlap, subgroup, calibrate)  # fmt: skip
     st = open_store(store)
     ids = split_list(feature_set)
     specs, common = _compare_specs(st, task, ids, split_list(layers), protocol)

@@ -43,6 +43,7 @@ PRINTS_RESULTS = {
 WRITES_FILES = {"export", "report", "demo", "vqa report"}
 # Options whose value is one of a closed set: --help must list it.
 CHOICES = {
+    "--calibrate",
     "--test",
     "--solver",
     "--selection",

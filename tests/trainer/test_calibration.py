@@ -71,3 +71,28 @@ def test_every_result_carries_calibration_with_a_ci() -> None:
         entry = out[name]
         assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
     assert out["brier"]["value"] == pytest.approx(brier_score_loss(y, p1), abs=1e-12)
+
+
+def test_temperature_scaling_recovers_a_known_temperature() -> None:
+    from medprobe.trainer.calibration import fit_temperature, with_temperature
+
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(6000, 3)) * 1.5
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    sharp = np.exp(2 * z) / np.exp(2 * z).sum(1, keepdims=True)  # overconfident: logits doubled
+    assert fit_temperature(y, sharp, "multiclass") == pytest.approx(2.0, rel=0.08)
+    np.testing.assert_allclose(with_temperature(p, "multiclass", 1.0), p, atol=1e-9)
+    q = rng.random((50, 2))
+    np.testing.assert_allclose(with_temperature(q, "multilabel", 1.0), q, atol=1e-9)
+
+
+def test_train_reports_metrics_after_a_temperature_fitted_out_of_fold(synth_store) -> None:
+    import medprobe
+
+    run = medprobe.train(task="severe", feature_set="fs-synth", layers="3", cv=3, c_grid="10", n_boot=50,
+                         calibrate="temperature", no_progress=True, store=synth_store)  # fmt: skip
+    after = run.test["calibrated"]
+    assert after["method"] == "temperature" and after["temperature"] > 0 and "out-of-fold" in after["fitted_on"]
+    assert after["macro_auc"]["value"] == pytest.approx(run.test["macro_auc"]["value"], abs=1e-12)  # ranks kept
+    assert {"brier", "ece"} <= set(after)
