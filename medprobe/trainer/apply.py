@@ -13,9 +13,10 @@ import numpy as np
 from medprobe.errors import InvalidInputError, NotFoundError
 from medprobe.featurestore import new_id, package_versions
 from medprobe.schemas import PredictionRow, ProbeResultRow, TaskRow
-from medprobe.trainer.bootstrap import metrics_with_ci
+from medprobe.trainer.bootstrap import metrics_with_ci, multiplicities
 from medprobe.trainer.data import encode_label
 from medprobe.trainer.defaults import N_BOOT
+from medprobe.trainer.operating_points import points_at
 from medprobe.trainer.stored import StoredProbe
 
 if TYPE_CHECKING:
@@ -96,6 +97,10 @@ def apply_probe(
         truth = np.array([y[i] for i in keep])
         out.metrics = metrics_with_ci(truth, proba[keep], probe.kind, list(probe.class_names), n_boot=n_boot,
                                       seed=seed)  # fmt: skip
+        if probe.thresholds:  # the stored probe's operating points, at its own thresholds
+            W = multiplicities(len(keep), n_boot, seed)
+            out.metrics["operating_points"] = points_at(probe.thresholds, truth, proba[keep], probe.kind,
+                                                        list(probe.class_names), W)  # fmt: skip
     return out
 
 

@@ -104,24 +104,36 @@ def operating_points(
     """``{class: [{rule, threshold, n_oof, sensitivity: {value, ci_low, ci_high}, ...}]}``: thresholds from the
     out-of-fold rows, rates on the test rows with CIs over the bootstrap weights ``W`` (replicates x test rows)."""
     K = len(class_names)
-    oof_truth, test_truth = one_vs_rest(y_oof, kind, K), one_vs_rest(y_test, kind, K)
+    oof_truth = one_vs_rest(y_oof, kind, K)
     classes = [1] if kind == "binary" else list(range(K))
+    chosen = {
+        class_names[k]: [{"rule": rule.label, "threshold": choose_threshold(oof_truth[:, k], proba_oof[:, k], rule),
+                          "n_oof": len(y_oof)} for rule in rules]
+        for k in classes
+    }  # fmt: skip
+    return points_at(chosen, y_test, proba_test, kind, class_names, W)
+
+
+def points_at(chosen: dict[str, list[dict[str, Any]]], y_test: np.ndarray, proba_test: np.ndarray, kind: ProbeKind,
+              class_names: Sequence[str], W: np.ndarray) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """The rates on the test rows at thresholds already chosen (``{class: [{rule, threshold, ...}]}``, e.g. a stored
+    probe's), with CIs over the bootstrap weights ``W``."""
+    test_truth = one_vs_rest(y_test, kind, len(class_names))
     ones = np.ones((1, len(y_test)))
     out: dict[str, list[dict[str, Any]]] = {}
-    for k in classes:
-        points = []
-        for rule in rules:
-            threshold = choose_threshold(oof_truth[:, k], proba_oof[:, k], rule)
-            entry: dict[str, Any] = {"rule": rule.label, "threshold": threshold, "n_oof": len(y_oof)}
-            if threshold is None:
+    for name, points in chosen.items():
+        k = list(class_names).index(name)
+        out[name] = []
+        for point in points:
+            entry: dict[str, Any] = {key: point[key] for key in ("rule", "threshold", "n_oof") if key in point}
+            if entry.get("threshold") is None:
                 entry["undefined"] = "the out-of-fold rows cannot reach this target, or hold one side of the class"
             else:
-                positive = proba_test[:, k] >= threshold
-                point, reps = rates_under_weights(test_truth[:, k], positive, ones), rates_under_weights(
+                positive = proba_test[:, k] >= entry["threshold"]
+                at, reps = rates_under_weights(test_truth[:, k], positive, ones), rates_under_weights(
                     test_truth[:, k], positive, W)  # fmt: skip
-                entry.update({name: ci_entry(_defined(point[name][0]), reps[name], len(W)) for name in RATES})
-            points.append(entry)
-        out[class_names[k]] = points
+                entry.update({rate: ci_entry(_defined(at[rate][0]), reps[rate], len(W)) for rate in RATES})
+            out[name].append(entry)
     return out
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -39,6 +39,8 @@ class StoredProbe:
     class_names: list[str]
     C: float
     probe: FittedProbe
+    # the operating points chosen when it was fitted: {class: [{rule, threshold, n_oof}]} (empty: none stored)
+    thresholds: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
     def kind(self) -> ProbeKind:
@@ -72,9 +74,13 @@ def load_probe(store: FeatureStore, probe_id: str) -> StoredProbe:
     coef, intercept, mean, scale = (tensors[k].astype(np.float64) for k in WEIGHT_KEYS)
     probe = FittedProbe(kind=cast(ProbeKind, kind), coef=coef, intercept=intercept, mean=mean, scale=scale,
                         C=float(row["c"]))  # fmt: skip
+    points = json.loads(row["metrics"] or "{}").get("operating_points") or {}
+    thresholds = {c: [{k: p[k] for k in ("rule", "threshold", "n_oof") if k in p} for p in ps]
+                  for c, ps in points.items()}  # fmt: skip
     return StoredProbe(probe_id=probe_id, run_id=row["run_id"], feature_set_id=row["feature_set_id"],
                        layer=int(row["layer"]), dataset=row["dataset"], task=row["task"],
-                       class_names=list(row["class_names"]), C=float(row["c"]), probe=probe)  # fmt: skip
+                       class_names=list(row["class_names"]), C=float(row["c"]), probe=probe,
+                       thresholds=thresholds)  # fmt: skip
 
 
 def _metadata(blob: bytes) -> dict[str, str]:

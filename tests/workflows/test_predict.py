@@ -43,6 +43,8 @@ def test_predict_on_the_training_runs_own_test_rows_gives_its_stored_probabiliti
     np.testing.assert_array_equal(np.array([r["probabilities"] for r in again], dtype=np.float32),
                                   np.array([r["probabilities"] for r in stored], dtype=np.float32))  # fmt: skip
     assert result.metrics["macro_auc"] == run.test["macro_auc"]  # same rows, same replicates: the same CI
+    # the stored probe's operating points, at the thresholds chosen when it was fitted
+    assert result.metrics["operating_points"] == run.test["operating_points"]
     row = synth_store.sql("SELECT applied_from, dataset, c FROM probe_results WHERE probe_id = ?",
                           [result.probe_id]).to_pylist()[0]  # fmt: skip
     assert row == {"applied_from": run.probe_id, "dataset": "synth", "c": run.C}
