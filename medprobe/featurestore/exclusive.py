@@ -1,8 +1,10 @@
 """Exclusive creation and takeover of small files (locks, job claims): the one place that decides whether a store
 can make them exclusive.
 
-- Local disks: a complete temporary file hard-linked into place (``O_EXCL`` semantics); a takeover renames the
-  stale file aside (one rename succeeds), puts back a live lock renamed by mistake, then creates exclusively.
+- Local disks: a complete temporary file hard-linked into place (``O_EXCL`` semantics). A takeover holds an
+  ``flock`` on ``<lock>.takeover`` (the kernel releases it if the taker dies), re-reads the lock, and only if it is
+  still the stale one replaces it in one ``rename``: takers are serialised, and no moment exists in which the lock
+  file is absent, so a creator can never slip in beside the new holder.
 - ``memory://``: one process owns it; a process-wide lock makes check-then-put atomic.
 - S3 (s3fs): conditional writes. Creation is a PUT with ``If-None-Match: *``; a takeover is a PUT with ``If-Match``
   of the stale lock's ETag, so of two takers one wins. Whether the endpoint honours them (AWS S3 does; some
@@ -124,21 +126,21 @@ def take_over(loc: Location, path: str, seen: bytes, data: bytes) -> bool:
             return True
     if not loc.is_local:
         return _take_over_s3(loc, path, seen, data)
-    aside = f"{path}.{os.getpid()}-{secrets.token_hex(4)}.stale"
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return False  # another process took it over first
-    try:
-        with open(aside, "rb") as f:
-            taken = f.read()
-        if taken != seen:  # a live lock, created after ours was read: give it back
-            with contextlib.suppress(FileExistsError):
-                os.link(aside, path)
-            return False
-    finally:
-        os.unlink(aside)
-    return create_exclusive(loc, path, data)
+    import fcntl
+
+    with open(f"{path}.takeover", "a") as mutex:
+        fcntl.flock(mutex.fileno(), fcntl.LOCK_EX)  # one taker at a time; released on close or death
+        try:
+            with open(path, "rb") as f:
+                on_disk: bytes | None = f.read()
+        except FileNotFoundError:
+            on_disk = None
+        if on_disk != seen:
+            return False  # released, or taken over by another taker first
+        tmp = durable_temp(path, data)
+        os.replace(tmp, path)  # the stale lock becomes ours in one step
+        fsync_dir(posixpath.dirname(path))
+        return True
 
 
 def _take_over_s3(loc: Location, path: str, seen: bytes, data: bytes) -> bool:

@@ -252,3 +252,20 @@ def test_a_label_efficiency_run_without_the_full_fraction(synth_store, capsys):
     doc = json.loads(out)
     assert {p["train_fraction"] for p in doc["probes"]} == {0.5} and len(doc["probes"]) == 4
     assert doc["probe_id"] in {p["probe_id"] for p in doc["probes"]}
+
+
+def test_a_one_class_training_pool_is_refused(tmp_path, capsys):
+    """The hostile check: a task with one class in its training rows trained and reported accuracy 1.000."""
+    store = FeatureStore.open(str(tmp_path / "s"))
+    fill_store(store)
+    rows = store.sql("SELECT * FROM dataset_images WHERE split IN ('train', 'val')").to_pylist()
+    relabelled = []
+    for r in rows:
+        labels = json.loads(r["labels"])
+        labels["severe"] = "no"
+        relabelled.append(DatasetImageRow(**{**{k: v for k, v in r.items() if k != "ingested_at"},
+                                             "labels": json.dumps(labels)}))  # fmt: skip
+    store.append("dataset_images", relabelled)
+    code, _, err = run_cli(capsys, "train", "--task", "severe", "--feature-set", "fs-synth", "--store", store.url,
+                           *FAST)  # fmt: skip
+    assert code == 3 and "every train/val row is class 'no', so no classifier can be fitted" in err, err
