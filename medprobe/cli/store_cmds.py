@@ -90,8 +90,9 @@ def verify(
         for p in rep.problems:
             console.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
         console.print(
-            f"checked {rep.fragments_checked} fragments, {rep.segments_checked} segments, "
-            f"{rep.rows_checked:,} manifest rows: {'OK' if rep.ok else f'{len(rep.problems)} problem(s)'}"
+            f"checked {rep.fragments_checked} fragments, {rep.segments_checked} segments, {rep.indexes_checked} "
+            f"search indexes, {rep.rows_checked:,} manifest rows: "
+            f"{'OK' if rep.ok else f'{len(rep.problems)} problem(s)'}"
         )
 
     document = {**dataclasses.asdict(rep), "ok": rep.ok}
