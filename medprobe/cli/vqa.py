@@ -77,7 +77,12 @@ def run(
     split: Annotated[Split, typer.Option("--split", help="The items scored.")] = Split.test,
     shots_seed: Annotated[int, typer.Option("--shots-seed", help="Seed of the few-shot exemplar draw.")] = 0,
     boot_seed: Annotated[int, typer.Option("--boot-seed", help="Seed of the bootstrap replicates.")] = 0,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="generate: token cap.")] = 8,
+    max_new_tokens: Annotated[
+        int | None, typer.Option("--max-new-tokens", min=1, help="generate: token cap (8; 512 with --reasoning).")
+    ] = None,
+    reasoning: Annotated[
+        bool, typer.Option("--reasoning", help="generate: reason step by step, then answer in <answer> tags.")
+    ] = False,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N items.")] = None,
     save_activations: Annotated[
         bool,
@@ -97,7 +102,7 @@ def run(
     output.check()
     result = wf.run(
         items=items, model=model, mode=mode, shots=shots, fixed_shots=fixed_shots, circular=circular, split=split,
-        shots_seed=shots_seed, boot_seed=boot_seed, max_new_tokens=max_new_tokens, limit=limit,
+        shots_seed=shots_seed, boot_seed=boot_seed, max_new_tokens=max_new_tokens, reasoning=reasoning, limit=limit,
         save_activations=save_activations, n_boot=n_boot, device=device, dtype=dtype,
         trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
         no_progress=output.quiet, store=output.store,

@@ -7,6 +7,12 @@
    do, the one that is the whole answer wins, else it is unparsed.
 4. ``unparsed``: none of the above. The item counts as wrong and the parse-failure rate reports it; there is no
    random fallback.
+
+With ``reasoning`` (a model asked to think before it answers), ``<think>...</think>`` blocks are set aside first;
+``answer_tag``: the content of the last ``<answer>...</answer>`` is read by rules 1 and 3; then rules 1-3 on the text
+after the reasoning; then ``last_letter``: the last standalone shown letter ("... so B.", "(C)"), which plain mode never
+uses because a letter inside a sentence is not an answer; even here "A" and "I" followed by a word are the article and
+the pronoun ("A 45-year-old", "I think").
 """
 
 from __future__ import annotations
@@ -22,8 +28,32 @@ _ANSWER_IS = re.compile(
 )
 
 
-def parse_answer(text: str, shown: Sequence[tuple[str, str]]) -> tuple[str | None, str]:
+_THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
+_ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL | re.IGNORECASE)
+_STANDALONE = re.compile(r"(?<![\w'])\(?([A-J])\)?(?![\w'])")
+
+
+def parse_answer(text: str, shown: Sequence[tuple[str, str]], *, reasoning: bool = False) -> tuple[str | None, str]:
     """``(shown letter or None, parser step)`` for a generation and the options as shown ``(letter, text)``."""
+    if not reasoning:
+        return _parse_plain(text, shown)
+    letters = {letter for letter, _ in shown}
+    tags = _ANSWER_TAG.findall(text)
+    if tags:
+        letter, step = _parse_plain(tags[-1], shown)
+        return (letter, "answer_tag") if letter is not None else (None, "unparsed")
+    rest = _THINK.sub(" ", text).strip()
+    letter, step = _parse_plain(rest, shown)
+    if letter is not None:
+        return letter, step
+    standalone = [m.group(1) for m in _STANDALONE.finditer(rest) if m.group(1) in letters
+                  and not _english_word(m.group(1), rest[m.end():])]  # fmt: skip
+    if standalone:
+        return standalone[-1], "last_letter"
+    return None, "unparsed"
+
+
+def _parse_plain(text: str, shown: Sequence[tuple[str, str]]) -> tuple[str | None, str]:
     letters = {letter for letter, _ in shown}
     clean = _DECORATION.sub("", text.strip())
     if (m := _LEADING.match(clean)) and m.group(1) in letters:
@@ -48,3 +78,8 @@ def parse_answer(text: str, shown: Sequence[tuple[str, str]]) -> tuple[str | Non
         if len(whole) == 1:
             return whole[0], "option_text"
     return None, "unparsed"
+
+
+def _english_word(letter: str, after: str) -> bool:
+    """"A 45-year-old", "A patient", "I think": the article or the pronoun, not an option letter."""
+    return letter in ("A", "I") and re.match(r"\s+[a-z0-9]", after) is not None

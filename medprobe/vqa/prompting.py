@@ -19,6 +19,11 @@ from medprobe.errors import InvalidInputError
 
 LETTERS = "ABCDEFGHIJ"
 INSTRUCTION = "Answer with the letter of the correct option."
+# --reasoning: the model reasons first, then answers in tags (medprobe.vqa.parse reads them)
+REASONING_INSTRUCTION = (
+    "Think through the question step by step, then give the letter of the correct option inside <answer></answer>, "
+    "for example <answer>A</answer>."
+)
 PROMPT_VERSION = "mc-v1"  # bump when the text below changes: it is part of a run's identity
 
 
@@ -72,13 +77,13 @@ def _block(item: Item, rotation: int, *, with_context: bool = True) -> str:
     return "\n".join(lines)
 
 
-def question_text(item: Item, rotation: int, exemplars: Sequence[Item] = ()) -> str:
+def question_text(item: Item, rotation: int, exemplars: Sequence[Item] = (), *, reasoning: bool = False) -> str:
     """The user turn: exemplars (each with its answer letter), then the item, then the instruction."""
     parts = []
     for ex in exemplars:
         gold = LETTERS[option_order(ex, 0).index(ex.answer)]
         parts.append(f"{_block(ex, 0)}\nAnswer: {gold}")
-    parts.append(f"{_block(item, rotation)}\n{INSTRUCTION}")
+    parts.append(f"{_block(item, rotation)}\n{REASONING_INSTRUCTION if reasoning else INSTRUCTION}")
     return "\n\n".join(parts)
 
 

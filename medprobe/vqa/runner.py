@@ -22,6 +22,7 @@ from medprobe.vqa.parse import parse_answer
 from medprobe.vqa.prompting import (
     LETTERS,
     PROMPT_VERSION,
+    REASONING_INSTRUCTION,
     Item,
     choose_exemplars,
     option_order,
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
 
 COMMIT_EVERY = 16
+ANSWER_TOKENS = 8  # generate: enough for a letter or a short option text
+REASONING_TOKENS = 512  # generate --reasoning: room to reason before the answer
 
 
 @dataclass
@@ -49,7 +52,8 @@ class VqaRunSpec:
     split: str = "test"
     seed: int = 0  # the few-shot exemplar draw
     boot_seed: int = 0  # the bootstrap replicates
-    max_new_tokens: int = 8
+    max_new_tokens: int | None = None  # generate: the token cap (default 8, or REASONING_TOKENS with reasoning)
+    reasoning: bool = False  # generate: ask for reasoning before the answer (REASONING_INSTRUCTION), parse after it
     n_boot: int = 1000
     device: str | None = None
     dtype: str | None = None
@@ -96,6 +100,11 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
         raise InvalidInputError(f"--mode {spec.mode!r}: choose from {', '.join(MODES)}")
     if spec.shots and spec.fixed_shots:
         raise InvalidInputError("give --shots K or --fixed-shots ID,ID, not both")
+    if spec.reasoning and spec.mode != "generate":
+        raise InvalidInputError(f"--reasoning needs --mode generate (the model must write its reasoning); "
+                                f"--mode {spec.mode} reads no text")  # fmt: skip
+    if spec.max_new_tokens is None:
+        spec.max_new_tokens = REASONING_TOKENS if spec.reasoning else ANSWER_TOKENS
     items = load_items(store, spec.item_set)
     todo_items = [i for i in items if i.split == spec.split][: spec.limit]
     if not todo_items:
@@ -117,6 +126,8 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
         # the items' content (questions, options, answers, images; exemplars too): a set re-ingested with other
         # content under the same name is a new run, never a resume of answers to other questions
         "items_sha256": items_digest(items),
+        # only when asked, so the ids of runs without it stay what they were
+        **({"reasoning": True, "reasoning_prompt": REASONING_INSTRUCTION} if spec.reasoning else {}),
     }  # fmt: skip
     run_id = "vqa-" + stable_hash(config)[:20]
     done = {
@@ -167,10 +178,10 @@ def _score_work(store: FeatureStore, spec: VqaRunSpec, scorer: VlmScorer, items:
             exemplars = _exemplars(spec, items, it)
             exemplar_ids[it.item_id] = [e.item_id for e in exemplars]
             images = [_load(store, _uri(uris, h), h) for h in it.image_hashes]
-            text = question_text(it, rot, exemplars)
+            text = question_text(it, rot, exemplars, reasoning=spec.reasoning)
             shown = shown_options(it, rot)
             scored = _score(scorer, spec, images, text, shown)
-            buffer.append(_row(run_id, spec.item_set, it, rot, shown, scored))
+            buffer.append(_row(run_id, spec.item_set, it, rot, shown, scored, reasoning=spec.reasoning))
             if len(buffer) >= COMMIT_EVERY:
                 store.append("vqa_predictions", buffer)
                 buffer = []
@@ -221,13 +232,14 @@ def _score(scorer: VlmScorer, spec: VqaRunSpec, images: list, text: str, shown: 
         return scorer.loglik(images, text, [t for _, t in shown])
     if spec.mode == "letter":
         return scorer.letter(images, text, [letter for letter, _ in shown])
-    return scorer.generate(images, text, spec.max_new_tokens)
+    return scorer.generate(images, text, spec.max_new_tokens or ANSWER_TOKENS)
 
 
-def _row(run_id: str, item_set: str, it: Item, rot: int, shown: list[tuple[str, str]], s: Scored) -> VqaPredictionRow:
+def _row(run_id: str, item_set: str, it: Item, rot: int, shown: list[tuple[str, str]], s: Scored, *,
+         reasoning: bool = False) -> VqaPredictionRow:  # fmt: skip
     order = option_order(it, rot)
     if s.generation is not None:
-        letter, step = parse_answer(s.generation, shown)
+        letter, step = parse_answer(s.generation, shown, reasoning=reasoning)
         predicted = None if letter is None else order[LETTERS.index(letter)]
     else:
         idx = choice_of(s)

@@ -83,7 +83,8 @@ class VqaRunResult(Result):
 def run(
     *, items: str, model: str, mode: str | VqaMode = VqaMode.loglik, shots: int = 0, fixed_shots: ListArg = None,
     circular: bool = False, split: str | Split = Split.test, shots_seed: int = 0, boot_seed: int = 0,
-    max_new_tokens: int = 8, limit: int | None = None, save_activations: bool = False, n_boot: int = N_BOOT,
+    max_new_tokens: int | None = None, reasoning: bool = False, limit: int | None = None,
+    save_activations: bool = False, n_boot: int = N_BOOT,
     device: str | None = None, dtype: str | ComputeDType | None = None, trust_remote_code: bool = False,
     allow_pickle: bool = False, no_progress: bool = False, store: StoreArg = None,
 ) -> VqaRunResult:  # fmt: skip
@@ -92,7 +93,10 @@ def run(
     Args:
         items: the item set (its ``name`` at ingest); model: a VLM spec.
         mode: ``loglik`` (each option's log-likelihood), ``letter`` (the answer letter's probability) or
-            ``generate`` (greedy text, parsed; ``max_new_tokens`` caps it).
+            ``generate`` (greedy text, parsed; ``max_new_tokens`` caps it: default 8, 512 with ``reasoning``).
+        reasoning: generate: ask the model to reason step by step and give the letter in ``<answer>`` tags; the
+            parser reads the tags, "the answer is X", "Answer: X", the last standalone letter, or the option text,
+            and records which rule matched (``parser_step``); a parse failure stays a failure.
         shots: few-shot exemplars drawn from the train split (``shots_seed``), never sharing the question's image;
             fixed_shots: these item ids as exemplars instead.
         circular: score every rotation of the options; split: the items scored; limit: only the first N.
@@ -107,7 +111,8 @@ def run(
     spec = VqaRunSpec(
         item_set=items, model=model, mode=choice(VqaMode, mode, "--mode").value, shots=shots,
         fixed_shots=tuple(split_list(fixed_shots)), circular=circular, split=choice(Split, split, "--split").value,
-        seed=shots_seed, boot_seed=boot_seed, max_new_tokens=max_new_tokens, n_boot=n_boot, device=device,
+        seed=shots_seed, boot_seed=boot_seed, max_new_tokens=max_new_tokens, reasoning=reasoning, n_boot=n_boot,
+        device=device,
         dtype=None if compute is None else compute.value, trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle, limit=limit, save_activations=save_activations,
     )  # fmt: skip
