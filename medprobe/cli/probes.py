@@ -230,9 +230,10 @@ def _print_clinical(o: Any) -> None:
         _print_subgroup(o.layer, sg)
 
 
-def _print_subgroup(layer: int, sg: dict[str, Any]) -> None:
+def _print_subgroup(layer: int, sg: dict[str, Any], where: str = "") -> None:
     """One subgroup column: each group's size and metrics, flagged groups, and the largest gap."""
-    table = Table(title=f"layer {layer}: subgroups of {sg['column']} (groups under {sg['min_size']} test rows flagged)")
+    table = Table(title=f"layer {layer}{where}: subgroups of {sg['column']} (groups under {sg['min_size']} test rows "
+                  "flagged)")  # fmt: skip
     for col in ("group", "n", "macro AUC [95% CI]", "bal. acc"):
         table.add_column(col)
     for g in sg["groups"]:
@@ -262,6 +263,12 @@ def _print_external(external: list[dict[str, Any]]) -> None:
         table.add_row(e["dataset"], str(e["layer"]), str(e["n_predicted"]), str(e["n_labelled"]),
                       str(e["n_missing_features"]), str(e["n_overlap"]), *cells)  # fmt: skip
     console.print(table)
+    for e in external:
+        for block in (e["metrics"] or {}).get("subgroups") or []:
+            if "undefined" in block:
+                console.print(f"{e['dataset']}: subgroups of {block['column']}: {block['undefined']}", highlight=False)
+            else:
+                _print_subgroup(e["layer"], block, where=f" on {e['dataset']}")
 
 
 def _print_probes(result: wf.ProbeRunResult) -> None:

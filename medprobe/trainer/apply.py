@@ -37,6 +37,7 @@ class Applied:
     n_missing_features: int
     metrics: dict[str, Any] | None = None  # over the labelled images, with bootstrap CIs
     labelled: int = 0
+    metadata: list[dict[str, Any]] = field(default_factory=list)  # per scored image: its metadata in the dataset
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,7 +62,7 @@ def apply_probe(
 ) -> Applied:  # fmt: skip
     """Score the images of ``dataset`` (``splits`` only, when given) that have rows of the probe's feature set and
     layer; metrics with CIs over those that have a label for the probe's task."""
-    query = "SELECT image_hash, split, labels FROM dataset_images WHERE dataset = ? AND row_kind = 'image'"
+    query = "SELECT image_hash, split, labels, metadata FROM dataset_images WHERE dataset = ? AND row_kind = 'image'"
     params: list[Any] = [dataset]
     if splits:
         query += " AND list_contains(?, split)"
@@ -91,6 +92,7 @@ def apply_probe(
         else:
             y.append(encode_label(value, task, probe.kind, m["image_hash"]))
     out = Applied(probe, dataset, list(splits or []), hashes, proba, y, len(members), len(members) - len(scored))
+    out.metadata = [json.loads(m["metadata"]) if m.get("metadata") else {} for m in scored]
     keep = [i for i, v in enumerate(y) if v is not None]
     out.labelled = len(keep)
     if keep:

@@ -106,6 +106,7 @@ class ProbeOutcome:
     extra: dict = field(default_factory=dict)  # method-specific entries of the metrics JSON
     oof_y: np.ndarray | None = None  # out-of-fold training labels and predictions at the chosen C (thresholds)
     oof_proba: np.ndarray | None = None
+    pool_metadata: list[dict] | None = None  # the training rows' metadata (subgroup bins of external test sets)
 
     @property
     def converged(self) -> bool:
@@ -288,6 +289,7 @@ def _tested(r: ProtocolResult, layer: int, spec: ExperimentSpec, data: TaskData,
         metrics, r.probe, [data.image_hashes[i] for i in test], data.y[test], proba, r.n_train,
         select_by=r.select_by, cv_log_loss=float(np.mean(r.cv_log_loss[repr(r.C)])) if r.cv_log_loss else None,
         tied=r.tied, cv_not_converged=r.cv_not_converged, kind=r.probe.kind, oof_y=oof_y, oof_proba=r.oof_proba,
+        pool_metadata=[data.metadata[i] for i in pool] if spec.subgroups else None,
     )  # fmt: skip
 
 

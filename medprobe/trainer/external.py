@@ -20,6 +20,7 @@ from medprobe.trainer.apply import apply_probe, write_applied
 from medprobe.trainer.bootstrap import multiplicities
 from medprobe.trainer.operating_points import operating_points, parse_rules
 from medprobe.trainer.stored import StoredProbe
+from medprobe.trainer.subgroups import assign_groups, parse_subgroups, subgroup_metrics
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
@@ -93,6 +94,21 @@ def check_external(store: FeatureStore, spec: ExperimentSpec, datasets: Sequence
     return overlaps
 
 
+def external_subgroups(spec: ExperimentSpec, pool_meta: list[dict], meta: list[dict], y: np.ndarray,
+                       proba: np.ndarray, kind: Any, oof: Any) -> list[dict[str, Any]]:  # fmt: skip
+    """The run's subgroups on an external dataset's labelled images (numeric bins from the training rows); a column
+    the external dataset cannot be split by is recorded with the reason, not dropped."""
+    W = multiplicities(len(y), spec.n_boot, spec.seed)
+    out = []
+    for sg in parse_subgroups(spec.subgroups):
+        try:
+            groups, edges = assign_groups(sg, pool_meta, meta)
+            out.append(subgroup_metrics(sg, groups, edges, y, proba, kind, list(spec.task.class_names), W, oof))
+        except InvalidInputError as e:
+            out.append({"column": sg.column, "bins": sg.bins, "undefined": str(e)})
+    return out
+
+
 def score_external(store: FeatureStore, spec: ExperimentSpec, outcome: ProbeOutcome, dataset: str, run_id: str,
                    n_overlap: int = 0) -> ExternalResult:  # fmt: skip
     """Apply ``outcome``'s probe to every image of ``dataset``; write its ``probe_results`` and ``predictions``."""
@@ -111,6 +127,13 @@ def score_external(store: FeatureStore, spec: ExperimentSpec, outcome: ProbeOutc
         )  # fmt: skip
     if applied.metrics is not None:
         applied.metrics["n_overlap"] = n_overlap
+        if spec.subgroups and y is not None:
+            oof = (outcome.oof_y, outcome.oof_proba, parse_rules(spec.operating_points)) if (
+                outcome.oof_y is not None and outcome.oof_proba is not None) else None  # fmt: skip
+            applied.metrics["subgroups"] = external_subgroups(
+                spec, outcome.pool_metadata or [], [applied.metadata[i] for i in keep], y, applied.proba[keep],
+                outcome.kind, oof,
+            )
     base = {
         "run_id": run_id, "probe_id": outcome.probe_id, "feature_set_id": spec.feature_set_id, "layer": outcome.layer,
         "dataset": dataset, "task": spec.task.task, "solver": outcome.solver or spec.solver, "c": outcome.C,

@@ -83,3 +83,25 @@ def test_compare_scores_each_probe_on_the_external_dataset(synth_store, capsys) 
     inside = {r["metric"]: r["diff"] for r in rows if r["dataset"] == "synth"}
     outside = {r["metric"]: r["diff"] for r in rows if r["dataset"] == "site2"}
     assert inside == pytest.approx(outside)  # the same images in both: the same paired differences
+
+
+def test_subgroups_are_scored_on_the_external_dataset_with_the_training_bins(synth_store) -> None:
+    from medprobe.schemas import DatasetImageRow, DatasetRow, TaskRow
+    from tests.trainer.test_subgroups import _add_metadata
+
+    _add_metadata(synth_store)
+    rows = copy_dataset(synth_store, "site2", ("test",))  # the same test images (and their metadata), elsewhere
+    women = [r for r in rows if json.loads(r["metadata"])["sex"] == "F"]  # a site that saw one sex only
+    synth_store.append("datasets", [DatasetRow(dataset="site3", format="csv", source="site3", split_policy="shipped")])
+    synth_store.append("tasks", [TaskRow(dataset="site3", task="grade", type="multiclass", label_columns=["grade"],
+                                         class_names=["none", "mild", "severe"], primary_metric="macro_auc")])
+    synth_store.append("dataset_images", [DatasetImageRow(**{**{k: v for k, v in r.items() if k not in (
+        "ingested_at", "source")}, "dataset": "site3"}) for r in women])  # fmt: skip
+    run = medprobe.train(task="grade", dataset="synth", feature_set="fs-synth", layers="3", cv=3, c_grid="0.1,1",
+                         n_boot=50, subgroup="sex,age:3", test_dataset="site2,site3", no_progress=True,
+                         store=synth_store)  # fmt: skip
+    same, one_sex = run.external
+    assert same["metrics"]["subgroups"] == run.test["subgroups"]  # same rows, the training bins, the same CIs
+    sex, age = one_sex["metrics"]["subgroups"]
+    assert "undefined" in sex and "1 group(s)" in sex["undefined"]  # recorded with its reason, not dropped
+    assert "undefined" in age and "fewer than 20 test rows" in age["undefined"]  # too few per training-row bin
