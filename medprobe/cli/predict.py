@@ -43,13 +43,17 @@ def predict(
     probe: Annotated[str, typer.Option("--probe", help="A probe id of probe_results (a fitted probe).")],
     dataset: DatasetOpt,
     split: SplitOpt = None,
+    subgroup: Annotated[
+        list[str] | None,
+        typer.Option("--subgroup", help="Metadata columns scored per group: sex, age:4 (comma list or repeated)."),
+    ] = None,
     n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CIs.")] = N_BOOT,
     boot_seed: Annotated[int, typer.Option("--boot-seed", help="Seed of the bootstrap replicates.")] = 0,
 ) -> None:
     """Apply a stored probe unchanged to a dataset's images; metrics with CIs where the dataset has its labels."""
     output.check()
-    result = run_predict(probe=probe, dataset=dataset, split=split, n_boot=n_boot, boot_seed=boot_seed,
-                         store=output.store)  # fmt: skip
+    result = run_predict(probe=probe, dataset=dataset, split=split, subgroup=subgroup, n_boot=n_boot,
+                         boot_seed=boot_seed, store=output.store)  # fmt: skip
     output.render(result, show=lambda: _print(result))
 
 

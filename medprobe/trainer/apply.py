@@ -18,6 +18,7 @@ from medprobe.trainer.data import encode_label
 from medprobe.trainer.defaults import N_BOOT
 from medprobe.trainer.operating_points import points_at
 from medprobe.trainer.stored import StoredProbe
+from medprobe.trainer.subgroups import assign_groups, parse_subgroups, subgroup_metrics
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore
@@ -58,7 +59,7 @@ def _task_row(store: FeatureStore, probe: StoredProbe, dataset: str) -> TaskRow 
 
 def apply_probe(
     store: FeatureStore, probe: StoredProbe, dataset: str, *, splits: list[str] | None = None, n_boot: int = N_BOOT,
-    seed: int = 0,
+    seed: int = 0, subgroups: list[str] | None = None,
 ) -> Applied:  # fmt: skip
     """Score the images of ``dataset`` (``splits`` only, when given) that have rows of the probe's feature set and
     layer; metrics with CIs over those that have a label for the probe's task."""
@@ -103,6 +104,21 @@ def apply_probe(
             W = multiplicities(len(keep), n_boot, seed)
             out.metrics["operating_points"] = points_at(probe.thresholds, truth, proba[keep], probe.kind,
                                                         list(probe.class_names), W)  # fmt: skip
+        if subgroups:
+            out.metrics["subgroups"] = _subgroups(probe, subgroups, [out.metadata[i] for i in keep], truth,
+                                                  proba[keep], multiplicities(len(keep), n_boot, seed))  # fmt: skip
+    return out
+
+
+def _subgroups(probe: StoredProbe, columns: list[str], meta: list[dict], y: np.ndarray, proba: np.ndarray,
+               W: np.ndarray) -> list[dict[str, Any]]:  # fmt: skip
+    """The groups of the labelled images; numeric bins are the probe's own when it was evaluated with that subgroup,
+    else the quantiles of these images."""
+    out = []
+    for sg in parse_subgroups(columns):
+        groups, edges = assign_groups(sg, meta, meta, probe.subgroup_edges.get(sg.label))
+        out.append(subgroup_metrics(sg, groups, edges, y, proba, probe.kind, list(probe.class_names), W,
+                                    thresholds=probe.thresholds))  # fmt: skip
     return out
 
 

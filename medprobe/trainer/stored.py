@@ -41,6 +41,8 @@ class StoredProbe:
     probe: FittedProbe
     # the operating points chosen when it was fitted: {class: [{rule, threshold, n_oof}]} (empty: none stored)
     thresholds: dict[str, list[dict]] = field(default_factory=dict)
+    # the numeric subgroup bins it was evaluated with, by "column:N" (predict reuses them)
+    subgroup_edges: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def kind(self) -> ProbeKind:
@@ -74,13 +76,16 @@ def load_probe(store: FeatureStore, probe_id: str) -> StoredProbe:
     coef, intercept, mean, scale = (tensors[k].astype(np.float64) for k in WEIGHT_KEYS)
     probe = FittedProbe(kind=cast(ProbeKind, kind), coef=coef, intercept=intercept, mean=mean, scale=scale,
                         C=float(row["c"]))  # fmt: skip
-    points = json.loads(row["metrics"] or "{}").get("operating_points") or {}
+    metrics = json.loads(row["metrics"] or "{}")
+    points = metrics.get("operating_points") or {}
+    edges = {(b["column"] if b.get("bins") is None else f"{b['column']}:{b['bins']}"): b["edges"]
+             for b in metrics.get("subgroups") or [] if b.get("edges")}  # fmt: skip
     thresholds = {c: [{k: p[k] for k in ("rule", "threshold", "n_oof") if k in p} for p in ps]
                   for c, ps in points.items()}  # fmt: skip
     return StoredProbe(probe_id=probe_id, run_id=row["run_id"], feature_set_id=row["feature_set_id"],
                        layer=int(row["layer"]), dataset=row["dataset"], task=row["task"],
                        class_names=list(row["class_names"]), C=float(row["c"]), probe=probe,
-                       thresholds=thresholds)  # fmt: skip
+                       thresholds=thresholds, subgroup_edges=edges)  # fmt: skip
 
 
 def _metadata(blob: bytes) -> dict[str, str]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from medprobe.errors import InvalidInputError
 from medprobe.trainer.bootstrap import ci_entry, replicate_metrics
-from medprobe.trainer.operating_points import Rule, operating_points
+from medprobe.trainer.operating_points import Rule, operating_points, points_at
 from medprobe.trainer.solvers.base import ProbeKind
 
 MIN_GROUP = 20  # test rows a group needs to be scored
@@ -61,9 +61,9 @@ def _numeric(values: Sequence[Any]) -> bool:
 
 
 def assign_groups(spec: SubgroupSpec, pool_meta: Sequence[dict], test_meta: Sequence[dict],
-                  ) -> tuple[list[str | None], list[float] | None]:  # fmt: skip
-    """The group of each test row (None: no value) and the bin edges (numeric columns), refusing a column no row
-    has (naming the ones that exist)."""
+                  edges: list[float] | None = None) -> tuple[list[str | None], list[float] | None]:  # fmt: skip
+    """The group of each test row (None: no value) and the bin edges (numeric columns: ``edges`` when given, e.g. a
+    stored probe's, else the training rows' quantiles), refusing a column no row has (naming the ones that exist)."""
     known = sorted({k for m in [*pool_meta, *test_meta] for k in m})
     if not any(spec.column in m for m in [*pool_meta, *test_meta]):
         raise InvalidInputError(f"--subgroup {spec.column!r}: no such metadata column; the dataset has: "
@@ -74,10 +74,11 @@ def assign_groups(spec: SubgroupSpec, pool_meta: Sequence[dict], test_meta: Sequ
         if spec.bins is not None:
             raise InvalidInputError(f"--subgroup {spec.label}: {spec.column!r} is not numeric; drop the :N")
         return [None if v is None else str(v) for v in test_values], None
-    train = np.array([v for v in pool_values if v is not None], dtype=np.float64)
-    if not len(train):
-        raise InvalidInputError(f"--subgroup {spec.label}: no training row has a value to place the bin edges")
-    edges = sorted(set(np.quantile(train, np.linspace(0, 1, (spec.bins or DEFAULT_BINS) + 1))[1:-1].tolist()))
+    if edges is None:
+        train = np.array([v for v in pool_values if v is not None], dtype=np.float64)
+        if not len(train):
+            raise InvalidInputError(f"--subgroup {spec.label}: no training row has a value to place the bin edges")
+        edges = sorted(set(np.quantile(train, np.linspace(0, 1, (spec.bins or DEFAULT_BINS) + 1))[1:-1].tolist()))
     names = _bin_names(edges)
     groups = [None if v is None else names[int(np.searchsorted(edges, float(v), side="right"))] for v in test_values]
     return groups, edges
@@ -93,9 +94,11 @@ def subgroup_metrics(
     spec: SubgroupSpec, groups: Sequence[str | None], edges: list[float] | None, y: np.ndarray, proba: np.ndarray,
     kind: ProbeKind, class_names: Sequence[str], W: np.ndarray,
     oof: tuple[np.ndarray, np.ndarray, Sequence[Rule]] | None = None,
+    thresholds: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Every group's macro AUC and balanced accuracy (and operating points when ``oof`` gives the out-of-fold rows
-    and rules) with CIs under the test rows' bootstrap weights ``W``, and the largest gap between scored groups."""
+    and rules, or ``thresholds`` already chosen, e.g. a stored probe's) with CIs under the test rows' bootstrap
+    weights ``W``, and the largest gap between scored groups."""
     names = sorted({g for g in groups if g is not None}, key=lambda g: (edges is None, g))
     if edges is not None:
         order = _bin_names(edges)
@@ -121,6 +124,8 @@ def subgroup_metrics(
         if oof is not None:
             entry["operating_points"] = operating_points(oof[0], oof[1], y[idx], proba[idx], kind, class_names,
                                                          oof[2], W[:, idx])  # fmt: skip
+        elif thresholds:
+            entry["operating_points"] = points_at(thresholds, y[idx], proba[idx], kind, class_names, W[:, idx])
         reps[name] = boot["macro_auc"]
         out_groups.append(entry)
     scored = [g for g in out_groups if (g.get("macro_auc") or {}).get("value") is not None]

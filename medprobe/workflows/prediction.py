@@ -51,8 +51,8 @@ class PredictResult(Result):
 
 
 def predict(
-    *, probe: str, dataset: str, split: ListArg = None, n_boot: int = N_BOOT, boot_seed: int = 0,
-    store: StoreArg = None,
+    *, probe: str, dataset: str, split: ListArg = None, subgroup: ListArg = None, n_boot: int = N_BOOT,
+    boot_seed: int = 0, store: StoreArg = None,
 ) -> PredictResult:  # fmt: skip
     """Apply the stored probe ``probe`` (its weights and standardisation) to the images of ``dataset``.
 
@@ -65,6 +65,8 @@ def predict(
     Args:
         probe: a probe id of ``probe_results`` (a fitted probe, not a kNN or zero-shot row).
         dataset: the dataset to score; split: only these splits (default: all).
+        subgroup: metadata columns scored per group over the labelled images (``sex``, ``age:4``); numeric bins are
+            the probe's own when it was evaluated with that subgroup, else the quantiles of this dataset's images.
         n_boot, boot_seed: bootstrap replicates and their seed for the CIs.
         store: a store URL or an open ``FeatureStore``.
     """
@@ -74,9 +76,11 @@ def predict(
     st = open_store(store)
     stored = load_probe(st, probe)
     splits = split_list(split)
-    params = {"probe": probe, "dataset": dataset, "split": splits, "n_boot": n_boot, "boot_seed": boot_seed}
+    subgroups = split_list(subgroup)
+    params = {"probe": probe, "dataset": dataset, "split": splits, "subgroup": subgroups, "n_boot": n_boot,
+              "boot_seed": boot_seed}  # fmt: skip
     with start_run(st, "predict", params) as run:
-        applied = apply_probe(st, stored, dataset, splits=splits, n_boot=n_boot, seed=boot_seed)
+        applied = apply_probe(st, stored, dataset, splits=splits, n_boot=n_boot, seed=boot_seed, subgroups=subgroups)
         if applied.n_missing_features:
             warnings.warn(
                 f"{applied.n_missing_features} of {applied.n_members} images of {dataset!r} have no features in "

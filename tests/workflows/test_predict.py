@@ -92,3 +92,16 @@ def test_predict_refuses_what_it_cannot_apply(synth_store, capsys) -> None:
     assert code == 3 and "run `medprobe extract -d unextracted -m synthetic/model`" in err
     code, _, err = run_cli(capsys, "predict", "--probe", run.probe_id, "-d", "nope", "-s", synth_store.url)
     assert code == 3 and "dataset 'nope' has no images" in err
+
+
+def test_predict_scores_subgroups_with_the_probes_own_bins(synth_store) -> None:
+    from tests.trainer.test_subgroups import _add_metadata
+
+    _add_metadata(synth_store)
+    run = medprobe.train(task="grade", feature_set="fs-synth", layers="3", cv=3, c_grid="0.1,1", n_boot=50,
+                         subgroup="sex,age:3", no_progress=True, store=synth_store)  # fmt: skip
+    again = medprobe.predict(probe=run.probe_id, dataset="synth", split="test", subgroup="sex,age:3", n_boot=50,
+                             store=synth_store)  # fmt: skip
+    assert again.metrics["subgroups"] == run.test["subgroups"]  # the same rows, the probe's age bins, the same CIs
+    with pytest.raises(InvalidInputError, match="no such metadata column"):
+        medprobe.predict(probe=run.probe_id, dataset="synth", split="test", subgroup="weight", store=synth_store)
