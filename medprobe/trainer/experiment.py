@@ -259,16 +259,15 @@ def _note_missing(outcomes: list[ProbeOutcome], data: TaskData) -> None:
         o.extra.update({"n_missing_labels": data.n_missing_labels, "n_missing_features": data.n_missing_features})
 
 
-def _tested(r: ProtocolResult, layer: int, spec: ExperimentSpec, data: TaskData, feats: dict[int, np.ndarray],
-            pool: np.ndarray, test: np.ndarray) -> ProbeOutcome:  # fmt: skip
-    """A selected and refitted probe scored once on the test rows, with bootstrap CIs; operating points chosen on
-    its out-of-fold training predictions and scored on the test rows with the same replicates."""
-    proba = r.probe.predict_proba(feats[layer][test])  # the one pass over the test rows
-    metrics = metrics_with_ci(data.y[test], proba, data.kind, data.class_names, n_boot=spec.n_boot, seed=spec.seed)
-    oof_y = None if r.oof_rows is None else data.y[pool][r.oof_rows]
-    W = multiplicities(len(test), spec.n_boot, spec.seed)  # the replicates of metrics_with_ci
+def _add_clinical(metrics: dict, spec: ExperimentSpec, data: TaskData, pool: np.ndarray, test: np.ndarray,
+                  proba: np.ndarray, oof_rows: np.ndarray | None, oof_proba: np.ndarray | None) -> np.ndarray | None:
+    """Operating points (thresholds from the out-of-fold training predictions), temperature calibration and
+    subgroups of one classifier's test predictions, under the replicates of ``metrics_with_ci``; returns the
+    out-of-fold labels (None without out-of-fold rows)."""
+    oof_y = None if oof_rows is None else data.y[pool][oof_rows]
+    W = multiplicities(len(test), spec.n_boot, spec.seed)
     rules = parse_rules(spec.operating_points)
-    oof = (oof_y, r.oof_proba, rules) if oof_y is not None and r.oof_proba is not None and rules else None
+    oof = (oof_y, oof_proba, rules) if oof_y is not None and oof_proba is not None and rules else None
     if oof is not None:
         metrics["operating_points"] = operating_points(oof[0], oof[1], data.y[test], proba, data.kind,
                                                        data.class_names, rules, W)  # fmt: skip
@@ -283,6 +282,16 @@ def _tested(r: ProtocolResult, layer: int, spec: ExperimentSpec, data: TaskData,
             )
             for sg in parse_subgroups(spec.subgroups)
         ]
+    return oof_y
+
+
+def _tested(r: ProtocolResult, layer: int, spec: ExperimentSpec, data: TaskData, feats: dict[int, np.ndarray],
+            pool: np.ndarray, test: np.ndarray) -> ProbeOutcome:  # fmt: skip
+    """A selected and refitted probe scored once on the test rows, with bootstrap CIs; operating points chosen on
+    its out-of-fold training predictions and scored on the test rows with the same replicates."""
+    proba = r.probe.predict_proba(feats[layer][test])  # the one pass over the test rows
+    metrics = metrics_with_ci(data.y[test], proba, data.kind, data.class_names, n_boot=spec.n_boot, seed=spec.seed)
+    oof_y = _add_clinical(metrics, spec, data, pool, test, proba, r.oof_rows, r.oof_proba)
     scores = [v for v in r.cv_scores[repr(r.C)] if v is not None]
     return ProbeOutcome(
         new_id("probe"), layer, r.setting, r.C, r.selection, r.cv_scores, float(np.mean(scores)) if scores else None,
@@ -326,6 +335,7 @@ def _run_knn(
         metrics = metrics_with_ci(data.y[test], r.proba, data.kind, data.class_names, n_boot=spec.n_boot,
                                   seed=spec.seed)  # fmt: skip
         metrics["label_precision_at_k"] = precision_entry(r.precision_at_k, r.k, spec.n_boot, spec.seed)
+        oof_y = _add_clinical(metrics, spec, data, pool, test, r.proba, r.oof_rows, r.oof_proba)
         scores = [v for v in r.cv_scores.get(str(r.k), []) if v is not None]
         outcomes.append(
             ProbeOutcome(
@@ -333,6 +343,8 @@ def _run_knn(
                 float(np.mean(scores)) if scores else None, metrics, None, [hashes[i] for i in test], data.y[test],
                 r.proba, r.n_train, select_by=metric, kind=data.kind, method="knn", k=r.k, solver="knn",
                 extra={"k_grid": sorted({int(k) for k in spec.k_grid}), "temperature": 0.07, "similarity": "cosine"},
+                oof_y=oof_y, oof_proba=r.oof_proba,
+                pool_metadata=[data.metadata[i] for i in pool] if spec.subgroups else None,
             )
         )  # fmt: skip
     return outcomes

@@ -31,6 +31,9 @@ class KnnResult:
     n_train: int
     proba: np.ndarray  # (test rows, outputs)
     precision_at_k: np.ndarray  # (test rows,) share of the k neighbours with the query's label
+    # out-of-fold predictions at the chosen k (positions in the training pool): operating points are chosen on them
+    oof_rows: np.ndarray | None = None
+    oof_proba: np.ndarray | None = None
 
 
 def check_k_grid(k_grid: Sequence[int], n_train: int) -> list[int]:
@@ -96,7 +99,12 @@ def fit_knn_protocol(
                 k, scores = usable[0], {}
             proba = knn_proba(Xr, targets, X_test, k, device=device)
             precision = label_precision_at_k(Xr, y[rows], X_test, y_test, k, device=device)
-            out.append(KnnResult(st, g, k, scores, label, len(rows), proba, precision))
+            result = KnnResult(st, g, k, scores, label, len(rows), proba, precision)
+            if splits:  # each validation row scored by its fold's neighbours at the chosen k
+                result.oof_rows = np.concatenate([rows[va] for _, va in splits])
+                result.oof_proba = np.concatenate([knn_proba(Xr[tr], targets[tr], Xr[va], k, device=device)
+                                                   for tr, va in splits])  # fmt: skip
+            out.append(result)
             if on_step is not None:
                 on_step()
     return out

@@ -85,3 +85,12 @@ def test_bad_rules_are_refused(synth_store, capsys) -> None:
     code, _, err = run_cli(capsys, "train", "-t", "severe", "--feature-set", "fs-synth", "--operating-points",
                            "sens=1.5", "-s", synth_store.url)  # fmt: skip
     assert code == 3 and "strictly between 0 and 1" in err
+
+
+def test_knn_results_get_operating_points_from_their_out_of_fold_neighbours(synth_store) -> None:
+    run = medprobe.train(task="severe", feature_set="fs-synth", layers="3", method="knn", k="5,10", cv=3, n_boot=50,
+                         calibrate="temperature", no_progress=True, store=synth_store)  # fmt: skip
+    ops = run.test["operating_points"]["yes"]
+    assert [p["rule"] for p in ops] == ["youden", "sens=0.9", "spec=0.9"]
+    assert all(p["n_oof"] == run.outcomes[0].n_train for p in ops)  # every training row once, out of fold
+    assert run.test["calibrated"]["temperature"] > 0
