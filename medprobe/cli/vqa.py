@@ -83,6 +83,10 @@ def run(
     reasoning: Annotated[
         bool, typer.Option("--reasoning", help="generate: reason step by step, then answer in <answer> tags.")
     ] = False,
+    by: Annotated[
+        list[str] | None,
+        typer.Option("--by", help="Category columns to break accuracy down by, e.g. question_type,image_organ."),
+    ] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N items.")] = None,
     save_activations: Annotated[
         bool,
@@ -102,7 +106,8 @@ def run(
     output.check()
     result = wf.run(
         items=items, model=model, mode=mode, shots=shots, fixed_shots=fixed_shots, circular=circular, split=split,
-        shots_seed=shots_seed, boot_seed=boot_seed, max_new_tokens=max_new_tokens, reasoning=reasoning, limit=limit,
+        shots_seed=shots_seed, boot_seed=boot_seed, max_new_tokens=max_new_tokens, reasoning=reasoning, by=by,
+        limit=limit,
         save_activations=save_activations, n_boot=n_boot, device=device, dtype=dtype,
         trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
         no_progress=output.quiet, store=output.store,
@@ -125,6 +130,9 @@ def run(
         if cal:
             table.add_row("Brier / ECE", f"{cal['brier']:.3f} / {cal['ece']:.3f}")
         table.add_row("letters predicted / gold", f"{doc['letters']['predicted']} / {doc['letters']['gold']}")
+        for column, values in (doc.get("by") or {}).items():
+            for value, entry in values.items():
+                table.add_row(f"{column} = {value} (n={entry.get('n')})", _fmt(entry))
         console.print(table)
         if doc.get("activations"):
             a = doc["activations"]

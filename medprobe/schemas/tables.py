@@ -467,6 +467,9 @@ class VqaItemRow(Row):
     source_path: str | None = None
     ingested_at: dt.datetime = Field(default_factory=utcnow)
     retired: bool = False  # format 5: a re-ingest found the item no longer in the source; history kept
+    # format 5: every category column the source gives the item, as a JSON object (VQA-RAD: question_type,
+    # image_organ); `vqa run --by` breaks accuracy down by them
+    categories: str | None = None
 
 
 VQA_ITEMS = pa.schema(
@@ -484,6 +487,7 @@ VQA_ITEMS = pa.schema(
         ("source_path", pa.string()),
         ("ingested_at", TS),
         ("retired", pa.bool_()),  # absent from format-3/4 fragments: read as false
+        ("categories", pa.string()),  # absent from format-3/4 fragments: NULL
     ]
 )
 

@@ -44,7 +44,7 @@ class VqaIngestSummary:
 
 
 def _same(row: VqaItemRow, old: dict) -> bool:
-    keys = ("image_hashes", "question", "context", "options", "answer", "group_id", "category", "split")
+    keys = ("image_hashes", "question", "context", "options", "answer", "group_id", "category", "split", "categories")
     return all(getattr(row, k) == old.get(k) for k in keys)
 
 
@@ -101,6 +101,7 @@ def ingest_items(store: FeatureStore, source: str | Path, name: str, layout: str
             item_set=name, item_id=it.item_id, image_hashes=[h for h in hs if h], question=it.question,
             context=it.context, options=json.dumps(it.options), answer=it.answer, group_id=it.group_id,
             category=it.category, split=it.split, source_path=it.source_path,
+            categories=json.dumps(it.categories, sort_keys=True) if it.categories else None,
         )  # fmt: skip
         summary.by_split[it.split] = summary.by_split.get(it.split, 0) + 1
         current.add(it.item_id)

@@ -7,7 +7,8 @@ writes ``vqa_items``. Layouts:
   file, a JSON list of paths, or base64 image bytes as the common evaluation TSVs embed them), ``question``,
   optional ``context`` (or ``hint``), the options as ``options`` (a JSON
   object ``{"A": ...}``) or as columns ``A``..``J`` (the common evaluation TSVs), ``answer`` (a letter, or the text of
-  one option), optional ``group_id``, ``category``, ``split`` (default test).
+  one option), optional ``group_id``, ``category``, ``categories`` (an object of category columns, e.g.
+  ``{"question_type": "PRES", "organ": "CHEST"}``), ``split`` (default test).
 * ``vqa-rad``: the folder holding ``VQA_RAD Dataset Public.json`` and ``VQA_RAD Image Folder/``. Closed questions
   become two-option items: yes/no (A yes, B no), or the two alternatives an "X or Y" question names, in the
   question's order. Closed questions with more alternatives, or whose answer is neither alternative, are skipped and
@@ -35,6 +36,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".we
 VQA_RAD_JSON = "VQA_RAD Dataset Public.json"
 VQA_RAD_IMAGES = "VQA_RAD Image Folder"
 LAYOUTS = ("table", "vqa-rad", "nejm")
+VQA_RAD_CATEGORIES = ("question_type", "image_organ")
 
 
 @dataclass
@@ -51,6 +53,7 @@ class SourceItem:
     category: str | None = None
     split: str = "test"
     source_path: str | None = None
+    categories: dict[str, str] = field(default_factory=dict)  # every category column the source gives
 
 
 @dataclass
@@ -177,6 +180,22 @@ def _json_rows(path: Path, text: str, *, whole: bool) -> list[Any]:
     return rows
 
 
+def _categories_of(row: dict, where: str) -> dict[str, str]:
+    """The ``category`` cell and a ``categories`` object (JSON in a CSV cell) as ``{column: value}``."""
+    out = {} if row.get("category") in (None, "") else {"category": str(row["category"]).strip()}
+    raw = row.get("categories")
+    if raw in (None, ""):
+        return out
+    try:
+        extra = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        extra = None
+    if not isinstance(extra, dict):
+        raise InvalidInputError(f"{where}: 'categories' must be an object of column -> value, e.g. "
+                                '{"question_type": "PRES", "organ": "CHEST"}')  # fmt: skip
+    return {**out, **{str(k): str(v).strip() for k, v in extra.items() if str(v).strip()}}
+
+
 def _read_table(path: Path) -> Iterator[SourceItem]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
@@ -213,7 +232,7 @@ def _read_table(path: Path) -> Iterator[SourceItem]:
             context=None if context in (None, "") or str(context) == "nan" else str(context),
             group_id=None if row.get("group_id") in (None, "") else str(row["group_id"]),
             category=None if row.get("category") in (None, "") else str(row["category"]), split=split,
-            source_path=f"{path.name}:{i}",
+            source_path=f"{path.name}:{i}", categories=_categories_of(row, where),
         )  # fmt: skip
 
 
@@ -279,6 +298,7 @@ def _read_vqa_rad(source: Path, report: ReadReport) -> Iterator[SourceItem]:
             item_id=str(r["qid"]), images=[images / str(r["image_name"])], question=question, options=options,
             answer=gold, group_id=str(r["image_name"]), category=str(r.get("question_type", "")).strip() or None,
             split="test" if phrase.startswith("test") else "train", source_path=f"{VQA_RAD_JSON}:qid={r['qid']}",
+            categories={k: str(r[k]).strip() for k in VQA_RAD_CATEGORIES if str(r.get(k) or "").strip()},
         )  # fmt: skip
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from medprobe.errors import InvalidInputError
 from medprobe.vqa.prompting import LETTERS
 
 N_BOOT = 1000
@@ -63,7 +65,38 @@ def calibration(probs: Sequence[np.ndarray], gold: Sequence[int], bins: int = 10
     return {"brier": brier, "ece": float(ece), "bins": bins}
 
 
-def vqa_metrics(rows: Sequence[dict], items: dict, *, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+def check_by(items: Sequence[Any], by: Sequence[str] | None) -> list[str]:
+    """The category columns to break down by: ``by``, each one the items carry (refused naming those they do), or
+    every column they carry."""
+    present = sorted({c for it in items for c, _ in it.categories})
+    unknown = [c for c in by or () if c not in present]
+    if unknown:
+        raise InvalidInputError(f"--by {','.join(unknown)}: the items carry no such category column; they carry: "
+                                f"{', '.join(present) or 'none'}")  # fmt: skip
+    return list(by) if by else present
+
+
+def breakdowns(plain: Sequence[dict], items: dict, group: Sequence[str], by: Sequence[str] | None, *,
+               n_boot: int, seed: int) -> dict[str, dict[str, dict]]:
+    """Accuracy per value of each category column (``by``; default every column the items carry), each with a
+    bootstrap CI that resamples patient/image groups; items without a value for a column are left out of it."""
+    columns = check_by([items[r["item_id"]] for r in plain], by)
+    out: dict[str, dict[str, dict]] = {}
+    for column in columns:
+        values: dict[str, list[int]] = {}
+        for i, r in enumerate(plain):
+            value = dict(items[r["item_id"]].categories).get(column)
+            if value is not None:
+                values.setdefault(value, []).append(i)
+        out[column] = {}
+        for v, idx in sorted(values.items()):
+            correct = np.array([plain[i]["correct"] for i in idx])
+            out[column][v] = clustered_accuracy(correct, [group[i] for i in idx], n_boot=n_boot, seed=seed)
+    return out
+
+
+def vqa_metrics(rows: Sequence[dict], items: dict, *, n_boot: int = N_BOOT, seed: int = 0,
+                by: Sequence[str] | None = None) -> dict:  # fmt: skip
     """Every metric of one run from its ``vqa_predictions`` rows and the items (by id)."""
     plain = [r for r in rows if r["rotation"] == 0]
     group = [items[r["item_id"]].group_id or f"item:{r['item_id']}" for r in plain]
@@ -77,6 +110,7 @@ def vqa_metrics(rows: Sequence[dict], items: dict, *, n_boot: int = N_BOOT, seed
                               seed=seed)
         for c, idx in sorted(cats.items())
     }  # fmt: skip
+    out["by"] = breakdowns(plain, items, group, by, n_boot=n_boot, seed=seed)
     out["chance"] = float(np.mean([1.0 / items[r["item_id"]].n_options for r in plain])) if plain else None
     gold_shown = [LETTERS[r["option_order"].index(items[r["item_id"]].answer)] for r in rows]
     gold_plain = [LETTERS[r["option_order"].index(items[r["item_id"]].answer)] for r in plain]

@@ -40,6 +40,7 @@ class Item:
     group_id: str | None = None
     category: str | None = None
     split: str = "test"
+    categories: tuple[tuple[str, str], ...] = ()  # (column, value) of every category column the source gave
 
     @classmethod
     def from_row(cls, row: dict) -> Item:
@@ -48,6 +49,7 @@ class Item:
             item_id=row["item_id"], image_hashes=tuple(row["image_hashes"]), question=row["question"],
             options=tuple((k, v) for k, v in opts.items()), answer=row["answer"], context=row.get("context"),
             group_id=row.get("group_id"), category=row.get("category"), split=row.get("split") or "test",
+            categories=tuple(sorted(json.loads(row.get("categories") or "{}").items())),
         )  # fmt: skip
 
     @property

@@ -17,7 +17,7 @@ from medprobe.errors import CorruptDataError, InvalidInputError, NotFoundError
 from medprobe.featurestore import stable_hash, start_run
 from medprobe.progress import progress_bar
 from medprobe.schemas.tables import VqaPredictionRow
-from medprobe.vqa.metrics import vqa_metrics
+from medprobe.vqa.metrics import check_by, vqa_metrics
 from medprobe.vqa.parse import parse_answer
 from medprobe.vqa.prompting import (
     LETTERS,
@@ -54,6 +54,7 @@ class VqaRunSpec:
     boot_seed: int = 0  # the bootstrap replicates
     max_new_tokens: int | None = None  # generate: the token cap (default 8, or REASONING_TOKENS with reasoning)
     reasoning: bool = False  # generate: ask for reasoning before the answer (REASONING_INSTRUCTION), parse after it
+    by: tuple[str, ...] = ()  # category columns to break accuracy down by (default: every one the items carry)
     n_boot: int = 1000
     device: str | None = None
     dtype: str | None = None
@@ -110,6 +111,7 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
     if not todo_items:
         splits = sorted({i.split for i in items})
         raise InvalidInputError(f"item set {spec.item_set!r} has no {spec.split!r} items; its splits: {splits}")
+    check_by(todo_items, spec.by)  # before the model loads
     store.check_writable()
     options = ExtractOptions.model_validate({"dataset": spec.item_set, "model": spec.model, "device": spec.device,
                                              "dtype": spec.dtype})  # fmt: skip
@@ -156,7 +158,7 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
         by_id = {i.item_id: i for i in items}
         wanted = {i.item_id for i in todo_items}
         metrics = vqa_metrics([r for r in rows if r["item_id"] in wanted], by_id, n_boot=spec.n_boot,
-                              seed=spec.boot_seed)
+                              seed=spec.boot_seed, by=spec.by)  # fmt: skip
         run.summary.update({"n_items": metrics["n_items"], "accuracy": metrics["accuracy"]["value"],
                             "scored_now": len(work), "exemplar_ids": json.dumps(exemplar_ids)[:100_000]})  # fmt: skip
     return {"run_id": run_id, "item_set": spec.item_set, "model": spec.model, "mode": spec.mode, "split": spec.split,

@@ -83,7 +83,7 @@ class VqaRunResult(Result):
 def run(
     *, items: str, model: str, mode: str | VqaMode = VqaMode.loglik, shots: int = 0, fixed_shots: ListArg = None,
     circular: bool = False, split: str | Split = Split.test, shots_seed: int = 0, boot_seed: int = 0,
-    max_new_tokens: int | None = None, reasoning: bool = False, limit: int | None = None,
+    max_new_tokens: int | None = None, reasoning: bool = False, by: ListArg = None, limit: int | None = None,
     save_activations: bool = False, n_boot: int = N_BOOT,
     device: str | None = None, dtype: str | ComputeDType | None = None, trust_remote_code: bool = False,
     allow_pickle: bool = False, no_progress: bool = False, store: StoreArg = None,
@@ -100,6 +100,8 @@ def run(
         shots: few-shot exemplars drawn from the train split (``shots_seed``), never sharing the question's image;
             fixed_shots: these item ids as exemplars instead.
         circular: score every rotation of the options; split: the items scored; limit: only the first N.
+        by: category columns to break accuracy down by, each value with a group-bootstrap CI (VQA-RAD:
+            ``question_type``, ``image_organ``; default: every column the items carry); the result's ``by``.
         save_activations: also store every layer's answer-position state of every item as a feature set.
         n_boot, boot_seed: bootstrap replicates of the CIs and their seed.
         device, dtype, trust_remote_code, allow_pickle: how the model loads and runs.
@@ -111,7 +113,8 @@ def run(
     spec = VqaRunSpec(
         item_set=items, model=model, mode=choice(VqaMode, mode, "--mode").value, shots=shots,
         fixed_shots=tuple(split_list(fixed_shots)), circular=circular, split=choice(Split, split, "--split").value,
-        seed=shots_seed, boot_seed=boot_seed, max_new_tokens=max_new_tokens, reasoning=reasoning, n_boot=n_boot,
+        seed=shots_seed, boot_seed=boot_seed, max_new_tokens=max_new_tokens, reasoning=reasoning,
+        by=tuple(split_list(by)), n_boot=n_boot,
         device=device,
         dtype=None if compute is None else compute.value, trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle, limit=limit, save_activations=save_activations,

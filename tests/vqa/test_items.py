@@ -119,6 +119,9 @@ def test_vqa_rad_closed_test_questions(store: FeatureStore, shared_dir: Path) ->
     assert all(len(json.loads(r["options"])) == 2 for r in items)
     yes_no = [r for r in items if json.loads(r["options"]) == {"A": "yes", "B": "no"}]
     assert len(yes_no) == 251
+    # the question type and the organ come along as category columns (vqa run --by)
+    organs = {json.loads(r["categories"])["image_organ"] for r in items}
+    assert organs == {"HEAD", "CHEST", "ABD"} and all("question_type" in json.loads(r["categories"]) for r in items)
     # the published JSON file itself (not its folder) reads the same items, with or without --layout
     for layout in ("vqa-rad", None):
         again = ingest_items(store, source / "VQA_RAD Dataset Public.json", "vqa-rad", layout)

@@ -72,3 +72,32 @@ def test_a_reasoning_run_asks_for_it_and_is_its_own_run(store: FeatureStore, tmp
                                                  "option_text", "unparsed"}  # fmt: skip
     with pytest.raises(InvalidInputError, match="--reasoning needs --mode generate"):
         medprobe.vqa.run(items="toy", model="tiny-random/llava", reasoning=True, store=store)
+
+
+def test_accuracy_breaks_down_by_every_category_column_with_group_cis(store: FeatureStore, tmp_path: Path) -> None:
+    from medprobe.vqa.metrics import clustered_accuracy
+
+    rows = []
+    for i in range(8):
+        path = tmp_path / "img" / f"{i % 4}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((32, 32, 3), 50 * (i % 4), dtype=np.uint8)).save(path)
+        rows.append({"id": f"q{i}", "image": f"img/{i % 4}.png", "question": f"Question {i}?",
+                     "options": {"A": "yes", "B": "no"}, "answer": "AB"[i % 2], "group_id": f"img{i % 4}",
+                     "categories": {"organ": ["CHEST", "HEAD"][i % 2], "question_type": "PRES"}})  # fmt: skip
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    medprobe.vqa.ingest(source=str(tmp_path / "items.jsonl"), name="cats", store=store)
+    run = medprobe.vqa.run(items="cats", model="tiny-random/llava", n_boot=200, no_progress=True, store=store)
+    by = run.document["by"]
+    assert set(by) == {"organ", "question_type"} and set(by["organ"]) == {"CHEST", "HEAD"}
+    preds = {r["item_id"]: r["correct"] for r in store.sql(
+        "SELECT item_id, correct FROM vqa_predictions WHERE run_id = ?", [run.run_id]).to_pylist()}  # fmt: skip
+    chest = [f"q{i}" for i in range(0, 8, 2)]
+    expected = clustered_accuracy(np.array([preds[q] for q in chest]), [f"img{int(q[1:]) % 4}" for q in chest],
+                                  n_boot=200, seed=0)  # fmt: skip
+    assert by["organ"]["CHEST"] == expected  # the same group bootstrap over the same items
+    only = medprobe.vqa.run(items="cats", model="tiny-random/llava", n_boot=50, by="organ", no_progress=True,
+                            store=store)  # fmt: skip
+    assert set(only.document["by"]) == {"organ"}
+    with pytest.raises(InvalidInputError, match=r"--by site: .* they carry: organ, question_type"):
+        medprobe.vqa.run(items="cats", model="tiny-random/llava", by="site", no_progress=True, store=store)
