@@ -162,13 +162,17 @@ def compare(
         table = Table(title=f"vqa compare {run_a} - {run_b} ({doc['n_items']} items, {doc['n_groups']} groups)")
         for col in ("A", "B", "A-B [95% CI]", "p bootstrap", "only A right", "only B right", "p McNemar"):
             table.add_column(col)
-        table.add_row(f"{doc['accuracy_a']:.3f}", f"{doc['accuracy_b']:.3f}",
-                      f"{doc['diff']:+.3f} [{doc['ci_low']:+.3f}, {doc['ci_high']:+.3f}]",
-                      f"{doc['p_bootstrap']:.3g}", str(doc["only_a_right"]), str(doc["only_b_right"]),
-                      f"{doc['p_mcnemar']:.3g}")  # fmt: skip
+        table.add_column("items")
+        by = doc.get("by", {})
+        rows = [("all", doc)] + [(f"{c} = {v}", e) for c, values in by.items() for v, e in values.items()]
+        for name, e in rows:
+            table.add_row(f"{e['accuracy_a']:.3f}", f"{e['accuracy_b']:.3f}",
+                          f"{e['diff']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]",
+                          f"{e['p_bootstrap']:.3g}", str(e["only_a_right"]), str(e["only_b_right"]),
+                          f"{e['p_mcnemar']:.3g}", f"{name} ({e['n_items']})")  # fmt: skip
         console.print(table)
 
-    output.emit(rows=[doc], document=doc, show=show)
+    output.emit(rows=result.to_arrow(), document=doc, show=show)
 
 
 def report(

@@ -41,13 +41,17 @@ def _cell(e: dict | None) -> str:
     return f"{e['value']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
 
 
-def _plot_categories(runs: list[tuple[str, dict, dict]], out: Path) -> Path:
-    cats = sorted({c for _, m, _ in runs for c in m["per_category"]})
+def _plot_categories(runs: list[tuple[str, dict, dict]], out: Path, column: str | None = None) -> Path:
+    """Accuracy bars with CIs per category (``column``: a category column of ``by``; None: the items' category)."""
+    def per(m: dict) -> dict:
+        return m["per_category"] if column is None else m.get("by", {}).get(column, {})
+
+    cats = sorted({c for _, m, _ in runs for c in per(m)})
     fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.35 * len(cats) * len(runs) + 2)), 4.8))
     width = 0.8 / len(runs)
 
     def values(m: dict, key: str) -> np.ndarray:
-        got = [(m["per_category"].get(c) or {}).get(key) for c in cats]
+        got = [(per(m).get(c) or {}).get(key) for c in cats]
         return np.array([np.nan if v is None else v for v in got], dtype=float)  # 0.0 stays 0.0
 
     for k, (run_id, m, p) in enumerate(runs):
@@ -58,19 +62,24 @@ def _plot_categories(runs: list[tuple[str, dict, dict]], out: Path) -> Path:
     if runs and runs[0][1].get("chance") is not None:
         ax.axhline(runs[0][1]["chance"], ls="--", color="grey", lw=1, label="chance")
     ax.set_xticks(np.arange(len(cats)))
-    n_items = [max((m["per_category"].get(c) or {}).get("n", 0) for _, m, _ in runs) for c in cats]
+    n_items = [max((per(m).get(c) or {}).get("n", 0) for _, m, _ in runs) for c in cats]
     ax.set_xticklabels([f"{c} ({n})" for c, n in zip(cats, n_items, strict=True)], rotation=35, ha="right",
                        fontsize=8)  # fmt: skip
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy (95% CI, clustered by group)")
-    ax.set_title("Accuracy per category")
+    ax.set_title("Accuracy per category" if column is None else f"Accuracy per {column}")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path = out / "vqa_categories.png"
+    path = out / ("vqa_categories.png" if column is None else f"vqa_by_{_safe(column)}.png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _safe(name: str) -> str:
+    """A category column as part of a file name."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
 
 
 def _plot_letters(runs: list[tuple[str, dict, dict]], out: Path) -> Path:
@@ -135,6 +144,7 @@ def write_vqa_report(store: FeatureStore, run_ids: list[str], out_dir: str, *, n
         if "calibration" in metrics:
             prob_runs.append((run_id, rows, items, params))
     images = [_plot_categories(runs, out), _plot_letters(runs, out)]
+    images += [_plot_categories(runs, out, column) for column in sorted({c for _, m, _ in runs for c in m["by"]})]
     rel = _plot_reliability(prob_runs, out)
     if rel is not None:
         images.append(rel)

@@ -143,13 +143,21 @@ class VqaCompareResult(Result):
     only_b_right: int
     p_mcnemar: float
     n_boot: int
+    by: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # column -> value -> the same, paired
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The overall comparison, then one row per category value (``column``, ``value``)."""
+        doc = self.to_dict()
+        overall = {k: v for k, v in doc.items() if k != "by"}
+        return [overall] + [{"run_a": self.run_a, "run_b": self.run_b, "column": column, "value": value, **entry}
+                            for column, values in self.by.items() for value, entry in values.items()]  # fmt: skip
 
 
 def compare(*, run_a: str, run_b: str, n_boot: int = N_BOOT, boot_seed: int = 0,
             store: StoreArg = None) -> VqaCompareResult:  # fmt: skip
     """Accuracy of run ``run_a`` minus run ``run_b`` (the reference) on the items both answered: a paired,
-    group-clustered bootstrap CI (``n_boot`` replicates, ``boot_seed``) and McNemar's test; ``store``: a store URL
-    or an open ``FeatureStore``."""
+    group-clustered bootstrap CI (``n_boot`` replicates, ``boot_seed``) and McNemar's test, overall and per value of
+    every category column the items carry (``by``); ``store``: a store URL or an open ``FeatureStore``."""
     from medprobe.vqa.paired import compare_runs
 
     return VqaCompareResult(**compare_runs(open_store(store), run_a, run_b, n_boot=n_boot, seed=boot_seed))

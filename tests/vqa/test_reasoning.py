@@ -101,3 +101,16 @@ def test_accuracy_breaks_down_by_every_category_column_with_group_cis(store: Fea
     assert set(only.document["by"]) == {"organ"}
     with pytest.raises(InvalidInputError, match=r"--by site: .* they carry: organ, question_type"):
         medprobe.vqa.run(items="cats", model="tiny-random/llava", by="site", no_progress=True, store=store)
+    # two runs compared per category value: the paired difference on exactly that value's items
+    letter = medprobe.vqa.run(items="cats", model="tiny-random/llava", mode="letter", n_boot=50, no_progress=True,
+                              store=store)  # fmt: skip
+    cmp = medprobe.vqa.compare(run_a=letter.run_id, run_b=run.run_id, n_boot=200, store=store)
+    chest = cmp.by["organ"]["CHEST"]
+    a = {r["item_id"]: r["correct"] for r in store.sql(
+        "SELECT item_id, correct FROM vqa_predictions WHERE run_id = ?", [letter.run_id]).to_pylist()}  # fmt: skip
+    ids = [f"q{i}" for i in range(0, 8, 2)]
+    assert chest["n_items"] == 4 and chest["diff"] == pytest.approx(np.mean([a[q] for q in ids]) -
+                                                                     np.mean([preds[q] for q in ids]))  # fmt: skip
+    assert {r.get("column") for r in cmp.rows()} == {None, "organ", "question_type"}
+    report = medprobe.vqa.report(run_ids=[run.run_id, letter.run_id], out=str(tmp_path / "rep"), store=store)
+    assert {Path(p).name for p in report.paths} >= {"vqa_by_organ.png", "vqa_by_question_type.png"}
