@@ -231,13 +231,19 @@ def metadata_value(raw: Any) -> int | float | str | None:
     text = repr(raw) if isinstance(raw, int | float) else str(raw).strip()
     if not text or text.lower() in ("nan", "none", "null"):
         return None
+    value = _finite_number(text)
+    if value is None:
+        return text
+    return int(value) if value.is_integer() else value
+
+
+def _finite_number(text: str) -> float | None:
+    """The value of a cell that is a finite number (``1``, ``1.0``, ``01``, ``1e3``), else None."""
     try:
         value = float(text)
     except ValueError:
-        return text
-    if not math.isfinite(value):
-        return text
-    return int(value) if value.is_integer() else value
+        return None
+    return value if math.isfinite(value) else None
 
 
 def row_metadata(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
@@ -252,11 +258,8 @@ def canonical_label(raw: str) -> str | None:
     text = raw.strip()
     if not text or text.lower() == "nan":
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    if not math.isfinite(value):
+    value = _finite_number(text)
+    if value is None:
         return text
     return str(int(value)) if value.is_integer() else repr(value)
 

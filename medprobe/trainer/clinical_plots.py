@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from medprobe.trainer.calibration import ECE_BINS, confidence_and_outcome, equal_mass_bins
+from medprobe.trainer.clinical_tables import ci_cell
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -64,8 +65,8 @@ def plot_reliability(store: FeatureStore, best: dict[str, Any], title: str, out:
     ax.set_ylabel("observed frequency")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_title(f"{title}\nBrier {_fmt(metrics.get('brier'))}, ECE ({metrics.get('ece_bins', ECE_BINS)} bins) "
-                 f"{_fmt(metrics.get('ece'))}", fontsize=9)  # fmt: skip
+    ax.set_title(f"{title}\nBrier {ci_cell(metrics.get('brier'))}, ECE ({metrics.get('ece_bins', ECE_BINS)} bins) "
+                 f"{ci_cell(metrics.get('ece'))}", fontsize=9)  # fmt: skip
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -98,7 +99,7 @@ def plot_subgroups(best: dict[str, Any], title: str, out: Path, stem: str) -> Pa
         ax.legend(fontsize=7, loc="lower right")
     ax.set_yticks(pos, labels, fontsize=8)
     ax.set_xlabel("macro AUC (95% bootstrap CI)")
-    gaps = [f"{b['column']}: gap {_fmt(b['largest_gap'])}" for b in blocks if b.get("largest_gap")]
+    gaps = [f"{b['column']}: gap {ci_cell(b['largest_gap'])}" for b in blocks if b.get("largest_gap")]
     ax.set_title(f"{title}\n" + "; ".join(gaps), fontsize=9)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
@@ -106,11 +107,3 @@ def plot_subgroups(best: dict[str, Any], title: str, out: Path, stem: str) -> Pa
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def _fmt(entry: dict[str, Any] | None) -> str:
-    if not entry or entry.get("value") is None:
-        return "-"
-    if entry.get("ci_low") is None:
-        return f"{entry['value']:.3f}"
-    return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def _cell(entry: dict[str, Any] | None) -> str:
+def ci_cell(entry: dict[str, Any] | None) -> str:
+    """A metric entry as ``value [low, high]`` with three decimals (``-`` when it has no value)."""
     if not entry or entry.get("value") is None:
         return "-"
     if entry.get("ci_low") is None:
@@ -38,8 +39,8 @@ def clinical_tables(results: Sequence[dict[str, Any]], external: Sequence[dict[s
     if any("brier" in r["m"] for r in best):
         lines += ["", "## Calibration (best layer)", "", "| run | feature set | layer | Brier | ECE | bins |",
                   "|" + "---|" * 6]  # fmt: skip
-        lines += [f"| {r['run_id']} | {names[r['feature_set_id']]} | {r['layer']} | {_cell(r['m'].get('brier'))} "
-                  f"| {_cell(r['m'].get('ece'))} | {r['m'].get('ece_bins', '-')} equal-mass |"
+        lines += [f"| {r['run_id']} | {names[r['feature_set_id']]} | {r['layer']} | {ci_cell(r['m'].get('brier'))} "
+                  f"| {ci_cell(r['m'].get('ece'))} | {r['m'].get('ece_bins', '-')} equal-mass |"
                   for r in best if "brier" in r["m"]]  # fmt: skip
     points = [(r, c, p) for r in best for c, ps in (r["m"].get("operating_points") or {}).items() for p in ps]
     if points:
@@ -48,7 +49,7 @@ def clinical_tables(results: Sequence[dict[str, Any]], external: Sequence[dict[s
                   "|" + "---|" * 10]  # fmt: skip
         for r, c, p in points:
             t = "-" if p["threshold"] is None else f"{p['threshold']:.3f}"
-            rates = " | ".join(_cell(p.get(k)) for k in ("sensitivity", "specificity", "ppv", "npv", "f1"))
+            rates = " | ".join(ci_cell(p.get(k)) for k in ("sensitivity", "specificity", "ppv", "npv", "f1"))
             lines.append(f"| {r['run_id']} | {r['layer']} | {c} | {p['rule']} | {t} | {rates} |")
     blocks = [(r, b) for r in best for b in r["m"].get("subgroups") or []]
     if blocks:
@@ -56,13 +57,13 @@ def clinical_tables(results: Sequence[dict[str, Any]], external: Sequence[dict[s
                   "| run | column | group | n | macro AUC | balanced accuracy |", "|" + "---|" * 6]  # fmt: skip
         for r, b in blocks:
             for g in b["groups"]:
-                auc = g.get("flagged") or _cell(g.get("macro_auc"))
+                auc = g.get("flagged") or ci_cell(g.get("macro_auc"))
                 lines.append(f"| {r['run_id']} | {b['column']} | {g['group']} | {g['n']} | {auc} "
-                             f"| {_cell(g.get('balanced_accuracy'))} |")  # fmt: skip
+                             f"| {ci_cell(g.get('balanced_accuracy'))} |")  # fmt: skip
             if b.get("largest_gap"):
                 gap = b["largest_gap"]
                 lines.append(f"| {r['run_id']} | {b['column']} | largest gap: {' - '.join(gap['between'])} | | "
-                             f"{_cell(gap)} | |")  # fmt: skip
+                             f"{ci_cell(gap)} | |")  # fmt: skip
     if external:
         lines += ["", "## External test sets (the probe fitted on the training dataset, applied unchanged)", "",
                   "| run | feature set | layer | scored on | n | macro AUC | bal. acc | Brier | ECE |",
@@ -70,6 +71,6 @@ def clinical_tables(results: Sequence[dict[str, Any]], external: Sequence[dict[s
         for r in external:
             m = r["m"]
             lines.append(f"| {r['run_id']} | {names[r['feature_set_id']]} | {r['layer']} | {r['dataset']} "
-                         f"| {r['n_test']} | {_cell(m.get('macro_auc'))} | {_cell(m.get('balanced_accuracy'))} "
-                         f"| {_cell(m.get('brier'))} | {_cell(m.get('ece'))} |")  # fmt: skip
+                         f"| {r['n_test']} | {ci_cell(m.get('macro_auc'))} | {ci_cell(m.get('balanced_accuracy'))} "
+                         f"| {ci_cell(m.get('brier'))} | {ci_cell(m.get('ece'))} |")  # fmt: skip
     return lines
