@@ -24,6 +24,14 @@ if TYPE_CHECKING:
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
+def save_png(fig: Any, path: Path) -> Path:
+    """Lay out, write (120 dpi) and close a figure; returns its path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def mark_operating_points(ax: Axes, metrics: dict[str, Any], class_name: str, color: Any) -> None:
     """The test (1 - specificity, sensitivity) of each operating point of ``class_name`` on its ROC curve."""
     for i, point in enumerate((metrics.get("operating_points") or {}).get(class_name, [])):
@@ -69,11 +77,7 @@ def plot_reliability(store: FeatureStore, best: dict[str, Any], title: str, out:
                  f"{ci_cell(metrics.get('ece'))}", fontsize=9)  # fmt: skip
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / f"reliability_{stem}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, out / f"reliability_{stem}.png")
 
 
 def plot_subgroups(best: dict[str, Any], title: str, out: Path, stem: str) -> Path | None:
@@ -102,8 +106,4 @@ def plot_subgroups(best: dict[str, Any], title: str, out: Path, stem: str) -> Pa
     gaps = [f"{b['column']}: gap {ci_cell(b['largest_gap'])}" for b in blocks if b.get("largest_gap")]
     ax.set_title(f"{title}\n" + "; ".join(gaps), fontsize=9)
     ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    path = out / f"subgroups_{stem}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, out / f"subgroups_{stem}.png")

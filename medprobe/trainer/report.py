@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
 from medprobe.errors import NotFoundError
-from medprobe.trainer.clinical_plots import mark_operating_points, plot_reliability, plot_subgroups
+from medprobe.trainer.clinical_plots import mark_operating_points, plot_reliability, plot_subgroups, save_png
 from medprobe.trainer.clinical_tables import clinical_tables
 
 if TYPE_CHECKING:
@@ -180,11 +180,7 @@ def plot_roc(store: FeatureStore, results: list[dict[str, Any]], names: dict[str
         )
         ax.legend(fontsize=7, loc="lower right")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out / f"roc_{run_id}_{fs[:12]}{'' if method == 'probe' else '_' + method}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_png(fig, out / f"roc_{run_id}_{fs[:12]}{'' if method == 'probe' else '_' + method}.png"))
     return paths
 
 

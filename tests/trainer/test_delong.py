@@ -46,16 +46,22 @@ def test_delong_equals_the_papers_formulas(seed: int) -> None:
     assert delong_test(np.zeros(5), a[:5], b[:5]) is None  # one class only: undefined
 
 
-def test_compare_with_delong_adds_per_class_rows(tmp_path, capsys) -> None:
+def _compare_with_delong(tmp_path, capsys, task: str):
+    """Two synthetic feature sets compared with --test delong on ``task``: the store and the JSON output."""
     from medprobe.featurestore import FeatureStore
 
     store = FeatureStore.open(str(tmp_path / "s"))
     fill_store(store)
     fill_store(store, fs_id="fs-other", seed=0, offset=0.5)
-    code, out, err = run_cli(capsys, "compare", "-t", "grade", "--feature-set", "fs-synth,fs-other", "-l", "3,1",
+    code, out, err = run_cli(capsys, "compare", "-t", task, "--feature-set", "fs-synth,fs-other", "-l", "3,1",
                              "--c-grid", "0.1,1", "--cv", "3", "--n-boot", "50", "--test", "delong", "-f", "json",
                              "-s", store.url)  # fmt: skip
     assert code == 0, err
+    return store, out
+
+
+def test_compare_with_delong_adds_per_class_rows(tmp_path, capsys) -> None:
+    store, out = _compare_with_delong(tmp_path, capsys, "grade")
     rows = json.loads(out)["comparisons"]
     per_class = [r for r in rows if r["metric"].startswith("auc:")]
     assert {r["metric"] for r in per_class} == {"auc:none", "auc:mild", "auc:severe"}
@@ -65,15 +71,7 @@ def test_compare_with_delong_adds_per_class_rows(tmp_path, capsys) -> None:
 
 
 def test_a_binary_comparison_puts_delong_on_its_auc_row(tmp_path, capsys) -> None:
-    from medprobe.featurestore import FeatureStore
-
-    store = FeatureStore.open(str(tmp_path / "s"))
-    fill_store(store)
-    fill_store(store, fs_id="fs-other", seed=0, offset=0.5)
-    code, out, err = run_cli(capsys, "compare", "-t", "severe", "--feature-set", "fs-synth,fs-other", "-l", "3,1",
-                             "--c-grid", "0.1,1", "--cv", "3", "--n-boot", "50", "--test", "delong", "-f", "json",
-                             "-s", store.url)  # fmt: skip
-    assert code == 0, err
+    store, out = _compare_with_delong(tmp_path, capsys, "severe")
     doc = json.loads(out)
     (auc,) = [r for r in doc["comparisons"] if r["metric"] == "macro_auc"]
     a, b = (store.sql("SELECT image_hash, y_true, probabilities FROM predictions WHERE probe_id = ? ORDER BY "
