@@ -75,6 +75,8 @@ class Adapter(ABC):
     reuses_prompt_cache: ClassVar[bool] = False
     #: with ``option_scoring``: the token type of answer text after the prompt (PaliGemma marks its suffix 1)
     answer_token_type: ClassVar[int] = 0
+    #: with ``option_scoring``: takes several images in one prompt (multi-image items, exemplars with images)
+    several_images: ClassVar[bool] = False
     identity: ModelIdentity
     device: torch.device
     preprocessor: Preprocessor

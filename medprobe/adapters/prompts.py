@@ -49,6 +49,14 @@ def chat_messages(prompt: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
 
 
+def interleaved_messages(segments: list[tuple[int, str]]) -> list[dict[str, Any]]:
+    """One user turn of segments, each its images (a count) then its text."""
+    content: list[dict[str, Any]] = []
+    for n_images, text in segments:
+        content += [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
+    return [{"role": "user", "content": content}]
+
+
 def apply_chat_template(processor: Any, prompt: str) -> str | None:
     """The processor's chat template rendered for one image + ``prompt`` with the generation prompt
     appended, or None when the processor has no template."""

@@ -18,7 +18,7 @@ from medprobe.cli.options import (
     TrustRemoteCodeOpt,
     with_group,
 )
-from medprobe.schemas.vocab import ComputeDType, Split, VqaLayout, VqaMode
+from medprobe.schemas.vocab import ComputeDType, Split, VqaAnswerType, VqaLayout, VqaMode
 from medprobe.workflows import vqa as wf
 from medprobe.workflows.common import N_BOOT
 
@@ -34,7 +34,11 @@ def _fmt(entry: dict | None) -> str:
 @with_group(Output, "output")
 def ingest(
     output: Output,
-    source: Annotated[str, typer.Argument(help="Items file (.jsonl/.csv/.tsv), VQA-RAD folder or NEJM folder.")],
+    source: Annotated[
+        str,
+        typer.Argument(help="Items file (.jsonl/.csv/.tsv), NEJM folder, or a VQA-RAD, SLAKE, PathVQA, OmniMedVQA "
+                       "folder, PMC-VQA CSV or VQA-Med qa_pairs .txt (or folder)."),
+    ],
     name: Annotated[str, typer.Option("--name", help="Name of the item set in the store.")],
     layout: Annotated[
         VqaLayout | None, typer.Option("--layout", help="The source's layout (default: detected).")
@@ -73,12 +77,16 @@ def run(
     fixed_shots: Annotated[
         list[str] | None, typer.Option("--fixed-shots", help="These item ids as exemplars (the study's setup).")
     ] = None,
+    shots_with_images: Annotated[
+        bool, typer.Option("--shots-with-images", help="Show each exemplar with its images (multi-image models).")
+    ] = False,
     circular: Annotated[bool, typer.Option("--circular", help="Score every rotation of the options.")] = False,
     split: Annotated[Split, typer.Option("--split", help="The items scored.")] = Split.test,
     shots_seed: Annotated[int, typer.Option("--shots-seed", help="Seed of the few-shot exemplar draw.")] = 0,
     boot_seed: Annotated[int, typer.Option("--boot-seed", help="Seed of the bootstrap replicates.")] = 0,
     max_new_tokens: Annotated[
-        int | None, typer.Option("--max-new-tokens", min=1, help="generate: token cap (8; 512 with --reasoning).")
+        int | None,
+        typer.Option("--max-new-tokens", min=1, help="generate: token cap (8; open items 32; 512 with --reasoning)."),
     ] = None,
     reasoning: Annotated[
         bool, typer.Option("--reasoning", help="generate: reason step by step, then answer in <answer> tags.")
@@ -88,6 +96,10 @@ def run(
         typer.Option("--by", help="Category columns to break accuracy down by, e.g. question_type,image_organ."),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N items.")] = None,
+    answer_type: Annotated[
+        VqaAnswerType,
+        typer.Option("--answer-type", help="Score all items, multiple choice only (closed) or open-ended only."),
+    ] = VqaAnswerType.all,
     save_activations: Annotated[
         bool,
         typer.Option(
@@ -107,7 +119,7 @@ def run(
     result = wf.run(
         items=items, model=model, mode=mode, shots=shots, fixed_shots=fixed_shots, circular=circular, split=split,
         shots_seed=shots_seed, boot_seed=boot_seed, max_new_tokens=max_new_tokens, reasoning=reasoning, by=by,
-        limit=limit,
+        limit=limit, answer_type=answer_type, shots_with_images=shots_with_images,
         save_activations=save_activations, n_boot=n_boot, device=device, dtype=dtype,
         trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
         no_progress=output.quiet, store=output.store,
@@ -118,21 +130,32 @@ def run(
         table = Table(title=f"vqa {items} · {model} · {mode.value}  run {doc['run_id']}")
         for col in ("metric", "value [95% CI, clustered by group]"):
             table.add_column(col)
-        table.add_row("accuracy", _fmt(doc["accuracy"]))
+        table.add_row("accuracy (multiple choice right, open exact match)" if "open" in doc else "accuracy",
+                      _fmt(doc["accuracy"]))  # fmt: skip
+        if "closed" in doc:
+            table.add_row(f"multiple choice accuracy (n={doc['closed']['n_items']})", _fmt(doc["closed"]["accuracy"]))
+        for key, entry in _open_rows(doc.get("open") or {}):
+            table.add_row(key, entry)
         for key in ("circular_accuracy", "mean_over_rotations"):
             if key in doc:
                 table.add_row(key.replace("_", " "), _fmt(doc[key]))
-        table.add_row("chance", f"{doc['chance']:.3f}")
+        if doc["chance"] is not None:
+            table.add_row("chance", f"{doc['chance']:.3f}")
         if "majority" in doc:
             table.add_row(f"majority (always {doc['majority']['letter']})", f"{doc['majority']['accuracy']:.3f}")
         table.add_row("parse failures", f"{doc['parse_failure_rate']:.1%}")
         cal: dict[str, Any] = doc.get("calibration") or {}
         if cal:
             table.add_row("Brier / ECE", f"{cal['brier']:.3f} / {cal['ece']:.3f}")
-        table.add_row("letters predicted / gold", f"{doc['letters']['predicted']} / {doc['letters']['gold']}")
+        if doc["letters"]["gold"]:
+            table.add_row("letters predicted / gold", f"{doc['letters']['predicted']} / {doc['letters']['gold']}")
         for column, values in (doc.get("by") or {}).items():
             for value, entry in values.items():
-                table.add_row(f"{column} = {value} (n={entry.get('n')})", _fmt(entry))
+                extra = ""
+                if "open" in entry:
+                    extra = (f"  closed {_fmt(entry['closed'])} (n={entry['closed']['n']})  open token recall "
+                             f"{_fmt(entry['open'].get('token_recall'))} (n={entry['open']['n_items']})")  # fmt: skip
+                table.add_row(f"{column} = {value} (n={entry.get('n')})", _fmt(entry) + extra)
         console.print(table)
         if doc.get("activations"):
             a = doc["activations"]
@@ -143,6 +166,18 @@ def run(
             err_console.print(f"resumed: {doc['already_done']} predictions were already stored", highlight=False)
 
     output.emit(rows=result.rows(), document=doc, show=show)
+
+
+def _open_rows(metrics: dict) -> list[tuple[str, str]]:
+    """The open-ended items' lines of the run table."""
+    n = metrics.get("n_items")
+    rows = [(f"open: {key.replace('_', ' ')} (n={n})", _fmt(metrics[key]))
+            for key in ("exact_match", "token_f1", "token_recall", "loglik_per_token") if key in metrics]  # fmt: skip
+    if metrics.get("yes_no_accuracy", {}).get("n"):
+        rows.append((f"open: yes/no accuracy (n={metrics['yes_no_accuracy']['n']})", _fmt(metrics["yes_no_accuracy"])))
+    if "perplexity" in metrics:
+        rows.append(("open: reference perplexity", f"{metrics['perplexity']:.3f}"))
+    return rows
 
 
 @with_group(Output, "output")

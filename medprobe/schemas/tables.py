@@ -452,15 +452,16 @@ TEXT_EMBEDDINGS = pa.schema(
 
 # --------------------------------------------------------------------------- VQA benchmark
 class VqaItemRow(Row):
-    """One multiple-choice question about one or more images (format 3)."""
+    """One question about one or more images (format 3): multiple choice, or open-ended (format 6: ``options`` is
+    ``{}`` and ``answer`` is the reference answer's text)."""
 
     item_set: str  # the name given at `medprobe vqa ingest`
     item_id: str
     image_hashes: list[str]  # sha256 of each image file, in the order the question shows them
     question: str
     context: str | None = None  # a clinical vignette or hint shown before the question
-    options: str  # JSON object {"A": "text", "B": ...} in the source's order
-    answer: str  # the gold letter
+    options: str  # JSON object {"A": "text", "B": ...} in the source's order; {} for an open-ended item
+    answer: str  # the gold letter; an open-ended item's reference answer text
     group_id: str | None = None  # patient or image: few-shot exemplars never share it with the question
     category: str | None = None
     split: str  # train | val | test
@@ -506,9 +507,20 @@ class VqaPredictionRow(Row):
     letter_probs: list[float] | None = None  # mode letter: softmax over the shown option letters
     generation: str | None = None  # mode generate: the decoded new tokens
     predicted: str | None = None  # the chosen source letter (None: unparsed)
-    parser_step: str | None = None  # loglik | letter | bare_letter | answer_is | option_text | unparsed
-    correct: bool
+    parser_step: str | None = None  # loglik | letter | bare_letter | answer_is | option_text | answer_tag |
+    # last_letter | open_text | unparsed
+    # right or wrong: the chosen option is the gold one, or an open item's exact match; None (format 6): an open
+    # item scored by log-likelihood of its reference (no answer to judge)
+    correct: bool | None
     created_at: dt.datetime = Field(default_factory=utcnow)
+    # format 6, open-ended items in generate mode: the answer read from the generation and its scores against the
+    # reference (medprobe.vqa.open_answers); yes_no_correct only for a yes/no reference
+    answer_text: str | None = None
+    exact_match: bool | None = None
+    token_f1: float | None = None
+    token_recall: float | None = None
+    yes_no_correct: bool | None = None
+    reasoning: str | None = None  # format 6, --reasoning: the text before the answer (the model's reasoning)
 
 
 VQA_PREDICTIONS = pa.schema(
@@ -527,6 +539,12 @@ VQA_PREDICTIONS = pa.schema(
         ("parser_step", pa.string()),
         ("correct", pa.bool_()),
         ("created_at", TS),
+        ("answer_text", pa.string()),  # format 6 columns: absent from older fragments, read as NULL
+        ("exact_match", pa.bool_()),
+        ("token_f1", pa.float64()),
+        ("token_recall", pa.float64()),
+        ("yes_no_correct", pa.bool_()),
+        ("reasoning", pa.string()),
     ]
 )
 

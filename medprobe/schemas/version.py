@@ -5,7 +5,7 @@ layout changes in a way an older reader would misread. A reader refuses a store
 whose version is newer than its own.
 """
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 
 # What each version added, and what opening an older store for writing does about it (``FeatureStore``
 # migrates by rewriting the marker: every change so far reads older fragments as they are).
@@ -23,9 +23,15 @@ FORMAT_VERSION = 5
 #      vqa_items gains ``retired`` (absent -> false; latest row wins), and the latest ``images`` row per hash wins
 #      (a moved file is re-pointed). Nothing to rewrite; a format-4 reader would read a moved image's old path and
 #      show retired items.
+#   6: vqa_items may hold open-ended items (``options`` is ``{}`` and ``answer`` the reference text) and items with
+#      several images; vqa_predictions gains the open-answer columns (``answer_text``, ``exact_match``, ``token_f1``,
+#      ``token_recall``, ``yes_no_correct``) and ``reasoning``, and ``correct`` may be NULL (an open item scored by
+#      log-likelihood has no right or wrong). Nothing to rewrite; a format-5 reader would take an open item for a
+#      question without options.
 CHANGES = {
     2: "dataset_images.retired; latest membership row wins; runs.pid",
     3: "probe_results.method and .k (knn, zeroshot rows); text_embeddings, vqa_items, vqa_predictions tables",
     4: "dataset_images.row_kind (image | vqa_item); format-3 VQA item rows migrated",
     5: "dataset_images.source, vqa_items.retired; the latest images row wins (re-ingest retires and re-points)",
+    6: "open-ended vqa_items (options {}); vqa_predictions open-answer metrics, reasoning, nullable correct",
 }

@@ -128,11 +128,24 @@ class SlurmCluster(StrEnum):
 
 
 class VqaLayout(StrEnum):
-    """Where VQA items come from: a JSONL/CSV/TSV table, VQA-RAD as published, or NEJM case folders."""
+    """Where VQA items come from: a JSONL/CSV/TSV table, NEJM case folders, or a published benchmark's files."""
 
     table = "table"
     vqa_rad = "vqa-rad"
     nejm = "nejm"
+    slake = "slake"
+    pathvqa = "pathvqa"
+    pmc_vqa = "pmc-vqa"
+    omnimedvqa = "omnimedvqa"
+    vqa_med = "vqa-med"
+
+
+class VqaAnswerType(StrEnum):
+    """Which items a VQA run scores: all, multiple choice only (closed) or open-ended only (open)."""
+
+    all = "all"
+    closed = "closed"
+    open = "open"
 
 
 class VqaMode(StrEnum):

@@ -1,18 +1,23 @@
-"""Multiple-choice items from their sources: a JSONL/CSV/TSV file, VQA-RAD as published, or the NEJM case layout.
+"""Items from their sources: a JSONL/CSV/TSV file, VQA-RAD as published, or the NEJM case layout (the other
+published layouts are in :mod:`medprobe.vqa.layouts`).
+
+An item is multiple choice (options A, B, ... and a gold letter) or open-ended (no options; the answer is the
+reference text, scored by :mod:`medprobe.vqa.open_answers`).
 
 Every reader yields :class:`SourceItem` (image files still as paths); ``medprobe.vqa.item_ingest`` hashes the images and
 writes ``vqa_items``. Layouts:
 
 * ``table`` (``.jsonl``/``.json``/``.csv``/``.tsv``): columns ``id`` (or ``index``), ``image`` (a path relative to the
   file, a JSON list of paths, or base64 image bytes as the common evaluation TSVs embed them), ``question``,
-  optional ``context`` (or ``hint``), the options as ``options`` (a JSON
-  object ``{"A": ...}``) or as columns ``A``..``J`` (the common evaluation TSVs), ``answer`` (a letter, or the text of
-  one option), optional ``group_id``, ``category``, ``categories`` (an object of category columns, e.g.
-  ``{"question_type": "PRES", "organ": "CHEST"}``), ``split`` (default test).
+  optional ``context`` (or ``hint``), the options as ``options`` (a JSON object ``{"A": ...}``) or as columns
+  ``A``..``J`` (the common evaluation TSVs), ``answer`` (a letter, or the text of one option; without options the
+  item is open-ended and ``answer`` is its reference text), optional ``group_id``, ``category``, ``categories`` (an
+  object of category columns, e.g. ``{"question_type": "PRES", "organ": "CHEST"}``), ``split`` (default test).
 * ``vqa-rad``: the folder holding ``VQA_RAD Dataset Public.json`` and ``VQA_RAD Image Folder/``. Closed questions
   become two-option items: yes/no (A yes, B no), or the two alternatives an "X or Y" question names, in the
-  question's order. Closed questions with more alternatives, or whose answer is neither alternative, are skipped and
-  counted. ``phrase_type`` ``test_*`` is the test split; the image is the group (it recurs across questions).
+  question's order. Open questions, and closed ones with more alternatives or whose answer is neither alternative,
+  are open-ended items. Categories: ``question_type``, ``image_organ`` and the source's ``answer_type``.
+  ``phrase_type`` ``test_*`` is the test split; the image is the group (it recurs across questions).
 * ``nejm``: one folder per case holding one image and one ``.txt``: a vignette, a ``Question:`` line, option lines
   ``A. ...`` (or ``A)``, ``(A)``), and an ``Answer: X`` line; the case folder's name is the item id and the group.
 """
@@ -35,8 +40,8 @@ LETTERS = "ABCDEFGHIJ"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".webp", ".gif"}
 VQA_RAD_JSON = "VQA_RAD Dataset Public.json"
 VQA_RAD_IMAGES = "VQA_RAD Image Folder"
-LAYOUTS = ("table", "vqa-rad", "nejm")
-VQA_RAD_CATEGORIES = ("question_type", "image_organ")
+YES_NO = {"A": "yes", "B": "no"}
+VQA_RAD_CATEGORIES = ("question_type", "image_organ", "answer_type")
 
 
 @dataclass
@@ -46,8 +51,8 @@ class SourceItem:
     item_id: str
     images: list[Path | bytes]  # files, or image bytes embedded in the source (base64 in evaluation TSVs)
     question: str
-    options: dict[str, str]  # letter -> text, in order
-    answer: str  # letter
+    options: dict[str, str]  # letter -> text, in order; empty for an open-ended item
+    answer: str  # letter; an open-ended item's reference answer
     context: str | None = None
     group_id: str | None = None
     category: str | None = None
@@ -71,35 +76,44 @@ class ReadReport:
 
 
 def detect_layout(source: Path) -> str:
-    """``table`` for a file (``vqa-rad`` for VQA-RAD's published JSON), ``vqa-rad`` for a folder with its JSON, else
-    ``nejm`` for a folder of case folders."""
-    if source.is_file():
-        return "vqa-rad" if source.name == VQA_RAD_JSON else "table"
-    if not source.is_dir():
+    """The layout ``source`` looks like: ``vqa-rad`` (its JSON, or a folder with it), one of the published layouts
+    of :mod:`medprobe.vqa.layouts`, ``table`` for another file, ``nejm`` for a folder of case folders."""
+    from medprobe.vqa.layouts import detect_new_layout
+
+    if not source.exists():
         raise InvalidInputError(f"{source}: no such file or folder")
-    if (source / VQA_RAD_JSON).is_file():
+    if source.name == VQA_RAD_JSON or (source / VQA_RAD_JSON).is_file():
         return "vqa-rad"
+    found = detect_new_layout(source)
+    if found is not None:
+        return found
+    if source.is_file():
+        return "table"
     if any(p.is_dir() for p in source.iterdir()):
         return "nejm"
     raise InvalidInputError(
-        f"{source}: cannot tell its layout (a .jsonl/.csv/.tsv file, a VQA-RAD folder with {VQA_RAD_JSON!r}, or a "
-        "folder of NEJM case folders); pass --layout"
+        f"{source}: cannot tell its layout (a .jsonl/.csv/.tsv file, a VQA-RAD, SLAKE, PathVQA or OmniMedVQA folder, "
+        "a PMC-VQA CSV, VQA-Med qa_pairs, or a folder of NEJM case folders); pass --layout"
     )
 
 
 def read_items(source: Path, layout: str, report: ReadReport) -> Iterator[SourceItem]:
     """The items of ``source`` in ``layout``."""
+    from medprobe.vqa.layouts import NEW_LAYOUTS, read_new_layout
+
     if layout == "table":
         yield from _read_table(source)
     elif layout == "vqa-rad":
         yield from _read_vqa_rad(source, report)
     elif layout == "nejm":
         yield from _read_nejm(source, report)
+    elif layout in NEW_LAYOUTS:
+        yield from read_new_layout(source, layout, report)
     else:
-        raise InvalidInputError(f"--layout {layout!r}: choose from {', '.join(LAYOUTS)}")
+        raise InvalidInputError(f"--layout {layout!r}: choose from table, vqa-rad, nejm, {', '.join(NEW_LAYOUTS)}")
 
 
-def _answer_letter(answer: str, options: dict[str, str], where: str) -> str:
+def answer_letter(answer: str, options: dict[str, str], where: str) -> str:
     a = str(answer).strip()
     if a.upper() in options:
         return a.upper()
@@ -124,8 +138,9 @@ def _options_of(row: dict, where: str) -> dict[str, str]:
     else:
         opts = {k: row[k] for k in LETTERS if row.get(k) not in (None, "") and str(row.get(k)) != "nan"}
     opts = {str(k).strip().upper(): str(v) for k, v in opts.items()}
-    if len(opts) < 2:
-        raise InvalidInputError(f"{where}: an item needs at least two options (an options object or columns A, B, ...)")
+    if len(opts) == 1:
+        raise InvalidInputError(f"{where}: one option only; give at least two (an options object or columns A, B, "
+                                "...), or none for an open-ended question")  # fmt: skip
     bad = [k for k in opts if k not in LETTERS]
     if bad:
         raise InvalidInputError(f"{where}: option keys must be letters A-J, got {bad}")
@@ -228,7 +243,8 @@ def _read_table(path: Path) -> Iterator[SourceItem]:
         context = row.get("context", row.get("hint"))
         yield SourceItem(
             item_id=item_id, images=images, question=str(row["question"]).strip(), options=options,
-            answer=_answer_letter(str(row["answer"]), options, where),
+            answer=answer_letter(str(row["answer"]), options, where) if options else open_reference(
+                str(row["answer"]), where),
             context=None if context in (None, "") or str(context) == "nan" else str(context),
             group_id=None if row.get("group_id") in (None, "") else str(row["group_id"]),
             category=None if row.get("category") in (None, "") else str(row["category"]), split=split,
@@ -269,6 +285,28 @@ def two_alternatives(question: str, answer: str) -> tuple[str, str] | None:
     return None
 
 
+def open_reference(answer: str, where: str) -> str:
+    """An open-ended item's reference answer; refused (naming ``where``) when it normalises to nothing."""
+    from medprobe.vqa.open_answers import normalise
+
+    text = str(answer).strip()
+    if not normalise(text):
+        raise InvalidInputError(f"{where}: reference answer {answer!r} normalises to nothing (no word or number); "
+                                "fix the answer or leave the item out")  # fmt: skip
+    return text
+
+
+def closed_or_open(question: str, answer: str, where: str) -> tuple[dict[str, str], str]:
+    """``(options, answer)`` of a question with a short answer: yes/no as two options (A yes, B no), an "X or Y"
+    question as its two alternatives, anything else open-ended (no options, the answer as reference)."""
+    if answer.strip().lower() in ("yes", "no"):
+        return dict(YES_NO), "A" if answer.strip().lower() == "yes" else "B"
+    pair = two_alternatives(question, answer)
+    if pair is not None:
+        return {"A": pair[0], "B": pair[1]}, "A" if _matches(answer, pair[0]) else "B"
+    return {}, open_reference(answer, where)
+
+
 def _read_vqa_rad(source: Path, report: ReadReport) -> Iterator[SourceItem]:
     """VQA-RAD from its folder, or from its published JSON file (the images are in the folder beside it)."""
     json_file = source if source.is_file() else source / VQA_RAD_JSON
@@ -276,23 +314,18 @@ def _read_vqa_rad(source: Path, report: ReadReport) -> Iterator[SourceItem]:
         raise InvalidInputError(f"{source}: not VQA-RAD's folder (no {VQA_RAD_JSON!r} in it) nor that file")
     records = json.loads(json_file.read_text())
     images = json_file.parent / VQA_RAD_IMAGES
-    for r in records:
-        if str(r.get("answer_type", "")).strip().upper() != "CLOSED":
-            report.skip("open question (not multiple choice)", str(r.get("qid")))
-            continue
-        answer = str(r.get("answer", "")).strip()
-        question = str(r.get("question", "")).strip()
-        if answer.lower() in ("yes", "no"):
-            options = {"A": "yes", "B": "no"}
-            gold = "A" if answer.lower() == "yes" else "B"
+    for number, r in enumerate(records, start=1):
+        where = f"{json_file.name} record {number} (qid {r.get('qid')})"
+        answer = str(r.get("answer") or "").strip()
+        question = str(r.get("question") or "").strip()
+        if not answer or not question or not str(r.get("image_name") or "").strip():
+            missing = [k for k, v in (("question", question), ("answer", answer), ("image_name", r.get("image_name")))
+                       if not str(v or "").strip()]  # fmt: skip
+            raise InvalidInputError(f"{where}: no {', '.join(missing)}; fix or remove the record")
+        if str(r.get("answer_type", "")).strip().upper() == "CLOSED":
+            options, gold = closed_or_open(question, answer, where)
         else:
-            pair = two_alternatives(question, answer)
-            if pair is None:
-                report.skip("closed question without exactly two named alternatives matching the answer",
-                            f"{r.get('qid')}: {question!r} -> {answer!r}")  # fmt: skip
-                continue
-            options = {"A": pair[0], "B": pair[1]}
-            gold = "A" if _matches(answer, pair[0]) else "B"
+            options, gold = {}, open_reference(answer, where)
         phrase = str(r.get("phrase_type", ""))
         yield SourceItem(
             item_id=str(r["qid"]), images=[images / str(r["image_name"])], question=question, options=options,

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 def _plain(store: FeatureStore, run_id: str) -> dict[str, dict[str, Any]]:
     rows = store.sql(
         "SELECT p.item_id, p.correct, i.group_id, i.categories, p.item_set FROM vqa_predictions p JOIN vqa_items i "
-        "ON i.item_set = p.item_set AND i.item_id = p.item_id WHERE p.run_id = ? AND p.rotation = 0",
+        "ON i.item_set = p.item_set AND i.item_id = p.item_id WHERE p.run_id = ? AND p.rotation = 0 "
+        "AND p.correct IS NOT NULL",  # an open item scored by log-likelihood has no verdict to pair
         [run_id],
     ).to_pylist()
     if not rows:

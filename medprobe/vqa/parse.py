@@ -13,6 +13,11 @@ With ``reasoning`` (a model asked to think before it answers), ``<think>...</thi
 after the reasoning; then ``last_letter``: the last standalone shown letter ("... so B.", "(C)"), which plain mode never
 uses because a letter inside a sentence is not an answer; even here "A" and "I" followed by a word are the article and
 the pronoun ("A 45-year-old", "I think").
+
+Open-ended items (:func:`parse_open`) have no options to find: plain mode takes the first line of the generation
+(``open_text``; an "Answer:" label before it is dropped); with reasoning, the last ``<answer>`` tag
+(``answer_tag``), else the text after the last "the answer is" / "Answer:" (``answer_is``), else ``unparsed``.
+:func:`reasoning_of` is what a reasoning run stores as the model's reasoning.
 """
 
 from __future__ import annotations
@@ -78,6 +83,37 @@ def _parse_plain(text: str, shown: Sequence[tuple[str, str]]) -> tuple[str | Non
         if len(whole) == 1:
             return whole[0], "option_text"
     return None, "unparsed"
+
+
+_OPEN_ANSWER_IS = re.compile(r"(?:\banswer\s*(?:is|would be)\s*:?|\banswer\s*:)\s*(.+)", re.IGNORECASE)
+_LABEL = re.compile(r"^\s*(?:final\s+)?answer\s*:\s*", re.IGNORECASE)
+
+
+def parse_open(text: str, *, reasoning: bool = False) -> tuple[str | None, str]:
+    """``(answer text or None, parser step)`` of a generation for an open-ended item."""
+    if reasoning:
+        tags = _ANSWER_TAG.findall(text)
+        if tags:
+            answer = tags[-1].strip()
+            return (answer, "answer_tag") if answer else (None, "unparsed")
+        rest = _THINK.sub(" ", text)
+        hits = [m.group(1) for m in _OPEN_ANSWER_IS.finditer(rest)]
+        answer = hits[-1].splitlines()[0].strip(" *_`'\".") if hits else ""
+        return (answer, "answer_is") if answer else (None, "unparsed")
+    lines = [line.strip() for line in _LABEL.sub("", text.strip()).splitlines() if line.strip()]
+    return (lines[0], "open_text") if lines else (None, "unparsed")
+
+
+def reasoning_of(text: str) -> str | None:
+    """The reasoning in a generation: its ``<think>`` blocks, else the text before the last ``<answer>`` tag, else
+    the whole text (None when empty)."""
+    thoughts = [m.group(0) for m in _THINK.finditer(text)]
+    if thoughts:
+        body = " ".join(re.sub(r"</?think>", "", t, flags=re.IGNORECASE).strip() for t in thoughts)
+    else:
+        tags = list(_ANSWER_TAG.finditer(text))
+        body = text[: tags[-1].start()] if tags else text
+    return body.strip() or None
 
 
 def _english_word(letter: str, after: str) -> bool:

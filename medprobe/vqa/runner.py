@@ -2,7 +2,12 @@
 
 A run's id is a digest of everything that changes its answers (item set, model and revision, dtype, mode, shots,
 fixed exemplars, seed, rotations, split, prompt version, decoding length), so running the same command again after
-a kill resumes that run: predictions already committed are not scored again. Predictions are committed in small
+a kill resumes that run: predictions already committed are not scored again.
+
+Open-ended items (no options) are asked with the short-answer prompt and scored against their reference: in
+``generate`` mode the answer read from the generation gets exact match, token F1, token recall and (yes/no
+references) yes/no accuracy; in ``loglik`` mode the reference answer's log-likelihood is stored (no parsing, no right
+or wrong). ``letter`` mode needs options and refuses them. Predictions are committed in small
 fragments as they are made; each is atomic, so a killed run loses at most the fragment in flight.
 """
 
@@ -18,13 +23,17 @@ from medprobe.featurestore import stable_hash, start_run
 from medprobe.progress import progress_bar
 from medprobe.schemas.tables import VqaPredictionRow
 from medprobe.vqa.metrics import check_by, vqa_metrics
-from medprobe.vqa.parse import parse_answer
+from medprobe.vqa.open_answers import open_scores
+from medprobe.vqa.parse import parse_answer, parse_open, reasoning_of
 from medprobe.vqa.prompting import (
     LETTERS,
+    OPEN_INSTRUCTION,
+    OPEN_REASONING_INSTRUCTION,
     PROMPT_VERSION,
     REASONING_INSTRUCTION,
     Item,
     choose_exemplars,
+    exemplar_text,
     option_order,
     question_text,
     shown_options,
@@ -36,6 +45,8 @@ if TYPE_CHECKING:
 
 COMMIT_EVERY = 16
 ANSWER_TOKENS = 8  # generate: enough for a letter or a short option text
+OPEN_ANSWER_TOKENS = 32  # generate, open-ended items: a short phrase
+ANSWER_TYPES = ("all", "closed", "open")  # --answer-type: which items a run scores
 REASONING_TOKENS = 512  # generate --reasoning: room to reason before the answer
 
 
@@ -52,8 +63,9 @@ class VqaRunSpec:
     split: str = "test"
     seed: int = 0  # the few-shot exemplar draw
     boot_seed: int = 0  # the bootstrap replicates
-    max_new_tokens: int | None = None  # generate: the token cap (default 8, or REASONING_TOKENS with reasoning)
+    max_new_tokens: int | None = None  # generate: the token cap (default 8, open items 32; 512 with reasoning)
     reasoning: bool = False  # generate: ask for reasoning before the answer (REASONING_INSTRUCTION), parse after it
+    shots_with_images: bool = False  # exemplars shown with their images (models that take several per prompt)
     by: tuple[str, ...] = ()  # category columns to break accuracy down by (default: every one the items carry)
     n_boot: int = 1000
     device: str | None = None
@@ -61,6 +73,7 @@ class VqaRunSpec:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     limit: int | None = None
+    answer_type: str = "all"  # all | closed (multiple choice) | open (open-ended items only)
     save_activations: bool = False  # every layer's answer-position state of every item, as a feature set
 
 
@@ -104,13 +117,29 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
     if spec.reasoning and spec.mode != "generate":
         raise InvalidInputError(f"--reasoning needs --mode generate (the model must write its reasoning); "
                                 f"--mode {spec.mode} reads no text")  # fmt: skip
+    if spec.shots_with_images and not (spec.shots or spec.fixed_shots):
+        raise InvalidInputError("--shots-with-images shows the exemplars' images: give --shots K or --fixed-shots too")
+    if spec.shots_with_images and spec.save_activations:
+        raise InvalidInputError("--save-activations stores states of prompts with text exemplars; run it without "
+                                "--shots-with-images")  # fmt: skip
+    if spec.answer_type not in ANSWER_TYPES:
+        raise InvalidInputError(f"--answer-type {spec.answer_type!r}: choose from {', '.join(ANSWER_TYPES)}")
+    open_tokens = spec.max_new_tokens or (REASONING_TOKENS if spec.reasoning else OPEN_ANSWER_TOKENS)
     if spec.max_new_tokens is None:
         spec.max_new_tokens = REASONING_TOKENS if spec.reasoning else ANSWER_TOKENS
     items = load_items(store, spec.item_set)
-    todo_items = [i for i in items if i.split == spec.split][: spec.limit]
+    wanted_kind = {"all": (True, False), "closed": (False,), "open": (True,)}[spec.answer_type]
+    todo_items = [i for i in items if i.split == spec.split and i.is_open in wanted_kind][: spec.limit]
     if not todo_items:
         splits = sorted({i.split for i in items})
-        raise InvalidInputError(f"item set {spec.item_set!r} has no {spec.split!r} items; its splits: {splits}")
+        kind = "" if spec.answer_type == "all" else f" {spec.answer_type}"
+        raise InvalidInputError(f"item set {spec.item_set!r} has no{kind} {spec.split!r} items; its splits: {splits}")
+    has_open = any(i.is_open for i in todo_items)
+    if has_open and spec.mode == "letter":
+        example = next(i.item_id for i in todo_items if i.is_open)
+        n_open = sum(i.is_open for i in todo_items)
+        raise InvalidInputError(f"--mode letter needs options; {n_open} of the items are open-ended (e.g. {example}): "
+                                "use --mode generate or loglik, or --answer-type closed")  # fmt: skip
     check_by(todo_items, spec.by)  # before the model loads
     store.check_writable()
     options = ExtractOptions.model_validate({"dataset": spec.item_set, "model": spec.model, "device": spec.device,
@@ -130,6 +159,10 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
         "items_sha256": items_digest(items),
         # only when asked, so the ids of runs without it stay what they were
         **({"reasoning": True, "reasoning_prompt": REASONING_INSTRUCTION} if spec.reasoning else {}),
+        **({"answer_type": spec.answer_type} if spec.answer_type != "all" else {}),
+        **({"shots_with_images": True} if spec.shots_with_images else {}),
+        **({"open_prompt": OPEN_REASONING_INSTRUCTION if spec.reasoning else OPEN_INSTRUCTION,
+            "open_max_new_tokens": open_tokens if spec.mode == "generate" else None} if has_open else {}),
     }  # fmt: skip
     run_id = "vqa-" + stable_hash(config)[:20]
     done = {
@@ -139,7 +172,8 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
     uris = dict(
         (r["image_hash"], r["uri"]) for r in store.sql("SELECT image_hash, uri FROM images").to_pylist()
     )  # fmt: skip
-    work = [(it, rot) for it in todo_items for rot in (range(it.n_options) if spec.circular else [0])
+    work = [(it, rot) for it in todo_items for rot in (range(it.n_options) if spec.circular and not it.is_open
+                                                       else [0])
             if (it.item_id, rot) not in done]  # fmt: skip
     template = scorer.prompt("{question}")
     # recorded under the options' names (the run id hashes the config, whose "seed" is the exemplar draw's)
@@ -148,7 +182,7 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
               "prompt_template": template,
               "prompt_template_sha256": hashlib.sha256(template.encode()).hexdigest()}  # fmt: skip
     with start_run(store, "vqa", params, run_id=run_id) as run:
-        exemplar_ids = _score_work(store, spec, scorer, items, work, uris, run_id, show_progress)
+        exemplar_ids = _score_work(store, spec, scorer, items, work, uris, run_id, show_progress, open_tokens)
         saved: dict[str, str] = {}
         if spec.save_activations:
             saved = _save_states(store, spec, scorer, items, uris, options.resolved_dtype())
@@ -160,6 +194,8 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
         metrics = vqa_metrics([r for r in rows if r["item_id"] in wanted], by_id, n_boot=spec.n_boot,
                               seed=spec.boot_seed, by=spec.by)  # fmt: skip
         run.summary.update({"n_items": metrics["n_items"], "accuracy": metrics["accuracy"]["value"],
+                            **({"open_token_recall": metrics["open"]["token_recall"]["value"]}
+                               if "token_recall" in metrics.get("open", {}) else {}),
                             "scored_now": len(work), "exemplar_ids": json.dumps(exemplar_ids)[:100_000]})  # fmt: skip
     return {"run_id": run_id, "item_set": spec.item_set, "model": spec.model, "mode": spec.mode, "split": spec.split,
             "shots": spec.shots, "fixed_shots": list(spec.fixed_shots), "circular": spec.circular,
@@ -169,7 +205,7 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
 
 def _score_work(store: FeatureStore, spec: VqaRunSpec, scorer: VlmScorer, items: list[Item],
                 work: list[tuple[Item, int]], uris: dict[str, str], run_id: str,
-                show_progress: bool) -> dict[str, list[str]]:  # fmt: skip
+                show_progress: bool, open_tokens: int) -> dict[str, list[str]]:  # fmt: skip
     """Ask the model every (item, rotation) still to do, committing predictions every ``COMMIT_EVERY``; returns the
     exemplar ids each item was shown."""
     buffer: list[VqaPredictionRow] = []
@@ -180,9 +216,14 @@ def _score_work(store: FeatureStore, spec: VqaRunSpec, scorer: VlmScorer, items:
             exemplars = _exemplars(spec, items, it)
             exemplar_ids[it.item_id] = [e.item_id for e in exemplars]
             images = [_load(store, _uri(uris, h), h) for h in it.image_hashes]
-            text = question_text(it, rot, exemplars, reasoning=spec.reasoning)
             shown = shown_options(it, rot)
-            scored = _score(scorer, spec, images, text, shown)
+            if spec.shots_with_images:  # each exemplar's images before its text, then the question's
+                pictured = [([_load(store, _uri(uris, h), h) for h in ex.image_hashes], exemplar_text(ex))
+                            for ex in exemplars]  # fmt: skip
+                text = question_text(it, rot, (), reasoning=spec.reasoning)
+            else:
+                pictured, text = [], question_text(it, rot, exemplars, reasoning=spec.reasoning)
+            scored = _score(scorer, spec, it, Prompt(images, text, pictured), shown, open_tokens)
             buffer.append(_row(run_id, spec.item_set, it, rot, shown, scored, reasoning=spec.reasoning))
             if len(buffer) >= COMMIT_EVERY:
                 store.append("vqa_predictions", buffer)
@@ -229,17 +270,34 @@ def _uri(uris: dict[str, str], image_hash: str) -> str:
     return uri
 
 
-def _score(scorer: VlmScorer, spec: VqaRunSpec, images: list, text: str, shown: list[tuple[str, str]]) -> Scored:
+@dataclass
+class Prompt:
+    """What one item is asked with: its images and text, and exemplars shown with their images."""
+
+    images: list
+    text: str
+    exemplars: list
+
+
+def _score(scorer: VlmScorer, spec: VqaRunSpec, it: Item, p: Prompt, shown: list[tuple[str, str]],
+           open_tokens: int) -> Scored:  # fmt: skip
+    if it.is_open:  # the reference answer's log-likelihood, or a free answer
+        if spec.mode == "loglik":
+            return scorer.loglik(p.images, p.text, [it.answer], p.exemplars)
+        return scorer.generate(p.images, p.text, open_tokens, p.exemplars)
     if spec.mode == "loglik":
-        return scorer.loglik(images, text, [t for _, t in shown])
+        return scorer.loglik(p.images, p.text, [t for _, t in shown], p.exemplars)
     if spec.mode == "letter":
-        return scorer.letter(images, text, [letter for letter, _ in shown])
-    return scorer.generate(images, text, spec.max_new_tokens or ANSWER_TOKENS)
+        return scorer.letter(p.images, p.text, [letter for letter, _ in shown], p.exemplars)
+    return scorer.generate(p.images, p.text, spec.max_new_tokens or ANSWER_TOKENS, p.exemplars)
 
 
 def _row(run_id: str, item_set: str, it: Item, rot: int, shown: list[tuple[str, str]], s: Scored, *,
          reasoning: bool = False) -> VqaPredictionRow:  # fmt: skip
     order = option_order(it, rot)
+    thinking = reasoning_of(s.generation) if reasoning and s.generation is not None else None
+    if it.is_open:
+        return _open_row(run_id, item_set, it, s, reasoning=reasoning, thinking=thinking)
     if s.generation is not None:
         letter, step = parse_answer(s.generation, shown, reasoning=reasoning)
         predicted = None if letter is None else order[LETTERS.index(letter)]
@@ -251,4 +309,22 @@ def _row(run_id: str, item_set: str, it: Item, rot: int, shown: list[tuple[str, 
         run_id=run_id, item_set=item_set, item_id=it.item_id, rotation=rot, option_order=order,
         loglik_sum=s.loglik_sum, loglik_mean=s.loglik_mean, n_tokens=s.n_tokens, letter_probs=s.letter_probs,
         generation=s.generation, predicted=predicted, parser_step=step, correct=predicted == it.answer,
+        reasoning=thinking,
+    )  # fmt: skip
+
+
+def _open_row(run_id: str, item_set: str, it: Item, s: Scored, *, reasoning: bool, thinking: str | None
+              ) -> VqaPredictionRow:  # fmt: skip
+    """An open-ended item's prediction: the reference's log-likelihood (no verdict), or the answer read from the
+    generation with its scores against the reference."""
+    base = {"run_id": run_id, "item_set": item_set, "item_id": it.item_id, "rotation": 0, "option_order": []}
+    if s.generation is None:
+        return VqaPredictionRow(**base, loglik_sum=s.loglik_sum, loglik_mean=s.loglik_mean, n_tokens=s.n_tokens,
+                                parser_step="loglik", correct=None)  # fmt: skip
+    answer, step = parse_open(s.generation, reasoning=reasoning)
+    scores = open_scores(answer, it.answer)
+    return VqaPredictionRow(
+        **base, generation=s.generation, parser_step=step, correct=scores["exact_match"], answer_text=answer,
+        exact_match=scores["exact_match"], token_f1=scores["token_f1"], token_recall=scores["token_recall"],
+        yes_no_correct=scores["yes_no"], reasoning=thinking,
     )  # fmt: skip

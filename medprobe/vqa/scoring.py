@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from medprobe.adapters.models.base import move_batch
 from medprobe.errors import InvalidInputError
 
 MODES = ("loglik", "letter", "generate")
+#: few-shot exemplars shown with their images (``--shots-with-images``): each exemplar's images and its text, before
+#: the question's own images and text
+Exemplars: TypeAlias = Sequence[tuple[Sequence[Image.Image], str]]
 # Adapters say whether the prompt's key-value cache may be reused across options (``reuses_prompt_cache``, each
 # family checked against a direct computation); Idefics (v1) and Mllama score prompt + option in one batch instead.
 
@@ -67,13 +70,25 @@ class VlmScorer:
         """The exact text given to the processor (chat template and generation prompt applied)."""
         return str(self.pre.format_prompt(text))
 
-    def inputs(self, images: Sequence[Image.Image], text: str, copies: int) -> dict[str, torch.Tensor]:
-        """Processor tensors of ``copies`` identical (image, prompt) rows, on the CPU."""
+    def inputs(self, images: Sequence[Image.Image], text: str, copies: int, exemplars: Exemplars = ()
+               ) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Processor tensors of ``copies`` identical (images, prompt) rows, on the CPU. Several images (an item's
+        own, or exemplars shown with theirs) go in one prompt, in order, for models that take several."""
         from medprobe.adapters.models.vision_tower import to_rgb
 
-        if len(images) != 1:
-            raise InvalidInputError(f"this scorer shows one image per question; the item has {len(images)}")
-        out = self.pre.run_processor(to_rgb(list(images)) * copies, self.prompt(text))
+        if len(images) == 1 and not exemplars:
+            out = self.pre.run_processor(to_rgb(list(images)) * copies, self.prompt(text))
+        else:
+            segments = [*exemplars, (images, text)]
+            shown = [im for ims, _ in segments for im in ims]
+            if not self.adapter.several_images:
+                raise InvalidInputError(
+                    f"{self.adapter.identity.model_id} ({self.adapter.identity.adapter}) takes one image per prompt; "
+                    f"this prompt has {len(shown)} (an item with several images, or exemplars with images): leave "
+                    "such items out or use a model that takes several (Qwen2-VL, Idefics2/3, Gemma 3, ...)"
+                )
+            prompt = self.pre.format_interleaved([(len(ims), t) for ims, t in segments])
+            out = self.pre.run_processor_sample(to_rgb(shown), prompt, copies)
         return {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in self.pre.drop_keys}
 
     def _prefix_after(self, prompt_ids: torch.Tensor) -> str:
@@ -91,7 +106,8 @@ class VlmScorer:
             return self.model(**batch).logits.float()
 
     # ------------------------------------------------------------------ modes
-    def loglik(self, images: Sequence[Image.Image], text: str, options: Sequence[str]) -> Scored:
+    def loglik(self, images: Sequence[Image.Image], text: str, options: Sequence[str], exemplars: Exemplars = ()
+               ) -> Scored:  # fmt: skip
         """Log-probability of each option's text after the prompt.
 
         Adapters that reuse the prompt cache (``reuses_prompt_cache``) run the prompt (with its image) once and
@@ -99,7 +115,7 @@ class VlmScorer:
         right-padded batch. Both equal a direct one-option computation (tests, 1e-4).
         """
         # the processor runs once: the prompt alone (cached scoring), or one copy per option
-        base = self.inputs(images, text, 1 if self.adapter.reuses_prompt_cache else len(options))
+        base = self.inputs(images, text, 1 if self.adapter.reuses_prompt_cache else len(options), exemplars)
         prefix = self._prefix_after(base["input_ids"][0])
         conts = [self._ids(prefix + o.strip()) for o in options]
         if any(not c for c in conts):
@@ -196,17 +212,20 @@ class VlmScorer:
             raise InvalidInputError("two option letters share one token for this tokenizer; use --mode loglik")
         return out
 
-    def letter(self, images: Sequence[Image.Image], text: str, letters: Sequence[str]) -> Scored:
+    def letter(self, images: Sequence[Image.Image], text: str, letters: Sequence[str], exemplars: Exemplars = ()
+               ) -> Scored:  # fmt: skip
         """Softmax over the letters' logits at the answer position (one forward pass)."""
-        inputs = self.inputs(images, text, 1)
+        inputs = self.inputs(images, text, 1, exemplars)
         token_ids = self._letter_tokens(self._prefix_after(inputs["input_ids"][0]), letters)
         logits = self._forward(inputs)[0, -1]
         probs = torch.softmax(logits[torch.tensor(token_ids)].double(), dim=0)
         return Scored(letter_probs=[float(p) for p in probs])
 
-    def generate(self, images: Sequence[Image.Image], text: str, max_new_tokens: int = 8) -> Scored:
+    def generate(self, images: Sequence[Image.Image], text: str, max_new_tokens: int = 8, exemplars: Exemplars = ()
+                 ) -> Scored:  # fmt: skip
         """Greedy decoding of at most ``max_new_tokens`` new tokens."""
-        inputs = move_batch(self.inputs(images, text, 1), self.device, getattr(self.adapter, "dtype", torch.float32))
+        inputs = move_batch(self.inputs(images, text, 1, exemplars), self.device,
+                            getattr(self.adapter, "dtype", torch.float32))  # fmt: skip
         with torch.no_grad():
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
         new = out[0, inputs["input_ids"].shape[1] :]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from medprobe.schemas.vocab import ComputeDType, Split, VqaLayout, VqaMode
+from medprobe.schemas.vocab import ComputeDType, Split, VqaAnswerType, VqaLayout, VqaMode
 from medprobe.trainer.defaults import N_BOOT
 from medprobe.workflows.common import (
     ListArg,
@@ -43,7 +43,8 @@ def ingest(*, source: str, name: str, layout: str | VqaLayout | None = None, sto
     """Items into ``vqa_items`` (images content-addressed into ``images``; unreadable ones become ``failures``).
 
     Args:
-        source: an items file (.jsonl/.csv/.tsv), a VQA-RAD folder or a NEJM folder.
+        source: an items file (.jsonl/.csv/.tsv), a NEJM folder, or a published benchmark's files: VQA-RAD, SLAKE,
+            PathVQA, OmniMedVQA (folders), a PMC-VQA CSV, VQA-Med qa_pairs (a .txt file or folder of them).
         name: the item set's name in the store.
         layout: the source's layout (default: detected).
         store: a store URL or an open ``FeatureStore`` (created if missing).
@@ -84,6 +85,7 @@ def run(
     *, items: str, model: str, mode: str | VqaMode = VqaMode.loglik, shots: int = 0, fixed_shots: ListArg = None,
     circular: bool = False, split: str | Split = Split.test, shots_seed: int = 0, boot_seed: int = 0,
     max_new_tokens: int | None = None, reasoning: bool = False, by: ListArg = None, limit: int | None = None,
+    answer_type: str | VqaAnswerType = VqaAnswerType.all, shots_with_images: bool = False,
     save_activations: bool = False, n_boot: int = N_BOOT,
     device: str | None = None, dtype: str | ComputeDType | None = None, trust_remote_code: bool = False,
     allow_pickle: bool = False, no_progress: bool = False, store: StoreArg = None,
@@ -93,13 +95,18 @@ def run(
     Args:
         items: the item set (its ``name`` at ingest); model: a VLM spec.
         mode: ``loglik`` (each option's log-likelihood), ``letter`` (the answer letter's probability) or
-            ``generate`` (greedy text, parsed; ``max_new_tokens`` caps it: default 8, 512 with ``reasoning``).
+            ``generate`` (greedy text, parsed; ``max_new_tokens`` caps it: default 8, 32 for open-ended items, 512
+            with ``reasoning``). Open-ended items: ``generate`` scores the answer against the reference (exact match,
+            token F1 and recall, yes/no accuracy), ``loglik`` the reference's log-likelihood; ``letter`` refuses them.
+        answer_type: ``all`` items, ``closed`` (multiple choice) or ``open`` (open-ended) only.
         reasoning: generate: ask the model to reason step by step and give the letter in ``<answer>`` tags; the
             parser reads the tags, "the answer is X", "Answer: X", the last standalone letter, or the option text,
             and records which rule matched (``parser_step``); a parse failure stays a failure.
         shots: few-shot exemplars drawn from the train split (``shots_seed``), never sharing the question's image;
-            fixed_shots: these item ids as exemplars instead.
-        circular: score every rotation of the options; split: the items scored; limit: only the first N.
+            fixed_shots: these item ids as exemplars instead; shots_with_images: show each exemplar with its images
+            (models that take several images per prompt; others refuse).
+        circular: score every rotation of the options (multiple choice); split: the items scored; limit: only the
+            first N.
         by: category columns to break accuracy down by, each value with a group-bootstrap CI (VQA-RAD:
             ``question_type``, ``image_organ``; default: every column the items carry); the result's ``by``.
         save_activations: also store every layer's answer-position state of every item as a feature set.
@@ -118,6 +125,7 @@ def run(
         device=device,
         dtype=None if compute is None else compute.value, trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle, limit=limit, save_activations=save_activations,
+        answer_type=choice(VqaAnswerType, answer_type, "--answer-type").value, shots_with_images=shots_with_images,
     )  # fmt: skip
     doc = run_vqa(open_store(store), spec, show_progress=not no_progress)
     return VqaRunResult(run_id=doc["run_id"], item_set=doc["item_set"], model=doc["model"], mode=doc["mode"],

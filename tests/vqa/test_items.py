@@ -40,7 +40,9 @@ def test_tsv_with_option_columns_and_jsonl_with_an_options_object(tmp_path: Path
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ({"id": "1", "image": "a.png", "question": "q", "options": {"A": "x"}, "answer": "A"}, "at least two options"),
+        ({"id": "1", "image": "a.png", "question": "q", "options": {"A": "x"}, "answer": "A"}, "one option only"),
+        ({"id": "1", "image": "a.png", "question": "q", "answer": "The."}, "normalises to nothing"),
+        ({"id": "1", "image": "a.png", "question": "q", "answer": " "}, "column 'answer' is empty"),
         ({"id": "1", "image": "a.png", "question": "q", "options": {"A": "x", "B": "y"}, "answer": "C"},
          "neither an option letter"),
         ({"id": "1", "image": "a.png", "question": "q", "options": {"A": "Yes", "B": "yes "}, "answer": "yes"},
@@ -108,15 +110,25 @@ def test_ingest_is_content_addressed_idempotent_and_records_failures(store: Feat
     assert again["items_new"] == 0 and again["items_unchanged"] == 3 and again["images_new"] == 0
 
 
-def test_vqa_rad_closed_test_questions(store: FeatureStore, shared_dir: Path) -> None:
+def test_vqa_rad_every_question(store: FeatureStore, shared_dir: Path) -> None:
     source = shared_dir / "data" / "vqa-rad"
     if not source.is_dir():
         pytest.skip("../shared/data/vqa-rad is absent")
+    raw = json.loads((source / "VQA_RAD Dataset Public.json").read_text())
+    raw_test = [r for r in raw if str(r["phrase_type"]).startswith("test")]
     summary = ingest_items(store, source, "vqa-rad")
-    assert summary.by_split == {"train": 1003, "test": 270}  # 272 closed test questions, 2 not two-alternative
-    assert summary.skipped["open question (not multiple choice)"] == 949
+    assert summary.by_split == {"train": len(raw) - len(raw_test), "test": len(raw_test)} == {"train": 1797,
+                                                                                            "test": 451}  # fmt: skip
+    assert summary.skipped == {}
     items = store.sql("SELECT * FROM vqa_items WHERE split = 'test'").to_pylist()
-    assert all(len(json.loads(r["options"])) == 2 for r in items)
+    closed = [r for r in items if json.loads(r["options"])]
+    opened = [r for r in items if not json.loads(r["options"])]
+    # 272 closed test questions: 270 as two options, 2 without two named alternatives kept open-ended
+    assert len(closed) == 270 and all(len(json.loads(r["options"])) == 2 for r in closed)
+    assert sum(str(r["answer_type"]).strip().upper() == "OPEN" for r in raw_test) == 179 and len(opened) == 181
+    by_qid = {str(r["qid"]): r for r in raw_test}
+    assert all(r["answer"] == str(by_qid[r["item_id"]]["answer"]).strip() for r in opened)  # the reference text
+    assert {json.loads(r["categories"])["answer_type"] for r in opened} == {"OPEN", "CLOSED"}
     yes_no = [r for r in items if json.loads(r["options"]) == {"A": "yes", "B": "no"}]
     assert len(yes_no) == 251
     # the question type and the organ come along as category columns (vqa run --by)
@@ -125,7 +137,7 @@ def test_vqa_rad_closed_test_questions(store: FeatureStore, shared_dir: Path) ->
     # the published JSON file itself (not its folder) reads the same items, with or without --layout
     for layout in ("vqa-rad", None):
         again = ingest_items(store, source / "VQA_RAD Dataset Public.json", "vqa-rad", layout)
-        assert again.by_split == {"train": 1003, "test": 270} and again.items_new == 0, layout
+        assert again.by_split == {"train": 1797, "test": 451} and again.items_new == 0, layout
 
 
 def test_a_tsv_with_base64_images_keeps_them_in_the_store(store: FeatureStore, tmp_path: Path, capsys) -> None:

@@ -29,7 +29,7 @@ from medprobe.adapters.models.base import (
 from medprobe.adapters.models.capture import PooledCapture
 from medprobe.adapters.models.pooling import TokenMasks, pool_tokens
 from medprobe.adapters.models.vision_tower import to_rgb
-from medprobe.adapters.prompts import apply_chat_template
+from medprobe.adapters.prompts import apply_chat_template, interleaved_messages
 from medprobe.errors import InvalidInputError
 from medprobe.featurestore import config_json
 
@@ -73,6 +73,32 @@ class VLMPreprocessor(Preprocessor):
         batch_images: list = [[im] for im in images] if self.nested_images else images
         return self.processor(images=batch_images, text=[text] * len(images), return_tensors="pt", padding="longest")
 
+    def image_slot(self) -> str:
+        """What one image is in a prompt without a chat template."""
+        return self.image_token
+
+    def format_interleaved(self, segments: list[tuple[int, str]]) -> str:
+        """The prompt of several images interleaved with text: ``(number of images, text)`` per segment, each
+        segment's images before its text. The chat template places them; without one, the family's plain format
+        with one image slot per image, where it has the slot right before the prompt text."""
+        if self.use_chat_template:
+            rendered = self.processor.apply_chat_template(interleaved_messages(segments), add_generation_prompt=True,
+                                                          tokenize=False)  # fmt: skip
+            return str(rendered)
+        marker = "\x00prompt\x00"
+        template = self.plain_prompt(marker)
+        slot = self.image_slot()
+        if slot + marker not in template:
+            raise InvalidInputError(f"{type(self).__name__} has no chat template and its plain prompt cannot place "
+                                    "several images; use a checkpoint whose processor has a chat template")  # fmt: skip
+        body = "".join(slot * n + text for n, text in segments)
+        return template.replace(slot + marker, body)
+
+    def run_processor_sample(self, images: list[Image.Image], text: str, copies: int) -> Mapping[str, Any]:
+        """``copies`` identical rows of one prompt that shows several images, in order."""
+        batch_images: list = [list(images)] * copies if self.nested_images else list(images) * copies
+        return self.processor(images=batch_images, text=[text] * copies, return_tensors="pt", padding="longest")
+
     def __call__(self, images: Sequence[Image.Image], prompt: str | None) -> dict[str, torch.Tensor]:
         if not images:
             raise InvalidInputError("preprocess got an empty batch of images")
@@ -105,6 +131,9 @@ class DecoderVLMAdapter(Adapter):
     layer_semantics: ClassVar[str] = LAYER_SEMANTICS
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.pooled_features, Capability.option_scoring})
     reuses_prompt_cache: ClassVar[bool] = True  # except Idefics (v1) and Mllama (cross-attention to the image)
+    #: takes several images in one prompt (VQA items with several images, ``--shots-with-images``); families trained
+    #: on one image per prompt say False and such items are refused
+    several_images: ClassVar[bool] = True
 
     def __init__(self, model: PreTrainedModel, processor: Any, *, model_id: str, revision: str):
         self.model = model.eval()

@@ -33,6 +33,7 @@ class IdeficsPreprocessor(VLMPreprocessor):
 class IdeficsAdapter(DecoderVLMAdapter):
     family = "idefics"
     reuses_prompt_cache = False  # the image attention must cover every answer token
+    several_images = False  # its processor wrapper here builds one image per sample
     preprocessor_class = IdeficsPreprocessor
     layer_semantics = (
         LAYER_SEMANTICS.replace("image_mean = mean over image-token positions", "image_mean = the <image> token")

@@ -17,3 +17,4 @@ class LlavaPreprocessor(VLMPreprocessor):
 class LlavaAdapter(DecoderVLMAdapter):
     family = "llava"
     preprocessor_class = LlavaPreprocessor
+    several_images = False  # LLaVA-1.5 was trained on one image per conversation

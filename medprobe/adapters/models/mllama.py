@@ -25,4 +25,5 @@ class MllamaPreprocessor(VLMPreprocessor):
 class MllamaAdapter(DecoderVLMAdapter):
     family = "mllama"
     reuses_prompt_cache = False  # the cross-attention mask must grow with the text
+    several_images = False  # Llama 3.2 Vision attends to one image per prompt
     preprocessor_class = MllamaPreprocessor

@@ -19,4 +19,5 @@ class PaliGemmaPreprocessor(VLMPreprocessor):
 class PaliGemmaAdapter(DecoderVLMAdapter):
     family = "paligemma"
     answer_token_type = 1  # the answer is PaliGemma's suffix (attended causally)
+    several_images = False  # trained on one image per prompt
     preprocessor_class = PaliGemmaPreprocessor

@@ -55,7 +55,10 @@ class QwenPreprocessor(VLMPreprocessor):
     """Vision markers around the image pad token, then the prompt (without a chat template)."""
 
     def plain_prompt(self, prompt: str) -> str:
-        return f"<|vision_start|>{self.image_token}<|vision_end|>{prompt}"
+        return f"{self.image_slot()}{prompt}"
+
+    def image_slot(self) -> str:
+        return f"<|vision_start|>{self.image_token}<|vision_end|>"
 
 
 @register_family("qwen2_vl", name="qwen2-vl", processor=Qwen2VLImageOnlyProcessor)
