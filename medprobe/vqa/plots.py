@@ -41,9 +41,14 @@ def _cell(e: dict | None) -> str:
     return f"{e['value']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
 
 
-def _plot_categories(runs: list[tuple[str, dict, dict]], out: Path, column: str | None = None) -> Path:
-    """Accuracy bars with CIs per category (``column``: a category column of ``by``; None: the items' category)."""
+def _plot_categories(runs: list[tuple[str, dict, dict]], out: Path, column: str | None = None, *,
+                     open_recall: bool = False) -> Path:  # fmt: skip
+    """Accuracy bars with CIs per category (``column``: a category column of ``by``; None: the items' category);
+    ``open_recall``: the open-ended items' token recall per value of ``column`` instead."""
     def per(m: dict) -> dict:
+        if open_recall:
+            values = m.get("by", {}).get(column, {})
+            return {v: e["open"]["token_recall"] for v, e in values.items() if "token_recall" in e.get("open", {})}
         return m["per_category"] if column is None else m.get("by", {}).get(column, {})
 
     cats = sorted({c for _, m, _ in runs for c in per(m)})
@@ -59,22 +64,28 @@ def _plot_categories(runs: list[tuple[str, dict, dict]], out: Path, column: str 
         x = np.arange(len(cats)) + (k - (len(runs) - 1) / 2) * width
         ax.bar(x, v, width, yerr=np.vstack([v - lo, hi - v]), capsize=3,
                label=f"{p.get('model_id', '?')} · {p.get('mode', '?')} ({run_id[-6:]})")  # fmt: skip
-    if runs and runs[0][1].get("chance") is not None:
+    if runs and runs[0][1].get("chance") is not None and not open_recall:
         ax.axhline(runs[0][1]["chance"], ls="--", color="grey", lw=1, label="chance")
     ax.set_xticks(np.arange(len(cats)))
     n_items = [max((per(m).get(c) or {}).get("n", 0) for _, m, _ in runs) for c in cats]
     ax.set_xticklabels([f"{c} ({n})" for c, n in zip(cats, n_items, strict=True)], rotation=35, ha="right",
                        fontsize=8)  # fmt: skip
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy (95% CI, clustered by group)")
-    ax.set_title("Accuracy per category" if column is None else f"Accuracy per {column}")
+    what = "open-ended token recall" if open_recall else "accuracy"
+    ax.set_ylabel(f"{what} (95% CI, clustered by group)")
+    ax.set_title("Accuracy per category" if column is None else f"{what.capitalize()} per {column}")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path = out / ("vqa_categories.png" if column is None else f"vqa_by_{_safe(column)}.png")
+    stem = "vqa_open_recall_by" if open_recall else "vqa_by"
+    path = out / ("vqa_categories.png" if column is None else f"{stem}_{_safe(column)}.png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _safe(name: str) -> str:
@@ -144,7 +155,10 @@ def write_vqa_report(store: FeatureStore, run_ids: list[str], out_dir: str, *, n
         if "calibration" in metrics:
             prob_runs.append((run_id, rows, items, params))
     images = [_plot_categories(runs, out), _plot_letters(runs, out)]
-    images += [_plot_categories(runs, out, column) for column in sorted({c for _, m, _ in runs for c in m["by"]})]
+    columns = sorted({c for _, m, _ in runs for c in m["by"]})
+    images += [_plot_categories(runs, out, column) for column in columns]
+    if any("token_recall" in m.get("open", {}) for _, m, _ in runs):
+        images += [_plot_categories(runs, out, column, open_recall=True) for column in columns]
     rel = _plot_reliability(prob_runs, out)
     if rel is not None:
         images.append(rel)
@@ -157,10 +171,20 @@ def write_vqa_report(store: FeatureStore, run_ids: list[str], out_dir: str, *, n
         maj = m.get("majority") or {}
         lines.append(
             f"| {run_id} | {p.get('model_id', '?')} | {p.get('mode', '?')} | {p.get('shots', 0)} | {m['n_items']} "
-            f"| {_cell(m['accuracy'])} | {_cell(m.get('circular_accuracy'))} | {m['chance']:.3f} "
+            f"| {_cell(m['accuracy'])} | {_cell(m.get('circular_accuracy'))} | {_number(m['chance'])} "
             f"| {maj.get('accuracy', float('nan')):.3f} ({maj.get('letter', '-')}) | {m['parse_failure_rate']:.1%} "
             f"| {cal.get('brier', float('nan')):.3f} | {cal.get('ece', float('nan')):.3f} |"
         )
+    opened = [(run_id, m["open"], p) for run_id, m, p in runs if "open" in m]
+    if opened:
+        lines += ["", "## Open-ended items", "",
+                  "Means over items with 95% CIs resampling groups; accuracy above counts an exact match as right.", "",
+                  "| run | items | exact match | token F1 | token recall | yes/no accuracy | log-lik per token | "
+                  "perplexity |", "|" + "---|" * 8]  # fmt: skip
+        for run_id, o, _ in opened:
+            lines.append(f"| {run_id} | {o['n_items']} | {_cell(o.get('exact_match'))} | {_cell(o.get('token_f1'))} "
+                         f"| {_cell(o.get('token_recall'))} | {_cell(o.get('yes_no_accuracy'))} "
+                         f"| {_cell(o.get('loglik_per_token'))} | {_number(o.get('perplexity'))} |")  # fmt: skip
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images]
     summary = out / "summary.md"
     summary.write_text("\n".join(lines) + "\n")

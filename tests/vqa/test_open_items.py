@@ -96,6 +96,10 @@ def test_open_answers_are_scored_per_item_and_summarised_closed_and_open_apart(s
     assert chest["closed"]["n"] == 1 and chest["open"]["token_recall"]["value"] == pytest.approx((1 + 2 / 3) / 2)
     assert doc["chance"] == pytest.approx(0.5)  # the multiple-choice items only
     assert len(asked) == 9
+    report = medprobe.vqa.report(run_ids=[run.run_id], out=str(tmp_path / "rep"), store=store)
+    assert {Path(p).name for p in report.paths} >= {"vqa_by_organ.png", "vqa_open_recall_by_organ.png"}
+    summary = (tmp_path / "rep" / "summary.md").read_text()
+    assert "## Open-ended items" in summary and f"| {run.run_id} | 6 |" in summary
 
 
 def test_loglik_on_an_open_item_is_the_references_log_likelihood(store: FeatureStore, tmp_path: Path) -> None:
