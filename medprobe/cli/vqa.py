@@ -59,6 +59,7 @@ def ingest(
                         ("images new", summary.images_new),
                         ("items left out: unreadable image", summary.failures),
                         *((f"split {k}", v) for k, v in sorted(summary.by_split.items())),
+                        *((k, v) for k, v in sorted(summary.by_kind.items())),
                         *((f"skipped: {k}", v) for k, v in summary.skipped.items())):  # fmt: skip
             table.add_row(what, str(n))
         console.print(table)

@@ -39,6 +39,7 @@ class VqaIngestSummary:
     images_new: int = 0
     failures: int = 0
     by_split: dict[str, int] = field(default_factory=dict)
+    by_kind: dict[str, int] = field(default_factory=dict)  # multiple choice / open-ended
     skipped: dict[str, int] = field(default_factory=dict)
     skipped_examples: dict[str, list[str]] = field(default_factory=dict)
 
@@ -104,6 +105,8 @@ def ingest_items(store: FeatureStore, source: str | Path, name: str, layout: str
             categories=json.dumps(it.categories, sort_keys=True) if it.categories else None,
         )  # fmt: skip
         summary.by_split[it.split] = summary.by_split.get(it.split, 0) + 1
+        kind = "multiple choice" if it.options else "open-ended"
+        summary.by_kind[kind] = summary.by_kind.get(kind, 0) + 1
         current.add(it.item_id)
         if it.item_id in old and _same(row, old[it.item_id]):
             summary.items_unchanged += 1

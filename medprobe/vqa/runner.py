@@ -236,10 +236,12 @@ def _score_work(store: FeatureStore, spec: VqaRunSpec, scorer: VlmScorer, items:
 
 def _save_states(store: FeatureStore, spec: VqaRunSpec, scorer: VlmScorer, items: list[Item], uris: dict[str, str],
                  compute_dtype: str) -> dict[str, str]:  # fmt: skip
-    """Every item's answer-position state of every layer, stored as a feature set (``--save-activations``)."""
+    """Every multiple-choice item's answer-position state of every layer, stored as a feature set
+    (``--save-activations``)."""
     from medprobe.vqa.activations import dataset_name, save_answer_states
 
     label = f"item set {spec.item_set}, shots {spec.shots}, fixed {list(spec.fixed_shots)}, seed {spec.seed}"
+    items = [it for it in items if not it.is_open]  # the task is the gold letter: multiple-choice items only
     feature_set_id = save_answer_states(
         store, scorer, spec.item_set, items, lambda it: _exemplars(spec, items, it),
         lambda it: [_load(store, _uri(uris, h), h) for h in it.image_hashes], prompt_label=label,

@@ -35,6 +35,7 @@ class VqaIngestResult(Result):
     images_new: int
     failures: int
     by_split: dict[str, int]
+    by_kind: dict[str, int]
     skipped: dict[str, int]
     skipped_examples: dict[str, list[str]]
 
