@@ -319,7 +319,8 @@ def _open_row(run_id: str, item_set: str, it: Item, s: Scored, *, reasoning: boo
               ) -> VqaPredictionRow:  # fmt: skip
     """An open-ended item's prediction: the reference's log-likelihood (no verdict), or the answer read from the
     generation with its scores against the reference."""
-    base = {"run_id": run_id, "item_set": item_set, "item_id": it.item_id, "rotation": 0, "option_order": []}
+    base: dict[str, Any] = {"run_id": run_id, "item_set": item_set, "item_id": it.item_id, "rotation": 0,
+                            "option_order": []}  # fmt: skip
     if s.generation is None:
         return VqaPredictionRow(**base, loglik_sum=s.loglik_sum, loglik_mean=s.loglik_mean, n_tokens=s.n_tokens,
                                 parser_step="loglik", correct=None)  # fmt: skip
