@@ -20,7 +20,8 @@ from medprobe.ingestion.hashing import add_images, image_row
 from medprobe.ingestion.records import SourceRecord
 from medprobe.schemas import FailureRow, ImageRow, utcnow
 from medprobe.schemas.tables import VqaItemRow
-from medprobe.vqa.items import ReadReport, SourceItem, detect_layout, read_items
+from medprobe.vqa.items import ReadReport, SourceItem
+from medprobe.vqa.sources import detect_layout, read_items
 
 if TYPE_CHECKING:
     from medprobe.featurestore import FeatureStore

@@ -75,44 +75,6 @@ class ReadReport:
             self.examples[reason].append(example)
 
 
-def detect_layout(source: Path) -> str:
-    """The layout ``source`` looks like: ``vqa-rad`` (its JSON, or a folder with it), one of the published layouts
-    of :mod:`medprobe.vqa.layouts`, ``table`` for another file, ``nejm`` for a folder of case folders."""
-    from medprobe.vqa.layouts import detect_new_layout
-
-    if not source.exists():
-        raise InvalidInputError(f"{source}: no such file or folder")
-    if source.name == VQA_RAD_JSON or (source / VQA_RAD_JSON).is_file():
-        return "vqa-rad"
-    found = detect_new_layout(source)
-    if found is not None:
-        return found
-    if source.is_file():
-        return "table"
-    if any(p.is_dir() for p in source.iterdir()):
-        return "nejm"
-    raise InvalidInputError(
-        f"{source}: cannot tell its layout (a .jsonl/.csv/.tsv file, a VQA-RAD, SLAKE, PathVQA or OmniMedVQA folder, "
-        "a PMC-VQA CSV, VQA-Med qa_pairs, or a folder of NEJM case folders); pass --layout"
-    )
-
-
-def read_items(source: Path, layout: str, report: ReadReport) -> Iterator[SourceItem]:
-    """The items of ``source`` in ``layout``."""
-    from medprobe.vqa.layouts import NEW_LAYOUTS, read_new_layout
-
-    if layout == "table":
-        yield from _read_table(source)
-    elif layout == "vqa-rad":
-        yield from _read_vqa_rad(source, report)
-    elif layout == "nejm":
-        yield from _read_nejm(source, report)
-    elif layout in NEW_LAYOUTS:
-        yield from read_new_layout(source, layout, report)
-    else:
-        raise InvalidInputError(f"--layout {layout!r}: choose from table, vqa-rad, nejm, {', '.join(NEW_LAYOUTS)}")
-
-
 def answer_letter(answer: str, options: dict[str, str], where: str) -> str:
     a = str(answer).strip()
     if a.upper() in options:
@@ -211,7 +173,7 @@ def _categories_of(row: dict, where: str) -> dict[str, str]:
     return {**out, **{str(k): str(v).strip() for k, v in extra.items() if str(v).strip()}}
 
 
-def _read_table(path: Path) -> Iterator[SourceItem]:
+def read_table(path: Path) -> Iterator[SourceItem]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         text = path.read_text()
@@ -307,7 +269,7 @@ def closed_or_open(question: str, answer: str, where: str) -> tuple[dict[str, st
     return {}, open_reference(answer, where)
 
 
-def _read_vqa_rad(source: Path, report: ReadReport) -> Iterator[SourceItem]:
+def read_vqa_rad(source: Path, report: ReadReport) -> Iterator[SourceItem]:
     """VQA-RAD from its folder, or from its published JSON file (the images are in the folder beside it)."""
     json_file = source if source.is_file() else source / VQA_RAD_JSON
     if not json_file.is_file():
@@ -367,7 +329,7 @@ def parse_case_text(text: str, where: str) -> tuple[str | None, str, dict[str, s
     return context, question, options, answer
 
 
-def _read_nejm(folder: Path, report: ReadReport) -> Iterator[SourceItem]:
+def read_nejm(folder: Path, report: ReadReport) -> Iterator[SourceItem]:
     for case in sorted(p for p in folder.iterdir() if p.is_dir()):
         texts = sorted(case.glob("*.txt"))
         images: list[Path | bytes] = sorted(p for p in case.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -12,7 +12,8 @@ from PIL import Image
 from medprobe.errors import InvalidInputError
 from medprobe.featurestore import FeatureStore
 from medprobe.vqa.item_ingest import ingest_items
-from medprobe.vqa.items import ReadReport, parse_case_text, read_items, two_alternatives
+from medprobe.vqa.items import ReadReport, parse_case_text, two_alternatives
+from medprobe.vqa.sources import read_items
 from tests.helpers.cli import run_cli
 
 

@@ -17,7 +17,8 @@ from PIL import Image
 from medprobe.errors import InvalidInputError
 from medprobe.featurestore import FeatureStore
 from medprobe.vqa.item_ingest import ingest_items
-from medprobe.vqa.items import ReadReport, detect_layout, read_items
+from medprobe.vqa.items import ReadReport
+from medprobe.vqa.sources import detect_layout, read_items
 
 
 def _image(path: Path, seed: int) -> bytes:
