@@ -80,9 +80,19 @@ class Adapter(ABC):
     identity: ModelIdentity
     device: torch.device
     preprocessor: Preprocessor
+    #: why ``extract --tokens`` refuses this model (None: it has token grids, see :meth:`token_grids`)
+    token_refusal: ClassVar[str | None] = "it has no token grid (only pooled outputs)"
     #: ``--batch-size auto``'s start on a CPU (None: the pipeline's default). Convolutional nets run fastest on
     #: CPUs at small batches, whose activations stay in cache.
     cpu_batch_size: int | None = None
+
+    def token_grids(self, batch: Mapping[str, torch.Tensor]) -> dict[int, Any]:
+        """``{layer: TokenGrid}`` of every layer that has a token grid, read off one forward pass of ``batch`` (one
+        image): what ``extract --tokens`` stores (``medprobe.adapters.models.tokens``)."""
+        from medprobe.errors import InvalidInputError
+
+        raise InvalidInputError(f"--tokens: {self.identity.model_id} ({self.identity.adapter}) cannot store token "
+                                f"grids: {self.token_refusal}")  # fmt: skip
 
     def supports(self, capability: Capability) -> bool:
         """Whether this model can do ``capability``."""
@@ -124,7 +134,9 @@ class Adapter(ABC):
                 f"layer(s) {bad_layers} out of range for {ident.model_id}: it has {ident.n_layers} layers "
                 f"(0..{ident.n_layers - 1}); resolve specs with medprobe.layerspec.parse_layers"
             )
-        bad = [p for p in poolings if p not in ident.supported_poolings]
+        # tokens (every token of a grid) is served by the models whose token_refusal is None
+        bad = [p for p in poolings if p not in ident.supported_poolings and not (p == "tokens" and
+                                                                                 self.token_refusal is None)]
         if bad:
             raise InvalidInputError(
                 f"pooling(s) {bad} not supported by adapter {ident.adapter!r} ({ident.model_id}); "

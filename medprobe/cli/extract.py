@@ -89,6 +89,14 @@ class ExtractSettings:
     study_preprocessing: Annotated[
         bool, typer.Option("--study-preprocessing", help="Downsample to 1,024 px and scale high-bit images per image.")
     ] = False
+    tokens: Annotated[
+        bool,
+        typer.Option("--tokens", help="Also store every token of the layers' grids (for medprobe heatmap)."),
+    ] = False
+    max_bytes: Annotated[
+        str | None,
+        typer.Option("--max-bytes", help="Refuse to write more than this, e.g. 20G (the plan is printed first)."),
+    ] = None
 
 
 @dataclass

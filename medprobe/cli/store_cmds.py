@@ -23,16 +23,8 @@ from medprobe.cli.options import (
 )
 from medprobe.cli.tables import arrow_to_rich
 from medprobe.errors import CorruptDataError, InvalidInputError
+from medprobe.sizes import human_bytes as _human_bytes
 from medprobe.workflows import storage as wf
-
-
-def _human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:,.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{n} B"
 
 
 def parse_duration(text: str) -> dt.timedelta:

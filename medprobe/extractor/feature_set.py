@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medprobe.adapters.adapter import ModelIdentity
+from medprobe.adapters.models.tokens import TOKENS, TokenGrid
 from medprobe.featurestore import stable_hash
 from medprobe.schemas import FeatureSetRow
 
@@ -37,6 +39,35 @@ def feature_set_row(
         "storage_dtype": storage_dtype,
     }
     return FeatureSetRow(feature_set_id="fs-" + stable_hash(key), **key)
+
+
+def token_feature_set_row(
+    identity: ModelIdentity,
+    grids: Mapping[int, TokenGrid],
+    *,
+    prompt: str | None,
+    compute_dtype: str,
+    storage_dtype: str,
+) -> FeatureSetRow:
+    """The feature set of every token of the layers' grids (pooling ``tokens``): its rows are ``grid.width`` wide
+    (0 for a layer without a grid), and ``token_grid`` says how to cut them back into the grid. The id covers the
+    grids as well as the model."""
+    token_grid = json.dumps({str(layer): grids[layer].to_json() for layer in sorted(grids)}, sort_keys=True)
+    key: dict[str, Any] = {
+        "model_id": identity.model_id,
+        "model_revision": identity.model_revision,
+        "adapter": identity.adapter,
+        "preprocessing": identity.preprocessing,
+        "prompt": prompt,
+        "pooling": TOKENS,
+        "layer_semantics": identity.layer_semantics,
+        "n_layers": identity.n_layers,
+        "hidden_sizes": [grids[i].width if i in grids else 0 for i in range(identity.n_layers)],
+        "compute_dtype": compute_dtype,
+        "storage_dtype": storage_dtype,
+    }
+    return FeatureSetRow(feature_set_id="fs-" + stable_hash({**key, "token_grid": token_grid}), **key,
+                         token_grid=token_grid)  # fmt: skip
 
 
 def feature_set_rows(

@@ -20,9 +20,10 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from medprobe.adapters.adapter import POOLINGS, Adapter
 from medprobe.adapters.device_decode import DevicePreprocess, torchvision_available
+from medprobe.adapters.models.tokens import TOKENS
 from medprobe.errors import InvalidInputError
 from medprobe.extractor.cpu_memory import keep_freed_memory
-from medprobe.extractor.feature_set import feature_set_rows
+from medprobe.extractor.feature_set import feature_set_rows, token_feature_set_row
 from medprobe.extractor.loader import ImageRefs, LoadedBatch, finish_on_device, make_loader
 from medprobe.extractor.plan import Plan, check_dataset, plan_images
 from medprobe.extractor.runner import OutOfMemory, Runner, free_device_memory, is_oom
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 AUTO_START = {"cuda": 256, "cpu": 16}  # first batch size tried by --batch-size auto
+# --tokens: at most this many bytes of token rows wait in the committer's buffer (float32 on the host)
+TOKEN_BUFFER_BYTES = 256 * 2**20
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
 class ExtractOptions(BaseModel):
@@ -64,6 +68,8 @@ class ExtractOptions(BaseModel):
     limit: int | None = Field(None, ge=1)
     study_preprocessing: bool = False
     decode: Literal["auto", "pil", "torchvision"] = "auto"
+    tokens: bool = False  # also every token of the layers' grids (a feature set of pooling tokens)
+    max_bytes: int | None = Field(None, ge=1)  # refuse an extraction that would write more
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -176,7 +182,37 @@ def resolve_request(adapter: Adapter, options: ExtractOptions) -> Request:
         compute_dtype=options.resolved_dtype(),
         storage_dtype=options.storage_dtype,
     )
+    if options.tokens:
+        rows[TOKENS] = _token_feature_set(adapter, options, layers, raw_prompt, prompt)
+        poolings.append(TOKENS)
     return Request(layers=layers, poolings=poolings, prompt=prompt, raw_prompt=raw_prompt, feature_sets=rows)
+
+
+def _token_feature_set(adapter: Adapter, options: ExtractOptions, layers: list[int], raw_prompt: str | None,
+                       prompt: str | None) -> FeatureSetRow:  # fmt: skip
+    """The tokens feature set: the layers' grids read off one forward pass of a grey image."""
+    from PIL import Image
+
+    ident = adapter.identity
+    grids = adapter.token_grids(adapter.preprocess([Image.new("RGB", (224, 224), (128, 128, 128))], raw_prompt))
+    no_grid = [layer for layer in layers if layer not in grids]
+    if no_grid:
+        have = f"{min(grids)}-{max(grids)}" if grids else "none"
+        raise InvalidInputError(f"--tokens: layer(s) {no_grid} of {ident.model_id} have no token grid (an embedding "
+                                f"is one vector per image); its layers with a grid: {have}")  # fmt: skip
+    return token_feature_set_row(ident, grids, prompt=prompt if prompt is not None else raw_prompt,
+                                 compute_dtype=options.resolved_dtype(), storage_dtype=options.storage_dtype)
+
+
+def planned_bytes(request: Request, plan: Plan, storage_dtype: str) -> tuple[int, int]:
+    """``(bytes per image, bytes in all)`` an extraction writes: every feature set and layer of the images to do,
+    less the rows partly done images have."""
+    itemsize = ITEMSIZE.get(storage_dtype, 4)
+    width = {(row.feature_set_id, layer): row.hidden_sizes[layer] * itemsize for row in request.feature_sets.values()
+             for layer in request.layers if layer < len(row.hidden_sizes)}  # fmt: skip
+    per_image = sum(width.values())
+    done = sum(width.get(key, 0) for rows in plan.present.values() for key in rows)
+    return per_image, per_image * plan.n_todo - done
 
 
 @dataclass
@@ -354,6 +390,12 @@ def run_extraction(
         plan = plan_images(
             store, options.dataset, fs_ids, request.layers, splits=options.split, shard=shard, limit=options.limit
         )
+    per_image, total = planned_bytes(request, plan, options.storage_dtype)
+    _check_bytes(options, plan.n_todo, per_image, total, show_progress)
+    commit_every = options.commit_every
+    if TOKENS in request.poolings:  # wide rows: bound the committer's buffer in bytes, not only in images
+        host_bytes = per_image * 4 // ITEMSIZE.get(options.storage_dtype, 4)
+        commit_every = max(1, min(commit_every, TOKEN_BUFFER_BYTES // max(1, host_bytes)))
     device = adapter.device
     if device.type == "cpu":
         keep_freed_memory()
@@ -368,11 +410,12 @@ def run_extraction(
     workers = options.resolved_workers()
     decode = resolve_decode(adapter, options)
     logger.info("extract %s: decoding with %s", options.dataset, decode.description)
-    runner = Runner(adapter, request.layers, request.poolings, request.feature_set_ids)
+    runner = Runner(adapter, request.layers, request.poolings, request.feature_set_ids,
+                    {p: row.hidden_sizes for p, row in request.feature_sets.items()})  # fmt: skip
     committer = Committer(
         store,
         storage_dtype=options.storage_dtype,
-        commit_every=options.commit_every,
+        commit_every=commit_every,
         commit_seconds=options.commit_seconds,
         present=plan.present,
         run_id=run_id,
@@ -403,10 +446,25 @@ def run_extraction(
         committer.close()
     summary = _summary(request, plan, runner, committer, size, workers, progress, time.perf_counter() - t_start)
     summary["decode"] = decode.description
+    summary["bytes_planned"] = total
     logger.info("extract %s: stage seconds %s", options.dataset, summary["stage_seconds"])
     if progress.stopped:
         raise Stopped(summary)
     return summary
+
+
+def _check_bytes(options: ExtractOptions, n_images: int, per_image: int, total: int, show_progress: bool) -> None:
+    """Say what the extraction will write before it starts; refuse beyond ``--max-bytes``."""
+    from rich.console import Console
+
+    from medprobe.sizes import human_bytes
+
+    what = f"{human_bytes(total)} ({n_images:,} images to do, up to {human_bytes(per_image)} each)"
+    if options.max_bytes is not None and total > options.max_bytes:
+        raise InvalidInputError(f"--max-bytes {human_bytes(options.max_bytes)}: this extraction would write {what}; "
+                                "raise the limit, or ask for fewer --layers, --split or --limit")  # fmt: skip
+    if show_progress and n_images:
+        Console(stderr=True).print(f"extract {options.dataset}: will write about {what}", highlight=False)
 
 
 def extract_shard(

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from medprobe.adapters.adapter import Adapter
-from medprobe.errors import MedprobeError
+from medprobe.errors import InvalidInputError, MedprobeError
 
 
 class OutOfMemory(MedprobeError):
@@ -33,11 +33,14 @@ class Runner:
         layers: Sequence[int],
         poolings: Sequence[str],
         feature_set_ids: Mapping[str, str],
+        widths: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
+        """``widths``: per pooling, the row width each layer must have (the feature set's ``hidden_sizes``)."""
         self.adapter = adapter
         self.layers = [int(x) for x in layers]
         self.poolings = list(poolings)
         self.feature_set_ids = dict(feature_set_ids)  # pooling -> feature_set_id
+        self.widths = dict(widths or {})
         self.forward_s = 0.0
         self.n_forward = 0  # forward passes run
         self.n_images = 0  # images forwarded
@@ -62,6 +65,13 @@ class Runner:
                     f"adapter {self.adapter.identity.adapter} returned {arr.shape[0]} rows for {n_images} images "
                     f"({pooling}, layer {layer}); this is a bug in the adapter"
                 )
+            expected = self.widths.get(pooling)
+            if expected is not None and layer < len(expected) and arr.shape[1] != expected[layer]:
+                raise InvalidInputError(
+                    f"{pooling}, layer {layer}: rows of width {arr.shape[1]}, the feature set's are {expected[layer]}"
+                    + ("; this model sizes its token grid by the image: give the dataset images of one size"
+                       if pooling == "tokens" else "")
+                )  # fmt: skip
             result[self.feature_set_ids[pooling]][layer] = arr
         missing = [(p, x) for p in self.poolings for x in self.layers if x not in result[self.feature_set_ids[p]]]
         if missing:

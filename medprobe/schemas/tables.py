@@ -163,13 +163,17 @@ class FeatureSetRow(Row):
     adapter: str  # the adapter that produced it (clip, llava, qwen2-vl, efficientnet-lite0, ...)
     preprocessing: str  # canonical JSON of the processor / transform configuration
     prompt: str | None  # None for vision-only encoders
-    pooling: str  # last | image_mean | mean | cls | spatial_mean
+    pooling: str  # last | image_mean | mean | cls | spatial_mean | tokens (every token of a grid, `extract --tokens`)
     layer_semantics: str  # what layer index i means, in words
     n_layers: int
-    hidden_sizes: list[int]  # per layer index
+    hidden_sizes: list[int]  # per layer index (tokens: the row width, tokens x hidden; 0 for a layer without a grid)
     compute_dtype: str  # bf16 | fp16 | fp32
     storage_dtype: str  # float16 | bfloat16 | float32
     created_at: dt.datetime = Field(default_factory=utcnow)
+    # format 6, pooling tokens: {layer: {n_prefix, rows, cols, hidden, pooled}} (medprobe.adapters.models.tokens):
+    # a row is n_prefix prefix tokens, then a rows x cols grid in row-major order; pooled names the pooling that is
+    # the grid's mean
+    token_grid: str | None = None
 
 
 FEATURE_SETS = pa.schema(
@@ -187,6 +191,7 @@ FEATURE_SETS = pa.schema(
         ("compute_dtype", pa.string()),
         ("storage_dtype", pa.string()),
         ("created_at", TS),
+        ("token_grid", pa.string()),  # format 6: absent from older fragments, read as NULL
     ]
 )
 

@@ -26,12 +26,14 @@ FORMAT_VERSION = 6
 #   6: vqa_items may hold open-ended items (``options`` is ``{}`` and ``answer`` the reference text) and items with
 #      several images; vqa_predictions gains the open-answer columns (``answer_text``, ``exact_match``, ``token_f1``,
 #      ``token_recall``, ``yes_no_correct``) and ``reasoning``, and ``correct`` may be NULL (an open item scored by
-#      log-likelihood has no right or wrong). Nothing to rewrite; a format-5 reader would take an open item for a
-#      question without options.
+#      log-likelihood has no right or wrong). feature_sets gains ``token_grid``: a feature set of pooling ``tokens``
+#      (``extract --tokens``) holds every token of a layer's grid per row, laid out as it says. Nothing to rewrite; a
+#      format-5 reader would take an open item for a question without options and a token row for a pooled vector.
 CHANGES = {
     2: "dataset_images.retired; latest membership row wins; runs.pid",
     3: "probe_results.method and .k (knn, zeroshot rows); text_embeddings, vqa_items, vqa_predictions tables",
     4: "dataset_images.row_kind (image | vqa_item); format-3 VQA item rows migrated",
     5: "dataset_images.source, vqa_items.retired; the latest images row wins (re-ingest retires and re-points)",
-    6: "open-ended vqa_items (options {}); vqa_predictions open-answer metrics, reasoning, nullable correct",
+    6: "open-ended vqa_items (options {}); vqa_predictions open-answer metrics, reasoning, nullable correct; "
+    "feature_sets.token_grid (pooling tokens); the heatmaps table",
 }

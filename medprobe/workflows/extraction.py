@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from medprobe.errors import InvalidInputError
 from medprobe.schemas.vocab import ComputeDType, Engine, ImageDecode, Quantization, SlurmCluster, StorageDType
+from medprobe.sizes import parse_bytes
 from medprobe.workflows.common import ListArg, StoreArg, choice, open_store, optional_choice, split_list, split_names
 from medprobe.workflows.results import Result
 
@@ -75,7 +76,7 @@ def extract_options(
     split: ListArg = None, storage_dtype: str | StorageDType = StorageDType.float16, trust_remote_code: bool = False,
     allow_pickle: bool = False, quantization: str | Quantization | None = None, device_map: str | None = None,
     commit_every: int = 256, commit_seconds: float = 60.0, limit: int | None = None,
-    study_preprocessing: bool = False,
+    study_preprocessing: bool = False, tokens: bool = False, max_bytes: str | int | None = None,
 ) -> ExtractOptions:  # fmt: skip
     """The extraction's options, validated once (the job queue stores them as JSON)."""
     from medprobe.extractor.pipeline import ExtractOptions
@@ -91,7 +92,8 @@ def extract_options(
             storage_dtype=choice(StorageDType, storage_dtype, "--storage-dtype").value,
             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
             quantization=None if quant is None else quant.value, device_map=device_map, commit_every=commit_every,
-            commit_seconds=commit_seconds, limit=limit, study_preprocessing=study_preprocessing,
+            commit_seconds=commit_seconds, limit=limit, study_preprocessing=study_preprocessing, tokens=tokens,
+            max_bytes=None if max_bytes is None else parse_bytes(max_bytes),
         )  # fmt: skip
     except ValidationError as e:
         first = e.errors()[0]
@@ -156,7 +158,8 @@ def extract(
     split: ListArg = None, storage_dtype: str | StorageDType = StorageDType.float16, trust_remote_code: bool = False,
     allow_pickle: bool = False, quantization: str | Quantization | None = None, device_map: str | None = None,
     commit_every: int = 256, commit_seconds: float = 60.0, limit: int | None = None,
-    study_preprocessing: bool = False, engine: str | Engine = Engine.local, shards: int = 16,
+    study_preprocessing: bool = False, tokens: bool = False, max_bytes: str | int | None = None,
+    engine: str | Engine = Engine.local, shards: int = 16,
     workers: int | None = None, address: str = "local", gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
     partition: str | None = None, gpus_per_task: int = 0, array_parallelism: int = 32, timeout_min: int = 240,
     log_dir: str | None = None, slurm_cluster: str | SlurmCluster = SlurmCluster.slurm, no_progress: bool = False,
@@ -178,6 +181,10 @@ def extract(
         trust_remote_code, allow_pickle: permissions for the model's own code and pickle weights.
         commit_every, commit_seconds: commit a segment every N images or seconds.
         study_preprocessing: downsample to 1,024 px and scale high-bit images per image (the study's recipe).
+        tokens: also store every token of the layers' grids (patch tokens of a ViT, a CNN stage's positions, a
+            decoder VLM's image tokens) as a feature set of pooling ``tokens``, for ``heatmap``.
+        max_bytes: refuse an extraction that would write more (``"2G"``, ``"500M"`` or bytes); what it will write is
+            printed before it starts.
         engine: ``local``, ``ray`` or ``slurm``; shards: split into N shards (ray/slurm);
         workers, address, gpus_per_worker, cpus_per_worker: the Ray pool; partition, gpus_per_task,
         array_parallelism, timeout_min, log_dir, slurm_cluster: the SLURM array (``slurm_cluster="local"`` runs
@@ -196,7 +203,7 @@ def extract(
         batch_size=batch_size, dtype=dtype, device=device, decode_workers=decode_workers, decode=decode, split=split,
         storage_dtype=storage_dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
         quantization=quantization, device_map=device_map, commit_every=commit_every, commit_seconds=commit_seconds,
-        limit=limit, study_preprocessing=study_preprocessing,
+        limit=limit, study_preprocessing=study_preprocessing, tokens=tokens, max_bytes=max_bytes,
     )  # fmt: skip
     chosen = choice(Engine, engine, "--engine")
     if chosen is Engine.local and workers is not None:
@@ -242,14 +249,16 @@ def submit(
     split: ListArg = None, storage_dtype: str | StorageDType = StorageDType.float16, trust_remote_code: bool = False,
     allow_pickle: bool = False, quantization: str | Quantization | None = None, device_map: str | None = None,
     commit_every: int = 256, commit_seconds: float = 60.0, limit: int | None = None,
-    study_preprocessing: bool = False, shards: int = 16, store: StoreArg = None,
+    study_preprocessing: bool = False, tokens: bool = False, max_bytes: str | int | None = None, shards: int = 16,
+    store: StoreArg = None,
 ) -> SubmitResult:  # fmt: skip
     """Queue an extraction job in ``shards`` shards for ``worker`` processes (any machine that opens the store).
 
     Args:
         dataset, model, prompt, prompt_preset, layers, pooling, batch_size, dtype, device, decode_workers, decode,
         split, storage_dtype, trust_remote_code, allow_pickle, quantization, device_map, commit_every,
-        commit_seconds, limit, study_preprocessing: what to extract and how, as in :func:`extract`.
+        commit_seconds, limit, study_preprocessing, tokens, max_bytes: what to extract and how, as in
+        :func:`extract`.
         shards: split the job into this many shards (by image hash); store: a store URL or an open ``FeatureStore``.
     """
     from medprobe.engines.jobs import JobQueue
@@ -260,7 +269,7 @@ def submit(
         batch_size=batch_size, dtype=dtype, device=device, decode_workers=decode_workers, decode=decode, split=split,
         storage_dtype=storage_dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
         quantization=quantization, device_map=device_map, commit_every=commit_every, commit_seconds=commit_seconds,
-        limit=limit, study_preprocessing=study_preprocessing,
+        limit=limit, study_preprocessing=study_preprocessing, tokens=tokens, max_bytes=max_bytes,
     )  # fmt: skip
     st = open_store(store)
     st.check_writable()

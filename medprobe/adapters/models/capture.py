@@ -48,13 +48,17 @@ class PooledCapture:
         *,
         stop_early: bool = True,
         extract: Callable[[object], torch.Tensor] = layer_output,
+        observe: Callable[[int, torch.Tensor], None] | None = None,
     ) -> None:
+        """``observe(layer, hidden)``, when given, sees every hooked layer's raw output (token grids are read off
+        it)."""
         self.modules = modules
         self.layers = sorted({int(i) for i in layers})
         self.poolings = list(dict.fromkeys(poolings))
         self.pool = pool
         self.stop_early = stop_early
         self.extract = extract
+        self.observe = observe
         self.results: dict[tuple[str, int], torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -63,6 +67,8 @@ class PooledCapture:
 
         def hook(_module: nn.Module, _args: object, output: object) -> None:
             hidden = self.extract(output)
+            if self.observe is not None:
+                self.observe(layer, hidden)
             for name in self.poolings:
                 self.results[(name, layer)] = self.pool(name, hidden)
             if deepest and self.stop_early:

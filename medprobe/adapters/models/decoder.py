@@ -27,7 +27,8 @@ from medprobe.adapters.models.base import (
     text_config,
 )
 from medprobe.adapters.models.capture import PooledCapture
-from medprobe.adapters.models.pooling import TokenMasks, pool_tokens
+from medprobe.adapters.models.pooling import TokenMasks, image_tokens, pool_tokens
+from medprobe.adapters.models.tokens import TOKENS, TokenGrid, square_grid
 from medprobe.adapters.models.vision_tower import to_rgb
 from medprobe.adapters.prompts import apply_chat_template, interleaved_messages
 from medprobe.errors import InvalidInputError
@@ -39,6 +40,8 @@ LAYER_SEMANTICS = (
     "non-pad tokens, image_mean = mean over image-token positions"
 )
 POOLINGS = ("last", "image_mean", "mean")
+# families served by the generic adapter whose image tokens are tiles of a size they choose (anyres, dynamic tiling)
+TILED = frozenset({"llava_next", "llava_onevision", "internvl", "internvl_chat"})
 
 
 class VLMPreprocessor(Preprocessor):
@@ -134,6 +137,9 @@ class DecoderVLMAdapter(Adapter):
     #: takes several images in one prompt (VQA items with several images, ``--shots-with-images``); families trained
     #: on one image per prompt say False and such items are refused
     several_images: ClassVar[bool] = True
+    #: image tokens in the sequence form one fixed row-major grid (square unless :meth:`image_token_grid` says);
+    #: families where they do not say why here
+    token_refusal: ClassVar[str | None] = None
 
     def __init__(self, model: PreTrainedModel, processor: Any, *, model_id: str, revision: str):
         self.model = model.eval()
@@ -197,7 +203,7 @@ class DecoderVLMAdapter(Adapter):
         attention = inputs.get("attention_mask")
         attention = attention.bool() if attention is not None else None
         image = None
-        if "image_mean" in poolings:
+        if "image_mean" in poolings or TOKENS in poolings:
             image = self.image_mask(inputs)
             if attention is not None:
                 image = image & attention
@@ -218,6 +224,33 @@ class DecoderVLMAdapter(Adapter):
         capture = PooledCapture(self.layer_modules, layers, poolings, lambda name, h: pool_tokens(name, h, masks))
         with torch.no_grad():
             return capture.run(lambda: self.run_model(inputs))
+
+    def image_token_grid(self, inputs: Mapping[str, torch.Tensor], n_tokens: int) -> tuple[int, int]:
+        """``(rows, cols)`` of the ``n_tokens`` image tokens of one image (square unless a family knows better)."""
+        return square_grid(n_tokens, f"{self.identity.model_id} image tokens")
+
+    def token_grids(self, batch: Mapping[str, torch.Tensor]) -> dict[int, TokenGrid]:
+        """Every decoder layer's image-token grid, from one forward pass of ``batch`` (one image)."""
+        if self.token_refusal is not None:
+            return super().token_grids(batch)
+        model_type = str(getattr(self.model.config, "model_type", ""))
+        if model_type in TILED:
+            raise InvalidInputError(f"--tokens: {self.identity.model_id} ({model_type}) splits an image into tiles "
+                                    "of its own choosing; its image tokens form no one grid to map")  # fmt: skip
+        inputs = move_batch(batch, self.device, self.dtype)
+        masks = self.token_masks(inputs, [TOKENS])
+        grids: dict[int, TokenGrid] = {}
+
+        def observe(layer: int, hidden: torch.Tensor) -> None:
+            tokens = image_tokens(hidden, masks)
+            rows, cols = self.image_token_grid(inputs, int(tokens.shape[1]))
+            grids[layer] = TokenGrid(0, rows, cols, int(tokens.shape[2]), "image_mean")
+
+        capture = PooledCapture(self.layer_modules, range(len(self.layer_modules)), ["last"],
+                                lambda name, h: h.new_zeros(1), observe=observe)  # fmt: skip
+        with torch.no_grad():
+            capture.run(lambda: self.run_model(inputs))
+        return grids
 
     def hidden_states(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Reference path (tests, the baseline benchmark): every layer via ``output_hidden_states``."""

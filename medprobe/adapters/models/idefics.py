@@ -34,6 +34,7 @@ class IdeficsAdapter(DecoderVLMAdapter):
     family = "idefics"
     reuses_prompt_cache = False  # the image attention must cover every answer token
     several_images = False  # its processor wrapper here builds one image per sample
+    token_refusal = "Idefics (v1) cross-attends to the image; its sequence holds no image tokens to map"
     preprocessor_class = IdeficsPreprocessor
     layer_semantics = (
         LAYER_SEMANTICS.replace("image_mean = mean over image-token positions", "image_mean = the <image> token")

@@ -28,12 +28,14 @@ class Idefics2Preprocessor(VLMPreprocessor):
 class Idefics2Adapter(DecoderVLMAdapter):
     family = "idefics2"
     preprocessor_class = Idefics2Preprocessor
+    token_refusal = "Idefics2's image tokens are perceiver latents, not positions in the image"
 
 
 @register_family("idefics3", name="idefics3")
 class Idefics3Adapter(DecoderVLMAdapter):
     family = "idefics3"
     preprocessor_class = Idefics2Preprocessor
+    token_refusal = "Idefics3 splits an image into tiles of its own choosing; its image tokens form no one grid"
 
 
 class SmolVLMImageOnlyProcessor(SmolVLMProcessor):
@@ -67,3 +69,4 @@ class SmolVLMImageOnlyProcessor(SmolVLMProcessor):
 class SmolVLMAdapter(DecoderVLMAdapter):
     family = "smolvlm"
     preprocessor_class = Idefics2Preprocessor
+    token_refusal = "SmolVLM splits an image into tiles of its own choosing; its image tokens form no one grid"

@@ -29,6 +29,7 @@ from medprobe.adapters.adapter import Adapter, ModelIdentity, Preprocessor
 from medprobe.adapters.device_decode import DevicePreprocess, compose_device_preprocess
 from medprobe.adapters.models.base import compute_dtype
 from medprobe.adapters.models.capture import PooledCapture
+from medprobe.adapters.models.tokens import TOKENS, TokenGrid, feature_map_tokens, flatten, square_grid
 from medprobe.adapters.models.vision_tower import to_rgb
 from medprobe.errors import InvalidInputError
 from medprobe.featurestore import config_json
@@ -64,14 +65,22 @@ class BlockLayout:
 
     @property
     def poolings(self) -> tuple[str, ...]:
-        """The poolings this layout can serve."""
+        """The poolings this layout can serve (and ``tokens``, every token: ``extract --tokens``)."""
         if not self.tokens:
             return SPATIAL_POOLINGS
         return TOKEN_POOLINGS if self.has_cls else TOKEN_POOLINGS[1:]
 
 
 def pool_block(name: str, hidden: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
-    """Pool one block output to ``(batch, hidden)`` float32; a 2-D input (an embedding) is returned as is."""
+    """Pool one block output to ``(batch, hidden)`` float32; a 2-D input (an embedding) is returned as is. ``tokens``
+    keeps every token (prefix tokens first) or feature-map position, flattened."""
+    if name == TOKENS:
+        if layout.tokens and hidden.ndim == 3:
+            return flatten(hidden.transpose(0, 1) if layout.seq_first else hidden)
+        if not layout.tokens and hidden.ndim == 4:
+            return flatten(feature_map_tokens(hidden, channels_last=layout.channels_last))
+        raise InvalidInputError("--tokens: the model's embedding layer (the last) is one vector per image and has no "
+                                "token grid; ask for block layers")  # fmt: skip
     if hidden.ndim == 2:
         return hidden.float()
     if layout.tokens and hidden.ndim == 3:
@@ -153,6 +162,36 @@ class BlockEncoderAdapter(Adapter):
     @abstractmethod
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The library's own embedding of the images (the last layer)."""
+
+    token_refusal = None
+
+    def patch_grid(self, n_tokens: int) -> tuple[int, int]:
+        """The ``(rows, cols)`` of ``n_tokens`` patch tokens (square unless a subclass knows the model's grid)."""
+        return square_grid(n_tokens, f"{self.identity.model_id} patch tokens")
+
+    def token_grids(self, batch: Mapping[str, torch.Tensor]) -> dict[int, TokenGrid]:
+        """Every block's grid (the embedding layer has none), from one forward pass of ``batch``."""
+        grids: dict[int, TokenGrid] = {}
+
+        def observe(layer: int, hidden: torch.Tensor) -> None:
+            if self.layout.tokens:
+                tokens = hidden.transpose(0, 1) if self.layout.seq_first else hidden
+                rows, cols = self.patch_grid(tokens.shape[1] - self.layout.n_prefix)
+                grids[layer] = TokenGrid(self.layout.n_prefix, rows, cols, int(tokens.shape[2]), "image_mean")
+            else:
+                c, h, w = (hidden.shape[3], hidden.shape[1], hidden.shape[2]) if self.layout.channels_last \
+                    else hidden.shape[1:4]  # fmt: skip
+                grids[layer] = TokenGrid(0, int(h), int(w), int(c), "spatial_mean")
+
+        x = batch["pixel_values"].to(device=self.device, dtype=self.dtype)
+        if not self.layout.tokens:
+            x = x.contiguous(memory_format=torch.channels_last)
+        capture = PooledCapture(self.blocks, range(self.n_blocks), ["mean" if self.layout.tokens else
+                                "spatial_mean"], lambda name, h: h.new_zeros(1), extract=block_output,
+                                observe=observe)  # fmt: skip
+        with torch.no_grad():
+            capture.run(lambda: self.run_blocks(x))
+        return grids
 
     def device_preprocess(self) -> DevicePreprocess | None:
         """The library's eval transform rebuilt for tensors on the model's device (None if a step has no tensor

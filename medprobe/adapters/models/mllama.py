@@ -26,4 +26,5 @@ class MllamaAdapter(DecoderVLMAdapter):
     family = "mllama"
     reuses_prompt_cache = False  # the cross-attention mask must grow with the text
     several_images = False  # Llama 3.2 Vision attends to one image per prompt
+    token_refusal = "Llama 3.2 Vision cross-attends to the image; its sequence holds no image tokens to map"
     preprocessor_class = MllamaPreprocessor

@@ -41,8 +41,26 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     return sums / weights.sum(dim=1, keepdim=True)
 
 
+def image_tokens(hidden: torch.Tensor, masks: TokenMasks) -> torch.Tensor:
+    """The image-token positions of every row, in sequence order: ``(batch, image tokens, hidden)``; every row must
+    hold as many."""
+    from medprobe.errors import InvalidInputError
+
+    if masks.image is None:
+        raise ValueError("tokens needs an image-token mask")
+    image = masks.image if masks.attention is None else masks.image & masks.attention
+    counts = image.sum(dim=1)
+    if bool((counts != counts[0]).any()):
+        raise InvalidInputError(f"--tokens: the images of a batch have different numbers of image tokens "
+                                f"({sorted(set(counts.tolist()))}); this model sizes its token grid by the image")
+    return hidden[image.to(hidden.device)].reshape(hidden.shape[0], int(counts[0]), hidden.shape[-1])
+
+
 def pool_tokens(name: str, hidden: torch.Tensor, masks: TokenMasks) -> torch.Tensor:
-    """Apply the named token pooling (last, mean, image_mean, cls) to ``hidden``."""
+    """Apply the named token pooling (last, mean, image_mean, cls; ``tokens``: every image token, flattened) to
+    ``hidden``."""
+    if name == "tokens":
+        return image_tokens(hidden, masks).float().reshape(hidden.shape[0], -1)
     if name == "last":
         return last_token(hidden, masks.attention)
     if name == "mean":

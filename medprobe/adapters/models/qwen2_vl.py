@@ -66,6 +66,16 @@ class Qwen2VLAdapter(DecoderVLMAdapter):
     family = "qwen2-vl"
     preprocessor_class = QwenPreprocessor
 
+    def image_token_grid(self, inputs: Mapping[str, torch.Tensor], n_tokens: int) -> tuple[int, int]:
+        """The merged patch grid: ``image_grid_thw`` over the vision tower's spatial merge (tokens row-major)."""
+        thw = inputs.get("image_grid_thw")
+        merge = int(getattr(getattr(self.model.config, "vision_config", None), "spatial_merge_size", 2) or 2)
+        if thw is not None and len(thw):
+            t, h, w = (int(v) for v in thw[0])
+            if t == 1 and (h // merge) * (w // merge) == n_tokens:
+                return h // merge, w // merge
+        return super().image_token_grid(inputs, n_tokens)
+
     def image_mask(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         types = inputs.get("mm_token_type_ids")
         if types is not None:

@@ -122,6 +122,13 @@ class TimmAdapter(BlockEncoderAdapter):
         model: Any = self.model
         return model.forward_features(pixel_values)
 
+    def patch_grid(self, n_tokens: int) -> tuple[int, int]:
+        """timm's own patch grid (``patch_embed.grid_size``) when it holds ``n_tokens``, else square."""
+        grid = getattr(getattr(self.model, "patch_embed", None), "grid_size", None)
+        if isinstance(grid, (tuple, list)) and len(grid) == 2 and int(grid[0]) * int(grid[1]) == n_tokens:
+            return int(grid[0]), int(grid[1])
+        return super().patch_grid(n_tokens)
+
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         model: Any = self.model
         return model.forward_head(model.forward_features(pixel_values), pre_logits=True)

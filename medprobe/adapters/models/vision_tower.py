@@ -20,6 +20,7 @@ from medprobe.adapters.device_decode import DevicePreprocess, hf_device_preproce
 from medprobe.adapters.models.base import compute_dtype, move_batch
 from medprobe.adapters.models.capture import PooledCapture
 from medprobe.adapters.models.registry import register_family
+from medprobe.adapters.models.tokens import TOKENS, TokenGrid, flatten, square_grid
 from medprobe.errors import InvalidInputError
 from medprobe.featurestore import config_json
 
@@ -105,7 +106,11 @@ class VisionTowerAdapter(Adapter):
             extra={"model_class": type(model).__name__},
         )
 
+    token_refusal = None
+
     def _pool(self, name: str, hidden: torch.Tensor) -> torch.Tensor:
+        if name == TOKENS:
+            return flatten(hidden)
         if name == "cls":
             return hidden[:, 0].float()
         if name == "image_mean":
@@ -127,11 +132,40 @@ class VisionTowerAdapter(Adapter):
         with torch.no_grad():
             return capture.run(lambda: self.model(**inputs))
 
+    def token_grids(self, batch: Mapping[str, torch.Tensor]) -> dict[int, TokenGrid]:
+        """Every block's patch grid (image size over patch size when the config says it, else square)."""
+        config: Any = self.model.config
+        grids: dict[int, TokenGrid] = {}
+
+        def observe(layer: int, hidden: torch.Tensor) -> None:
+            n = int(hidden.shape[1]) - self.n_prefix
+            rows, cols = _config_grid(config, batch["pixel_values"].shape[-2:]) or square_grid(n, config.model_type)
+            if rows * cols != n:
+                rows, cols = square_grid(n, config.model_type)
+            grids[layer] = TokenGrid(self.n_prefix, rows, cols, int(hidden.shape[2]), "image_mean")
+
+        inputs = move_batch({"pixel_values": batch["pixel_values"]}, self.device, self.dtype)
+        capture = PooledCapture(self.layer_modules, range(len(self.layer_modules)), ["mean"],
+                                lambda name, h: h.new_zeros(1), observe=observe)  # fmt: skip
+        with torch.no_grad():
+            capture.run(lambda: self.model(**inputs))
+        return grids
+
     def hidden_states(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Reference path (tests, the baseline benchmark): every layer via ``output_hidden_states``."""
         inputs = move_batch({"pixel_values": batch["pixel_values"]}, self.device, self.dtype)
         with torch.no_grad():
             return self.model(**inputs, output_hidden_states=True).hidden_states
+
+
+def _config_grid(config: Any, size: Sequence[int]) -> tuple[int, int] | None:
+    """The patch grid of an image of ``size`` (height, width) under the config's patch size, if it says one."""
+    patch = getattr(config, "patch_size", None)
+    if isinstance(patch, (list, tuple)):
+        patch = patch[0]
+    if not isinstance(patch, int) or patch <= 0:
+        return None
+    return int(size[0]) // patch, int(size[1]) // patch
 
 
 # the vision towers: one adapter, told which family it wraps (their feature-set ids name the family)

@@ -18,6 +18,7 @@ from PIL import Image
 
 from medprobe.adapters.adapter import Adapter, ModelIdentity, Preprocessor
 from medprobe.adapters.models.base import sha256_of_files
+from medprobe.adapters.models.tokens import TOKENS, TokenGrid, feature_map_tokens, flatten, square_grid
 from medprobe.adapters.models.vision_tower import to_rgb
 from medprobe.errors import InvalidInputError
 from medprobe.featurestore import config_json
@@ -136,12 +137,34 @@ class EfficientNetLiteAdapter(Adapter):
                 rate = m._global_params.drop_connect_rate
                 x = block(x, drop_connect_rate=rate * float(idx) / len(m._blocks) if rate else rate)
                 if idx in wanted:
-                    out[("spatial_mean", idx)] = x.float().mean(dim=(2, 3))
+                    out.update(_pooled(x, idx, poolings))
                 if idx == deepest:
                     return out
             x = m._swish(m._bn1(m._conv_head(x)))
-            out[("spatial_mean", N_BLOCKS)] = x.float().mean(dim=(2, 3))
+            out.update(_pooled(x, N_BLOCKS, poolings))
         return out
+
+    token_refusal = None
+
+    def token_grids(self, batch: Mapping[str, torch.Tensor]) -> dict[int, TokenGrid]:
+        """Every block's and the head's feature map as a grid (the head of a 224 px image: 7 x 7)."""
+        maps = self.forward_pooled(batch, list(range(N_BLOCKS + 1)), [TOKENS])
+        sizes = self.identity.hidden_sizes
+        out = {}
+        for (_, layer), flat in maps.items():  # the crop is square, so is every feature map
+            rows, cols = square_grid(int(flat.shape[1]) // sizes[layer], f"{MODEL_NAME} layer {layer}")
+            out[layer] = TokenGrid(0, rows, cols, sizes[layer], "spatial_mean")
+        return out
+
+
+def _pooled(x: torch.Tensor, layer: int, poolings: Sequence[str]) -> dict[tuple[str, int], torch.Tensor]:
+    """A feature map's spatial mean and, for ``tokens``, its positions in row-major order."""
+    out = {}
+    if "spatial_mean" in poolings:
+        out[("spatial_mean", layer)] = x.float().mean(dim=(2, 3))
+    if TOKENS in poolings:
+        out[(TOKENS, layer)] = flatten(feature_map_tokens(x))
+    return out
 
 
 def build(device: str = "cpu", dtype: str = "fp32") -> EfficientNetLiteAdapter:
