@@ -554,6 +554,62 @@ VQA_PREDICTIONS = pa.schema(
 )
 
 
+# --------------------------------------------------------------------------- heat maps
+class HeatmapRow(Row):
+    """One image's probe map (format 6, `medprobe heatmap`): a summary, not one row per token."""
+
+    run_id: str
+    probe_id: str
+    image_hash: str | None = None  # None: an image given by path (`--image`), not a member of the store
+    source: str  # the image's path or URI
+    label: str | None = None  # the image's class for the probe's task, where its dataset has one
+    predicted: str  # the class the probe predicts; the PNG shows its map
+    probability: float  # of the predicted class
+    exact: bool  # the map's mean is the probe's logit (pooling image_mean/spatial_mean); else an approximation
+    pooling: str  # the probe's pooling
+    layer: int
+    token_feature_set_id: str
+    grid_rows: int
+    grid_cols: int
+    pooled_logit: float  # the predicted class's logit of the pooled vector
+    map_mean: float  # the mean of the predicted class's token logits (equals pooled_logit when exact)
+    border_tokens: int  # the border's width in tokens
+    border_area: float  # the border's share of the grid's tokens
+    border_shares: str  # JSON {class: share of its positive evidence in the border}
+    peak_row: int  # where the predicted class's map is highest
+    peak_col: int
+    png: str | None = None  # the overlay written
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+HEATMAPS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("probe_id", pa.string()),
+        ("image_hash", pa.string()),
+        ("source", pa.string()),
+        ("label", pa.string()),
+        ("predicted", pa.string()),
+        ("probability", pa.float64()),
+        ("exact", pa.bool_()),
+        ("pooling", pa.string()),
+        ("layer", pa.int32()),
+        ("token_feature_set_id", pa.string()),
+        ("grid_rows", pa.int32()),
+        ("grid_cols", pa.int32()),
+        ("pooled_logit", pa.float64()),
+        ("map_mean", pa.float64()),
+        ("border_tokens", pa.int32()),
+        ("border_area", pa.float64()),
+        ("border_shares", pa.string()),
+        ("peak_row", pa.int32()),
+        ("peak_col", pa.int32()),
+        ("png", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
+
 # --------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class TableSpec:
@@ -616,6 +672,7 @@ TABLES: dict[str, TableSpec] = {
         TableSpec(
             "vqa_predictions", VQA_PREDICTIONS, VqaPredictionRow, ("run_id", "item_id", "rotation"), ("created_at",)
         ),
+        TableSpec("heatmaps", HEATMAPS, HeatmapRow),  # format 6
     )
 }
 

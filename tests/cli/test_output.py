@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from medprobe.cli.output import dumps, flatten_for_csv, jsonable, unique_names
 from medprobe.featurestore import FeatureStore
 from medprobe.schemas import TABLES, FailureRow, ImageRow
-from medprobe.schemas.tables import TextEmbeddingRow, VqaItemRow, VqaPredictionRow
+from medprobe.schemas.tables import HeatmapRow, TextEmbeddingRow, VqaItemRow, VqaPredictionRow
 from tests.helpers.cli import run_cli
 from tests.helpers.features import fill_store, image_hash
 
@@ -51,6 +51,11 @@ def full_store(synth_store: FeatureStore, capsys: pytest.CaptureFixture[str]) ->
     synth_store.append("vqa_predictions", [VqaPredictionRow(run_id="vqa-1", item_set="s", item_id="1", rotation=0,
                                                             option_order=["A", "B"], letter_probs=[0.7, 0.3],
                                                             predicted="A", parser_step="letter", correct=True)])
+    heatmap = HeatmapRow(run_id="hm-1", probe_id="p1", image_hash=image_hash(1), source="/x/1.png", predicted="a",
+                         probability=0.9, exact=True, pooling="image_mean", layer=0, token_feature_set_id="fs-t",
+                         grid_rows=2, grid_cols=2, pooled_logit=1.0, map_mean=1.0, border_tokens=1, border_area=1.0,
+                         border_shares='{"a": 1.0}', peak_row=0, peak_col=1)  # fmt: skip
+    synth_store.append("heatmaps", [heatmap])
     synth_store.refresh()
     return synth_store
 
