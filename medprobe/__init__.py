@@ -30,7 +30,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 _API = {
     **{name: "medprobe.workflows" for name in (
         "ingest", "datasets", "models", "extract", "submit", "worker", "status", "train", "sweep", "compare",
-        "predict", "report", "zeroshot", "search", "sql", "export", "open_store", "load_probe", "Result",
+        "predict", "heatmap", "report", "zeroshot", "search", "sql", "export", "open_store", "load_probe", "Result",
         "StoreWarning",
     )},
     "FeatureStore": "medprobe.featurestore",

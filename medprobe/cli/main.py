@@ -23,6 +23,7 @@ _AREAS = (
     "medprobe.cli.extract",
     "medprobe.cli.probes",
     "medprobe.cli.predict",
+    "medprobe.cli.heatmap",
     "medprobe.cli.search",
     "medprobe.cli.zeroshot",
     "medprobe.cli.vqa",

@@ -276,7 +276,8 @@ def _known_feature_sets(store: FeatureStore, options: ExtractOptions) -> tuple[l
     if options.prompt is not None or options.prompt_preset is not None:
         return None  # the stored prompt is the chat-templated text: only the model can format it
     rows = [r for r in rows if r["prompt"] is None]
-    poolings = options.pooling or sorted({r["pooling"] for r in rows})
+    pooled = options.pooling or sorted({r["pooling"] for r in rows if r["pooling"] != "tokens"})
+    poolings = [*pooled, *(["tokens"] if options.tokens else [])]  # token grids only when asked for
     chosen = []
     for pooling in poolings:
         match = [r for r in rows if r["pooling"] == pooling]

@@ -23,12 +23,18 @@ def resolve_feature_set(
     prompt: str | None = None,
     pooling: str | None = None,
 ) -> FeatureSetRow:
-    """The feature set named by id, or the single one matching ``model`` (+ ``prompt``, ``pooling``)."""
+    """The feature set named by id, or the single one matching ``model`` (+ ``prompt``, ``pooling``). Token grids
+    (pooling ``tokens``, ``extract --tokens``) are for ``heatmap``, never a probe's features."""
     if feature_set_id:
-        return store.feature_set(feature_set_id)
+        row = store.feature_set(feature_set_id)
+        if row.pooling == "tokens":
+            raise InvalidInputError(f"feature set {feature_set_id} holds token grids (extract --tokens), one row of "
+                                    "every token per image: probes train on a pooled feature set of the same model; "
+                                    "the grids are for medprobe heatmap")  # fmt: skip
+        return row
     if not model:
         raise InvalidInputError("name a feature set with --feature-set ID, or with --model (and --prompt/--pooling)")
-    rows = store.table("feature_sets").to_pylist()
+    rows = [r for r in store.table("feature_sets").to_pylist() if r["pooling"] != "tokens"]
     match = [
         r
         for r in rows

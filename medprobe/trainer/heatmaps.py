@@ -130,7 +130,7 @@ def border_width(rows: int, cols: int, fraction: float) -> int:
 def border_shares(maps: np.ndarray, width: int) -> np.ndarray:
     """Per class, the share of positive evidence (token logit above the grid's mean) lying in the border;
     ``maps`` is ``(rows, cols, classes)``. NaN for a class whose map is flat."""
-    rows, cols, n = maps.shape
+    rows, cols, _ = maps.shape
     mask = border_mask(rows, cols, width)
     centred = maps - maps.mean(axis=(0, 1), keepdims=True)
     positive = np.clip(centred, 0, None)
@@ -147,7 +147,7 @@ def share_ci(values: Sequence[float], *, n_boot: int = N_BOOT, seed: int = 0) ->
         return {"value": None, "ci_low": None, "ci_high": None, "n": 0}
     draws = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
     lo, hi = np.percentile(x[draws].mean(axis=1), [2.5, 97.5])
-    return {"value": float(x.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": int(len(x))}
+    return {"value": float(x.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": len(x)}
 
 
 def border_signal(rows: Sequence[dict[str, Any]], classes: Sequence[str], *, n_boot: int = N_BOOT,

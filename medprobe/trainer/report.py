@@ -279,6 +279,7 @@ def write_summary(
     *,
     warnings: Sequence[str] = (),
     external: Sequence[dict[str, Any]] = (),
+    evidence: Sequence[str] = (),
 ) -> Path:
     """summary.md: every probe's test metrics with CIs, calibration, operating points, external test sets, the
     comparisons, and links to the plots."""
@@ -312,6 +313,7 @@ def write_summary(
             f"| {_cell(m['macro_auc'])} | {_cell(m['balanced_accuracy'])} | {_cell(m['macro_f1'])} |"
         )
     lines += clinical_tables(results, external, names)
+    lines += list(evidence)  # where the probes' evidence lies (medprobe heatmap), when they have maps
     if comps:
         lines += [
             "",
@@ -411,7 +413,11 @@ def write_report(store: FeatureStore, run_ids: list[str], out_dir: str) -> list[
         title = f"{task}: {_label(names, fs, method)}, layer {best['layer']}"
         images += [p for p in (plot_reliability(store, best, title, out, stem), plot_subgroups(best, title, out, stem))
                    if p is not None]  # fmt: skip
-    return [*images, write_summary(results, comps, names, images, out, warnings=warnings, external=external)]
+    from medprobe.trainer.heatmaps import evidence_tables
+
+    evidence = evidence_tables(store, [r["probe_id"] for r in results if r.get("method", "probe") == "probe"])
+    return [*images, write_summary(results, comps, names, images, out, warnings=warnings, external=external,
+                                   evidence=evidence)]  # fmt: skip
 
 
 def _p(value: float | None) -> str:

@@ -15,6 +15,7 @@ from medprobe.workflows.extraction import (
     submit,
     worker,
 )
+from medprobe.workflows.heatmap import HeatmapResult, heatmap
 from medprobe.workflows.ingesting import DatasetsResult, IngestFailuresError, IngestResult, datasets, ingest
 from medprobe.workflows.modelinfo import ModelsResult, demo_data, models
 from medprobe.workflows.prediction import PredictResult, predict
@@ -31,6 +32,7 @@ __all__ = [
     "ExportResult",
     "ExtractResult",
     "ExtractionStopped",
+    "HeatmapResult",
     "ImagesMissingError",
     "IngestFailuresError",
     "IngestResult",
@@ -51,6 +53,7 @@ __all__ = [
     "demo_data",
     "export",
     "extract",
+    "heatmap",
     "ingest",
     "load_probe",
     "models",
