@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from medprobe.cli.common import console, err_console
-from medprobe.cli.options import DeviceOpt, Output, SplitOpt, with_group
+from medprobe.cli.options import DeviceOpt, FormatOpt, SplitOpt, StoreOpt
+from medprobe.cli.output import emit
 from medprobe.workflows.common import N_BOOT
 from medprobe.workflows.heatmap import HeatmapResult
 from medprobe.workflows.heatmap import heatmap as run_heatmap
@@ -35,9 +36,7 @@ def _print(result: HeatmapResult) -> None:
         err_console.print(f"skipped {source}: {why}", highlight=False)
 
 
-@with_group(Output, "output")
 def heatmap(
-    output: Output,
     probe: Annotated[str, typer.Option("--probe", help="A probe id of probe_results (a fitted probe).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Folder for the PNGs.")] = "heatmaps",
     hashes: Annotated[
@@ -53,13 +52,15 @@ def heatmap(
     gallery: Annotated[int, typer.Option("--gallery", min=1, help="Images per gallery of a class.")] = 8,
     n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CIs.")] = N_BOOT,
     device: DeviceOpt = None,
+    fmt: FormatOpt = None,
+    store: StoreOpt = None,
 ) -> None:
     """Per-token maps of a stored probe over images (--hash, --image or --dataset): PNG overlays, per-class
-    galleries of the most confident true and false positives, and the share of evidence in the image border."""
-    output.check()
+    galleries of the most confident true and false positives, and the share of evidence in the image border; one
+    summary row per image in the heatmaps table (-f json/csv prints them)."""
     result = run_heatmap(probe=probe, hashes=hashes, image=image, dataset=dataset, split=split, limit=limit, out=out,
-                         border=border, gallery=gallery, n_boot=n_boot, device=device, store=output.store)  # fmt: skip
-    output.render(result, show=lambda: _print(result))
+                         border=border, gallery=gallery, n_boot=n_boot, device=device, store=store)  # fmt: skip
+    emit(fmt, None, rows=result.to_arrow(), document=result.to_dict(), show=lambda: _print(result))
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,6 @@ order the model lays its patches (ViTs), its feature map's positions (CNNs) or i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,11 +43,6 @@ class TokenGrid:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def grids_from_json(value: Mapping[str, Any]) -> dict[int, TokenGrid]:
-    """``{layer: TokenGrid}`` from a feature set's ``token_grid`` JSON object."""
-    return {int(layer): TokenGrid(**grid) for layer, grid in value.items()}
 
 
 def square_grid(n: int, what: str) -> tuple[int, int]:
