@@ -68,6 +68,28 @@ def overlay_png(view: MapView, path: Path, *, label: str) -> Path:
     return save_png(fig, path)
 
 
+def mean_maps_png(maps: dict[str, tuple[np.ndarray, int]], title: str, path: Path) -> Path:
+    """One panel per class: the mean over its images of the class's map minus each map's own mean (where, on
+    average, the class's evidence lies above the image's average), on the token grid alone (no image pixels)."""
+    names = list(maps)
+    fig, axes = plt.subplots(1, len(names), figsize=(2.8 * len(names) + 0.8, 3.2), squeeze=False)
+    span = max(float(np.abs(m).max()) for m, _ in maps.values()) or 1.0
+    shown = None
+    for ax, name in zip(axes[0], names, strict=True):
+        mean_map, n = maps[name]
+        shown = ax.imshow(mean_map, cmap="coolwarm", vmin=-span, vmax=span, interpolation="nearest")
+        ax.set_title(f"{name} (n={n})", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if shown is not None:
+        bar = fig.colorbar(shown, ax=list(axes[0]), fraction=0.02, pad=0.02)
+        bar.set_label("token logit above the image's mean", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def gallery_png(views: Sequence[MapView], title: str, path: Path) -> Path:
     """Up to a few rows of maps side by side under ``title``."""
     n = len(views)

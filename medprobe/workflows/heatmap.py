@@ -78,8 +78,9 @@ def heatmap(
         probe: a probe id of ``probe_results`` (a fitted probe).
         hashes: these images (by hash); image: one image file; dataset: the images of this dataset (``split``,
             the first ``limit`` by hash). Exactly one of the three.
-        out: the folder for the PNGs (one overlay per image; per class galleries of the most confident true and
-            false positives where the images have labels).
+        out: the folder for the PNGs (one overlay per image; ``mean_maps.png``, where each class's evidence lies on
+            average over its images; per class galleries of the most confident true and false positives where the
+            images have labels).
         border: the border's width as a fraction of the shorter side of the grid (at least one token).
         gallery: images per gallery; n_boot: bootstrap replicates of the border share's CI.
         device: where the model runs for images whose tokens are not stored.
@@ -116,7 +117,7 @@ def heatmap(
             raise InvalidInputError(f"no image could be mapped ({len(skipped)} unreadable: "
                                     f"{next(iter(skipped.items()), ('', ''))[1]})")  # fmt: skip
         paths = [r["png"] for r in rows if r["png"]]
-        paths += mapper.galleries(rows, gallery)
+        paths += [mapper.mean_maps(), *mapper.galleries(rows, gallery)]
         signal = hm.border_signal(rows, sp.class_names, n_boot=n_boot)
         st.append("heatmaps", [_row(r) for r in rows])
         run.summary = {"n_images": len(rows), "skipped": len(skipped), "border": signal}
@@ -184,6 +185,8 @@ class _Mapper:
         self.exact, self.width, self.folder, self.device = exact, width, folder, device
         self.adapter: Adapter | None = None
         self.views: dict[str, Any] = {}
+        # per class: the sum of its centred maps over the images of that class (label, else prediction), and count
+        self.sums: dict[str, tuple[np.ndarray, int]] = {}
 
     def run(self, run_id: str, images: list[_Image]) -> tuple[list[dict[str, Any]], dict[str, str]]:
         """Every image's summary row (its PNG written) and the unreadable ones."""
@@ -282,6 +285,10 @@ class _Mapper:
         name = self.sp.class_names[k]
         shares = hm.border_shares(maps, self.width)
         class_map = maps[..., k]
+        own = im.label if im.label is not None else name
+        j = self.sp.class_names.index(own)
+        total, count = self.sums.get(own, (np.zeros((self.grid.rows, self.grid.cols)), 0))
+        self.sums[own] = (total + maps[..., j] - maps[..., j].mean(), count + 1)
         peak = np.unravel_index(int(np.argmax(class_map)), class_map.shape)
         view = MapView(model_view(picture, self.tokens_fs.preprocessing), class_map,
                        f"{name} p={proba[k]:.2f}" + (f" (label {im.label})" if im.label is not None else ""))
@@ -303,6 +310,16 @@ class _Mapper:
                                          for c, s in zip(self.sp.class_names, shares, strict=True)}),
             "peak_row": int(peak[0]), "peak_col": int(peak[1]), "png": str(png), "_key": key,
         }  # fmt: skip
+
+    def mean_maps(self) -> str:
+        """``mean_maps.png``: per class, where its evidence lies on average over its images (grid only)."""
+        from medprobe.trainer.heatmap_plots import mean_maps_png
+
+        maps = {c: (self.sums[c][0] / self.sums[c][1], self.sums[c][1]) for c in self.sp.class_names if c in self.sums}
+        how = "exact" if self.exact else "approximate"
+        title = (f"{self.sp.task}: mean {how} token map per class ({self.grid.rows} x {self.grid.cols} grid, layer "
+                 f"{self.sp.layer})")  # fmt: skip
+        return str(mean_maps_png(maps, title, self.folder / "mean_maps.png"))
 
     def galleries(self, rows: list[dict[str, Any]], size: int) -> list[str]:
         """Per class, the most confident true positives and false positives among the labelled images."""

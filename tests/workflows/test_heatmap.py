@@ -75,7 +75,7 @@ def test_galleries_border_signal_and_the_report(toy_store: FeatureStore, tmp_pat
     result = medprobe.heatmap(probe=probe, dataset="toy", out=str(tmp_path / "maps"), gallery=4, n_boot=200,
                               store=toy_store)  # fmt: skip
     names = {Path(p).name for p in result.paths}
-    assert {"gallery_a_true_positives.png", "gallery_b_true_positives.png"} <= names
+    assert {"gallery_a_true_positives.png", "gallery_b_true_positives.png", "mean_maps.png"} <= names
     # the bright corner of class b lies in the border (a 1-token ring of the 4 x 4 grid: 12 of 16 tokens)
     b = result.border["b"]
     assert result.border_tokens == 1 and b["border_area"] == pytest.approx(0.75) and b["n"] == 24
