@@ -8,8 +8,7 @@ import typer
 from rich.table import Table
 
 from medprobe.cli.common import console, err_console
-from medprobe.cli.options import DeviceOpt, FormatOpt, SplitOpt, StoreOpt
-from medprobe.cli.output import emit
+from medprobe.cli.options import DeviceOpt, SplitOpt, StoreOpt
 from medprobe.workflows.common import N_BOOT
 from medprobe.workflows.heatmap import HeatmapResult
 from medprobe.workflows.heatmap import heatmap as run_heatmap
@@ -52,15 +51,14 @@ def heatmap(
     gallery: Annotated[int, typer.Option("--gallery", min=1, help="Images per gallery of a class.")] = 8,
     n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CIs.")] = N_BOOT,
     device: DeviceOpt = None,
-    fmt: FormatOpt = None,
     store: StoreOpt = None,
 ) -> None:
     """Per-token maps of a stored probe over images (--hash, --image or --dataset): PNG overlays, per-class
     galleries of the most confident true and false positives, and the share of evidence in the image border; one
-    summary row per image in the heatmaps table (-f json/csv prints them)."""
+    summary row per image in the heatmaps table (medprobe sql "SELECT * FROM heatmaps WHERE run_id = '...'")."""
     result = run_heatmap(probe=probe, hashes=hashes, image=image, dataset=dataset, split=split, limit=limit, out=out,
                          border=border, gallery=gallery, n_boot=n_boot, device=device, store=store)  # fmt: skip
-    emit(fmt, None, rows=result.to_arrow(), document=result.to_dict(), show=lambda: _print(result))
+    _print(result)
 
 
 def register(app: typer.Typer) -> None:

@@ -40,7 +40,7 @@ PRINTS_RESULTS = {
     "store quarantine",
 }
 # Commands that write files instead of printing results: -o/--out names what they write.
-WRITES_FILES = {"export", "report", "demo", "vqa report"}
+WRITES_FILES = {"export", "report", "demo", "vqa report", "heatmap"}
 # Options whose value is one of a closed set: --help must list it.
 CHOICES = {
     "--calibrate",

@@ -167,6 +167,8 @@ def test_open_items_refuse_letter_mode_and_answer_type_selects(store: FeatureSto
     assert closed.n_items == 3 and "open" not in closed.document
     with pytest.raises(InvalidInputError, match="--reasoning needs --mode generate"):
         medprobe.vqa.run(items="mixed", model="tiny-random/llava", reasoning=True, store=store)
+    with pytest.raises(InvalidInputError, match="is not a vision-language model that answers in text"):
+        medprobe.vqa.run(items="mixed", model="tiny-random/timm-vit", mode="generate", reasoning=True, store=store)
 
 
 OPEN_REASONING = [
