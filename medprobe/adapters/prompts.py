@@ -57,9 +57,17 @@ def interleaved_messages(segments: list[tuple[int, str]]) -> list[dict[str, Any]
     return [{"role": "user", "content": content}]
 
 
-def apply_chat_template(processor: Any, prompt: str) -> str | None:
+def apply_chat_template(processor: Any, prompt: str, *, thinking: bool = False) -> str | None:
     """The processor's chat template rendered for one image + ``prompt`` with the generation prompt
-    appended, or None when the processor has no template."""
+    appended, or None when the processor has no template; ``thinking`` sets the template's own
+    ``enable_thinking`` switch (templates without one ignore it)."""
     if not getattr(processor, "chat_template", None):
         return None
-    return processor.apply_chat_template(chat_messages(prompt), add_generation_prompt=True, tokenize=False)
+    extra = {"enable_thinking": True} if thinking else {}
+    return processor.apply_chat_template(chat_messages(prompt), add_generation_prompt=True, tokenize=False, **extra)
+
+
+def has_thinking_switch(processor: Any) -> bool:
+    """Whether the processor's chat template has its own thinking switch (``enable_thinking``, as Qwen3-style
+    templates do)."""
+    return "enable_thinking" in str(getattr(processor, "chat_template", None) or "")

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from medprobe.adapters.prompts import has_thinking_switch
 from medprobe.errors import CorruptDataError, InvalidInputError, NotFoundError
 from medprobe.featurestore import stable_hash, start_run
 from medprobe.progress import progress_bar
@@ -147,6 +148,7 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
     adapter = load_adapter(spec.model, device=options.resolved_device(), dtype=options.resolved_dtype(),
                            trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle)  # fmt: skip
     scorer = VlmScorer(adapter)
+    scorer.thinking = spec.reasoning and has_thinking_switch(getattr(adapter.preprocessor, "processor", None))
     ident = adapter.identity
     config = {
         "item_set": spec.item_set, "model_id": ident.model_id, "revision": ident.model_revision,
@@ -159,6 +161,7 @@ def run_vqa(store: FeatureStore, spec: VqaRunSpec, *, show_progress: bool = True
         "items_sha256": items_digest(items),
         # only when asked, so the ids of runs without it stay what they were
         **({"reasoning": True, "reasoning_prompt": REASONING_INSTRUCTION} if spec.reasoning else {}),
+        **({"thinking_template": True} if scorer.thinking else {}),
         **({"answer_type": spec.answer_type} if spec.answer_type != "all" else {}),
         **({"shots_with_images": True} if spec.shots_with_images else {}),
         **({"open_prompt": OPEN_REASONING_INSTRUCTION if spec.reasoning else OPEN_INSTRUCTION,

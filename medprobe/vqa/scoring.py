@@ -64,11 +64,12 @@ class VlmScorer:
         self.model = model.eval()
         self.tokenizer = getattr(pre.processor, "tokenizer", None) or pre.processor
         self.device = adapter.device
+        self.thinking = False  # --reasoning on a model whose chat template has its own thinking switch: turn it on
 
     # ------------------------------------------------------------------ inputs
     def prompt(self, text: str) -> str:
         """The exact text given to the processor (chat template and generation prompt applied)."""
-        return str(self.pre.format_prompt(text))
+        return str(self.pre.format_prompt(text, thinking=True) if self.thinking else self.pre.format_prompt(text))
 
     def inputs(self, images: Sequence[Image.Image], text: str, copies: int, exemplars: Exemplars = ()
                ) -> dict[str, torch.Tensor]:  # fmt: skip
@@ -87,7 +88,7 @@ class VlmScorer:
                     f"this prompt has {len(shown)} (an item with several images, or exemplars with images): leave "
                     "such items out or use a model that takes several (Qwen2-VL, Idefics2/3, Gemma 3, ...)"
                 )
-            prompt = self.pre.format_interleaved([(len(ims), t) for ims, t in segments])
+            prompt = self.pre.format_interleaved([(len(ims), t) for ims, t in segments], thinking=self.thinking)
             out = self.pre.run_processor_sample(to_rgb(shown), prompt, copies)
         return {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in self.pre.drop_keys}
 

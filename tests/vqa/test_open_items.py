@@ -254,3 +254,20 @@ def test_exemplars_with_their_images(store: FeatureStore, tmp_path: Path, monkey
     assert seen == [2, 2] and text_only.run_id != with_images.run_id
     with pytest.raises(InvalidInputError, match="--shots-with-images shows the exemplars' images"):
         medprobe.vqa.run(items="multi", model="tiny-random/qwen2-vl", shots_with_images=True, store=store)
+
+
+def test_reasoning_turns_on_a_chat_templates_own_thinking_switch(store: FeatureStore, tmp_path: Path) -> None:
+    saved = tmp_path / "qwen"
+    medprobe.models(model="tiny-random/qwen2-vl", save=str(saved))
+    template = saved / "chat_template.jinja"
+    template.write_text(template.read_text() + "{%- if enable_thinking %}<think>\n{%- endif %}")
+    medprobe.vqa.ingest(source=_mixed_items(tmp_path), name="mixed", store=store)
+    args = dict(items="mixed", model=str(saved), mode="generate", max_new_tokens=2, n_boot=20, limit=2,
+                no_progress=True, store=store)  # fmt: skip
+    thinking = medprobe.vqa.run(**args, reasoning=True)
+    plain = medprobe.vqa.run(**args)
+    params = {r["run_id"]: json.loads(r["params"]) for r in store.sql("SELECT run_id, params FROM runs WHERE run_id "
+              "IN (?, ?)", [thinking.run_id, plain.run_id]).to_pylist()}  # fmt: skip
+    assert params[thinking.run_id]["thinking_template"] is True
+    assert params[thinking.run_id]["prompt_template"].endswith("<think>")
+    assert "thinking_template" not in params[plain.run_id] and "<think>" not in params[plain.run_id]["prompt_template"]

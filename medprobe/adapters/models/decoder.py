@@ -65,11 +65,13 @@ class VLMPreprocessor(Preprocessor):
         """The text when the processor has no chat template: the image placeholder, then the prompt."""
         return f"{self.image_token}{prompt}"
 
-    def format_prompt(self, prompt: str | None) -> str:
+    def format_prompt(self, prompt: str | None, *, thinking: bool = False) -> str:
+        """The processor's text for ``prompt``: its chat template (``thinking``: with the template's own thinking
+        switch on), else the family's plain format."""
         if prompt is None:
             raise InvalidInputError("this model takes a prompt: pass --prompt TEXT or --prompt-preset NAME")
         if self.use_chat_template:
-            return str(apply_chat_template(self.processor, prompt))
+            return str(apply_chat_template(self.processor, prompt, thinking=thinking))
         return self.plain_prompt(prompt)
 
     def run_processor(self, images: list[Image.Image], text: str) -> Mapping[str, Any]:
@@ -80,13 +82,14 @@ class VLMPreprocessor(Preprocessor):
         """What one image is in a prompt without a chat template."""
         return self.image_token
 
-    def format_interleaved(self, segments: list[tuple[int, str]]) -> str:
+    def format_interleaved(self, segments: list[tuple[int, str]], *, thinking: bool = False) -> str:
         """The prompt of several images interleaved with text: ``(number of images, text)`` per segment, each
         segment's images before its text. The chat template places them; without one, the family's plain format
         with one image slot per image, where it has the slot right before the prompt text."""
         if self.use_chat_template:
+            extra = {"enable_thinking": True} if thinking else {}
             rendered = self.processor.apply_chat_template(interleaved_messages(segments), add_generation_prompt=True,
-                                                          tokenize=False)  # fmt: skip
+                                                          tokenize=False, **extra)  # fmt: skip
             return str(rendered)
         marker = "\x00prompt\x00"
         template = self.plain_prompt(marker)
