@@ -49,6 +49,9 @@ def heatmap(
         float, typer.Option("--border", help="Border width as a fraction of the image side (at least one token).")
     ] = 0.15,
     gallery: Annotated[int, typer.Option("--gallery", min=1, help="Images per gallery of a class.")] = 8,
+    overlays: Annotated[
+        bool, typer.Option("--overlays/--no-overlays", help="One overlay PNG per image (off: galleries and rows).")
+    ] = True,
     n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap replicates for the CIs.")] = N_BOOT,
     device: DeviceOpt = None,
     store: StoreOpt = None,
@@ -57,7 +60,8 @@ def heatmap(
     galleries of the most confident true and false positives, and the share of evidence in the image border; one
     summary row per image in the heatmaps table (medprobe sql "SELECT * FROM heatmaps WHERE run_id = '...'")."""
     result = run_heatmap(probe=probe, hashes=hashes, image=image, dataset=dataset, split=split, limit=limit, out=out,
-                         border=border, gallery=gallery, n_boot=n_boot, device=device, store=store)  # fmt: skip
+                         border=border, gallery=gallery, overlays=overlays, n_boot=n_boot, device=device,
+                         store=store)  # fmt: skip
     _print(result)
 
 

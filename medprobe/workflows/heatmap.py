@@ -9,6 +9,7 @@ goes to the ``heatmaps`` table.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,8 +70,8 @@ class _Image:
 
 def heatmap(
     *, probe: str, hashes: ListArg = None, image: str | None = None, dataset: str | None = None, split: ListArg = None,
-    limit: int | None = None, out: str = "heatmaps", border: float = 0.15, gallery: int = 8, n_boot: int = N_BOOT,
-    device: str | None = None, store: StoreArg = None,
+    limit: int | None = None, out: str = "heatmaps", border: float = 0.15, gallery: int = 8, overlays: bool = True,
+    n_boot: int = N_BOOT, device: str | None = None, store: StoreArg = None,
 ) -> HeatmapResult:  # fmt: skip
     """Per-token maps of the stored probe ``probe`` over images, as PNG overlays, galleries and ``heatmaps`` rows.
 
@@ -82,7 +83,9 @@ def heatmap(
             average over its images; per class galleries of the most confident true and false positives where the
             images have labels).
         border: the border's width as a fraction of the shorter side of the grid (at least one token).
-        gallery: images per gallery; n_boot: bootstrap replicates of the border share's CI.
+        gallery: images per gallery (only these many views per class are kept in memory, whatever the dataset's
+            size); overlays: one overlay PNG per image (off: galleries, mean maps and the rows only).
+        n_boot: bootstrap replicates of the border share's CI.
         device: where the model runs for images whose tokens are not stored.
         store: a store URL or an open ``FeatureStore``.
     """
@@ -107,17 +110,18 @@ def heatmap(
     images = _select(st, sp, split_list(hashes), image, dataset, split_list(split), limit)
     params = {"probe": probe, "hashes": split_list(hashes), "image": image, "dataset": dataset,
               "split": split_list(split), "limit": limit, "out": out, "border": border, "gallery": gallery,
+              "overlays": overlays,
               "token_feature_set_id": tokens_fs.feature_set_id, "layer": sp.layer, "exact": exact}  # fmt: skip
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     with start_run(st, "heatmap", params) as run:
-        mapper = _Mapper(st, sp, pooled, tokens_fs, grid, exact, width, folder, device)
+        mapper = _Mapper(st, sp, pooled, tokens_fs, grid, exact, width, folder, device, gallery, overlays)
         rows, skipped = mapper.run(run.run_id, images)
         if not rows:
             raise InvalidInputError(f"no image could be mapped ({len(skipped)} unreadable: "
                                     f"{next(iter(skipped.items()), ('', ''))[1]})")  # fmt: skip
         paths = [r["png"] for r in rows if r["png"]]
-        paths += [mapper.mean_maps(), *mapper.galleries(rows, gallery)]
+        paths += [mapper.mean_maps(), *mapper.galleries()]
         signal = hm.border_signal(rows, sp.class_names, n_boot=n_boot)
         st.append("heatmaps", [_row(r) for r in rows])
         run.summary = {"n_images": len(rows), "skipped": len(skipped), "border": signal}
@@ -131,7 +135,7 @@ def heatmap(
 def _row(r: dict[str, Any]) -> Any:
     from medprobe.schemas.tables import HeatmapRow
 
-    return HeatmapRow(**{k: v for k, v in r.items() if not k.startswith("_")})
+    return HeatmapRow(**r)
 
 
 def _select(st: FeatureStore, sp: StoredProbe, hashes: list[str], image: str | None, dataset: str | None,
@@ -180,11 +184,16 @@ class _Mapper:
     """Computes, draws and summarises the maps of one probe."""
 
     def __init__(self, st: FeatureStore, sp: StoredProbe, pooled: FeatureSetRow, tokens_fs: FeatureSetRow,
-                 grid: Grid, exact: bool, width: int, folder: Path, device: str | None) -> None:  # fmt: skip
+                 grid: Grid, exact: bool, width: int, folder: Path, device: str | None, gallery: int,
+                 overlays: bool) -> None:  # fmt: skip
         self.st, self.sp, self.pooled, self.tokens_fs, self.grid = st, sp, pooled, tokens_fs, grid
         self.exact, self.width, self.folder, self.device = exact, width, folder, device
+        self.gallery, self.overlays = gallery, overlays
         self.adapter: Adapter | None = None
-        self.views: dict[str, Any] = {}
+        # per (class, true_positives | false_positives): the most confident views so far (a min-heap of `gallery`
+        # entries, so memory does not grow with the dataset) and how many images were of that kind
+        self.best: dict[tuple[str, str], list[tuple[float, int, Any]]] = {}
+        self.n_kind: dict[tuple[str, str], int] = {}
         # per class: the sum of its centred maps over the images of that class (label, else prediction), and count
         self.sums: dict[str, tuple[np.ndarray, int]] = {}
 
@@ -293,11 +302,14 @@ class _Mapper:
         view = MapView(model_view(picture, self.tokens_fs.preprocessing), class_map,
                        f"{name} p={proba[k]:.2f}" + (f" (label {im.label})" if im.label is not None else ""))
         key = im.image_hash or hashlib.sha256(im.source.encode()).hexdigest()
-        self.views[key] = view
-        how = "exact: mean = the probe's logit" if self.exact else f"approximate ({self.pooled.pooling} probe)"
-        view_title = MapView(view.image, class_map, f"{Path(im.source).name}: {view.caption}\n{how}")
-        png = overlay_png(view_title, self.folder / f"{key[:16]}_{_safe(name)}.png",
-                          label=f"token logit for {name} (centre: the map's mean {class_map.mean():.3f})")
+        if im.label is not None:
+            self._keep(name, "true_positives" if im.label == name else "false_positives", float(proba[k]), view)
+        png = None
+        if self.overlays:
+            how = "exact: mean = the probe's logit" if self.exact else f"approximate ({self.pooled.pooling} probe)"
+            view_title = MapView(view.image, class_map, f"{Path(im.source).name}: {view.caption}\n{how}")
+            png = overlay_png(view_title, self.folder / f"{key[:16]}_{_safe(name)}.png",
+                              label=f"token logit for {name} (centre: the map's mean {class_map.mean():.3f})")
         border = hm.border_mask(self.grid.rows, self.grid.cols, self.width)
         return {
             "run_id": run_id, "probe_id": self.sp.probe_id, "image_hash": im.image_hash, "source": im.source,
@@ -308,7 +320,7 @@ class _Mapper:
             "map_mean": float(class_map.mean()), "border_tokens": self.width, "border_area": float(border.mean()),
             "border_shares": json.dumps({c: (None if not np.isfinite(s) else float(s))
                                          for c, s in zip(self.sp.class_names, shares, strict=True)}),
-            "peak_row": int(peak[0]), "peak_col": int(peak[1]), "png": str(png), "_key": key,
+            "peak_row": int(peak[0]), "peak_col": int(peak[1]), "png": None if png is None else str(png),
         }  # fmt: skip
 
     def mean_maps(self) -> str:
@@ -321,20 +333,29 @@ class _Mapper:
                  f"{self.sp.layer})")  # fmt: skip
         return str(mean_maps_png(maps, title, self.folder / "mean_maps.png"))
 
-    def galleries(self, rows: list[dict[str, Any]], size: int) -> list[str]:
+    def _keep(self, name: str, kind: str, probability: float, view: Any) -> None:
+        """Offer a labelled image's view to its class's gallery of ``kind``."""
+        key = (name, kind)
+        self.n_kind[key] = self.n_kind.get(key, 0) + 1
+        heap = self.best.setdefault(key, [])
+        entry = (probability, self.n_kind[key], view)
+        if len(heap) < self.gallery:
+            heapq.heappush(heap, entry)
+        elif probability > heap[0][0]:
+            heapq.heapreplace(heap, entry)
+
+    def galleries(self) -> list[str]:
         """Per class, the most confident true positives and false positives among the labelled images."""
         from medprobe.trainer.heatmap_plots import gallery_png
 
-        labelled = [r for r in rows if r["label"] is not None]
         paths = []
         for name in self.sp.class_names:
-            hits = sorted((r for r in labelled if r["predicted"] == name), key=lambda r: -r["probability"])
-            for kind, chosen in (("true_positives", [r for r in hits if r["label"] == name]),
-                                 ("false_positives", [r for r in hits if r["label"] != name])):  # fmt: skip
-                if chosen[:size]:
-                    views = [self.views[r["_key"]] for r in chosen[:size]]
-                    title = f"{name}: most confident {kind.replace('_', ' ')} ({len(chosen)} in all)"
-                    paths.append(str(gallery_png(views, title, self.folder / f"gallery_{_safe(name)}_{kind}.png")))
+            for kind in ("true_positives", "false_positives"):
+                kept = sorted(self.best.get((name, kind), []), key=lambda e: (-e[0], e[1]))
+                if kept:
+                    title = f"{name}: most confident {kind.replace('_', ' ')} ({self.n_kind[(name, kind)]} in all)"
+                    paths.append(str(gallery_png([e[2] for e in kept], title,
+                                                 self.folder / f"gallery_{_safe(name)}_{kind}.png")))  # fmt: skip
         return paths
 
 

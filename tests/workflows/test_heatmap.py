@@ -89,6 +89,9 @@ def test_galleries_border_signal_and_the_report(toy_store: FeatureStore, tmp_pat
     ring = np.ones((4, 4), bool)
     ring[1:3, 1:3] = False
     assert json.loads(row["border_shares"])["b"] == pytest.approx(centred[ring].sum() / centred.sum())
+    quiet = medprobe.heatmap(probe=probe, dataset="toy", out=str(tmp_path / "quiet"), overlays=False, n_boot=20,
+                             store=toy_store)  # fmt: skip
+    assert all(r["png"] is None for r in quiet.rows()) and len(quiet.paths) == len(result.paths) - result.n_images
     report = medprobe.report(run_ids=[_train_run(toy_store, probe)], out=str(tmp_path / "rep"), store=toy_store)
     summary = (tmp_path / "rep" / "summary.md").read_text()
     assert "## Where the evidence lies" in summary and f"| {probe} | b | 24 |" in summary
