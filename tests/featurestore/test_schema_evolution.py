@@ -94,3 +94,43 @@ def test_a_foreign_or_wrongly_typed_fragment_is_named_and_left_out(tmp_path, cap
     code, _, err = run_cli(capsys, "store", "quarantine", "--store", url)
     assert code == 0, err
     assert FeatureStore.open(url).unreadable_fragments == {}
+
+
+def test_a_format_5_store_reads_its_vqa_predictions_and_feature_sets_and_is_marked_6_by_a_write(tmp_path) -> None:
+    """Format 6 added vqa_predictions' open-answer columns and feature_sets.token_grid: format-5 fragments read them
+    as NULL (a prediction with a verdict, a pooled feature set), and the first write migrates the marker."""
+    import json
+
+    from medprobe.schemas.tables import FeatureSetRow, VqaPredictionRow
+
+    url = str(tmp_path / "s")
+    FeatureStore.open(url, create=True)
+    new_columns = {"vqa_predictions": {"answer_text", "exact_match", "token_f1", "token_recall", "yes_no_correct",
+                                       "reasoning"}, "feature_sets": {"token_grid"}}  # fmt: skip
+    old_rows = {
+        "vqa_predictions": VqaPredictionRow(run_id="vqa-1", item_set="s", item_id="1", rotation=0,
+                                            option_order=["A", "B"], predicted="A", parser_step="letter",
+                                            correct=True),
+        "feature_sets": FeatureSetRow(feature_set_id="fs-old", model_id="m", model_revision="r", adapter="a",
+                                      preprocessing="{}", prompt=None, pooling="cls", layer_semantics="s",
+                                      n_layers=1, hidden_sizes=[4], compute_dtype="fp32", storage_dtype="float16"),
+    }  # fmt: skip
+    for table, row in old_rows.items():  # written by format 5: without the new columns
+        fields = [f for f in TABLES[table].schema if f.name not in new_columns[table]]
+        folder = tmp_path / "s" / "tables" / table
+        folder.mkdir(parents=True, exist_ok=True)
+        old = pa.table({f.name: [getattr(row, f.name)] for f in fields}, schema=pa.schema(fields))
+        pq.write_table(old, folder / "20260101T000000000000-000000000000.parquet")
+    marker = tmp_path / "s" / "medprobe.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "format_version": 5}))
+    store = FeatureStore.open(url, create=False)
+    pred = store.sql("SELECT * FROM vqa_predictions").to_pylist()[0]
+    assert pred["correct"] is True and all(pred[c] is None for c in new_columns["vqa_predictions"])
+    assert store.sql("SELECT token_grid FROM feature_sets").column(0)[0].as_py() is None
+    assert store.info["format_version"] == 5
+    store.append("vqa_predictions", [VqaPredictionRow(run_id="vqa-2", item_set="s", item_id="2", rotation=0,
+                                                      option_order=[], parser_step="open_text", correct=False,
+                                                      generation="lung", answer_text="lung", exact_match=False,
+                                                      token_f1=0.0, token_recall=0.0)])  # fmt: skip
+    assert json.loads(marker.read_text())["format_version"] == FORMAT_VERSION == 6
+    assert store.sql("SELECT count(*) FROM vqa_predictions").column(0)[0].as_py() == 2
